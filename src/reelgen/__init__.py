@@ -1,0 +1,1 @@
+"""Reelgen: text-to-video generation as a service."""

@@ -1,0 +1,3 @@
+from reelgen.cli.main import app
+
+app()

@@ -1,0 +1,71 @@
+"""Every error leaves as `{"error": {message, type, param, code}}` with a fitting status."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+
+from reelgen.domain.errors import (
+    Conflict,
+    InvalidRequest,
+    LeaseLost,
+    NotFound,
+    RateLimited,
+    ReelgenError,
+    Unauthorized,
+)
+
+STATUS = {
+    InvalidRequest: (400, "invalid_request_error"),
+    Unauthorized: (401, "authentication_error"),
+    NotFound: (404, "invalid_request_error"),
+    Conflict: (409, "invalid_request_error"),
+    RateLimited: (429, "rate_limit_error"),
+    LeaseLost: (409, "invalid_request_error"),
+}
+
+
+def error_response(
+    status: int, message: str, *, type_: str, param: str | None = None, code: str | None = None
+) -> JSONResponse:
+    body = {"error": {"message": message, "type": type_, "param": param, "code": code}}
+    return JSONResponse(body, status_code=status)
+
+
+async def _reelgen_error(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, ReelgenError)
+    status, type_ = STATUS.get(type(exc), (500, "server_error"))
+    response = error_response(status, exc.message, type_=type_, param=exc.param, code=exc.code)
+    if isinstance(exc, RateLimited):
+        response.headers["Retry-After"] = str(exc.retry_after)
+    if isinstance(exc, Unauthorized):
+        response.headers["WWW-Authenticate"] = "Bearer"
+    return response
+
+
+async def _validation_error(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
+    loc = [str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path")]
+    param = ".".join(loc) or None
+    message = f"{param}: {first['msg']}" if param else str(first["msg"])
+    return error_response(
+        400, message, type_="invalid_request_error", param=param, code="invalid_request"
+    )
+
+
+async def _http_error(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, HTTPException)
+    type_ = "invalid_request_error" if exc.status_code < 500 else "server_error"
+    response = error_response(exc.status_code, str(exc.detail), type_=type_)
+    for name, value in (exc.headers or {}).items():
+        response.headers[name] = value
+    return response
+
+
+def install(app: FastAPI) -> None:
+    app.add_exception_handler(ReelgenError, _reelgen_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(HTTPException, _http_error)

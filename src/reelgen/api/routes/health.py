@@ -1,0 +1,34 @@
+"""Liveness and readiness for load balancers and Kubernetes probes."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
+from sqlalchemy import text
+
+from reelgen.api.deps import PlatformDep
+from reelgen.store.database import current_revision, head_revision
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/healthz")
+def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@router.get("/readyz")
+async def readyz(platform: PlatformDep) -> JSONResponse:
+    def check() -> dict[str, str]:
+        with platform.db.read() as conn:
+            conn.execute(text("SELECT 1"))
+        revision = current_revision(platform.db.engine)
+        if revision != head_revision():
+            raise RuntimeError(f"database at revision {revision}, code expects {head_revision()}")
+        return {"status": "ready", "database": "ok", "schema": str(revision)}
+
+    try:
+        return JSONResponse(await run_in_threadpool(check))
+    except Exception as exc:
+        return JSONResponse({"status": "not_ready", "reason": str(exc)}, status_code=503)

@@ -1,0 +1,296 @@
+"""The `/v1/videos` routes: parse, call one service function, shape the answer."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Query, Request, Response
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import FileResponse, RedirectResponse, StreamingResponse
+from pydantic import ValidationError
+from starlette.datastructures import UploadFile
+
+from reelgen.api.deps import CurrentUser, PlatformDep
+from reelgen.api.schemas import (
+    RemixBody,
+    VideoCreateBody,
+    VideoDeleted,
+    VideoList,
+    VideoPublic,
+)
+from reelgen.domain.errors import InvalidRequest, NotFound
+from reelgen.domain.jobs import VARIANT_MEDIA_TYPES, Job, Variant
+from reelgen.platform import Platform
+from reelgen.services import videos
+from reelgen.services.videos import CreateVideo
+
+router = APIRouter(prefix="/v1/videos", tags=["videos"])
+
+FORM_FIELDS = {"prompt", "model", "seconds", "size", "style", "seed"}
+REFERENCE_URL_FIELD = "input_reference[image_url]"
+REFERENCE_FILE_ID_FIELD = "input_reference[file_id]"
+SSE_POLL_S = 0.5
+SSE_KEEPALIVE_S = 15.0
+
+_CREATE_DOC: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {"schema": VideoCreateBody.model_json_schema()},
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["prompt"],
+                    "properties": {
+                        **{f: {"type": "string"} for f in sorted(FORM_FIELDS)},
+                        "input_reference": {"type": "string", "format": "binary"},
+                        REFERENCE_URL_FIELD: {"type": "string"},
+                    },
+                }
+            },
+        },
+    }
+}
+
+
+def _public(platform: Platform, job: Job) -> VideoPublic:
+    return VideoPublic.from_view(videos.view(platform, job))
+
+
+def _pydantic_message(exc: ValidationError) -> tuple[str, str | None]:
+    err = exc.errors()[0]
+    param = ".".join(str(p) for p in err["loc"]) or None
+    if err["type"] == "extra_forbidden":
+        return f"Unknown field {param!r}.", param
+    return (f"{param}: {err['msg']}" if param else err["msg"]), param
+
+
+def _from_json(raw: bytes) -> CreateVideo:
+    try:
+        data = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InvalidRequest(f"Request body is not valid JSON: {exc}.") from exc
+    if not isinstance(data, dict):
+        raise InvalidRequest("Request body must be a JSON object.")
+    try:
+        body = VideoCreateBody.model_validate(data)
+    except ValidationError as exc:
+        message, param = _pydantic_message(exc)
+        raise InvalidRequest(message, param=param) from exc
+    ref = body.input_reference
+    if ref is not None and ref.file_id is not None:
+        raise InvalidRequest(
+            "input_reference.file_id is not supported; upload the image instead.",
+            param="input_reference",
+        )
+    return CreateVideo(
+        prompt=body.prompt,
+        model=body.model,
+        seconds=body.seconds,
+        size=body.size,
+        style=body.style,
+        seed=body.seed,
+        reference_url=ref.image_url if ref is not None else None,
+    )
+
+
+async def _from_form(request: Request, max_bytes: int) -> CreateVideo:
+    async with request.form(max_files=1, max_fields=16, max_part_size=1024 * 1024) as form:
+        values: dict[str, str] = {}
+        image: bytes | None = None
+        for name, value in form.multi_items():
+            if name in values or (name == "input_reference" and image is not None):
+                raise InvalidRequest(f"Field {name!r} is given more than once.", param=name)
+            if isinstance(value, UploadFile):
+                if name != "input_reference":
+                    raise InvalidRequest(f"Unexpected file field {name!r}.", param=name)
+                image = await value.read(max_bytes + 1)
+            elif name == "input_reference":
+                raise InvalidRequest("input_reference must be an uploaded file.", param=name)
+            elif name in FORM_FIELDS or name == REFERENCE_URL_FIELD:
+                values[name] = value
+            elif name == REFERENCE_FILE_ID_FIELD:
+                raise InvalidRequest(
+                    "input_reference.file_id is not supported; upload the image instead.",
+                    param="input_reference",
+                )
+            else:
+                raise InvalidRequest(f"Unknown field {name!r}.", param=name)
+    seed = values.get("seed")
+    if seed is not None and not seed.strip().isdigit():
+        raise InvalidRequest(f"seed must be a non-negative integer; got {seed!r}.", param="seed")
+    return CreateVideo(
+        prompt=values.get("prompt"),
+        model=values.get("model"),
+        seconds=values.get("seconds"),
+        size=values.get("size"),
+        style=values.get("style"),
+        seed=int(seed) if seed is not None else None,
+        reference_image=image,
+        reference_url=values.get(REFERENCE_URL_FIELD),
+    )
+
+
+@router.post("", response_model=VideoPublic, openapi_extra=_CREATE_DOC)
+async def create_video(
+    request: Request,
+    response: Response,
+    platform: PlatformDep,
+    user: CurrentUser,
+    idempotency_key: Annotated[str | None, Header()] = None,
+) -> VideoPublic:
+    """Enqueues a generation; answers at once with the queued job (200, or 200 on replay)."""
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    max_bytes = platform.settings.max_reference_bytes
+    length = request.headers.get("content-length")
+    if length is not None and length.isdigit() and int(length) > max_bytes + 1024 * 1024:
+        raise InvalidRequest(f"Request body is larger than the {max_bytes} byte upload limit.")
+    if content_type == "application/json":
+        req = _from_json(await request.body())
+    elif content_type in ("multipart/form-data", "application/x-www-form-urlencoded"):
+        req = await _from_form(request, max_bytes)
+    else:
+        raise InvalidRequest(
+            "Content-Type must be application/json, multipart/form-data or "
+            "application/x-www-form-urlencoded; "
+            f"got {content_type or 'none'}."
+        )
+    job, created = await run_in_threadpool(
+        videos.submit, platform, user, req, idempotency_key=idempotency_key
+    )
+    if not created:
+        response.headers["Idempotent-Replayed"] = "true"
+    return await run_in_threadpool(_public, platform, job)
+
+
+@router.get("", response_model=VideoList)
+def list_videos(
+    platform: PlatformDep,
+    user: CurrentUser,
+    after: str | None = None,
+    limit: Annotated[int, Query()] = 20,
+    order: str = "desc",
+) -> VideoList:
+    jobs, has_more = videos.list_jobs(platform, user, after=after, limit=limit, order=order)
+    data = [_public(platform, j) for j in jobs]
+    return VideoList(
+        data=data,
+        first_id=data[0].id if data else None,
+        last_id=data[-1].id if data else None,
+        has_more=has_more,
+    )
+
+
+@router.get("/{video_id}", response_model=VideoPublic)
+def retrieve_video(
+    video_id: str, response: Response, platform: PlatformDep, user: CurrentUser
+) -> VideoPublic:
+    job = videos.get_job(platform, user, video_id)
+    if not job.status.is_terminal:
+        response.headers["openai-poll-after-ms"] = str(platform.settings.poll_after_ms)
+    return _public(platform, job)
+
+
+@router.delete("/{video_id}", response_model=VideoDeleted)
+def delete_video(video_id: str, platform: PlatformDep, user: CurrentUser) -> VideoDeleted:
+    videos.delete(platform, user, video_id)
+    return VideoDeleted(id=video_id)
+
+
+@router.post("/{video_id}/cancel", response_model=VideoPublic)
+def cancel_video(video_id: str, platform: PlatformDep, user: CurrentUser) -> VideoPublic:
+    """Queued jobs stop at once; running jobs stop at their next step boundary."""
+    return _public(platform, videos.cancel(platform, user, video_id))
+
+
+@router.post("/{video_id}/remix", response_model=VideoPublic)
+def remix_video(
+    video_id: str,
+    body: RemixBody,
+    platform: PlatformDep,
+    user: CurrentUser,
+    idempotency_key: Annotated[str | None, Header()] = None,
+) -> VideoPublic:
+    job = videos.remix(platform, user, video_id, body.prompt, idempotency_key)
+    return _public(platform, job)
+
+
+@router.get("/{video_id}/content", response_model=None)
+@router.head("/{video_id}/content", response_model=None, include_in_schema=False)
+def download_content(
+    request: Request,
+    video_id: str,
+    platform: PlatformDep,
+    user: CurrentUser,
+    variant: Variant = Variant.VIDEO,
+) -> Response:
+    """The bytes (Range, ETag) or, when configured, a redirect to a signed URL."""
+    key = videos.content_key(platform, user, video_id, variant)
+    if platform.settings.content_redirect:
+        return RedirectResponse(videos.signed_content_url(platform, key), status_code=302)
+    return file_response(request, platform, key, variant, cache="private, max-age=3600")
+
+
+def file_response(
+    request: Request, platform: Platform, key: str, variant: Variant, *, cache: str
+) -> Response:
+    """Range and HEAD come from Starlette's FileResponse; conditional GETs are added here."""
+    path = platform.objects.local_path(key)
+    try:
+        stat = path.stat() if path is not None else None
+    except FileNotFoundError:
+        stat = None
+    if path is None or stat is None:
+        raise NotFound("The content is no longer stored.")
+    response = FileResponse(
+        path,
+        media_type=VARIANT_MEDIA_TYPES[variant],
+        headers={"Cache-Control": cache},
+        stat_result=stat,
+    )
+    etag = response.headers["etag"]
+    if etag in {t.strip() for t in request.headers.get("if-none-match", "").split(",")}:
+        return Response(status_code=304, headers={"ETag": etag, "Cache-Control": cache})
+    return response
+
+
+@router.get("/{video_id}/events", response_class=StreamingResponse)
+async def video_events(
+    video_id: str, request: Request, platform: PlatformDep, user: CurrentUser
+) -> StreamingResponse:
+    """Server-Sent Events: one `video` event per change of status, stage or progress."""
+    await run_in_threadpool(videos.get_job, platform, user, video_id)
+    return StreamingResponse(
+        _event_stream(request, platform, user, video_id),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+
+
+async def _event_stream(
+    request: Request, platform: Platform, user: Any, video_id: str
+) -> AsyncIterator[str]:
+    last: tuple[str, str, int] | None = None
+    idle = 0.0
+    while True:
+        try:
+            job = await run_in_threadpool(videos.get_job, platform, user, video_id)
+        except NotFound:
+            yield f"event: deleted\ndata: {json.dumps({'id': video_id})}\n\n"
+            return
+        public = await run_in_threadpool(_public, platform, job)
+        state = (public.status, public.stage, public.progress)
+        if state != last:
+            last, idle = state, 0.0
+            data = public.model_dump_json()
+            yield f"event: video\nid: {job.id}-{public.progress}\ndata: {data}\n\n"
+        elif idle >= SSE_KEEPALIVE_S:
+            idle = 0.0
+            yield ": keep-alive\n\n"
+        if job.status.is_terminal or await request.is_disconnected():
+            return
+        await asyncio.sleep(SSE_POLL_S)
+        idle += SSE_POLL_S

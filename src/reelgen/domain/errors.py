@@ -1,0 +1,44 @@
+"""Errors the platform reports to callers; the API maps each class to an HTTP status."""
+
+from __future__ import annotations
+
+
+class ReelgenError(Exception):
+    code: str = "internal_error"
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        if code is not None:
+            self.code = code
+
+
+class InvalidRequest(ReelgenError):
+    code = "invalid_request"
+
+
+class Unauthorized(ReelgenError):
+    code = "invalid_api_key"
+
+
+class NotFound(ReelgenError):
+    code = "not_found"
+
+
+class Conflict(ReelgenError):
+    code = "conflict"
+
+
+class RateLimited(ReelgenError):
+    code = "rate_limit_exceeded"
+
+    def __init__(self, message: str, *, retry_after: int, code: str | None = None):
+        super().__init__(message, code=code)
+        self.retry_after = max(1, retry_after)
+
+
+class LeaseLost(ReelgenError):
+    """A worker acted on a job whose lease it no longer holds (fencing)."""
+
+    code = "lease_lost"

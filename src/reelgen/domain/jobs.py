@@ -1,0 +1,201 @@
+"""The video job: its spec, states, stages and the rules that govern them. Pure, no I/O."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any, Self
+
+from reelgen.domain.errors import InvalidRequest
+
+
+class Status(StrEnum):
+    QUEUED = "queued"
+    """Accepted and durable; waiting for a worker."""
+    IN_PROGRESS = "in_progress"
+    """Claimed by a worker holding a lease."""
+    COMPLETED = "completed"
+    """Outputs are stored and viewable."""
+    FAILED = "failed"
+    """Ended without output; `error_code` says why."""
+    CANCELLED = "cancelled"
+    """Stopped at the user's request; shown publicly as failed with code `cancelled`."""
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in TERMINAL
+
+
+TERMINAL = frozenset({Status.COMPLETED, Status.FAILED, Status.CANCELLED})
+ACTIVE = frozenset({Status.QUEUED, Status.IN_PROGRESS})
+
+
+class Stage(StrEnum):
+    WAITING_FOR_GPU = "waiting_for_gpu"
+    GENERATING = "generating"
+    ENCODING = "encoding"
+    UPLOADING = "uploading"
+    DONE = "done"
+
+
+class Tier(StrEnum):
+    FREE = "free"
+    PAID = "paid"
+
+
+class Variant(StrEnum):
+    VIDEO = "video"
+    THUMBNAIL = "thumbnail"
+    SPRITESHEET = "spritesheet"
+
+
+VARIANT_MEDIA_TYPES = {
+    Variant.VIDEO: "video/mp4",
+    Variant.THUMBNAIL: "image/webp",
+    Variant.SPRITESHEET: "image/jpeg",
+}
+
+OPENAI_SIZES = ("720x1280", "1280x720", "1024x1792", "1792x1024")
+SIZES = (*OPENAI_SIZES, "832x480", "480x832", "256x144", "144x256", "128x72", "64x64")
+DEFAULT_SIZE = "720x1280"
+MIN_SECONDS, MAX_SECONDS, DEFAULT_SECONDS = 1, 20, 4
+FPS = 24
+
+
+def parse_size(value: str) -> tuple[int, int]:
+    if value not in SIZES:
+        raise InvalidRequest(
+            f"Unsupported size {value!r}; supported sizes are {', '.join(SIZES)}.", param="size"
+        )
+    w, h = value.split("x")
+    return int(w), int(h)
+
+
+def parse_seconds(value: str | int) -> int:
+    text = str(value).strip()
+    if not text.isdigit() or not MIN_SECONDS <= int(text) <= MAX_SECONDS:
+        raise InvalidRequest(
+            f"seconds must be a whole number from {MIN_SECONDS} to {MAX_SECONDS}; got {value!r}.",
+            param="seconds",
+        )
+    return int(text)
+
+
+@dataclass(frozen=True, slots=True)
+class JobSpec:
+    """What the user asked for, validated; the request hash covers exactly this."""
+
+    prompt: str
+    model: str
+    seconds: int
+    width: int
+    height: int
+    seed: int
+    style: str | None = None
+    reference_sha256: str | None = None
+    remixed_from: str | None = None
+
+    @property
+    def size(self) -> str:
+        return f"{self.width}x{self.height}"
+
+    def fingerprint(self) -> str:
+        payload = json.dumps(dataclasses.asdict(self), sort_keys=True).encode()
+        return hashlib.sha256(payload).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """One row of the jobs table, as the services see it."""
+
+    seq: int
+    id: str
+    user_id: str
+    tier: Tier
+    model: str
+    prompt: str
+    seconds: int
+    width: int
+    height: int
+    seed: int
+    style: str | None
+    reference_key: str | None
+    remixed_from: str | None
+    status: Status
+    stage: Stage
+    progress: int
+    step: int
+    total_steps: int
+    estimated_seconds: float
+    created_at: float
+    started_at: float | None
+    completed_at: float | None
+    expires_at: float | None
+    not_before: float
+    attempt: int
+    max_attempts: int
+    worker_id: str | None
+    lease_token: str | None
+    lease_expires_at: float | None
+    cancel_requested: bool
+    checkpoint_step: int
+    checkpoint_key: str | None
+    video_key: str | None
+    thumbnail_key: str | None
+    spritesheet_key: str | None
+    error_code: str | None
+    error_message: str | None
+    deleted_at: float | None
+
+    @classmethod
+    def from_row(cls, row: Any) -> Self:
+        data = dict(row._mapping)
+        data["tier"] = Tier(data["tier"])
+        data["status"] = Status(data["status"])
+        data["stage"] = Stage(data["stage"])
+        data["cancel_requested"] = bool(data["cancel_requested"])
+        return cls(**{f.name: data[f.name] for f in dataclasses.fields(cls)})
+
+    @property
+    def size(self) -> str:
+        return f"{self.width}x{self.height}"
+
+    def content_key(self, variant: Variant) -> str | None:
+        return {
+            Variant.VIDEO: self.video_key,
+            Variant.THUMBNAIL: self.thumbnail_key,
+            Variant.SPRITESHEET: self.spritesheet_key,
+        }[variant]
+
+
+@dataclass(frozen=True, slots=True)
+class JobEvent:
+    id: int
+    job_id: str
+    at: float
+    kind: str
+    data: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class User:
+    id: str
+    name: str
+    tier: Tier
+
+
+@dataclass(frozen=True, slots=True)
+class TierLimits:
+    max_concurrent: int
+    max_per_day: int
+
+
+GENERATING_SHARE = 90
+"""Progress points given to the model's steps; encoding and upload take the rest."""
+
+
+def generation_progress(step: int, total: int) -> int:
+    return min(GENERATING_SHARE, (GENERATING_SHARE * step) // max(1, total))

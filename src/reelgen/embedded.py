@@ -1,0 +1,94 @@
+"""`reelgen serve`: API, controller and workers in one process over SQLite and a directory."""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import signal
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO
+
+import uvicorn
+
+from reelgen.api.app import create_app
+from reelgen.controller import loop as controller
+from reelgen.platform import Platform, build_platform
+from reelgen.services.accounts import ensure_bootstrap_key
+from reelgen.settings import Settings
+from reelgen.store.database import upgrade
+from reelgen.worker.runner import Worker
+
+log = logging.getLogger("reelgen.serve")
+
+
+def _lock_data_dir(data_dir: Path) -> IO[str]:
+    data_dir.mkdir(parents=True, exist_ok=True)
+    handle = open(data_dir / "serve.lock", "w")  # noqa: SIM115 - held for the process lifetime
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError as exc:
+        raise SystemExit(
+            f"Another `reelgen serve` is already using the data directory {data_dir}."
+        ) from exc
+    return handle
+
+
+def serve(
+    settings: Settings,
+    *,
+    host: str,
+    port: int,
+    workers: int,
+    announce: Callable[[str], None] = print,
+) -> None:
+    lock = _lock_data_dir(settings.data_dir)
+    platform = build_platform(settings)
+    if settings.is_embedded_database:
+        upgrade(platform.db.engine)
+    new_key = ensure_bootstrap_key(platform)
+    controller.recover_orphans(platform)
+
+    stop = threading.Event()
+    pool = [Worker(platform, model_name=settings.default_model) for _ in range(workers)]
+    threads = [threading.Thread(target=w.run, name=w.id, daemon=True) for w in pool]
+    threads.append(
+        threading.Thread(
+            target=controller.run, args=(platform, stop), name="controller", daemon=True
+        )
+    )
+    for t in threads:
+        t.start()
+
+    url = settings.public_url or f"http://{host}:{port}"
+    announce(f"Reelgen is serving at {url}/v1 (data in {settings.data_dir.resolve()})")
+    if new_key is not None:
+        announce(
+            f"Created an API key for user 'admin' (paid tier); it is shown only once:\n  {new_key}"
+        )
+    config = uvicorn.Config(
+        create_app(platform), host=host, port=port, log_level="warning", access_log=False
+    )
+    # uvicorn re-raises the signal that stopped it; these handlers absorb it so the
+    # workers can drain below instead of the process dying mid-job.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda _s, _f: log.info("draining workers before exit"))
+    try:
+        uvicorn.Server(config).run()
+    finally:
+        _shutdown(platform, pool, threads, stop)
+        lock.close()
+
+
+def _shutdown(
+    platform: Platform, pool: list[Worker], threads: list[threading.Thread], stop: threading.Event
+) -> None:
+    """Workers checkpoint and release their jobs at the next step; nothing accepted is lost."""
+    stop.set()
+    for w in pool:
+        w.stop.set()
+    platform.signal_work()
+    for t in threads:
+        t.join(timeout=60)
+    platform.close()

@@ -1,0 +1,85 @@
+"""The contract between the platform and a video model.
+
+A model is a black box that turns a `GenerationSpec` into frames and audio, in steps.
+The worker drives it through `generate`, receives a callback at every step boundary
+(progress, heartbeat, cancel/preempt checks, checkpoints) and may resume it from a
+state saved at an earlier boundary.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+
+@dataclass(frozen=True, slots=True)
+class GenerationSpec:
+    """Everything a model needs to render one clip; fully determines the output."""
+
+    prompt: str
+    seconds: int
+    width: int
+    height: int
+    seed: int
+    style: str | None = None
+    fps: int = 24
+    reference_image: bytes | None = None
+    """An already validated PNG/JPEG/WebP image that guides the first frame and palette."""
+
+    @property
+    def num_frames(self) -> int:
+        return self.seconds * self.fps
+
+
+@dataclass(frozen=True, slots=True)
+class StepInfo:
+    """Passed to the step callback after step `step` (1-based) of `total` has finished."""
+
+    step: int
+    total: int
+    snapshot: Callable[[], bytes]
+    """Serialises the resumable state as of this boundary; call only when checkpointing."""
+
+
+StepCallback = Callable[[StepInfo], None]
+"""Raising from the callback (cancel, preempt, lost lease) stops generation at that step."""
+
+
+@dataclass(slots=True)
+class Clip:
+    """A generated clip: frames are produced lazily so a 20 s clip never sits in memory."""
+
+    width: int
+    height: int
+    fps: int
+    num_frames: int
+    frames: Iterator[np.ndarray]
+    """RGB uint8 arrays of shape (height, width, 3), exactly `num_frames` of them."""
+    audio: np.ndarray
+    """float32 samples in [-1, 1], shape (channels, samples)."""
+    sample_rate: int
+
+
+class VideoModel(Protocol):
+    name: str
+
+    def load(self) -> None:
+        """Brings weights into memory; called once before the first generate."""
+
+    def num_steps(self, spec: GenerationSpec) -> int: ...
+
+    def estimate_seconds(self, spec: GenerationSpec) -> float:
+        """Expected wall-clock generation time on this worker, for ETAs and scheduling."""
+        ...
+
+    def generate(
+        self,
+        spec: GenerationSpec,
+        on_step: StepCallback,
+        resume_from: bytes | None = None,
+    ) -> Clip:
+        """Runs the remaining steps (all, or those after the snapshot) and returns the clip."""
+        ...

@@ -1,0 +1,91 @@
+"""Wires settings into the long-lived pieces every process shares; built once per process."""
+
+from __future__ import annotations
+
+import secrets
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import cached_property
+
+from reelgen.models.base import VideoModel
+from reelgen.models.registry import build_model
+from reelgen.scheduler.policy import Policy
+from reelgen.settings import Settings
+from reelgen.storage.base import ObjectStore, open_store
+from reelgen.store.accounts import AccountStore
+from reelgen.store.database import Database, make_engine
+from reelgen.store.jobs import JobStore
+
+
+@dataclass
+class Platform:
+    settings: Settings
+    db: Database
+    objects: ObjectStore
+    clock: Callable[[], float] = time.time
+    policy: Policy = field(default_factory=Policy)
+    _models: dict[str, VideoModel] = field(default_factory=dict)
+    _work: threading.Condition = field(default_factory=threading.Condition)
+    _cancels: set[str] = field(default_factory=set)
+
+    @cached_property
+    def jobs(self) -> JobStore:
+        return JobStore(self.db)
+
+    @cached_property
+    def accounts(self) -> AccountStore:
+        return AccountStore(self.db)
+
+    @cached_property
+    def signing_secret(self) -> bytes:
+        if self.settings.signing_secret is not None:
+            return self.settings.signing_secret.get_secret_value().encode()
+        path = self.settings.data_dir / "signing.key"
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(secrets.token_hex(32))
+            path.chmod(0o600)
+        return path.read_text().strip().encode()
+
+    def model(self, name: str) -> VideoModel:
+        """One adapter instance per model name per process (weights load once)."""
+        if name not in self._models:
+            self._models[name] = build_model(name, self.settings)
+        return self._models[name]
+
+    def signal_work(self) -> None:
+        """Wakes idle in-process workers; across processes they fall back to polling."""
+        with self._work:
+            self._work.notify_all()
+
+    def wait_for_work(self, timeout: float) -> None:
+        with self._work:
+            self._work.wait(timeout)
+
+    def signal_cancel(self, job_id: str) -> None:
+        """Lets an in-process worker stop at its very next step instead of its next heartbeat."""
+        with self._work:
+            self._cancels.add(job_id)
+
+    def take_cancel(self, job_id: str) -> bool:
+        with self._work:
+            if job_id in self._cancels:
+                self._cancels.discard(job_id)
+                return True
+            return False
+
+    def close(self) -> None:
+        self.db.dispose()
+
+
+def build_platform(settings: Settings) -> Platform:
+    engine = make_engine(
+        settings.resolved_database_url(), sqlite_synchronous=settings.sqlite_synchronous
+    )
+    return Platform(
+        settings=settings,
+        db=Database(engine),
+        objects=open_store(settings.resolved_storage_url()),
+    )

@@ -1,0 +1,63 @@
+"""API keys: created once, shown once, stored only as a hash."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+
+from reelgen.domain.errors import Unauthorized
+from reelgen.domain.jobs import Tier, User
+from reelgen.platform import Platform
+
+KEY_PREFIX = "rg_"
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}_{secrets.token_hex(12)}"
+
+
+def create_key(platform: Platform, *, user_name: str, tier: Tier, key: str | None = None) -> str:
+    """Creates (or reuses) the user and binds a new key to it; returns the plain key."""
+    now = platform.clock()
+    user = platform.accounts.get_or_create_user(
+        user_id=new_id("user"), name=user_name, tier=tier, now=now
+    )
+    key = key or KEY_PREFIX + secrets.token_urlsafe(32)
+    if not platform.accounts.has_key_hash(hash_key(key)):
+        platform.accounts.add_key(
+            key_id=new_id("key"),
+            user_id=user.id,
+            key_hash=hash_key(key),
+            prefix=key[:8],
+            now=now,
+        )
+    return key
+
+
+def authenticate(platform: Platform, key: str | None) -> User:
+    if not key:
+        raise Unauthorized(
+            "Missing API key: send it as 'Authorization: Bearer KEY'.", code="missing_api_key"
+        )
+    user = platform.accounts.user_for_key(hash_key(key))
+    if user is None:
+        raise Unauthorized("Invalid API key.")
+    return user
+
+
+def ensure_bootstrap_key(platform: Platform) -> str | None:
+    """Makes the configured bootstrap key exist, or creates a first key on an empty install.
+
+    Returns a key only when one was newly generated and must be shown to the operator.
+    """
+    configured = platform.settings.bootstrap_api_key
+    if configured is not None:
+        create_key(platform, user_name="admin", tier=Tier.PAID, key=configured.get_secret_value())
+        return None
+    if platform.accounts.count_keys() == 0:
+        return create_key(platform, user_name="admin", tier=Tier.PAID)
+    return None

@@ -1,0 +1,65 @@
+"""One settings object for every process, read from `REELGEN_*` environment variables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="REELGEN_", extra="ignore")
+
+    data_dir: Path = Path(".reelgen")
+    database_url: str | None = None
+    """Defaults to a SQLite file in the data directory."""
+    storage_url: str | None = None
+    """Defaults to `file://<data_dir>/objects`."""
+    bootstrap_api_key: SecretStr | None = None
+    signing_secret: SecretStr | None = None
+    """HMAC key for signed content URLs; generated and kept in the data directory if unset."""
+    public_url: str | None = None
+    """Base URL printed for users; defaults to http://HOST:PORT."""
+
+    default_model: str = "reference"
+    reference_steps: int = Field(30, ge=1, le=1000)
+
+    free_max_concurrent: int = Field(2, ge=1)
+    free_max_per_day: int = Field(50, ge=1)
+    paid_max_concurrent: int = Field(10, ge=1)
+    paid_max_per_day: int = Field(1000, ge=1)
+
+    max_prompt_chars: int = Field(4000, ge=1)
+    max_reference_bytes: int = Field(10 * 1024 * 1024, ge=1024)
+    max_reference_pixels: int = Field(4096 * 4096, ge=64 * 64)
+
+    lease_seconds: float = Field(30.0, gt=0)
+    heartbeat_seconds: float = Field(1.0, gt=0)
+    checkpoint_every_steps: int = Field(5, ge=1)
+    max_attempts: int = Field(3, ge=1)
+    worker_poll_seconds: float = Field(0.5, gt=0)
+    controller_interval_seconds: float = Field(1.0, gt=0)
+
+    retention_days: int = Field(7, ge=1)
+    """How long finished videos stay downloadable (`expires_at`)."""
+    content_redirect: bool = False
+    """Answer `/content` with a redirect to a signed URL instead of the bytes."""
+    signed_url_ttl_seconds: int = Field(3600, ge=1)
+    poll_after_ms: int = Field(1000, ge=50)
+    sqlite_synchronous: Literal["OFF", "NORMAL", "FULL"] = "FULL"
+
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'reelgen.db').resolve()}"
+
+    def resolved_storage_url(self) -> str:
+        if self.storage_url:
+            return self.storage_url
+        return f"file://{(self.data_dir / 'objects').resolve()}"
+
+    @property
+    def is_embedded_database(self) -> bool:
+        return self.resolved_database_url().startswith("sqlite")

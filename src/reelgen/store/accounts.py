@@ -1,0 +1,53 @@
+"""Users and API keys."""
+
+from __future__ import annotations
+
+from sqlalchemy import insert, select, update
+
+from reelgen.domain.jobs import Tier, User
+from reelgen.store.database import Database
+from reelgen.store.schema import api_keys, users
+
+
+class AccountStore:
+    def __init__(self, db: Database):
+        self.db = db
+
+    def get_or_create_user(self, *, user_id: str, name: str, tier: Tier, now: float) -> User:
+        with self.db.write() as conn:
+            row = conn.execute(select(users).where(users.c.name == name)).first()
+            if row is None:
+                conn.execute(
+                    insert(users).values(id=user_id, name=name, tier=tier.value, created_at=now)
+                )
+                return User(id=user_id, name=name, tier=tier)
+            if row.tier != tier.value:
+                conn.execute(update(users).where(users.c.id == row.id).values(tier=tier.value))
+            return User(id=row.id, name=row.name, tier=tier)
+
+    def add_key(self, *, key_id: str, user_id: str, key_hash: str, prefix: str, now: float) -> None:
+        with self.db.write() as conn:
+            conn.execute(
+                insert(api_keys).values(
+                    id=key_id, user_id=user_id, key_hash=key_hash, prefix=prefix, created_at=now
+                )
+            )
+
+    def has_key_hash(self, key_hash: str) -> bool:
+        with self.db.read() as conn:
+            row = conn.execute(select(api_keys.c.id).where(api_keys.c.key_hash == key_hash)).first()
+            return row is not None
+
+    def count_keys(self) -> int:
+        with self.db.read() as conn:
+            return len(conn.execute(select(api_keys.c.id).limit(1)).all())
+
+    def user_for_key(self, key_hash: str) -> User | None:
+        query = (
+            select(users.c.id, users.c.name, users.c.tier)
+            .join(api_keys, api_keys.c.user_id == users.c.id)
+            .where(api_keys.c.key_hash == key_hash, api_keys.c.revoked_at.is_(None))
+        )
+        with self.db.read() as conn:
+            row = conn.execute(query).first()
+        return None if row is None else User(id=row.id, name=row.name, tier=Tier(row.tier))

@@ -1,0 +1,501 @@
+"""The durable queue: job rows, their events, leases, checkpoints and idempotency keys.
+
+Every state change happens in one transaction together with its `job_events` row.
+Worker-side writes are fenced by the lease token: a worker that lost its lease cannot
+heartbeat, checkpoint or publish.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Connection, and_, delete, func, insert, or_, select, update
+
+from reelgen.domain.errors import Conflict, LeaseLost
+from reelgen.domain.jobs import ACTIVE, Job, JobEvent, Stage, Status, Tier
+from reelgen.scheduler.policy import Policy, QueuedView
+from reelgen.store.database import Database
+from reelgen.store.schema import idempotency_keys, job_events, jobs, users, workers
+
+DAY_S = 86_400.0
+ACTIVE_VALUES = [s.value for s in ACTIVE]
+
+
+@dataclass(frozen=True, slots=True)
+class UsageView:
+    """What admission control needs to know about a user, read inside the submit transaction."""
+
+    active: int
+    today: int
+    oldest_today: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerFlags:
+    cancel_requested: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Reaped:
+    job_id: str
+    attempt: int
+    requeued: bool
+
+
+def _event(conn: Connection, job_id: str, kind: str, now: float, **data: Any) -> None:
+    conn.execute(insert(job_events).values(job_id=job_id, at=now, kind=kind, data=json.dumps(data)))
+
+
+class JobStore:
+    def __init__(self, db: Database):
+        self.db = db
+
+    # ---- submission -------------------------------------------------------------------
+    def submit(
+        self,
+        row: dict[str, Any],
+        *,
+        admit: Callable[[UsageView], None],
+        idempotency: tuple[str, str] | None,
+        request_hash: str,
+    ) -> tuple[Job, bool]:
+        """Inserts the job unless an idempotency key already names one.
+
+        Returns the job and whether it was created. `admit` raises to refuse the job.
+        """
+        user_id, now = row["user_id"], row["created_at"]
+        with self.db.write() as conn:
+            conn.execute(select(users.c.id).where(users.c.id == user_id).with_for_update())
+            if idempotency is not None:
+                existing = conn.execute(
+                    select(idempotency_keys).where(
+                        idempotency_keys.c.user_id == user_id,
+                        idempotency_keys.c.key == idempotency[1],
+                    )
+                ).first()
+                if existing is not None:
+                    if existing.request_hash != request_hash:
+                        raise Conflict(
+                            "This Idempotency-Key was already used with a different request "
+                            "body; use a new key for a new request.",
+                            code="idempotency_key_reused",
+                        )
+                    job_row = conn.execute(select(jobs).where(jobs.c.id == existing.job_id)).one()
+                    return Job.from_row(job_row), False
+            usage = conn.execute(
+                select(
+                    func.count().filter(jobs.c.status.in_(ACTIVE_VALUES)),
+                    func.count().filter(jobs.c.created_at > now - DAY_S),
+                    func.min(jobs.c.created_at).filter(jobs.c.created_at > now - DAY_S),
+                ).where(jobs.c.user_id == user_id)
+            ).one()
+            admit(UsageView(active=usage[0], today=usage[1], oldest_today=usage[2]))
+            conn.execute(insert(jobs).values(**row))
+            _event(conn, row["id"], "created", now, attempt=0)
+            if idempotency is not None:
+                conn.execute(
+                    insert(idempotency_keys).values(
+                        user_id=user_id,
+                        key=idempotency[1],
+                        request_hash=request_hash,
+                        job_id=row["id"],
+                        created_at=now,
+                    )
+                )
+            job_row = conn.execute(select(jobs).where(jobs.c.id == row["id"])).one()
+        return Job.from_row(job_row), True
+
+    # ---- reads --------------------------------------------------------------------------
+    def get(self, job_id: str) -> Job | None:
+        with self.db.read() as conn:
+            row = conn.execute(select(jobs).where(jobs.c.id == job_id)).first()
+        return None if row is None else Job.from_row(row)
+
+    def list_for_user(
+        self, user_id: str, *, after_seq: int | None, limit: int, descending: bool
+    ) -> list[Job]:
+        query = select(jobs).where(jobs.c.user_id == user_id, jobs.c.deleted_at.is_(None))
+        if after_seq is not None:
+            query = query.where(jobs.c.seq < after_seq if descending else jobs.c.seq > after_seq)
+        query = query.order_by(jobs.c.seq.desc() if descending else jobs.c.seq.asc()).limit(limit)
+        with self.db.read() as conn:
+            return [Job.from_row(r) for r in conn.execute(query)]
+
+    def queue_stats(self, job: Job, policy: Policy, now: float) -> tuple[int, float, int]:
+        """(jobs scheduled ahead of this one, their estimated seconds, live workers)."""
+        cutoffs = policy.ahead_cutoffs(job.tier, job.created_at)
+        ahead = or_(
+            *(and_(jobs.c.tier == t.value, jobs.c.created_at < c) for t, c in cutoffs.items())
+        )
+        with self.db.read() as conn:
+            count, seconds = conn.execute(
+                select(func.count(), func.coalesce(func.sum(jobs.c.estimated_seconds), 0.0)).where(
+                    jobs.c.status == Status.QUEUED.value, jobs.c.model == job.model, ahead
+                )
+            ).one()
+            running = conn.execute(
+                select(
+                    func.coalesce(
+                        func.sum(jobs.c.estimated_seconds * (100 - jobs.c.progress) / 100.0), 0.0
+                    )
+                ).where(jobs.c.status == Status.IN_PROGRESS.value, jobs.c.model == job.model)
+            ).scalar_one()
+            live = conn.execute(
+                select(func.count()).where(
+                    workers.c.model == job.model,
+                    workers.c.stopped_at.is_(None),
+                    workers.c.heartbeat_at > now - 60,
+                )
+            ).scalar_one()
+        return int(count), float(seconds) + float(running), int(live)
+
+    def events_after(self, job_id: str, after_id: int = 0) -> list[JobEvent]:
+        query = (
+            select(job_events)
+            .where(job_events.c.job_id == job_id, job_events.c.id > after_id)
+            .order_by(job_events.c.id)
+        )
+        with self.db.read() as conn:
+            return [
+                JobEvent(id=r.id, job_id=r.job_id, at=r.at, kind=r.kind, data=json.loads(r.data))
+                for r in conn.execute(query)
+            ]
+
+    # ---- user actions -------------------------------------------------------------------
+    def request_cancel(self, job_id: str, now: float) -> Job:
+        """Queued jobs end at once; running ones are flagged for their worker."""
+        with self.db.write() as conn:
+            row = conn.execute(select(jobs).where(jobs.c.id == job_id).with_for_update()).one()
+            job = Job.from_row(row)
+            if job.status is Status.QUEUED:
+                conn.execute(
+                    update(jobs)
+                    .where(jobs.c.id == job_id)
+                    .values(
+                        status=Status.CANCELLED.value,
+                        stage=Stage.DONE.value,
+                        completed_at=now,
+                        error_code="cancelled",
+                        error_message="The job was cancelled before it started.",
+                    )
+                )
+                _event(conn, job_id, "cancelled", now, while_status="queued")
+            elif job.status is Status.IN_PROGRESS and not job.cancel_requested:
+                conn.execute(update(jobs).where(jobs.c.id == job_id).values(cancel_requested=True))
+                _event(conn, job_id, "cancel_requested", now, step=job.step)
+            row = conn.execute(select(jobs).where(jobs.c.id == job_id)).one()
+        return Job.from_row(row)
+
+    def mark_deleted(self, job_id: str, now: float) -> None:
+        with self.db.write() as conn:
+            conn.execute(
+                update(jobs)
+                .where(jobs.c.id == job_id)
+                .values(
+                    deleted_at=now,
+                    video_key=None,
+                    thumbnail_key=None,
+                    spritesheet_key=None,
+                    checkpoint_key=None,
+                )
+            )
+            _event(conn, job_id, "deleted", now)
+
+    # ---- workers ------------------------------------------------------------------------
+    def register_worker(self, worker_id: str, model: str, hostname: str, now: float) -> None:
+        with self.db.write() as conn:
+            conn.execute(
+                insert(workers).values(
+                    id=worker_id, model=model, hostname=hostname, started_at=now, heartbeat_at=now
+                )
+            )
+
+    def stop_worker(self, worker_id: str, now: float) -> None:
+        with self.db.write() as conn:
+            conn.execute(
+                update(workers)
+                .where(workers.c.id == worker_id)
+                .values(stopped_at=now, current_job_id=None)
+            )
+
+    def touch_worker(self, worker_id: str, now: float, job_id: str | None) -> None:
+        with self.db.write() as conn:
+            conn.execute(
+                update(workers)
+                .where(workers.c.id == worker_id)
+                .values(heartbeat_at=now, current_job_id=job_id)
+            )
+
+    def claim(
+        self,
+        *,
+        worker_id: str,
+        model: str,
+        policy: Policy,
+        now: float,
+        lease_seconds: float,
+        lease_token: str,
+        per_tier: int = 4,
+    ) -> Job | None:
+        """Takes the next job for `model` in one transaction, as the policy orders them."""
+        with self.db.write() as conn:
+            candidates: list[QueuedView] = []
+            for tier in Tier:
+                query = (
+                    select(jobs.c.id, jobs.c.tier, jobs.c.created_at)
+                    .where(
+                        jobs.c.status == Status.QUEUED.value,
+                        jobs.c.tier == tier.value,
+                        jobs.c.model == model,
+                        jobs.c.not_before <= now,
+                    )
+                    .order_by(jobs.c.created_at)
+                    .limit(per_tier)
+                    .with_for_update(skip_locked=True)
+                )
+                candidates += [
+                    QueuedView(id=r.id, tier=Tier(r.tier), created_at=r.created_at)
+                    for r in conn.execute(query)
+                ]
+            chosen = policy.choose(candidates, now)
+            if chosen is None:
+                return None
+            conn.execute(
+                update(jobs)
+                .where(jobs.c.id == chosen.id, jobs.c.status == Status.QUEUED.value)
+                .values(
+                    status=Status.IN_PROGRESS.value,
+                    stage=Stage.GENERATING.value,
+                    attempt=jobs.c.attempt + 1,
+                    worker_id=worker_id,
+                    lease_token=lease_token,
+                    lease_expires_at=now + lease_seconds,
+                    started_at=func.coalesce(jobs.c.started_at, now),
+                )
+            )
+            job = Job.from_row(conn.execute(select(jobs).where(jobs.c.id == chosen.id)).one())
+            _event(
+                conn,
+                job.id,
+                "started",
+                now,
+                attempt=job.attempt,
+                worker_id=worker_id,
+                resume_step=job.checkpoint_step,
+            )
+            conn.execute(
+                update(workers)
+                .where(workers.c.id == worker_id)
+                .values(heartbeat_at=now, current_job_id=job.id)
+            )
+        return job
+
+    def _fenced(self, conn: Connection, job_id: str, token: str) -> Job:
+        row = conn.execute(select(jobs).where(jobs.c.id == job_id).with_for_update()).first()
+        if row is None or row.lease_token != token or row.status != Status.IN_PROGRESS.value:
+            raise LeaseLost(f"Lease on {job_id} is no longer held by this worker.")
+        return Job.from_row(row)
+
+    def heartbeat(
+        self,
+        job_id: str,
+        token: str,
+        *,
+        now: float,
+        lease_seconds: float,
+        step: int,
+        total_steps: int,
+        progress: int,
+        stage: Stage,
+    ) -> WorkerFlags:
+        with self.db.write() as conn:
+            job = self._fenced(conn, job_id, token)
+            conn.execute(
+                update(jobs)
+                .where(jobs.c.id == job_id)
+                .values(
+                    lease_expires_at=now + lease_seconds,
+                    step=step,
+                    total_steps=total_steps,
+                    progress=max(job.progress, progress),
+                    stage=stage.value,
+                )
+            )
+            if stage is not job.stage:
+                _event(conn, job_id, "stage", now, stage=stage.value, attempt=job.attempt)
+        return WorkerFlags(cancel_requested=job.cancel_requested)
+
+    def save_checkpoint(
+        self, job_id: str, token: str, *, step: int, key: str, now: float
+    ) -> str | None:
+        """Records a checkpoint; returns the key it replaced so the caller can delete it."""
+        with self.db.write() as conn:
+            job = self._fenced(conn, job_id, token)
+            conn.execute(
+                update(jobs)
+                .where(jobs.c.id == job_id)
+                .values(checkpoint_step=step, checkpoint_key=key)
+            )
+            _event(conn, job_id, "checkpoint", now, step=step, attempt=job.attempt)
+        return job.checkpoint_key if job.checkpoint_key != key else None
+
+    def complete(
+        self,
+        job_id: str,
+        token: str,
+        *,
+        now: float,
+        expires_at: float,
+        video_key: str,
+        thumbnail_key: str,
+        spritesheet_key: str,
+    ) -> None:
+        with self.db.write() as conn:
+            job = self._fenced(conn, job_id, token)
+            conn.execute(
+                update(jobs)
+                .where(jobs.c.id == job_id)
+                .values(
+                    status=Status.COMPLETED.value,
+                    stage=Stage.DONE.value,
+                    progress=100,
+                    completed_at=now,
+                    expires_at=expires_at,
+                    video_key=video_key,
+                    thumbnail_key=thumbnail_key,
+                    spritesheet_key=spritesheet_key,
+                    lease_token=None,
+                    lease_expires_at=None,
+                    checkpoint_key=None,
+                )
+            )
+            _event(conn, job_id, "completed", now, attempt=job.attempt)
+
+    def finish(
+        self, job_id: str, token: str, *, status: Status, code: str, message: str, now: float
+    ) -> None:
+        """Ends a running job without output (failed or cancelled)."""
+        with self.db.write() as conn:
+            job = self._fenced(conn, job_id, token)
+            conn.execute(
+                update(jobs)
+                .where(jobs.c.id == job_id)
+                .values(
+                    status=status.value,
+                    stage=Stage.DONE.value,
+                    completed_at=now,
+                    error_code=code,
+                    error_message=message,
+                    lease_token=None,
+                    lease_expires_at=None,
+                    checkpoint_key=None,
+                )
+            )
+            _event(conn, job_id, status.value, now, attempt=job.attempt, code=code, step=job.step)
+
+    def release(self, job_id: str, token: str, *, now: float, reason: str) -> None:
+        """Hands a running job back to the queue (drain); the attempt is not held against it."""
+        with self.db.write() as conn:
+            job = self._fenced(conn, job_id, token)
+            conn.execute(
+                update(jobs)
+                .where(jobs.c.id == job_id)
+                .values(
+                    status=Status.QUEUED.value,
+                    stage=Stage.WAITING_FOR_GPU.value,
+                    attempt=jobs.c.attempt - 1,
+                    worker_id=None,
+                    lease_token=None,
+                    lease_expires_at=None,
+                    not_before=now,
+                )
+            )
+            _event(conn, job_id, "released", now, reason=reason, step=job.checkpoint_step)
+
+    # ---- recovery -----------------------------------------------------------------------
+    def reap(
+        self,
+        *,
+        now: float,
+        only_expired: bool,
+        backoff: Callable[[int], float],
+    ) -> list[Reaped]:
+        """Requeues jobs whose worker is gone, or fails them once attempts are used up."""
+        cond = jobs.c.status == Status.IN_PROGRESS.value
+        if only_expired:
+            cond = and_(cond, jobs.c.lease_expires_at < now)
+        out: list[Reaped] = []
+        with self.db.write() as conn:
+            rows = conn.execute(select(jobs).where(cond).with_for_update(skip_locked=True)).all()
+            for row in rows:
+                job = Job.from_row(row)
+                _event(
+                    conn,
+                    job.id,
+                    "worker_lost",
+                    now,
+                    attempt=job.attempt,
+                    worker_id=job.worker_id,
+                    step=job.step,
+                    checkpoint_step=job.checkpoint_step,
+                )
+                base = dict(worker_id=None, lease_token=None, lease_expires_at=None)
+                if job.cancel_requested:
+                    values = dict(
+                        status=Status.CANCELLED.value,
+                        stage=Stage.DONE.value,
+                        completed_at=now,
+                        error_code="cancelled",
+                        error_message="The job was cancelled.",
+                    )
+                    _event(conn, job.id, "cancelled", now, attempt=job.attempt)
+                elif job.attempt >= job.max_attempts:
+                    values = dict(
+                        status=Status.FAILED.value,
+                        stage=Stage.DONE.value,
+                        completed_at=now,
+                        error_code="worker_lost",
+                        error_message=(
+                            f"The worker running this job was lost {job.attempt} times; giving up."
+                        ),
+                    )
+                    _event(conn, job.id, "failed", now, attempt=job.attempt, code="worker_lost")
+                else:
+                    values = dict(
+                        status=Status.QUEUED.value,
+                        stage=Stage.WAITING_FOR_GPU.value,
+                        not_before=now + backoff(job.attempt),
+                    )
+                conn.execute(update(jobs).where(jobs.c.id == job.id).values(**base, **values))
+                out.append(
+                    Reaped(job.id, job.attempt, requeued=values["status"] == Status.QUEUED.value)
+                )
+        return out
+
+    def expired_content(self, now: float, limit: int = 100) -> Sequence[Job]:
+        with self.db.read() as conn:
+            rows = conn.execute(
+                select(jobs)
+                .where(jobs.c.expires_at < now, jobs.c.video_key.is_not(None))
+                .limit(limit)
+            ).all()
+        return [Job.from_row(r) for r in rows]
+
+    def clear_content(self, job_id: str, now: float) -> None:
+        with self.db.write() as conn:
+            conn.execute(
+                update(jobs)
+                .where(jobs.c.id == job_id)
+                .values(video_key=None, thumbnail_key=None, spritesheet_key=None)
+            )
+            _event(conn, job_id, "expired", now)
+
+    def prune_idempotency_keys(self, older_than: float) -> int:
+        with self.db.write() as conn:
+            result = conn.execute(
+                delete(idempotency_keys).where(idempotency_keys.c.created_at < older_than)
+            )
+        return result.rowcount or 0

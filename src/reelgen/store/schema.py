@@ -1,0 +1,117 @@
+"""Table definitions used by the queries; the migrations create exactly these."""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    Boolean,
+    Column,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+)
+
+metadata = MetaData()
+
+users = Table(
+    "users",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("name", String(200), nullable=False, unique=True),
+    Column("tier", String(16), nullable=False),
+    Column("created_at", Float, nullable=False),
+)
+
+api_keys = Table(
+    "api_keys",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("user_id", String(64), ForeignKey("users.id"), nullable=False),
+    Column("key_hash", String(64), nullable=False, unique=True),
+    Column("prefix", String(16), nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("revoked_at", Float),
+)
+
+jobs = Table(
+    "jobs",
+    metadata,
+    Column("seq", Integer, primary_key=True, autoincrement=True),
+    Column("id", String(64), nullable=False, unique=True),
+    Column("user_id", String(64), ForeignKey("users.id"), nullable=False),
+    Column("tier", String(16), nullable=False),
+    Column("model", String(64), nullable=False),
+    Column("prompt", Text, nullable=False),
+    Column("seconds", Integer, nullable=False),
+    Column("width", Integer, nullable=False),
+    Column("height", Integer, nullable=False),
+    Column("seed", Integer, nullable=False),
+    Column("style", String(32)),
+    Column("reference_key", String(300)),
+    Column("remixed_from", String(64)),
+    Column("status", String(16), nullable=False),
+    Column("stage", String(32), nullable=False),
+    Column("progress", Integer, nullable=False, default=0),
+    Column("step", Integer, nullable=False, default=0),
+    Column("total_steps", Integer, nullable=False, default=0),
+    Column("estimated_seconds", Float, nullable=False, default=0.0),
+    Column("created_at", Float, nullable=False),
+    Column("started_at", Float),
+    Column("completed_at", Float),
+    Column("expires_at", Float),
+    Column("not_before", Float, nullable=False),
+    Column("attempt", Integer, nullable=False, default=0),
+    Column("max_attempts", Integer, nullable=False),
+    Column("worker_id", String(64)),
+    Column("lease_token", String(64)),
+    Column("lease_expires_at", Float),
+    Column("cancel_requested", Boolean, nullable=False, default=False),
+    Column("checkpoint_step", Integer, nullable=False, default=0),
+    Column("checkpoint_key", String(300)),
+    Column("video_key", String(300)),
+    Column("thumbnail_key", String(300)),
+    Column("spritesheet_key", String(300)),
+    Column("error_code", String(64)),
+    Column("error_message", Text),
+    Column("deleted_at", Float),
+    Index("ix_jobs_queue", "status", "tier", "created_at"),
+    Index("ix_jobs_user", "user_id", "seq"),
+    Index("ix_jobs_lease", "status", "lease_expires_at"),
+)
+
+job_events = Table(
+    "job_events",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("job_id", String(64), nullable=False),
+    Column("at", Float, nullable=False),
+    Column("kind", String(32), nullable=False),
+    Column("data", Text, nullable=False),
+    Index("ix_job_events_job", "job_id", "id"),
+)
+
+idempotency_keys = Table(
+    "idempotency_keys",
+    metadata,
+    Column("user_id", String(64), primary_key=True),
+    Column("key", String(255), primary_key=True),
+    Column("request_hash", String(64), nullable=False),
+    Column("job_id", String(64), nullable=False),
+    Column("created_at", Float, nullable=False),
+)
+
+workers = Table(
+    "workers",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("model", String(64), nullable=False),
+    Column("hostname", String(255), nullable=False),
+    Column("started_at", Float, nullable=False),
+    Column("heartbeat_at", Float, nullable=False),
+    Column("current_job_id", String(64)),
+    Column("stopped_at", Float),
+)

@@ -1,0 +1,112 @@
+"""Shared fixtures: a real platform on a SQLite file, served over loopback HTTP."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+import uvicorn
+
+from reelgen.api.app import create_app
+from reelgen.controller import loop as controller
+from reelgen.domain.jobs import Tier
+from reelgen.platform import Platform, build_platform
+from reelgen.services.accounts import create_key
+from reelgen.settings import Settings
+from reelgen.store.database import upgrade
+from reelgen.worker.runner import Worker
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def make_settings(data_dir: Path, **overrides: object) -> Settings:
+    base: dict[str, object] = dict(
+        data_dir=data_dir,
+        reference_steps=6,
+        checkpoint_every_steps=2,
+        heartbeat_seconds=0.05,
+        worker_poll_seconds=0.2,
+        controller_interval_seconds=0.2,
+        poll_after_ms=100,
+    )
+    base.update(overrides)
+    return Settings(**base)  # type: ignore[arg-type]
+
+
+@dataclass
+class LiveServer:
+    url: str
+    platform: Platform
+    paid_key: str
+    free_key: str
+    workers: list[Worker]
+
+    def client(self, key: str | None = None) -> httpx.Client:
+        headers = {"Authorization": f"Bearer {key or self.paid_key}"}
+        return httpx.Client(base_url=self.url, headers=headers, timeout=30)
+
+    def wait_for(self, video_id: str, key: str | None = None, timeout: float = 60) -> dict:
+        deadline = time.monotonic() + timeout
+        with self.client(key) as http:
+            while time.monotonic() < deadline:
+                video = http.get(f"/v1/videos/{video_id}").json()
+                if video["status"] in ("completed", "failed"):
+                    return video
+                time.sleep(0.05)
+        raise AssertionError(f"{video_id} did not finish in {timeout} s")
+
+
+@pytest.fixture
+def start_server(tmp_path: Path) -> Iterator:
+    """Starts API + controller + workers in this process; yields a factory."""
+    started: list[tuple[uvicorn.Server, threading.Thread, list[Worker], threading.Event, Platform]]
+    started = []
+
+    def start(workers: int = 1, **overrides: object) -> LiveServer:
+        settings = make_settings(tmp_path / f"data{len(started)}", **overrides)
+        platform = build_platform(settings)
+        upgrade(platform.db.engine)
+        paid = create_key(platform, user_name="alice", tier=Tier.PAID)
+        free = create_key(platform, user_name="bob", tier=Tier.FREE)
+        stop = threading.Event()
+        pool = [Worker(platform, model_name="reference") for _ in range(workers)]
+        for w in pool:
+            threading.Thread(target=w.run, daemon=True).start()
+        threading.Thread(target=controller.run, args=(platform, stop), daemon=True).start()
+        port = free_port()
+        server = uvicorn.Server(
+            uvicorn.Config(create_app(platform), host="127.0.0.1", port=port, log_level="error")
+        )
+        thread = threading.Thread(target=server.run, daemon=True)
+        thread.start()
+        deadline = time.monotonic() + 10
+        while not server.started and time.monotonic() < deadline:
+            time.sleep(0.01)
+        started.append((server, thread, pool, stop, platform))
+        return LiveServer(f"http://127.0.0.1:{port}", platform, paid, free, pool)
+
+    yield start
+    for server, thread, pool, stop, platform in started:
+        server.should_exit = True
+        thread.join(timeout=10)
+        stop.set()
+        for w in pool:
+            w.stop.set()
+        platform.signal_work()
+        time.sleep(0.1)
+        platform.close()
+
+
+@pytest.fixture
+def live(start_server) -> LiveServer:
+    return start_server()

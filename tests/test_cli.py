@@ -1,0 +1,58 @@
+"""The `reelgen` command line: keys, migrations and the generate client."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from reelgen.cli.main import app
+from reelgen.media.encode import probe_video
+
+runner = CliRunner()
+
+
+def test_keys_create_and_db_upgrade(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["db", "upgrade", "--data-dir", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert "revision 0001" in result.output
+    result = runner.invoke(
+        app, ["keys", "create", "--user", "carol", "--tier", "paid", "--data-dir", str(tmp_path)]
+    )
+    assert result.exit_code == 0, result.output
+    assert result.output.strip().startswith("rg_")
+    bad = runner.invoke(app, ["keys", "create", "--user", "x", "--tier", "gold"])
+    assert bad.exit_code != 0
+
+
+def test_generate_writes_a_playable_mp4(live, tmp_path: Path) -> None:
+    out = tmp_path / "clip.mp4"
+    result = runner.invoke(
+        app,
+        [
+            "generate",
+            "a spinning gold star",
+            "--seconds",
+            "1",
+            "--size",
+            "128x72",
+            "--out",
+            str(out),
+            "--url",
+            live.url,
+            "--api-key",
+            live.paid_key,
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    info = probe_video(out)
+    assert (info.width, info.height, info.num_frames) == (128, 72, 24)
+
+
+def test_generate_reports_server_errors(live, tmp_path: Path) -> None:
+    result = runner.invoke(
+        app,
+        ["generate", "x", "--size", "5x5", "--url", live.url, "--api-key", live.paid_key],
+    )
+    assert result.exit_code == 1
+    assert "Unsupported size" in result.output

@@ -1,0 +1,235 @@
+"""Job lifecycle over real HTTP: cancel, idempotency, quotas, isolation, SSE, content."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import httpx
+from sqlalchemy import select
+
+from reelgen.store.schema import jobs
+
+SMALL = {"size": "64x64", "seconds": "1"}
+
+
+def _create(http: httpx.Client, prompt: str = "a fox", **extra) -> dict:
+    r = http.post("/v1/videos", json={"prompt": prompt, **SMALL, **extra})
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def _events(live, video_id: str) -> list[str]:
+    return [e.kind for e in live.platform.jobs.events_after(video_id)]
+
+
+def test_queued_job_reports_position_eta_and_poll_header(start_server) -> None:
+    live = start_server(workers=0)
+    with live.client() as http:
+        first = _create(http)
+        second = _create(http)
+        assert (first["queue_position"], second["queue_position"]) == (0, 1)
+        assert second["eta_seconds"] >= first["eta_seconds"] > 0
+        r = http.get(f"/v1/videos/{second['id']}")
+        assert r.headers["openai-poll-after-ms"] == "100"
+        assert r.json()["stage"] == "waiting_for_gpu"
+
+
+def test_paid_jobs_queue_ahead_of_free_ones(start_server) -> None:
+    live = start_server(workers=0)
+    with live.client(live.free_key) as free, live.client() as paid:
+        f = _create(free)
+        p = _create(paid)
+        assert free.get(f"/v1/videos/{f['id']}").json()["queue_position"] == 1
+        assert paid.get(f"/v1/videos/{p['id']}").json()["queue_position"] == 0
+
+
+def test_cancel_queued_job_at_once(start_server) -> None:
+    live = start_server(workers=0)
+    with live.client() as http:
+        video = _create(http)
+        r = http.post(f"/v1/videos/{video['id']}/cancel")
+        assert r.status_code == 200
+        body = r.json()
+        assert body["status"] == "failed" and body["error"]["code"] == "cancelled"
+        assert http.post(f"/v1/videos/{video['id']}/cancel").status_code == 200
+    assert _events(live, video["id"]) == ["created", "cancelled"]
+
+
+def test_cancel_running_job_at_next_step(start_server) -> None:
+    live = start_server(reference_steps=400, checkpoint_every_steps=1000)
+    with live.client() as http:
+        video = _create(http, size="256x144", seconds="2")
+        deadline = time.monotonic() + 30
+        while http.get(f"/v1/videos/{video['id']}").json()["progress"] < 2:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        assert http.post(f"/v1/videos/{video['id']}/cancel").status_code == 200
+        done = live.wait_for(video["id"])
+    assert done["status"] == "failed" and done["error"]["code"] == "cancelled"
+    job = live.platform.jobs.get(video["id"])
+    assert job is not None and job.step < 400
+    assert _events(live, video["id"])[-2:] == ["cancel_requested", "cancelled"]
+    with live.client() as http:
+        r = http.post(f"/v1/videos/{video['id']}/cancel")
+        assert r.status_code == 200  # already cancelled: idempotent
+
+
+def test_cancel_completed_job_conflicts(live) -> None:
+    with live.client() as http:
+        video = _create(http)
+        live.wait_for(video["id"])
+        r = http.post(f"/v1/videos/{video['id']}/cancel")
+    assert r.status_code == 409
+    assert r.json()["error"]["code"] == "job_finished"
+
+
+def test_idempotency_key(start_server) -> None:
+    live = start_server(workers=0)
+    with live.client() as http:
+        h = {"Idempotency-Key": "abc-1"}
+        a = http.post("/v1/videos", json={"prompt": "a fox", **SMALL}, headers=h)
+        b = http.post("/v1/videos", json={"prompt": "a fox", **SMALL}, headers=h)
+        assert a.status_code == b.status_code == 200
+        assert a.json()["id"] == b.json()["id"]
+        assert b.headers["Idempotent-Replayed"] == "true"
+        c = http.post("/v1/videos", json={"prompt": "a cat", **SMALL}, headers=h)
+        assert c.status_code == 409
+        assert c.json()["error"]["code"] == "idempotency_key_reused"
+    with live.client(live.free_key) as other:
+        d = other.post("/v1/videos", json={"prompt": "a fox", **SMALL}, headers=h)
+        assert d.status_code == 200 and d.json()["id"] != a.json()["id"]
+    with live.platform.db.read() as conn:
+        assert len(conn.execute(select(jobs.c.id)).all()) == 2
+
+
+def test_tenant_isolation(live) -> None:
+    with live.client() as alice, live.client(live.free_key) as bob:
+        video = _create(alice)
+        live.wait_for(video["id"])
+        vid = video["id"]
+        assert bob.get(f"/v1/videos/{vid}").status_code == 404
+        assert bob.get(f"/v1/videos/{vid}/content").status_code == 404
+        assert bob.get(f"/v1/videos/{vid}/events").status_code == 404
+        assert bob.post(f"/v1/videos/{vid}/cancel").status_code == 404
+        assert bob.post(f"/v1/videos/{vid}/remix", json={"prompt": "x"}).status_code == 404
+        assert bob.delete(f"/v1/videos/{vid}").status_code == 404
+        assert bob.get("/v1/videos").json()["data"] == []
+        assert bob.get("/v1/videos", params={"after": vid}).status_code == 404
+        assert alice.get(f"/v1/videos/{vid}").status_code == 200
+
+
+def test_free_tier_concurrency_limit(start_server) -> None:
+    live = start_server(workers=0)
+    with live.client(live.free_key) as http:
+        _create(http)
+        _create(http)
+        r = http.post("/v1/videos", json={"prompt": "third", **SMALL})
+    assert r.status_code == 429
+    assert int(r.headers["Retry-After"]) > 0
+    err = r.json()["error"]
+    assert err["code"] == "concurrency_limit_exceeded" and "2 concurrent" in err["message"]
+
+
+def test_daily_limit(start_server) -> None:
+    live = start_server(paid_max_per_day=2)
+    with live.client() as http:
+        for _ in range(2):
+            live.wait_for(_create(http)["id"])
+        r = http.post("/v1/videos", json={"prompt": "again", **SMALL})
+    assert r.status_code == 429
+    assert r.json()["error"]["code"] == "daily_limit_exceeded"
+    assert 86_000 < int(r.headers["Retry-After"]) <= 86_400
+
+
+def test_sse_streams_until_the_job_ends(live) -> None:
+    with live.client() as http:
+        video = _create(http, size="128x72")
+        updates = []
+        with http.stream("GET", f"/v1/videos/{video['id']}/events") as r:
+            assert r.headers["content-type"].startswith("text/event-stream")
+            for line in r.iter_lines():
+                if line.startswith("data: "):
+                    updates.append(json.loads(line[6:]))
+    assert updates[-1]["status"] == "completed"
+    progresses = [u["progress"] for u in updates]
+    assert progresses == sorted(progresses)
+    assert len(updates) >= 2
+
+
+def test_content_range_etag_and_caching(live) -> None:
+    with live.client() as http:
+        video = _create(http, size="128x72")
+        live.wait_for(video["id"])
+        url = f"/v1/videos/{video['id']}/content"
+        full = http.get(url)
+        assert full.status_code == 200
+        assert full.headers["content-type"] == "video/mp4"
+        assert int(full.headers["content-length"]) == len(full.content)
+        assert "max-age" in full.headers["cache-control"]
+        etag = full.headers["etag"]
+        part = http.get(url, headers={"Range": "bytes=10-109"})
+        assert part.status_code == 206
+        assert part.content == full.content[10:110]
+        assert part.headers["content-range"] == f"bytes 10-109/{len(full.content)}"
+        tail = http.get(url, headers={"Range": "bytes=-16"})
+        assert tail.content == full.content[-16:]
+        assert http.get(url, headers={"If-None-Match": etag}).status_code == 304
+        head = http.head(url)
+        assert head.status_code == 200 and head.headers["content-length"] == str(len(full.content))
+        bad = http.get(url, params={"variant": "poster"})
+        assert bad.status_code == 400
+
+
+def test_content_before_completion_is_a_clear_error(start_server) -> None:
+    live = start_server(workers=0)
+    with live.client() as http:
+        video = _create(http)
+        r = http.get(f"/v1/videos/{video['id']}/content")
+    assert r.status_code == 400
+    assert "queued" in r.json()["error"]["message"]
+
+
+def test_signed_redirect_urls(start_server) -> None:
+    live = start_server(content_redirect=True, signed_url_ttl_seconds=60)
+    with live.client() as http:
+        video = _create(http, size="128x72")
+        live.wait_for(video["id"])
+        r = http.get(f"/v1/videos/{video['id']}/content")
+        assert r.status_code == 302
+        location = r.headers["location"]
+        assert location.startswith("/files/")
+        ok = httpx.get(live.url + location)
+        assert ok.status_code == 200 and ok.content[4:8] == b"ftyp"
+        assert "public" in ok.headers["cache-control"]
+        part = httpx.get(live.url + location, headers={"Range": "bytes=0-3"})
+        assert part.status_code == 206 and len(part.content) == 4
+        thumb = http.get(
+            f"/v1/videos/{video['id']}/content",
+            params={"variant": "thumbnail"},
+            follow_redirects=True,
+        )
+        assert thumb.headers["content-type"] == "image/webp"
+
+        tampered = location.replace("video.mp4", "thumbnail.webp")
+        assert httpx.get(live.url + tampered).status_code == 403
+        sig_flip = location[:-1] + ("0" if location[-1] != "0" else "1")
+        assert httpx.get(live.url + sig_flip).status_code == 403
+        base, _, query = location.partition("?")
+        params = dict(p.split("=") for p in query.split("&"))
+        later = f"{base}?expires={int(params['expires']) + 100}&signature={params['signature']}"
+        assert httpx.get(live.url + later).status_code == 403
+
+    live.platform.clock = lambda: time.time() + 120
+    expired = httpx.get(live.url + location)
+    assert expired.status_code == 403
+    assert expired.json()["error"]["code"] == "invalid_signature"
+
+
+def test_health_and_openapi(live) -> None:
+    assert httpx.get(f"{live.url}/healthz").json() == {"status": "ok"}
+    ready = httpx.get(f"{live.url}/readyz")
+    assert ready.status_code == 200 and ready.json()["status"] == "ready"
+    spec = httpx.get(f"{live.url}/openapi.json").json()
+    assert "/v1/videos" in spec["paths"]
+    assert "multipart/form-data" in spec["paths"]["/v1/videos"]["post"]["requestBody"]["content"]

@@ -1,0 +1,141 @@
+"""The official `openai` SDK, pointed at Reelgen with only base_url and api_key changed."""
+
+from __future__ import annotations
+
+import io
+import warnings
+from pathlib import Path
+
+import openai
+import pytest
+from PIL import Image
+
+from reelgen.media.encode import probe_video
+
+from .helpers import png_bytes
+
+warnings.filterwarnings("ignore", category=DeprecationWarning)
+
+
+@pytest.fixture
+def sdk(live) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{live.url}/v1", api_key=live.paid_key, max_retries=0)
+
+
+def test_create_and_poll_then_download_all_variants(sdk: openai.OpenAI, tmp_path: Path) -> None:
+    video = sdk.videos.create_and_poll(
+        prompt="three red balloons rising", seconds="1", size="128x72", poll_interval_ms=50
+    )
+    assert video.status == "completed", video.error
+    assert video.progress == 100
+    assert video.object == "video"
+    assert video.seconds == "1" and video.size == "128x72"
+    assert video.completed_at is not None and video.expires_at > video.completed_at
+
+    content = sdk.videos.download_content(video.id, variant="video")
+    path = tmp_path / "out.mp4"
+    content.write_to_file(path)
+    info = probe_video(path)
+    assert (info.width, info.height) == (128, 72)
+    assert info.video_codec == "h264" and info.pix_fmt == "yuv420p"
+    assert info.audio_codec == "aac"
+    assert info.num_frames == 24
+    assert abs(info.duration_seconds - 1.0) < 0.1
+
+    thumb = Image.open(
+        io.BytesIO(sdk.videos.download_content(video.id, variant="thumbnail").read())
+    )
+    assert thumb.format == "WEBP"
+    sprite = sdk.videos.download_content(video.id, variant="spritesheet").read()
+    assert Image.open(io.BytesIO(sprite)).format == "JPEG"
+
+
+def test_video_object_has_the_sdk_fields_and_extras(sdk: openai.OpenAI) -> None:
+    video = sdk.videos.create(prompt="a calm ocean at night", size="64x64", seconds="2")
+    raw = video.model_dump()
+    expected = {
+        "id",
+        "object",
+        "model",
+        "prompt",
+        "status",
+        "progress",
+        "created_at",
+        "completed_at",
+        "expires_at",
+        "seconds",
+        "size",
+        "remixed_from_video_id",
+        "error",
+        "stage",
+        "queue_position",
+        "eta_seconds",
+    }
+    assert set(raw) == expected
+    assert video.status in ("queued", "in_progress")
+    assert video.model == "reference"
+    done = sdk.videos.poll(video.id, poll_interval_ms=50)
+    assert done.status == "completed"
+
+
+def test_sora_model_names_map_to_the_default_model(sdk: openai.OpenAI) -> None:
+    video = sdk.videos.create(prompt="neon city", model="sora-2", size="64x64", seconds="1")
+    assert video.model == "reference"
+
+
+def test_list_paginates_with_after_and_order(sdk: openai.OpenAI) -> None:
+    ids = [sdk.videos.create(prompt=f"clip {i}", size="64x64", seconds="1").id for i in range(5)]
+    page = sdk.videos.list(limit=2, order="asc")
+    assert [v.id for v in page.data] == ids[:2]
+    assert page.has_more is True
+    second = sdk.videos.list(limit=2, order="asc", after=ids[1])
+    assert [v.id for v in second.data] == ids[2:4]
+    desc = sdk.videos.list(limit=10, order="desc")
+    assert [v.id for v in desc.data] == ids[::-1]
+    assert desc.has_more is False
+    assert [v.id for v in sdk.videos.list(order="asc")] == ids  # auto-pagination
+
+
+def test_delete_then_retrieve_is_404(sdk: openai.OpenAI) -> None:
+    video = sdk.videos.create_and_poll(
+        prompt="snowy forest", size="64x64", seconds="1", poll_interval_ms=50
+    )
+    deleted = sdk.videos.delete(video.id)
+    assert deleted.deleted is True and deleted.id == video.id
+    assert deleted.object == "video.deleted"
+    with pytest.raises(openai.NotFoundError):
+        sdk.videos.retrieve(video.id)
+    with pytest.raises(openai.NotFoundError):
+        sdk.videos.download_content(video.id)
+
+
+def test_remix_keeps_size_and_links_the_source(sdk: openai.OpenAI) -> None:
+    source = sdk.videos.create_and_poll(
+        prompt="gold desert dunes", size="128x72", seconds="1", poll_interval_ms=50
+    )
+    remix = sdk.videos.remix(source.id, prompt="blue desert dunes at night")
+    assert remix.remixed_from_video_id == source.id
+    assert remix.size == source.size and remix.seconds == source.seconds
+    done = sdk.videos.poll(remix.id, poll_interval_ms=50)
+    assert done.status == "completed"
+
+
+def test_input_reference_upload(sdk: openai.OpenAI) -> None:
+    video = sdk.videos.create_and_poll(
+        prompt="a red square drifting",
+        size="64x64",
+        seconds="1",
+        input_reference=("ref.png", png_bytes(), "image/png"),
+        poll_interval_ms=50,
+    )
+    assert video.status == "completed", video.error
+
+
+def test_sdk_errors_are_typed(sdk: openai.OpenAI, live) -> None:
+    with pytest.raises(openai.BadRequestError) as bad:
+        sdk.videos.create(prompt="x", size="999x999")
+    assert bad.value.body["code"] == "invalid_request"  # type: ignore[index]
+    assert bad.value.body["param"] == "size"  # type: ignore[index]
+    wrong = openai.OpenAI(base_url=f"{live.url}/v1", api_key="rg_wrong", max_retries=0)
+    with pytest.raises(openai.AuthenticationError):
+        wrong.videos.list()
