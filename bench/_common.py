@@ -214,6 +214,59 @@ def cpu_busy(seconds: float = 1.0) -> float:
     return 0.0 if dt <= 0 else 1.0 - (idle1 - idle0) / dt
 
 
+def _stat_jiffies() -> tuple[int, int]:
+    """(busy, total) jiffies of all CPUs, busy meaning time charged to processes.
+
+    Interrupt and softirq time (loopback networking, much of it caused by the benchmark's
+    own traffic) and steal time are counted as neither busy nor idle.
+    """
+    v = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    user, nice, system, idle, iowait = v[:5]
+    busy = user + nice + system
+    return busy, busy + idle + iowait
+
+
+def _pid_jiffies(pid: int | str, *, children: bool = False) -> int:
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return sum(int(x) for x in fields[11 : 15 if children else 13])
+
+
+class ForeignLoad:
+    """Share of all CPUs used by processes other than ours while the block ran.
+
+    Ours: this process (its threads and the children it has waited for, e.g. wrk) and the
+    live processes in `pids` (the servers). The machine is shared, so this says how far
+    the numbers of one block may be off.
+    """
+
+    def __init__(self, *pids: int):
+        self.pids = pids
+        self.fraction = math.nan
+
+    def _own(self) -> int:
+        total = _pid_jiffies("self", children=True)
+        for pid in self.pids:
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                total += _pid_jiffies(pid)
+        return total
+
+    def __enter__(self) -> Self:
+        self._busy, self._total = _stat_jiffies()
+        self._own0 = self._own()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        busy, total = _stat_jiffies()
+        own = self._own() - self._own0
+        elapsed = total - self._total
+        if elapsed > 0:
+            self.fraction = max(0.0, (busy - self._busy - own) / elapsed)
+
+    def __str__(self) -> str:
+        return "n/a" if math.isnan(self.fraction) else f"{self.fraction:.0%}"
+
+
 def load_average() -> str:
     with contextlib.suppress(OSError):
         return " ".join(Path("/proc/loadavg").read_text().split()[:3])

@@ -26,6 +26,7 @@ import httpx
 from _common import (
     LOOPBACK,
     Check,
+    ForeignLoad,
     Server,
     WrkResult,
     bench_args,
@@ -171,6 +172,7 @@ class Measured:
     mode: str
     result: WrkResult
     server_cores: float
+    others: ForeignLoad
 
     @property
     def avg_body(self) -> float:
@@ -195,13 +197,14 @@ def measure(
         return total
 
     c0, t0 = cpu(), time.perf_counter()
-    result = run_wrk(wrk, base, lua, threads=2, connections=connections, seconds=seconds)
+    with ForeignLoad(*pids) as others:
+        result = run_wrk(wrk, base, lua, threads=2, connections=connections, seconds=seconds)
     cores = (cpu() - c0) / (time.perf_counter() - t0)
     log(
         f"{name} {mode}: {result.rps:.0f} req/s, {result.mib_per_s:.0f} MiB/s, "
         f"errors {result.errors}"
     )
-    return Measured(name, mode, result, cores)
+    return Measured(name, mode, result, cores, others)
 
 
 def main() -> int:
@@ -293,6 +296,7 @@ def main() -> int:
                 str(r.error_count),
                 fmt(m.avg_body / 2**20, 3),
                 fmt(m.server_cores),
+                str(m.others),
             ]
         )
     ratios = []
@@ -317,7 +321,9 @@ def main() -> int:
         "reelgen's signed URL route `/files/...` (`reelgen serve`, 1 worker idle) and from "
         "nginx (`worker_processes auto`, `sendfile on`, `access_log off`) on another loopback "
         f"port; wrk, 2 threads, {args.connections} connections, {args.seconds:.0f} s per run, "
-        "the same scripts for both. Load generator and servers share the machine's cores.",
+        "the same scripts for both. Load generator and servers share the machine's cores; "
+        "`others' CPU` is the share of the CPUs used by processes other than the benchmark's "
+        "own during each run.",
         "",
         table(
             [
@@ -331,6 +337,7 @@ def main() -> int:
                 "errors",
                 "MiB per response",
                 "server CPU (cores)",
+                "others' CPU",
             ],
             rows,
         ),
@@ -344,7 +351,7 @@ def main() -> int:
         "Correctness (one random 1 MiB Range and one whole GET, compared with the file):",
         *notes,
         "",
-        f"Tools: {tool_version([wrk, '-v'])}; "
+        f"Tools: {tool_version([wrk, '-v']).split(' Copyright')[0]}; "
         + (tool_version([nginx, "-v"]) if nginx else "nginx: not available")
         + ".",
         "",

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 from _common import (
     Check,
+    ForeignLoad,
     Server,
     bench_args,
     check_max,
@@ -46,6 +47,7 @@ class Sequential:
     latencies_ms: list[float]
     errors: int
     seconds: float
+    others: ForeignLoad
 
     def pct(self, p: float) -> float:
         return percentile(self.latencies_ms, p)
@@ -62,13 +64,14 @@ def sequential(server: Server, warmup: int, count: int) -> Sequential:
         latencies: list[float] = []
         errors = 0
         t_start = time.perf_counter()
-        for _ in range(count):
-            t0 = time.perf_counter()
-            response = http.post("/v1/videos", json=BODY)
-            latencies.append((time.perf_counter() - t0) * 1000.0)
-            if response.status_code != 200:
-                errors += 1
-        return Sequential(latencies, errors, time.perf_counter() - t_start)
+        with ForeignLoad(server.pid) as others:
+            for _ in range(count):
+                t0 = time.perf_counter()
+                response = http.post("/v1/videos", json=BODY)
+                latencies.append((time.perf_counter() - t0) * 1000.0)
+                if response.status_code != 200:
+                    errors += 1
+        return Sequential(latencies, errors, time.perf_counter() - t_start, others)
 
 
 def healthz_floor(server: Server, count: int) -> list[float]:
@@ -93,6 +96,7 @@ class Concurrent:
     p99: float
     max: float
     server_cores: float
+    others: ForeignLoad
 
     @property
     def rps(self) -> float:
@@ -123,9 +127,10 @@ def python_clients(server: Server, clients: int, seconds: float) -> Concurrent:
     cpu0 = proc_cpu_seconds(server.pid)
     t_start = time.perf_counter()
     deadline[0] = t_start + seconds
-    barrier.wait()
-    for t in threads:
-        t.join()
+    with ForeignLoad(server.pid) as others:
+        barrier.wait()
+        for t in threads:
+            t.join()
     elapsed = time.perf_counter() - t_start
     cpu = proc_cpu_seconds(server.pid) - cpu0
     lat = [x for r in results for x in r]
@@ -139,6 +144,7 @@ def python_clients(server: Server, clients: int, seconds: float) -> Concurrent:
         p99=percentile(lat, 99),
         max=max(lat) if lat else math.nan,
         server_cores=cpu / elapsed,
+        others=others,
     )
 
 
@@ -153,14 +159,15 @@ def wrk_clients(server: Server, wrk: str, connections: int, seconds: float) -> C
     )
     cpu0 = proc_cpu_seconds(server.pid)
     t0 = time.perf_counter()
-    r = run_wrk(
-        wrk,
-        f"{server.url}/v1/videos",
-        lua,
-        threads=2,
-        connections=connections,
-        seconds=seconds,
-    )
+    with ForeignLoad(server.pid) as others:
+        r = run_wrk(
+            wrk,
+            f"{server.url}/v1/videos",
+            lua,
+            threads=2,
+            connections=connections,
+            seconds=seconds,
+        )
     elapsed = time.perf_counter() - t0
     cpu = proc_cpu_seconds(server.pid) - cpu0
     return Concurrent(
@@ -173,6 +180,7 @@ def wrk_clients(server: Server, wrk: str, connections: int, seconds: float) -> C
         p99=r.latency_ms["p99"],
         max=r.latency_ms["max"],
         server_cores=cpu / elapsed,
+        others=others,
     )
 
 
@@ -189,6 +197,36 @@ def busy_sequential(args_warmup: int, count: int, keep: bool) -> tuple[Sequentia
         states = [http.get(f"/v1/videos/{v}").json() for v in big]
         busy = ", ".join(f"{s['status']} {s['progress']}% ({s.get('stage')})" for s in states)
         return result, busy
+
+
+def client_note(concurrent: list[Concurrent], wrk: str | None) -> str:
+    """Says whether the client or the server limited the concurrent figures."""
+    text = (
+        "Client and server share the same 2 cores. wrk ("
+        + (tool_version([wrk, "-v"]).split(" Copyright")[0] if wrk else "not available")
+        + ", C) costs little CPU per request; Python clients cost about as much CPU per "
+        "request as the server does, so on this machine they can be the bottleneck. "
+    )
+    by_tool = {c.tool.split(",")[0]: c for c in concurrent}
+    ours, theirs = by_tool.get("wrk"), next((c for c in concurrent if "Python" in c.tool), None)
+    if ours is not None and theirs is not None:
+        if theirs.rps < 0.8 * ours.rps:
+            text += (
+                f"Here the Python clients reached {theirs.rps / ours.rps:.0%} of wrk's rate: "
+                "their figure is bounded by the client; wrk's is the server's. "
+            )
+        else:
+            text += (
+                f"Here the Python clients reached {theirs.rps / ours.rps:.0%} of wrk's rate, "
+                "so the server, not the client, is the limit. "
+            )
+    return text + (
+        "`server CPU` is the server process's user+system time over the run; near 1.0 means "
+        "the single server process is CPU-bound (one event loop, GIL). `others' CPU` is the "
+        "share of the machine's CPUs used by processes other than the benchmark's own "
+        "(client, load generator, server) during the measurement: the machine is shared, and "
+        "numbers taken while it is high are slower than the code is."
+    )
 
 
 def main() -> int:
@@ -247,6 +285,7 @@ def main() -> int:
             fmt(seq.pct(99)),
             fmt(seq.max),
             fmt(n / seq.seconds, 0),
+            str(seq.others),
         ]
     ]
     if busy is not None:
@@ -261,6 +300,7 @@ def main() -> int:
                 fmt(b.pct(99)),
                 fmt(b.max),
                 fmt(len(b.latencies_ms) / b.seconds, 0),
+                str(b.others),
             ]
         )
     md = [
@@ -272,7 +312,10 @@ def main() -> int:
         "(jobs stay queued). Latency is measured in the client and includes its own overhead.",
         "",
         table(
-            ["server", "requests", "errors", "p50 ms", "p90 ms", "p99 ms", "max ms", "req/s"],
+            [
+                *["server", "requests", "errors", "p50 ms", "p90 ms", "p99 ms", "max ms"],
+                *["req/s", "others' CPU"],
+            ],
             rows,
         ),
         "",
@@ -296,7 +339,7 @@ def main() -> int:
         table(
             [
                 *["load generator", "seconds", "requests", "errors", "req/s"],
-                *["p50 ms", "p90 ms", "p99 ms", "max ms", "server CPU (cores)"],
+                *["p50 ms", "p90 ms", "p99 ms", "max ms", "server CPU (cores)", "others' CPU"],
             ],
             [
                 [
@@ -310,17 +353,13 @@ def main() -> int:
                     fmt(c.p99),
                     fmt(c.max),
                     fmt(c.server_cores),
+                    str(c.others),
                 ]
                 for c in concurrent
             ],
         ),
         "",
-        "Client and server share the same 2 cores. wrk (C, "
-        + (tool_version([wrk, "-v"]) if wrk else "not available")
-        + ") costs little CPU per request; the Python clients need about as much CPU per "
-        "request as the server, so their figure is bounded by the client, not the server. "
-        "`server CPU` is the server process's user+system time over the run; near 1.0 means "
-        "the single server process is CPU-bound (one event loop, GIL).",
+        client_note(concurrent, wrk),
         "",
         f"Jobs created in the `--workers 0` server: {total_jobs} (all queued).",
         "",

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +23,57 @@ from reelgen.services.accounts import create_key
 from reelgen.settings import Settings
 from reelgen.store.database import upgrade
 from reelgen.worker.runner import Worker
+
+PG_ADMIN_URL = os.environ.get(
+    "REELGEN_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
+
+
+def _pg_admin(statement: str) -> None:
+    import psycopg
+
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True, connect_timeout=3) as conn:
+        conn.execute(statement)
+
+
+def _pg_url(database: str) -> str:
+    return PG_ADMIN_URL.rsplit("/", 1)[0] + "/" + database
+
+
+@pytest.fixture(scope="session")
+def pg_template() -> Iterator[str]:
+    """A migrated template database; each test copies it (fast) instead of migrating."""
+    name = f"reelgen_tpl_{os.getpid()}"
+    try:
+        _pg_admin(f"DROP DATABASE IF EXISTS {name}")
+    except Exception as exc:
+        if os.environ.get("REELGEN_REQUIRE_POSTGRES"):
+            raise
+        pytest.skip(f"PostgreSQL is not reachable at {PG_ADMIN_URL}: {exc}")
+    _pg_admin(f"CREATE DATABASE {name}")
+    from reelgen.store.database import make_engine
+
+    engine = make_engine(_pg_url(name))
+    upgrade(engine)
+    engine.dispose()
+    yield name
+    _pg_admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+@pytest.fixture
+def pg_url(pg_template: str) -> Iterator[str]:
+    name = f"reelgen_t_{uuid.uuid4().hex[:12]}"
+    _pg_admin(f"CREATE DATABASE {name} TEMPLATE {pg_template}")
+    yield _pg_url(name)
+    _pg_admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Runs a test once per store: the contract both must keep."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'reelgen.db'}"
+    return str(request.getfixturevalue("pg_url"))
 
 
 def free_port() -> int:

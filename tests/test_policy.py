@@ -1,36 +1,36 @@
 from reelgen.domain.jobs import Tier
-from reelgen.scheduler.policy import Policy, QueuedView, retry_backoff
+from reelgen.scheduler.policy import Policy, retry_backoff
+
+
+def _order(policy: Policy, jobs: list[tuple[str, Tier, float]]) -> list[str]:
+    return [name for name, tier, t in sorted(jobs, key=lambda j: policy.rank(j[1], j[2]))]
 
 
 def test_paid_first_within_head_start() -> None:
     policy = Policy(paid_head_start_s=120)
-    free = QueuedView("f", Tier.FREE, created_at=100.0)
-    paid = QueuedView("p", Tier.PAID, created_at=150.0)
-    assert policy.choose([free, paid], now=200.0) == paid
+    assert _order(policy, [("free", Tier.FREE, 100.0), ("paid", Tier.PAID, 150.0)]) == [
+        "paid",
+        "free",
+    ]
 
 
 def test_free_job_is_not_starved() -> None:
     policy = Policy(paid_head_start_s=120)
-    free = QueuedView("f", Tier.FREE, created_at=0.0)
-    paid = QueuedView("p", Tier.PAID, created_at=130.0)
-    assert policy.choose([free, paid], now=200.0) == free
+    assert _order(policy, [("free", Tier.FREE, 0.0), ("paid", Tier.PAID, 130.0)]) == [
+        "free",
+        "paid",
+    ]
 
 
 def test_same_tier_is_fifo() -> None:
     policy = Policy()
-    a = QueuedView("a", Tier.FREE, created_at=1.0)
-    b = QueuedView("b", Tier.FREE, created_at=2.0)
-    assert policy.choose([b, a], now=10.0) == a
-    assert policy.choose([], now=10.0) is None
-
-
-def test_ahead_cutoffs_match_choose() -> None:
-    policy = Policy(paid_head_start_s=120)
-    cut = policy.ahead_cutoffs(Tier.FREE, created_at=500.0)
-    assert cut[Tier.FREE] == 500.0
-    assert cut[Tier.PAID] == 620.0
-    cut = policy.ahead_cutoffs(Tier.PAID, created_at=500.0)
-    assert cut[Tier.FREE] == 380.0
+    jobs = [
+        ("b", Tier.FREE, 2.0),
+        ("a", Tier.FREE, 1.0),
+        ("c", Tier.PAID, 3.0),
+        ("d", Tier.PAID, 2.5),
+    ]
+    assert _order(policy, jobs) == ["d", "c", "a", "b"]
 
 
 def test_backoff_grows_and_is_capped() -> None:

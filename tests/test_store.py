@@ -1,8 +1,6 @@
-"""The queue's rules against a real SQLite file: claims, leases, fencing, reaping."""
+"""The queue's contract, run against SQLite and PostgreSQL: claims, leases, fencing, reaping."""
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import pytest
 
@@ -15,8 +13,8 @@ from reelgen.store.jobs import JobStore, UsageView
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> JobStore:
-    engine = make_engine(f"sqlite:///{tmp_path / 'q.db'}")
+def store(database_url: str) -> JobStore:
+    engine = make_engine(database_url)
     upgrade(engine)
     db = Database(engine)
     accounts = AccountStore(db)
@@ -44,6 +42,7 @@ def _row(job_id: str, user: str = "u_free", tier: Tier = Tier.FREE, now: float =
         estimated_seconds=1.0,
         created_at=now,
         not_before=now,
+        rank_at=Policy().rank(tier, now),
         attempt=0,
         max_attempts=2,
         cancel_requested=False,
@@ -59,7 +58,6 @@ def _claim(store: JobStore, worker: str, now: float, token: str):
     return store.claim(
         worker_id=worker,
         model="reference",
-        policy=Policy(),
         now=now,
         lease_seconds=30,
         lease_token=token,

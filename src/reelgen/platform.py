@@ -8,7 +8,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
+from typing import Generic, TypeVar
 
+from reelgen.domain.jobs import User
 from reelgen.models.base import VideoModel
 from reelgen.models.registry import build_model
 from reelgen.scheduler.policy import Policy
@@ -17,6 +19,28 @@ from reelgen.storage.base import ObjectStore, open_store
 from reelgen.store.accounts import AccountStore
 from reelgen.store.database import Database, make_engine
 from reelgen.store.jobs import JobStore
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+class TTLCache(Generic[K, V]):
+    """A small bounded map whose entries expire; thread-safe enough for dict semantics."""
+
+    def __init__(self, ttl_s: float, max_entries: int = 10_000):
+        self.ttl_s, self.max_entries = ttl_s, max_entries
+        self._items: dict[K, tuple[float, V]] = {}
+
+    def get(self, key: K, now: float) -> V | None:
+        item = self._items.get(key)
+        if item is None or item[0] < now:
+            return None
+        return item[1]
+
+    def put(self, key: K, value: V, now: float) -> None:
+        if len(self._items) >= self.max_entries:
+            self._items.clear()
+        self._items[key] = (now + self.ttl_s, value)
 
 
 @dataclass
@@ -29,6 +53,8 @@ class Platform:
     _models: dict[str, VideoModel] = field(default_factory=dict)
     _work: threading.Condition = field(default_factory=threading.Condition)
     _cancels: set[str] = field(default_factory=set)
+    key_cache: TTLCache[str, User] = field(default_factory=lambda: TTLCache(ttl_s=30.0))
+    """API key hash -> user; a revoked key may keep working for up to `ttl_s`."""
 
     @cached_property
     def jobs(self) -> JobStore:

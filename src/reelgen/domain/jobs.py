@@ -135,12 +135,15 @@ class Job:
     completed_at: float | None
     expires_at: float | None
     not_before: float
+    rank_at: float
     attempt: int
     max_attempts: int
     worker_id: str | None
     lease_token: str | None
     lease_expires_at: float | None
     cancel_requested: bool
+    preempt_requested: bool
+    quota_refunded: bool
     checkpoint_step: int
     checkpoint_key: str | None
     video_key: str | None
@@ -156,7 +159,8 @@ class Job:
         data["tier"] = Tier(data["tier"])
         data["status"] = Status(data["status"])
         data["stage"] = Stage(data["stage"])
-        data["cancel_requested"] = bool(data["cancel_requested"])
+        for flag in ("cancel_requested", "preempt_requested", "quota_refunded"):
+            data[flag] = bool(data[flag])
         return cls(**{f.name: data[f.name] for f in dataclasses.fields(cls)})
 
     @property

@@ -64,7 +64,7 @@ class VideoInfo:
 
 @dataclass(frozen=True, slots=True)
 class _Watermark:
-    """A pre-rendered, pre-multiplied patch so per-frame blending is two numpy passes."""
+    """Rendered once with Pillow and pre-multiplied, so each frame costs a few numpy ops."""
 
     top: int
     left: int

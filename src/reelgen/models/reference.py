@@ -41,12 +41,14 @@ _CHUNK_ELEMS = 1 << 17
 _TILE = 128
 _MAX_OBJECTS = 12
 
-# Calibrated on a 2-core x86 VM (see estimate_seconds); per element, in seconds.
-_STEP_COST = 2.2e-9
-_DECODE_COST = 1.45e-8
-_ENCODE_COST = 1.55e-8
-_AUDIO_COST = 2.0e-3
-_FIXED_COST = 0.15
+# Seconds, fitted on the 2-core dev VM from 360p..1792x1024 runs of generate + encode_clip
+# (libx264 veryfast), with other work on the box; used only for ETAs and scheduling.
+_COST_PER_LATENT_PIXEL_STEP = 8.0e-8
+_COST_PER_LATENT_FRAME_STEP = 2.9e-4
+_COST_PER_STEP = 4.6e-3
+_COST_PER_OUTPUT_PIXEL = 4.8e-8
+_COST_PER_AUDIO_SECOND = 0.02
+_COST_FIXED = 0.35
 
 _RGB = tuple[int, int, int]
 # sky top, sky bottom, ground, subject, highlight
@@ -589,7 +591,7 @@ class _Painter:
             self._trees(rgb[:, :, rows], det[:, rows], u, v[:, rows], edge)
 
         if len(s.objects):
-            self._objects(rgb, det, u, v, taus, frames, edge)
+            self._objects(rgb, det, u, v, taus, edge)
         if s.snow:
             drift = np.float32(0.06) * np.sin(0.7 * t + ph[5])
             flakes = _sample(s.flake_tile, u + drift, v + 0.35 * t, geo.latent_height / 2)
@@ -777,17 +779,16 @@ class _Painter:
         u: np.ndarray,
         v: np.ndarray,
         taus: np.ndarray,
-        frames: slice,
         edge: float,
     ) -> None:
+        """Objects touch little of the frame, so each is drawn only inside its bounding box."""
         s, geo = self.scene, self.geo
         xs, ys, rs, angles = self.object_tracks(taus)
         zoom, theta, px, py = self.camera(taus)
         pal = s.palette
         lh, lw = geo.latent_height, geo.latent_width
         for i in range(len(taus)):
-            ui = u[i] if u.ndim == 3 else u
-            vi = v[i] if v.ndim == 3 else v
+            ui, vi = u[i], v[i]
             c, sn = math.cos(-float(theta[i])), math.sin(-float(theta[i]))
             for j in range(len(s.objects)):
                 ox, oy, r = float(xs[i, j]), float(ys[i, j]), float(rs[i, j])
@@ -977,14 +978,20 @@ class ReferenceModel:
         return self.steps
 
     def estimate_seconds(self, spec: GenerationSpec) -> float:
+        """Steps + decode + H.264 encode wall time on a 2-core worker, for ETAs and scheduling."""
         geo = _Geometry.of(spec)
-        latent = geo.latent_frames * geo.latent_width * geo.latent_height
+        latent_pixels = geo.latent_frames * geo.latent_width * geo.latent_height
+        per_step = (
+            _COST_PER_LATENT_PIXEL_STEP * latent_pixels
+            + _COST_PER_LATENT_FRAME_STEP * geo.latent_frames
+            + _COST_PER_STEP
+        )
         pixels = spec.num_frames * spec.width * spec.height
         return (
-            _FIXED_COST
-            + _STEP_COST * self.steps * latent * LATENT_CHANNELS * 8
-            + (_DECODE_COST + _ENCODE_COST) * pixels
-            + _AUDIO_COST * spec.seconds
+            self.steps * per_step
+            + _COST_PER_OUTPUT_PIXEL * pixels
+            + _COST_PER_AUDIO_SECOND * spec.seconds
+            + _COST_FIXED
         )
 
     def generate(
@@ -1048,13 +1055,15 @@ def _denoise(
     shifts = tuple(int(rng.integers(size)) for size in bank.shape)
     if rng.random() < 0.5:
         fresh = -fresh
-    noise = np.roll(bank, shifts, axis=(0, 1, 2, 3))
     out = np.empty_like(latents)
     for start in range(0, geo.latent_frames, geo.chunk):
         frames = slice(start, min(start + geo.chunk, geo.latent_frames))
+        source = (np.arange(frames.start, frames.stop) - shifts[1]) % geo.latent_frames
+        noise = np.roll(bank[:, source], (shifts[0], shifts[2], shifts[3]), axis=(0, 2, 3))
         predicted = _encode_features(painter.render(frames, sigma))
         predicted *= a
-        predicted += noise[:, frames] * fresh
+        noise *= fresh
+        predicted += noise
         predicted += latents[:, frames] * b
         out[:, frames] = predicted
     return out

@@ -39,13 +39,18 @@ def create_key(platform: Platform, *, user_name: str, tier: Tier, key: str | Non
 
 
 def authenticate(platform: Platform, key: str | None) -> User:
+    """Resolves a key to its user; answers are cached briefly so each request skips a query."""
     if not key:
         raise Unauthorized(
             "Missing API key: send it as 'Authorization: Bearer KEY'.", code="missing_api_key"
         )
-    user = platform.accounts.user_for_key(hash_key(key))
+    digest = hash_key(key)
+    user = platform.key_cache.get(digest, platform.clock())
     if user is None:
-        raise Unauthorized("Invalid API key.")
+        user = platform.accounts.user_for_key(digest)
+        if user is None:
+            raise Unauthorized("Invalid API key.")
+        platform.key_cache.put(digest, user, platform.clock())
     return user
 
 

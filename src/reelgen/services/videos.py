@@ -206,6 +206,7 @@ def submit(
         estimated_seconds=model.estimate_seconds(spec),
         created_at=now,
         not_before=now,
+        rank_at=platform.policy.rank(user.tier, now),
         attempt=0,
         max_attempts=platform.settings.max_attempts,
         cancel_requested=False,
@@ -240,9 +241,7 @@ def get_job(platform: Platform, user: User, video_id: str) -> Job:
 
 def view(platform: Platform, job: Job) -> VideoView:
     if job.status is Status.QUEUED:
-        ahead, ahead_seconds, live = platform.jobs.queue_stats(
-            job, platform.policy, platform.clock()
-        )
+        ahead, ahead_seconds, live = platform.jobs.queue_stats(job, platform.clock())
         eta = ahead_seconds / max(1, live) + job.estimated_seconds
         return VideoView(job, ahead, math.ceil(eta))
     if job.status is Status.IN_PROGRESS:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from sqlalchemy import insert, select, update
 
 from reelgen.domain.jobs import Tier, User
+from reelgen.store import queries as q
 from reelgen.store.database import Database
 from reelgen.store.schema import api_keys, users
 
@@ -43,11 +44,6 @@ class AccountStore:
             return len(conn.execute(select(api_keys.c.id).limit(1)).all())
 
     def user_for_key(self, key_hash: str) -> User | None:
-        query = (
-            select(users.c.id, users.c.name, users.c.tier)
-            .join(api_keys, api_keys.c.user_id == users.c.id)
-            .where(api_keys.c.key_hash == key_hash, api_keys.c.revoked_at.is_(None))
-        )
         with self.db.read() as conn:
-            row = conn.execute(query).first()
+            row = conn.execute(q.user_for_key(), {"key_hash": key_hash}).first()
         return None if row is None else User(id=row.id, name=row.name, tier=Tier(row.tier))

@@ -41,8 +41,9 @@ def make_engine(url: str, *, sqlite_synchronous: str = "FULL") -> Engine:
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Connection) -> None:
         # Writers take the lock up front so two claimers never both read the same row.
-        immediate = conn.get_execution_options().get("write", False)
-        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+        # Reads are single statements, each atomic on its own: they skip BEGIN/COMMIT.
+        if conn.get_execution_options().get("write", False):
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
 
     return engine
 
@@ -56,6 +57,7 @@ class Database:
 
     @contextmanager
     def read(self) -> Iterator[Connection]:
+        """For single-statement reads; use `write` where several reads must agree."""
         with self.engine.connect() as conn, conn.begin():
             yield conn
 

@@ -12,13 +12,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, and_, delete, func, insert, or_, select, update
+from sqlalchemy import Connection, and_, func, insert, select, update
 
 from reelgen.domain.errors import Conflict, LeaseLost
-from reelgen.domain.jobs import ACTIVE, Job, JobEvent, Stage, Status, Tier
-from reelgen.scheduler.policy import Policy, QueuedView
+from reelgen.domain.jobs import ACTIVE, Job, JobEvent, Stage, Status
+from reelgen.store import queries as q
 from reelgen.store.database import Database
-from reelgen.store.schema import idempotency_keys, job_events, jobs, users, workers
+from reelgen.store.schema import job_events, jobs, workers
 
 DAY_S = 86_400.0
 ACTIVE_VALUES = [s.value for s in ACTIVE]
@@ -68,50 +68,43 @@ class JobStore:
         """
         user_id, now = row["user_id"], row["created_at"]
         with self.db.write() as conn:
-            conn.execute(select(users.c.id).where(users.c.id == user_id).with_for_update())
+            if self.db.dialect != "sqlite":  # SQLite's BEGIN IMMEDIATE already serialises
+                conn.execute(q.lock_user(), {"user_id": user_id})
             if idempotency is not None:
                 existing = conn.execute(
-                    select(idempotency_keys).where(
-                        idempotency_keys.c.user_id == user_id,
-                        idempotency_keys.c.key == idempotency[1],
-                    )
+                    q.idempotent_job(), {"user_id": user_id, "key": idempotency[1]}
                 ).first()
                 if existing is not None:
-                    if existing.request_hash != request_hash:
+                    if existing._request_hash != request_hash:
                         raise Conflict(
                             "This Idempotency-Key was already used with a different request "
                             "body; use a new key for a new request.",
                             code="idempotency_key_reused",
                         )
-                    job_row = conn.execute(select(jobs).where(jobs.c.id == existing.job_id)).one()
-                    return Job.from_row(job_row), False
-            usage = conn.execute(
-                select(
-                    func.count().filter(jobs.c.status.in_(ACTIVE_VALUES)),
-                    func.count().filter(jobs.c.created_at > now - DAY_S),
-                    func.min(jobs.c.created_at).filter(jobs.c.created_at > now - DAY_S),
-                ).where(jobs.c.user_id == user_id)
+                    return Job.from_row(existing), False
+            active, today, oldest = conn.execute(
+                q.user_usage(), {"user_id": user_id, "since": now - DAY_S}
             ).one()
-            admit(UsageView(active=usage[0], today=usage[1], oldest_today=usage[2]))
-            conn.execute(insert(jobs).values(**row))
-            _event(conn, row["id"], "created", now, attempt=0)
+            admit(UsageView(active=active, today=today, oldest_today=oldest))
+            job = Job.from_row(conn.execute(q.insert_job(), row).one())
+            _event(conn, job.id, "created", now, attempt=0)
             if idempotency is not None:
                 conn.execute(
-                    insert(idempotency_keys).values(
-                        user_id=user_id,
-                        key=idempotency[1],
-                        request_hash=request_hash,
-                        job_id=row["id"],
-                        created_at=now,
-                    )
+                    q.insert_idempotency_key(),
+                    {
+                        "user_id": user_id,
+                        "key": idempotency[1],
+                        "request_hash": request_hash,
+                        "job_id": job.id,
+                        "created_at": now,
+                    },
                 )
-            job_row = conn.execute(select(jobs).where(jobs.c.id == row["id"])).one()
-        return Job.from_row(job_row), True
+        return job, True
 
     # ---- reads --------------------------------------------------------------------------
     def get(self, job_id: str) -> Job | None:
         with self.db.read() as conn:
-            row = conn.execute(select(jobs).where(jobs.c.id == job_id)).first()
+            row = conn.execute(q.job_by_id(), {"id": job_id}).first()
         return None if row is None else Job.from_row(row)
 
     def list_for_user(
@@ -124,33 +117,12 @@ class JobStore:
         with self.db.read() as conn:
             return [Job.from_row(r) for r in conn.execute(query)]
 
-    def queue_stats(self, job: Job, policy: Policy, now: float) -> tuple[int, float, int]:
-        """(jobs scheduled ahead of this one, their estimated seconds, live workers)."""
-        cutoffs = policy.ahead_cutoffs(job.tier, job.created_at)
-        ahead = or_(
-            *(and_(jobs.c.tier == t.value, jobs.c.created_at < c) for t, c in cutoffs.items())
-        )
+    def queue_stats(self, job: Job, now: float) -> tuple[int, float, int]:
+        """(queued jobs ranked ahead of this one, seconds of work ahead, live workers)."""
+        params = {"model": job.model, "rank_at": job.rank_at, "alive_since": now - 60}
         with self.db.read() as conn:
-            count, seconds = conn.execute(
-                select(func.count(), func.coalesce(func.sum(jobs.c.estimated_seconds), 0.0)).where(
-                    jobs.c.status == Status.QUEUED.value, jobs.c.model == job.model, ahead
-                )
-            ).one()
-            running = conn.execute(
-                select(
-                    func.coalesce(
-                        func.sum(jobs.c.estimated_seconds * (100 - jobs.c.progress) / 100.0), 0.0
-                    )
-                ).where(jobs.c.status == Status.IN_PROGRESS.value, jobs.c.model == job.model)
-            ).scalar_one()
-            live = conn.execute(
-                select(func.count()).where(
-                    workers.c.model == job.model,
-                    workers.c.stopped_at.is_(None),
-                    workers.c.heartbeat_at > now - 60,
-                )
-            ).scalar_one()
-        return int(count), float(seconds) + float(running), int(live)
+            count, queued_s, running_s, live = conn.execute(q.queue_stats(), params).one()
+        return int(count), float(queued_s) + float(running_s), int(live)
 
     def events_after(self, job_id: str, after_id: int = 0) -> list[JobEvent]:
         query = (
@@ -234,38 +206,18 @@ class JobStore:
         *,
         worker_id: str,
         model: str,
-        policy: Policy,
         now: float,
         lease_seconds: float,
         lease_token: str,
-        per_tier: int = 4,
     ) -> Job | None:
-        """Takes the next job for `model` in one transaction, as the policy orders them."""
+        """Takes the lowest-ranked ready job for `model` in one transaction."""
         with self.db.write() as conn:
-            candidates: list[QueuedView] = []
-            for tier in Tier:
-                query = (
-                    select(jobs.c.id, jobs.c.tier, jobs.c.created_at)
-                    .where(
-                        jobs.c.status == Status.QUEUED.value,
-                        jobs.c.tier == tier.value,
-                        jobs.c.model == model,
-                        jobs.c.not_before <= now,
-                    )
-                    .order_by(jobs.c.created_at)
-                    .limit(per_tier)
-                    .with_for_update(skip_locked=True)
-                )
-                candidates += [
-                    QueuedView(id=r.id, tier=Tier(r.tier), created_at=r.created_at)
-                    for r in conn.execute(query)
-                ]
-            chosen = policy.choose(candidates, now)
+            chosen = conn.execute(q.next_queued(), {"model": model, "now": now}).scalar()
             if chosen is None:
                 return None
-            conn.execute(
+            row = conn.execute(
                 update(jobs)
-                .where(jobs.c.id == chosen.id, jobs.c.status == Status.QUEUED.value)
+                .where(jobs.c.id == chosen)
                 .values(
                     status=Status.IN_PROGRESS.value,
                     stage=Stage.GENERATING.value,
@@ -274,9 +226,11 @@ class JobStore:
                     lease_token=lease_token,
                     lease_expires_at=now + lease_seconds,
                     started_at=func.coalesce(jobs.c.started_at, now),
+                    preempt_requested=False,
                 )
-            )
-            job = Job.from_row(conn.execute(select(jobs).where(jobs.c.id == chosen.id)).one())
+                .returning(*jobs.c)
+            ).one()
+            job = Job.from_row(row)
             _event(
                 conn,
                 job.id,
@@ -294,7 +248,7 @@ class JobStore:
         return job
 
     def _fenced(self, conn: Connection, job_id: str, token: str) -> Job:
-        row = conn.execute(select(jobs).where(jobs.c.id == job_id).with_for_update()).first()
+        row = conn.execute(q.lock_job(), {"id": job_id}).first()
         if row is None or row.lease_token != token or row.status != Status.IN_PROGRESS.value:
             raise LeaseLost(f"Lease on {job_id} is no longer held by this worker.")
         return Job.from_row(row)
@@ -495,7 +449,5 @@ class JobStore:
 
     def prune_idempotency_keys(self, older_than: float) -> int:
         with self.db.write() as conn:
-            result = conn.execute(
-                delete(idempotency_keys).where(idempotency_keys.c.created_at < older_than)
-            )
+            result = conn.execute(q.prune_idempotency(), {"before": older_than})
         return result.rowcount or 0

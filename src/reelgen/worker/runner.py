@@ -54,7 +54,6 @@ class Worker:
                 job = p.jobs.claim(
                     worker_id=self.id,
                     model=self.model_name,
-                    policy=p.policy,
                     now=p.clock(),
                     lease_seconds=p.settings.lease_seconds,
                     lease_token=secrets.token_hex(16),

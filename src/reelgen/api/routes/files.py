@@ -22,7 +22,7 @@ def _variant(key: str) -> Variant:
 
 @router.get("/files/{key:path}", response_model=None)
 @router.head("/files/{key:path}", response_model=None, include_in_schema=False)
-def signed_file(
+async def signed_file(
     request: Request, key: str, expires: int, signature: str, platform: PlatformDep
 ) -> Response:
     now = platform.clock()

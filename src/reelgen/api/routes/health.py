@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 from fastapi import APIRouter
-from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
-from reelgen.api.deps import PlatformDep
+from reelgen.api.deps import PlatformDep, run_sync
 from reelgen.store.database import current_revision, head_revision
 
 router = APIRouter(tags=["health"])
@@ -29,6 +28,6 @@ async def readyz(platform: PlatformDep) -> JSONResponse:
         return {"status": "ready", "database": "ok", "schema": str(revision)}
 
     try:
-        return JSONResponse(await run_in_threadpool(check))
+        return JSONResponse(await run_sync(platform, check))
     except Exception as exc:
         return JSONResponse({"status": "not_ready", "reason": str(exc)}, status_code=503)

@@ -8,12 +8,11 @@ from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request, Response
-from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, RedirectResponse, StreamingResponse
 from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 
-from reelgen.api.deps import CurrentUser, PlatformDep
+from reelgen.api.deps import CurrentUser, PlatformDep, run_sync
 from reelgen.api.schemas import (
     RemixBody,
     VideoCreateBody,
@@ -22,7 +21,7 @@ from reelgen.api.schemas import (
     VideoPublic,
 )
 from reelgen.domain.errors import InvalidRequest, NotFound
-from reelgen.domain.jobs import VARIANT_MEDIA_TYPES, Job, Variant
+from reelgen.domain.jobs import VARIANT_MEDIA_TYPES, Job, User, Variant
 from reelgen.platform import Platform
 from reelgen.services import videos
 from reelgen.services.videos import CreateVideo
@@ -158,22 +157,31 @@ async def create_video(
             "application/x-www-form-urlencoded; "
             f"got {content_type or 'none'}."
         )
-    job, created = await run_in_threadpool(
-        videos.submit, platform, user, req, idempotency_key=idempotency_key
-    )
+    public, created = await run_sync(platform, _submit, platform, user, req, idempotency_key)
     if not created:
         response.headers["Idempotent-Replayed"] = "true"
-    return await run_in_threadpool(_public, platform, job)
+    return public
+
+
+def _submit(
+    platform: Platform, user: User, req: CreateVideo, idempotency_key: str | None
+) -> tuple[VideoPublic, bool]:
+    job, created = videos.submit(platform, user, req, idempotency_key=idempotency_key)
+    return _public(platform, job), created
 
 
 @router.get("", response_model=VideoList)
-def list_videos(
+async def list_videos(
     platform: PlatformDep,
     user: CurrentUser,
     after: str | None = None,
     limit: Annotated[int, Query()] = 20,
     order: str = "desc",
 ) -> VideoList:
+    return await run_sync(platform, _list, platform, user, after, limit, order)
+
+
+def _list(platform: Platform, user: User, after: str | None, limit: int, order: str) -> VideoList:
     jobs, has_more = videos.list_jobs(platform, user, after=after, limit=limit, order=order)
     data = [_public(platform, j) for j in jobs]
     return VideoList(
@@ -185,42 +193,55 @@ def list_videos(
 
 
 @router.get("/{video_id}", response_model=VideoPublic)
-def retrieve_video(
+async def retrieve_video(
     video_id: str, response: Response, platform: PlatformDep, user: CurrentUser
 ) -> VideoPublic:
-    job = videos.get_job(platform, user, video_id)
-    if not job.status.is_terminal:
+    public = await run_sync(platform, _retrieve, platform, user, video_id)
+    if public.status in ("queued", "in_progress"):
         response.headers["openai-poll-after-ms"] = str(platform.settings.poll_after_ms)
-    return _public(platform, job)
+    return public
+
+
+def _retrieve(platform: Platform, user: User, video_id: str) -> VideoPublic:
+    return _public(platform, videos.get_job(platform, user, video_id))
 
 
 @router.delete("/{video_id}", response_model=VideoDeleted)
-def delete_video(video_id: str, platform: PlatformDep, user: CurrentUser) -> VideoDeleted:
-    videos.delete(platform, user, video_id)
+async def delete_video(video_id: str, platform: PlatformDep, user: CurrentUser) -> VideoDeleted:
+    await run_sync(platform, videos.delete, platform, user, video_id)
     return VideoDeleted(id=video_id)
 
 
 @router.post("/{video_id}/cancel", response_model=VideoPublic)
-def cancel_video(video_id: str, platform: PlatformDep, user: CurrentUser) -> VideoPublic:
+async def cancel_video(video_id: str, platform: PlatformDep, user: CurrentUser) -> VideoPublic:
     """Queued jobs stop at once; running jobs stop at their next step boundary."""
+    return await run_sync(platform, _cancel, platform, user, video_id)
+
+
+def _cancel(platform: Platform, user: User, video_id: str) -> VideoPublic:
     return _public(platform, videos.cancel(platform, user, video_id))
 
 
 @router.post("/{video_id}/remix", response_model=VideoPublic)
-def remix_video(
+async def remix_video(
     video_id: str,
     body: RemixBody,
     platform: PlatformDep,
     user: CurrentUser,
     idempotency_key: Annotated[str | None, Header()] = None,
 ) -> VideoPublic:
-    job = videos.remix(platform, user, video_id, body.prompt, idempotency_key)
-    return _public(platform, job)
+    return await run_sync(platform, _remix, platform, user, video_id, body.prompt, idempotency_key)
+
+
+def _remix(
+    platform: Platform, user: User, video_id: str, prompt: str, idempotency_key: str | None
+) -> VideoPublic:
+    return _public(platform, videos.remix(platform, user, video_id, prompt, idempotency_key))
 
 
 @router.get("/{video_id}/content", response_model=None)
 @router.head("/{video_id}/content", response_model=None, include_in_schema=False)
-def download_content(
+async def download_content(
     request: Request,
     video_id: str,
     platform: PlatformDep,
@@ -228,7 +249,7 @@ def download_content(
     variant: Variant = Variant.VIDEO,
 ) -> Response:
     """The bytes (Range, ETag) or, when configured, a redirect to a signed URL."""
-    key = videos.content_key(platform, user, video_id, variant)
+    key = await run_sync(platform, videos.content_key, platform, user, video_id, variant)
     if platform.settings.content_redirect:
         return RedirectResponse(videos.signed_content_url(platform, key), status_code=302)
     return file_response(request, platform, key, variant, cache="private, max-age=3600")
@@ -262,7 +283,7 @@ async def video_events(
     video_id: str, request: Request, platform: PlatformDep, user: CurrentUser
 ) -> StreamingResponse:
     """Server-Sent Events: one `video` event per change of status, stage or progress."""
-    await run_in_threadpool(videos.get_job, platform, user, video_id)
+    await run_sync(platform, videos.get_job, platform, user, video_id)
     return StreamingResponse(
         _event_stream(request, platform, user, video_id),
         media_type="text/event-stream",
@@ -271,26 +292,25 @@ async def video_events(
 
 
 async def _event_stream(
-    request: Request, platform: Platform, user: Any, video_id: str
+    request: Request, platform: Platform, user: User, video_id: str
 ) -> AsyncIterator[str]:
     last: tuple[str, str, int] | None = None
     idle = 0.0
     while True:
         try:
-            job = await run_in_threadpool(videos.get_job, platform, user, video_id)
+            public = await run_sync(platform, _retrieve, platform, user, video_id)
         except NotFound:
             yield f"event: deleted\ndata: {json.dumps({'id': video_id})}\n\n"
             return
-        public = await run_in_threadpool(_public, platform, job)
         state = (public.status, public.stage, public.progress)
         if state != last:
             last, idle = state, 0.0
             data = public.model_dump_json()
-            yield f"event: video\nid: {job.id}-{public.progress}\ndata: {data}\n\n"
+            yield f"event: video\nid: {video_id}-{public.progress}\ndata: {data}\n\n"
         elif idle >= SSE_KEEPALIVE_S:
             idle = 0.0
             yield ": keep-alive\n\n"
-        if job.status.is_terminal or await request.is_disconnected():
+        if public.status in ("completed", "failed") or await request.is_disconnected():
             return
         await asyncio.sleep(SSE_POLL_S)
         idle += SSE_POLL_S

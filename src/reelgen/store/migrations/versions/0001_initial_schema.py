@@ -96,12 +96,15 @@ def upgrade() -> None:
         sa.Column("completed_at", sa.Float(), nullable=True),
         sa.Column("expires_at", sa.Float(), nullable=True),
         sa.Column("not_before", sa.Float(), nullable=False),
+        sa.Column("rank_at", sa.Float(), nullable=False),
         sa.Column("attempt", sa.Integer(), nullable=False),
         sa.Column("max_attempts", sa.Integer(), nullable=False),
         sa.Column("worker_id", sa.String(length=64), nullable=True),
         sa.Column("lease_token", sa.String(length=64), nullable=True),
         sa.Column("lease_expires_at", sa.Float(), nullable=True),
         sa.Column("cancel_requested", sa.Boolean(), nullable=False),
+        sa.Column("preempt_requested", sa.Boolean(), nullable=False),
+        sa.Column("quota_refunded", sa.Boolean(), nullable=False),
         sa.Column("checkpoint_step", sa.Integer(), nullable=False),
         sa.Column("checkpoint_key", sa.String(length=300), nullable=True),
         sa.Column("video_key", sa.String(length=300), nullable=True),
@@ -119,12 +122,16 @@ def upgrade() -> None:
     )
     with op.batch_alter_table("jobs", schema=None) as batch_op:
         batch_op.create_index("ix_jobs_lease", ["status", "lease_expires_at"], unique=False)
-        batch_op.create_index("ix_jobs_queue", ["status", "tier", "created_at"], unique=False)
+        batch_op.create_index("ix_jobs_queue", ["status", "model", "rank_at"], unique=False)
         batch_op.create_index("ix_jobs_user", ["user_id", "seq"], unique=False)
+        batch_op.create_index("ix_jobs_user_created", ["user_id", "created_at"], unique=False)
+        batch_op.create_index("ix_jobs_user_status", ["user_id", "status"], unique=False)
 
 
 def downgrade() -> None:
     with op.batch_alter_table("jobs", schema=None) as batch_op:
+        batch_op.drop_index("ix_jobs_user_status")
+        batch_op.drop_index("ix_jobs_user_created")
         batch_op.drop_index("ix_jobs_user")
         batch_op.drop_index("ix_jobs_queue")
         batch_op.drop_index("ix_jobs_lease")
