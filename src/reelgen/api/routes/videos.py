@@ -255,6 +255,11 @@ async def download_content(
     return file_response(request, platform, key, variant, cache="private, max-age=3600")
 
 
+class _FileResponse(FileResponse):
+    chunk_size = 1024 * 1024
+    """Each chunk is read on a worker thread; big chunks keep the hand-offs few."""
+
+
 def file_response(
     request: Request, platform: Platform, key: str, variant: Variant, *, cache: str
 ) -> Response:
@@ -266,7 +271,7 @@ def file_response(
         stat = None
     if path is None or stat is None:
         raise NotFound("The content is no longer stored.")
-    response = FileResponse(
+    response = _FileResponse(
         path,
         media_type=VARIANT_MEDIA_TYPES[variant],
         headers={"Cache-Control": cache},
