@@ -155,7 +155,7 @@ def start_server(tmp_path: Path) -> Iterator:
         stop.set()
         for w in pool:
             w.stop.set()
-        platform.signal_work()
+        platform.bus.work_available()
         time.sleep(0.1)
         platform.close()
 

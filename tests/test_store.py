@@ -97,6 +97,7 @@ def test_fencing_rejects_a_stale_token(store: JobStore) -> None:
             video_key="v",
             thumbnail_key="t",
             spritesheet_key="s",
+            first_step=1,
         )
     flags = store.heartbeat(
         "j",

@@ -88,7 +88,7 @@ def _shutdown(
     stop.set()
     for w in pool:
         w.stop.set()
-    platform.signal_work()
+    platform.bus.work_available()
     for t in threads:
         t.join(timeout=60)
     platform.close()

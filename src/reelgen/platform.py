@@ -13,12 +13,14 @@ from typing import Generic, TypeVar
 from reelgen.domain.jobs import User
 from reelgen.models.base import VideoModel
 from reelgen.models.registry import build_model
+from reelgen.observability.metrics import Metrics
 from reelgen.scheduler.policy import Policy
 from reelgen.settings import Settings
 from reelgen.storage.base import ObjectStore, open_store
 from reelgen.store.accounts import AccountStore
 from reelgen.store.database import Database, make_engine
 from reelgen.store.jobs import JobStore
+from reelgen.store.notify import Bus, open_bus
 
 K = TypeVar("K")
 V = TypeVar("V")
@@ -51,8 +53,8 @@ class Platform:
     clock: Callable[[], float] = time.time
     policy: Policy = field(default_factory=Policy)
     _models: dict[str, VideoModel] = field(default_factory=dict)
-    _work: threading.Condition = field(default_factory=threading.Condition)
     _cancels: set[str] = field(default_factory=set)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
     key_cache: TTLCache[str, User] = field(default_factory=lambda: TTLCache(ttl_s=30.0))
     """API key hash -> user; a revoked key may keep working for up to `ttl_s`."""
 
@@ -81,28 +83,29 @@ class Platform:
             self._models[name] = build_model(name, self.settings)
         return self._models[name]
 
-    def signal_work(self) -> None:
-        """Wakes idle in-process workers; across processes they fall back to polling."""
-        with self._work:
-            self._work.notify_all()
+    @cached_property
+    def metrics(self) -> Metrics:
+        return Metrics()
 
-    def wait_for_work(self, timeout: float) -> None:
-        with self._work:
-            self._work.wait(timeout)
+    @cached_property
+    def bus(self) -> Bus:
+        return open_bus(self.settings.resolved_database_url())
 
     def signal_cancel(self, job_id: str) -> None:
         """Lets an in-process worker stop at its very next step instead of its next heartbeat."""
-        with self._work:
+        with self._lock:
             self._cancels.add(job_id)
 
     def take_cancel(self, job_id: str) -> bool:
-        with self._work:
+        with self._lock:
             if job_id in self._cancels:
                 self._cancels.discard(job_id)
                 return True
             return False
 
     def close(self) -> None:
+        if "bus" in self.__dict__:
+            self.bus.close()
         self.db.dispose()
 
 

@@ -36,7 +36,9 @@ class Settings(BaseSettings):
     max_reference_pixels: int = Field(4096 * 4096, ge=64 * 64)
 
     lease_seconds: float = Field(30.0, gt=0)
-    heartbeat_seconds: float = Field(1.0, gt=0)
+    heartbeat_seconds: float = Field(5.0, gt=0)
+    """Lease renewal and cancel/preempt checks; progress travels on the bus more often."""
+    progress_interval_seconds: float = Field(1.0, gt=0)
     checkpoint_every_steps: int = Field(5, ge=1)
     max_attempts: int = Field(3, ge=1)
     worker_poll_seconds: float = Field(0.5, gt=0)

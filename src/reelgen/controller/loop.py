@@ -1,4 +1,8 @@
-"""Housekeeping no single worker can do: reap lost leases, expire content, prune keys."""
+"""Housekeeping no worker can do for itself: reap lost leases, expire content, prune keys.
+
+Exactly one controller acts at a time (see `controller.election`); the work is idempotent,
+so a brief overlap during failover is harmless.
+"""
 
 from __future__ import annotations
 
@@ -8,23 +12,34 @@ import threading
 
 from reelgen.platform import Platform
 from reelgen.scheduler.policy import retry_backoff
+from reelgen.store.jobs import Reaped
 
 log = logging.getLogger("reelgen.controller")
 
 IDEMPOTENCY_TTL_S = 86_400.0
 
 
+def _account(platform: Platform, reaped: list[Reaped], why: str) -> None:
+    for r in reaped:
+        platform.metrics.lease_expiries.inc()
+        if r.requeued:
+            platform.metrics.retries.inc()
+        log.warning(
+            "%s: worker lost, %s",
+            why,
+            "requeued" if r.requeued else "ended",
+            extra={"job_id": r.job_id, "attempt": r.attempt},
+        )
+    if any(r.requeued for r in reaped):
+        platform.bus.work_available()
+
+
 def tick(platform: Platform) -> None:
     now = platform.clock()
-    for reaped in platform.jobs.reap(
+    reaped = platform.jobs.reap(
         now=now, only_expired=True, backoff=lambda a: retry_backoff(a, random.random())
-    ):
-        log.warning(
-            "job %s attempt %s: lease expired (worker_lost), %s",
-            reaped.job_id,
-            reaped.attempt,
-            "requeued" if reaped.requeued else "ended",
-        )
+    )
+    _account(platform, reaped, "lease expired")
     for job in platform.jobs.expired_content(now):
         platform.objects.delete_prefix(f"videos/{job.id}")
         platform.objects.delete_prefix(f"inputs/{job.id}")
@@ -34,15 +49,9 @@ def tick(platform: Platform) -> None:
 
 def recover_orphans(platform: Platform) -> None:
     """At embedded start-up every running job belongs to a process that is gone."""
-    for reaped in platform.jobs.reap(
-        now=platform.clock(), only_expired=False, backoff=lambda a: 0.0
-    ):
-        log.warning(
-            "job %s attempt %s was cut off by a restart; %s",
-            reaped.job_id,
-            reaped.attempt,
-            "requeued" if reaped.requeued else "ended",
-        )
+    now = platform.clock()
+    reaped = platform.jobs.reap(now=now, only_expired=False, backoff=lambda _a: 0.0)
+    _account(platform, reaped, "cut off by a restart")
 
 
 def run(platform: Platform, stop: threading.Event) -> None:

@@ -228,7 +228,7 @@ def submit(
     if not created and reference_key is not None:
         platform.objects.delete_prefix(f"inputs/{job_id}")
     if created:
-        platform.signal_work()
+        platform.bus.work_available(job.model)
     return job, created
 
 

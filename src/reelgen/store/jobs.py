@@ -36,6 +36,17 @@ class UsageView:
 @dataclass(frozen=True, slots=True)
 class WorkerFlags:
     cancel_requested: bool
+    preempt_requested: bool
+
+
+@dataclass(frozen=True, slots=True)
+class QueueSnapshot:
+    queued: list[tuple[str, str, int, float]]
+    """(model, tier, count, oldest created_at)"""
+    active: list[tuple[str, str, int]]
+    """(model, status, count) for queued and in_progress"""
+    workers: list[tuple[str, int, int]]
+    """(model, live, busy)"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,6 +135,39 @@ class JobStore:
             count, queued_s, running_s, live = conn.execute(q.queue_stats(), params).one()
         return int(count), float(queued_s) + float(running_s), int(live)
 
+    def queue_snapshot(self, now: float, worker_alive_s: float = 60.0) -> QueueSnapshot:
+        queued = jobs.c.status == Status.QUEUED.value
+        with self.db.read() as conn:
+            q_rows = conn.execute(
+                select(jobs.c.model, jobs.c.tier, func.count(), func.min(jobs.c.created_at))
+                .where(queued)
+                .group_by(jobs.c.model, jobs.c.tier)
+            ).all()
+        with self.db.read() as conn:
+            a_rows = conn.execute(
+                select(jobs.c.model, jobs.c.status, func.count())
+                .where(jobs.c.status.in_(ACTIVE_VALUES))
+                .group_by(jobs.c.model, jobs.c.status)
+            ).all()
+        with self.db.read() as conn:
+            w_rows = conn.execute(
+                select(
+                    workers.c.model,
+                    func.count(),
+                    func.count(workers.c.current_job_id),
+                )
+                .where(
+                    workers.c.stopped_at.is_(None),
+                    workers.c.heartbeat_at > now - worker_alive_s,
+                )
+                .group_by(workers.c.model)
+            ).all()
+        return QueueSnapshot(
+            queued=[(r[0], r[1], int(r[2]), float(r[3])) for r in q_rows],
+            active=[(r[0], r[1], int(r[2])) for r in a_rows],
+            workers=[(r[0], int(r[1]), int(r[2])) for r in w_rows],
+        )
+
     def events_after(self, job_id: str, after_id: int = 0) -> list[JobEvent]:
         query = (
             select(job_events)
@@ -160,6 +204,18 @@ class JobStore:
                 _event(conn, job_id, "cancel_requested", now, step=job.step)
             row = conn.execute(select(jobs).where(jobs.c.id == job_id)).one()
         return Job.from_row(row)
+
+    def request_preempt(self, job_id: str, now: float) -> bool:
+        """Asks the running job's worker to checkpoint and hand the job back."""
+        with self.db.write() as conn:
+            result = conn.execute(
+                update(jobs)
+                .where(jobs.c.id == job_id, jobs.c.status == Status.IN_PROGRESS.value)
+                .values(preempt_requested=True)
+            )
+            if result.rowcount:
+                _event(conn, job_id, "preempt_requested", now)
+        return bool(result.rowcount)
 
     def mark_deleted(self, job_id: str, now: float) -> None:
         with self.db.write() as conn:
@@ -280,7 +336,9 @@ class JobStore:
             )
             if stage is not job.stage:
                 _event(conn, job_id, "stage", now, stage=stage.value, attempt=job.attempt)
-        return WorkerFlags(cancel_requested=job.cancel_requested)
+        return WorkerFlags(
+            cancel_requested=job.cancel_requested, preempt_requested=job.preempt_requested
+        )
 
     def save_checkpoint(
         self, job_id: str, token: str, *, step: int, key: str, now: float
@@ -306,7 +364,9 @@ class JobStore:
         video_key: str,
         thumbnail_key: str,
         spritesheet_key: str,
+        first_step: int,
     ) -> None:
+        """Publishes the outputs; `first_step` is the first step this attempt computed."""
         with self.db.write() as conn:
             job = self._fenced(conn, job_id, token)
             conn.execute(
@@ -326,12 +386,20 @@ class JobStore:
                     checkpoint_key=None,
                 )
             )
-            _event(conn, job_id, "completed", now, attempt=job.attempt)
+            _event(conn, job_id, "completed", now, attempt=job.attempt, first_step=first_step)
 
     def finish(
-        self, job_id: str, token: str, *, status: Status, code: str, message: str, now: float
+        self,
+        job_id: str,
+        token: str,
+        *,
+        status: Status,
+        code: str,
+        message: str,
+        now: float,
+        refund: bool = False,
     ) -> None:
-        """Ends a running job without output (failed or cancelled)."""
+        """Ends a running job without output; `refund` gives the daily quota back."""
         with self.db.write() as conn:
             job = self._fenced(conn, job_id, token)
             conn.execute(
@@ -346,6 +414,7 @@ class JobStore:
                     lease_token=None,
                     lease_expires_at=None,
                     checkpoint_key=None,
+                    quota_refunded=refund,
                 )
             )
             _event(conn, job_id, status.value, now, attempt=job.attempt, code=code, step=job.step)
@@ -365,6 +434,7 @@ class JobStore:
                     lease_token=None,
                     lease_expires_at=None,
                     not_before=now,
+                    preempt_requested=False,
                 )
             )
             _event(conn, job_id, "released", now, reason=reason, step=job.checkpoint_step)

@@ -1,7 +1,8 @@
 """A worker: claim a job, run the model step by step, encode, upload, publish.
 
-It talks to the store and object storage only, never to the API. Every write about a job
-carries the lease token, so a worker that lost its lease cannot overwrite the next one.
+It talks to the store, the bus and object storage only, never to the API. Every write
+about a job carries the lease token, so a worker that lost its lease cannot overwrite the
+attempt that replaced it.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import shutil
 import socket
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,14 +28,21 @@ from reelgen.platform import Platform
 log = logging.getLogger("reelgen.worker")
 
 DAY_S = 86_400
+FINISH_ON_DRAIN = 0.9
+"""Past this share of steps a draining worker finishes the job instead of handing it back."""
+IDLE_POLL_MAX_S = 5.0
 
 
 class CancelledByUser(Exception):
     pass
 
 
-class Drained(Exception):
-    """The worker is shutting down; the job goes back to the queue from its checkpoint."""
+class HandBack(Exception):
+    """Checkpointed at a step boundary; the job goes back to the queue (drain or preempt)."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
 
 
 class Worker:
@@ -42,13 +51,16 @@ class Worker:
         self.model_name = model_name
         self.id = worker_id or f"worker_{secrets.token_hex(6)}"
         self.stop = threading.Event()
+        self._born = time.monotonic()
+        self._busy_s = 0.0
 
     def run(self) -> None:
         p = self.platform
         model = p.model(self.model_name)
         model.load()
         p.jobs.register_worker(self.id, self.model_name, socket.gethostname(), p.clock())
-        log.info("worker %s ready for model %s", self.id, self.model_name)
+        log.info("worker ready", extra={"worker_id": self.id, "model": self.model_name})
+        idle_wait = p.settings.worker_poll_seconds
         try:
             while not self.stop.is_set():
                 job = p.jobs.claim(
@@ -60,34 +72,52 @@ class Worker:
                 )
                 if job is None:
                     p.jobs.touch_worker(self.id, p.clock(), None)
-                    p.wait_for_work(p.settings.worker_poll_seconds)
+                    # Woken at once by the bus; the growing timeout is only the fallback.
+                    if p.bus.wait_for_work(idle_wait):
+                        idle_wait = p.settings.worker_poll_seconds
+                    else:
+                        idle_wait = min(IDLE_POLL_MAX_S, idle_wait * 2)
                     continue
+                idle_wait = p.settings.worker_poll_seconds
+                started = time.monotonic()
                 self.process(job)
+                self._busy_s += time.monotonic() - started
+                p.metrics.worker_busy.labels(self.id, self.model_name).set(
+                    self._busy_s / max(1e-9, time.monotonic() - self._born)
+                )
         finally:
             p.jobs.stop_worker(self.id, p.clock())
-            log.info("worker %s stopped", self.id)
+            log.info("worker stopped", extra={"worker_id": self.id})
 
     def process(self, job: Job) -> None:
+        ctx = {"job_id": job.id, "attempt": job.attempt, "worker_id": self.id}
         run = _JobRun(self, job)
         try:
             run.execute()
+            self._finished(job, Status.COMPLETED)
         except CancelledByUser:
             self._end(job, Status.CANCELLED, "cancelled", "The job was cancelled while running.")
-        except Drained:
+        except HandBack as back:
             self.platform.jobs.release(
-                job.id, _token(job), now=self.platform.clock(), reason="worker_shutdown"
+                job.id, _token(job), now=self.platform.clock(), reason=back.reason
             )
-            log.info("job %s attempt %s released at shutdown", job.id, job.attempt)
+            self.platform.bus.work_available(job.model)
+            log.info("job handed back (%s)", back.reason, extra=ctx)
         except LeaseLost:
-            log.warning("job %s attempt %s: lease lost, dropping the work", job.id, job.attempt)
+            log.warning("lease lost; dropping this attempt's work", extra=ctx)
         except Exception as exc:
-            log.exception("job %s attempt %s failed", job.id, job.attempt)
-            self._end(job, Status.FAILED, "generation_failed", f"Generation failed: {exc}")
+            log.exception("generation failed", extra=ctx)
+            self._end(
+                job, Status.FAILED, "generation_failed", f"Generation failed: {exc}", refund=True
+            )
         finally:
             self.platform.take_cancel(job.id)
             run.cleanup()
+            self.platform.metrics.gpu_seconds.labels(job.model).observe(run.model_seconds)
 
-    def _end(self, job: Job, status: Status, code: str, message: str) -> None:
+    def _end(
+        self, job: Job, status: Status, code: str, message: str, *, refund: bool = False
+    ) -> None:
         try:
             self.platform.jobs.finish(
                 job.id,
@@ -96,10 +126,19 @@ class Worker:
                 code=code,
                 message=message,
                 now=self.platform.clock(),
+                refund=refund,
             )
         except LeaseLost:
-            log.warning("job %s: lease lost before recording %s", job.id, status.value)
+            log.warning("lease lost before recording %s", status.value, extra={"job_id": job.id})
+            return
         self.platform.objects.delete_prefix(f"checkpoints/{job.id}")
+        self._finished(job, status)
+
+    def _finished(self, job: Job, status: Status) -> None:
+        self.platform.metrics.jobs_finished.labels(job.model, status.value).inc()
+        self.platform.bus.publish_progress(
+            {"id": job.id, "status": status.value, "stage": Stage.DONE.value, "final": True}
+        )
 
 
 def _token(job: Job) -> str:
@@ -116,33 +155,49 @@ class _JobRun:
         self.job = job
         self.token = _token(job)
         self.last_beat = 0.0
-        self.tmp = Path(tempfile.mkdtemp(prefix=f"{job.id}-", dir=self._tmp_root()))
-
-    def _tmp_root(self) -> Path:
+        self.last_publish = 0.0
+        self.last_published: tuple[int, str] | None = None
+        self.model_seconds = 0.0
+        self.preempt = False
+        self.log_ctx = {"job_id": job.id, "attempt": job.attempt, "worker_id": worker.id}
         root = self.p.settings.data_dir / "tmp"
         root.mkdir(parents=True, exist_ok=True)
-        return root
+        self.tmp = Path(tempfile.mkdtemp(prefix=f"{job.id}-", dir=root))
 
     def cleanup(self) -> None:
         shutil.rmtree(self.tmp, ignore_errors=True)
 
-    def beat(self, *, step: int, total: int, progress: int, stage: Stage, force: bool) -> None:
+    def report(self, *, step: int, total: int, progress: int, stage: Stage, force: bool) -> None:
+        """Heartbeat (lease, flags) every `heartbeat_seconds`; progress to the bus each second."""
         now = self.p.clock()
-        if not force and now - self.last_beat < self.p.settings.heartbeat_seconds:
-            return
-        self.last_beat = now
-        flags = self.p.jobs.heartbeat(
-            self.job.id,
-            self.token,
-            now=now,
-            lease_seconds=self.p.settings.lease_seconds,
-            step=step,
-            total_steps=total,
-            progress=progress,
-            stage=stage,
-        )
-        if flags.cancel_requested:
-            raise CancelledByUser
+        if force or now - self.last_beat >= self.p.settings.heartbeat_seconds:
+            self.last_beat = now
+            flags = self.p.jobs.heartbeat(
+                self.job.id,
+                self.token,
+                now=now,
+                lease_seconds=self.p.settings.lease_seconds,
+                step=step,
+                total_steps=total,
+                progress=progress,
+                stage=stage,
+            )
+            if flags.cancel_requested:
+                raise CancelledByUser
+            if flags.preempt_requested and stage is Stage.GENERATING and step < total:
+                self.preempt = True
+        state = (progress, stage.value)
+        interval = self.p.settings.progress_interval_seconds
+        if state != self.last_published and (force or now - self.last_publish >= interval):
+            self.last_publish, self.last_published = now, state
+            self.p.bus.publish_progress(
+                {
+                    "id": self.job.id,
+                    "status": Status.IN_PROGRESS.value,
+                    "stage": stage.value,
+                    "progress": progress,
+                }
+            )
 
     def spec(self) -> GenerationSpec:
         j = self.job
@@ -162,18 +217,22 @@ class _JobRun:
             raise CancelledByUser
         progress = generation_progress(info.step, info.total)
         checkpoint = info.step % self.p.settings.checkpoint_every_steps == 0
-        draining = self.worker.stop.is_set() and info.step < info.total
-        if (checkpoint or draining) and info.step < info.total:
-            self.save_checkpoint(info)
-        self.beat(
+        self.report(
             step=info.step,
             total=info.total,
             progress=progress,
             stage=Stage.GENERATING,
             force=checkpoint,
         )
-        if draining:
-            raise Drained
+        reason = None
+        if self.preempt:
+            reason = "preempted"
+        elif self.worker.stop.is_set() and info.step < FINISH_ON_DRAIN * info.total:
+            reason = "worker_shutdown"
+        if (checkpoint or reason) and info.step < info.total:
+            self.save_checkpoint(info)
+        if reason:
+            raise HandBack(reason)
 
     def save_checkpoint(self, info: StepInfo) -> None:
         key = f"checkpoints/{self.job.id}/a{self.job.attempt}-step{info.step:05d}"
@@ -184,39 +243,43 @@ class _JobRun:
         if old is not None:
             self.p.objects.delete(old)
 
-    def execute(self) -> None:
+    def _generate(self, spec: GenerationSpec):
         model = self.p.model(self.job.model)
-        spec = self.spec()
         resume = None
         if self.job.checkpoint_key is not None and self.p.objects.exists(self.job.checkpoint_key):
             resume = self.p.objects.get_bytes(self.job.checkpoint_key)
-            log.info(
-                "job %s attempt %s resumes after step %s",
-                self.job.id,
-                self.job.attempt,
-                self.job.checkpoint_step,
-            )
-        self.beat(
-            step=self.job.checkpoint_step,
-            total=model.num_steps(spec),
-            progress=generation_progress(self.job.checkpoint_step, model.num_steps(spec)),
-            stage=Stage.GENERATING,
-            force=True,
-        )
+            log.info("resuming after step %s", self.job.checkpoint_step, extra=self.log_ctx)
+        started = time.monotonic()
         try:
-            clip = model.generate(spec, self.on_step, resume_from=resume)
+            return model.generate(spec, self.on_step, resume_from=resume), resume is not None
         except ValueError:
             if resume is None:
                 raise
-            log.warning("job %s: checkpoint does not match, starting over", self.job.id)
-            clip = model.generate(spec, self.on_step, resume_from=None)
+            log.warning("checkpoint does not match the job; starting over", extra=self.log_ctx)
+            return model.generate(spec, self.on_step, resume_from=None), False
+        finally:
+            self.model_seconds = time.monotonic() - started
+
+    def execute(self) -> None:
+        model = self.p.model(self.job.model)
+        spec = self.spec()
         total = model.num_steps(spec)
-        self.beat(
+        start_step = self.job.checkpoint_step if self.job.checkpoint_key else 0
+        self.report(
+            step=start_step,
+            total=total,
+            progress=generation_progress(start_step, total),
+            stage=Stage.GENERATING,
+            force=True,
+        )
+        clip, resumed = self._generate(spec)
+        first_step = start_step + 1 if resumed else 1
+        self.report(
             step=total, total=total, progress=GENERATING_SHARE, stage=Stage.ENCODING, force=True
         )
         clip.frames = self._encoding_frames(clip.frames, clip.num_frames, total)
         media = encode_clip(clip, self.tmp / "video.mp4")
-        self.beat(step=total, total=total, progress=97, stage=Stage.UPLOADING, force=True)
+        self.report(step=total, total=total, progress=97, stage=Stage.UPLOADING, force=True)
         prefix = f"videos/{self.job.id}/a{self.job.attempt}"
         keys = dict(
             video_key=f"{prefix}/video.mp4",
@@ -233,20 +296,21 @@ class _JobRun:
                 self.token,
                 now=now,
                 expires_at=now + self.p.settings.retention_days * DAY_S,
+                first_step=first_step,
                 **keys,
             )
         except LeaseLost:
             self.p.objects.delete_prefix(prefix)
             raise
         self.p.objects.delete_prefix(f"checkpoints/{self.job.id}")
-        log.info("job %s attempt %s completed", self.job.id, self.job.attempt)
+        log.info("completed", extra=self.log_ctx)
 
     def _encoding_frames(
         self, frames: Iterator[np.ndarray], count: int, total: int
     ) -> Iterator[np.ndarray]:
         share = 95 - GENERATING_SHARE
         for i, frame in enumerate(frames):
-            self.beat(
+            self.report(
                 step=total,
                 total=total,
                 progress=GENERATING_SHARE + share * i // max(1, count),

@@ -1,0 +1,86 @@
+"""Prometheus metrics: one registry per process, queue gauges read from the store at scrape."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from reelgen.store.jobs import JobStore
+
+GPU_SECONDS_BUCKETS = (1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1200, 2400, float("inf"))
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.gpu_seconds = Histogram(
+            "reelgen_job_gpu_seconds",
+            "Seconds the model held the accelerator for one attempt at one job.",
+            ["model"],
+            buckets=GPU_SECONDS_BUCKETS,
+            registry=self.registry,
+        )
+        self.jobs_finished = Counter(
+            "reelgen_jobs_finished_total",
+            "Jobs that reached a terminal status in this process.",
+            ["model", "status"],
+            registry=self.registry,
+        )
+        self.lease_expiries = Counter(
+            "reelgen_lease_expiries_total",
+            "Leases the controller found expired (worker lost).",
+            registry=self.registry,
+        )
+        self.retries = Counter(
+            "reelgen_job_retries_total",
+            "Jobs requeued after their worker was lost.",
+            registry=self.registry,
+        )
+        self.worker_busy = Gauge(
+            "reelgen_worker_busy_ratio",
+            "Share of its life this worker spent on jobs.",
+            ["worker", "model"],
+            registry=self.registry,
+        )
+        self.is_leader = Gauge(
+            "reelgen_controller_leader",
+            "1 while this controller holds the leader lock.",
+            registry=self.registry,
+        )
+
+    def watch_queue(self, jobs: JobStore, clock: Callable[[], float]) -> None:
+        """Adds gauges computed from the database at each scrape (api and controller)."""
+        self.registry.register(_QueueCollector(jobs, clock))
+
+
+class _QueueCollector(Collector):
+    def __init__(self, jobs: JobStore, clock: Callable[[], float]):
+        self.jobs, self.clock = jobs, clock
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        now = self.clock()
+        snap = self.jobs.queue_snapshot(now)
+        depth = GaugeMetricFamily("reelgen_queue_depth", "Queued jobs.", labels=["model", "tier"])
+        oldest = GaugeMetricFamily(
+            "reelgen_queue_oldest_wait_seconds",
+            "How long the oldest queued job has waited.",
+            labels=["model", "tier"],
+        )
+        for model, tier, count, first in snap.queued:
+            depth.add_metric([model, tier], count)
+            oldest.add_metric([model, tier], max(0.0, now - first))
+        by_status = GaugeMetricFamily(
+            "reelgen_jobs", "Jobs not yet finished, by status.", labels=["model", "status"]
+        )
+        for model, status, count in snap.active:
+            by_status.add_metric([model, status], count)
+        workers = GaugeMetricFamily(
+            "reelgen_workers", "Live workers, and how many are busy.", labels=["model", "state"]
+        )
+        for model, live, busy in snap.workers:
+            workers.add_metric([model, "live"], live)
+            workers.add_metric([model, "busy"], busy)
+        yield from (depth, oldest, by_status, workers)

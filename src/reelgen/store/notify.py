@@ -1,0 +1,141 @@
+"""Wake-ups and progress between processes: PostgreSQL LISTEN/NOTIFY, or in-process only.
+
+Two channels: `work` (a job became claimable for a model; idle workers wake at once) and
+`progress` (a running job's status, stage and progress; API replicas fan it out to SSE
+clients). With SQLite there is no cross-process channel: processes that share a SQLite
+file fall back to polling, while everything inside one process (`reelgen serve`) is told
+directly.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any
+
+log = logging.getLogger("reelgen.notify")
+
+WORK_CHANNEL = "reelgen_work"
+PROGRESS_CHANNEL = "reelgen_progress"
+
+ProgressListener = Callable[[dict[str, Any]], None]
+
+
+class Bus:
+    """In-process delivery; the base for the PostgreSQL bus."""
+
+    def __init__(self) -> None:
+        self._work = threading.Condition()
+        self._work_seq = 0
+        self._listeners: list[ProgressListener] = []
+        self._lock = threading.Lock()
+
+    # work
+    def work_available(self, model: str | None = None) -> None:
+        with self._work:
+            self._work_seq += 1
+            self._work.notify_all()
+
+    def wait_for_work(self, timeout: float) -> bool:
+        """Blocks until work is announced or `timeout` passes; True if announced."""
+        with self._work:
+            seq = self._work_seq
+            return self._work.wait_for(lambda: self._work_seq != seq, timeout)
+
+    # progress
+    def add_progress_listener(self, listener: ProgressListener) -> None:
+        with self._lock:
+            self._listeners.append(listener)
+
+    def remove_progress_listener(self, listener: ProgressListener) -> None:
+        with self._lock:
+            if listener in self._listeners:
+                self._listeners.remove(listener)
+
+    def publish_progress(self, update: dict[str, Any]) -> None:
+        self._deliver(update)
+
+    def _deliver(self, update: dict[str, Any]) -> None:
+        with self._lock:
+            listeners = list(self._listeners)
+        for listener in listeners:
+            try:
+                listener(update)
+            except Exception:
+                log.exception("progress listener failed")
+
+    def close(self) -> None:
+        """Nothing to release in-process."""
+
+
+class PostgresBus(Bus):
+    """LISTENs on its own connection in a daemon thread; NOTIFYs on another."""
+
+    def __init__(self, dsn: str):
+        super().__init__()
+        self._dsn = dsn
+        self._stop = threading.Event()
+        self._publish_conn: Any = None
+        self._publish_lock = threading.Lock()
+        self._thread = threading.Thread(target=self._listen, name="pg-listener", daemon=True)
+        self._thread.start()
+
+    def _listen(self) -> None:
+        import psycopg
+
+        while not self._stop.is_set():
+            try:
+                with psycopg.connect(self._dsn, autocommit=True) as conn:
+                    conn.execute(f"LISTEN {WORK_CHANNEL}")
+                    conn.execute(f"LISTEN {PROGRESS_CHANNEL}")
+                    # Anything announced while we were not listening is found by polling.
+                    Bus.work_available(self)
+                    while not self._stop.is_set():
+                        for note in conn.notifies(timeout=1.0):
+                            if note.channel == WORK_CHANNEL:
+                                Bus.work_available(self, note.payload)
+                            else:
+                                self._deliver(json.loads(note.payload))
+            except Exception as exc:
+                if not self._stop.is_set():
+                    log.warning("LISTEN connection lost (%s); reconnecting", exc)
+                    self._stop.wait(1.0)
+
+    def _notify(self, channel: str, payload: str) -> None:
+        import psycopg
+
+        with self._publish_lock:
+            for attempt in (1, 2):
+                try:
+                    if self._publish_conn is None or self._publish_conn.closed:
+                        self._publish_conn = psycopg.connect(self._dsn, autocommit=True)
+                    self._publish_conn.execute("SELECT pg_notify(%s, %s)", (channel, payload))
+                    return
+                except psycopg.OperationalError:
+                    self._publish_conn = None
+                    if attempt == 2:
+                        raise
+
+    def work_available(self, model: str | None = None) -> None:
+        self._notify(WORK_CHANNEL, model or "")
+
+    def publish_progress(self, update: dict[str, Any]) -> None:
+        try:
+            self._notify(PROGRESS_CHANNEL, json.dumps(update))
+        except Exception as exc:  # progress is best effort; the heartbeat carries it too
+            log.warning("could not publish progress: %s", exc)
+
+    def close(self) -> None:
+        self._stop.set()
+        with self._publish_lock:
+            if self._publish_conn is not None:
+                self._publish_conn.close()
+        self._thread.join(timeout=3)
+
+
+def open_bus(database_url: str) -> Bus:
+    if database_url.startswith(("postgresql://", "postgresql+psycopg://")):
+        return PostgresBus(database_url.replace("postgresql+psycopg://", "postgresql://", 1))
+    return Bus()
