@@ -2,22 +2,40 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
 from fastapi import FastAPI
 
 from reelgen.api import errors
-from reelgen.api.routes import files, health, videos
+from reelgen.api.progress import ProgressHub
+from reelgen.api.routes import files, health, metrics, videos
 from reelgen.platform import Platform
 
 
 def create_app(platform: Platform) -> FastAPI:
+    hub = ProgressHub(platform)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        await hub.start()
+        try:
+            yield
+        finally:
+            await hub.stop()
+
     app = FastAPI(
         title="Reelgen",
         version="0.1.0",
         summary="Text-to-video generation as a service, OpenAI Videos API compatible.",
+        lifespan=lifespan,
     )
     app.state.platform = platform
+    platform.metrics.watch_queue(platform.jobs, platform.clock)
+    app.state.progress = hub
     errors.install(app)
     app.include_router(videos.router)
     app.include_router(files.router)
     app.include_router(health.router)
+    app.include_router(metrics.router)
     return app

@@ -168,6 +168,16 @@ class JobStore:
             workers=[(r[0], int(r[1]), int(r[2])) for r in w_rows],
         )
 
+    def job_states(self, job_ids: list[str]) -> list[tuple[str, str, str, int]]:
+        """(id, status, stage, progress) of several jobs in one query."""
+        with self.db.read() as conn:
+            rows = conn.execute(
+                select(jobs.c.id, jobs.c.status, jobs.c.stage, jobs.c.progress).where(
+                    jobs.c.id.in_(job_ids)
+                )
+            ).all()
+        return [(r[0], r[1], r[2], int(r[3])) for r in rows]
+
     def events_after(self, job_id: str, after_id: int = 0) -> list[JobEvent]:
         query = (
             select(job_events)

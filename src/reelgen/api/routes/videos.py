@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
@@ -13,6 +14,7 @@ from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 
 from reelgen.api.deps import CurrentUser, PlatformDep, run_sync
+from reelgen.api.progress import ProgressHub
 from reelgen.api.schemas import (
     RemixBody,
     VideoCreateBody,
@@ -31,7 +33,7 @@ router = APIRouter(prefix="/v1/videos", tags=["videos"])
 FORM_FIELDS = {"prompt", "model", "seconds", "size", "style", "seed"}
 REFERENCE_URL_FIELD = "input_reference[image_url]"
 REFERENCE_FILE_ID_FIELD = "input_reference[file_id]"
-SSE_POLL_S = 0.5
+SSE_MIN_INTERVAL_S = 1.0
 SSE_KEEPALIVE_S = 15.0
 
 _CREATE_DOC: dict[str, Any] = {
@@ -287,35 +289,74 @@ def file_response(
 async def video_events(
     video_id: str, request: Request, platform: PlatformDep, user: CurrentUser
 ) -> StreamingResponse:
-    """Server-Sent Events: one `video` event per change of status, stage or progress."""
-    await run_sync(platform, videos.get_job, platform, user, video_id)
+    """Server-Sent Events: a `video` event per change of status, stage or progress.
+
+    At most about one event per second per job; the stream ends when the job does.
+    """
+    first = await run_sync(platform, _retrieve, platform, user, video_id)
     return StreamingResponse(
-        _event_stream(request, platform, user, video_id),
+        _event_stream(request, platform, user, first),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
 
 
+def _sse(public: VideoPublic) -> str:
+    return f"event: video\nid: {public.id}-{public.progress}\ndata: {public.model_dump_json()}\n\n"
+
+
+def _patched(public: VideoPublic, update: dict[str, Any]) -> VideoPublic:
+    changes = {k: update[k] for k in ("stage", "progress") if k in update}
+    if update.get("status") == "in_progress":
+        changes["status"] = "in_progress"
+    return public.model_copy(update=changes)
+
+
 async def _event_stream(
-    request: Request, platform: Platform, user: User, video_id: str
+    request: Request, platform: Platform, user: User, public: VideoPublic
 ) -> AsyncIterator[str]:
-    last: tuple[str, str, int] | None = None
-    idle = 0.0
-    while True:
-        try:
-            public = await run_sync(platform, _retrieve, platform, user, video_id)
-        except NotFound:
-            yield f"event: deleted\ndata: {json.dumps({'id': video_id})}\n\n"
-            return
-        state = (public.status, public.stage, public.progress)
-        if state != last:
-            last, idle = state, 0.0
-            data = public.model_dump_json()
-            yield f"event: video\nid: {video_id}-{public.progress}\ndata: {data}\n\n"
-        elif idle >= SSE_KEEPALIVE_S:
-            idle = 0.0
-            yield ": keep-alive\n\n"
-        if public.status in ("completed", "failed") or await request.is_disconnected():
-            return
-        await asyncio.sleep(SSE_POLL_S)
-        idle += SSE_POLL_S
+    hub: ProgressHub = request.app.state.progress
+    queue = hub.subscribe(public.id)
+    try:
+        yield _sse(public)
+        last_sent = time.monotonic()
+        while public.status in ("queued", "in_progress"):
+            try:
+                update = await asyncio.wait_for(queue.get(), SSE_KEEPALIVE_S)
+            except TimeoutError:
+                if await request.is_disconnected():
+                    return
+                yield ": keep-alive\n\n"
+                continue
+            while not queue.empty():  # coalesce to the newest
+                update = queue.get_nowait()
+            status = update.get("status")
+            terminal = bool(update.get("final")) or status not in (None, "queued", "in_progress")
+            fresh = _patched(public, update)
+            same = (fresh.status, fresh.stage, fresh.progress) == (
+                public.status,
+                public.stage,
+                public.progress,
+            )
+            if same and not terminal and status in (None, public.status):
+                continue
+            if terminal or status != fresh.status:
+                try:
+                    fresh = await run_sync(platform, _retrieve, platform, user, public.id)
+                except NotFound:
+                    yield f"event: deleted\ndata: {json.dumps({'id': public.id})}\n\n"
+                    return
+            wait = SSE_MIN_INTERVAL_S - (time.monotonic() - last_sent)
+            if wait > 0 and fresh.status in ("queued", "in_progress"):
+                await asyncio.sleep(wait)
+                while not queue.empty():
+                    newer = queue.get_nowait()
+                    if newer.get("final") or newer.get("status") not in ("queued", "in_progress"):
+                        queue.put_nowait(newer)
+                        break
+                    fresh = _patched(fresh, newer)
+            public = fresh
+            yield _sse(public)
+            last_sent = time.monotonic()
+    finally:
+        hub.unsubscribe(public.id, queue)

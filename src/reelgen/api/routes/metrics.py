@@ -1,0 +1,16 @@
+"""Prometheus exposition of this process's registry."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from reelgen.api.deps import PlatformDep, run_sync
+
+router = APIRouter(tags=["metrics"])
+
+
+@router.get("/metrics", include_in_schema=False)
+async def metrics(platform: PlatformDep) -> Response:
+    body = await run_sync(platform, generate_latest, platform.metrics.registry)
+    return Response(body, media_type=CONTENT_TYPE_LATEST)
