@@ -17,6 +17,7 @@ import uvicorn
 
 from reelgen.api.app import create_app
 from reelgen.controller import loop as controller
+from reelgen.controller.election import leadership_for
 from reelgen.domain.jobs import Tier
 from reelgen.platform import Platform, build_platform
 from reelgen.services.accounts import create_key
@@ -135,7 +136,10 @@ def start_server(tmp_path: Path) -> Iterator:
         pool = [Worker(platform, model_name="reference") for _ in range(workers)]
         for w in pool:
             threading.Thread(target=w.run, daemon=True).start()
-        threading.Thread(target=controller.run, args=(platform, stop), daemon=True).start()
+        leadership = leadership_for(settings.resolved_database_url(), settings.data_dir)
+        threading.Thread(
+            target=controller.run_elected, args=(platform, stop, leadership), daemon=True
+        ).start()
         port = free_port()
         server = uvicorn.Server(
             uvicorn.Config(create_app(platform), host="127.0.0.1", port=port, log_level="error")

@@ -14,6 +14,7 @@ import uvicorn
 
 from reelgen.api.app import create_app
 from reelgen.controller import loop as controller
+from reelgen.controller.election import leadership_for
 from reelgen.platform import Platform, build_platform
 from reelgen.services.accounts import ensure_bootstrap_key
 from reelgen.settings import Settings
@@ -47,15 +48,20 @@ def serve(
     platform = build_platform(settings)
     if settings.is_embedded_database:
         upgrade(platform.db.engine)
-    new_key = ensure_bootstrap_key(platform)
-    controller.recover_orphans(platform)
+    new_key = ensure_bootstrap_key(platform, create_if_empty=True)
+    if settings.is_embedded_database:
+        controller.recover_orphans(platform)
 
     stop = threading.Event()
+    leadership = leadership_for(settings.resolved_database_url(), settings.data_dir)
     pool = [Worker(platform, model_name=settings.default_model) for _ in range(workers)]
     threads = [threading.Thread(target=w.run, name=w.id, daemon=True) for w in pool]
     threads.append(
         threading.Thread(
-            target=controller.run, args=(platform, stop), name="controller", daemon=True
+            target=controller.run_elected,
+            args=(platform, stop, leadership),
+            name="controller",
+            daemon=True,
         )
     )
     for t in threads:

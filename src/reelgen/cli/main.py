@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Annotated
 
@@ -10,6 +9,7 @@ import typer
 
 from reelgen.cli import client
 from reelgen.domain.jobs import Tier
+from reelgen.observability.logging import configure as configure_logging
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Reelgen: text to video.")
 db_app = typer.Typer(no_args_is_help=True, help="Database schema.")
@@ -39,8 +39,50 @@ def serve(
     """Run API, controller and workers in one process (SQLite, local storage)."""
     from reelgen.embedded import serve as run_serve
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    configure_logging("serve")
     run_serve(_settings(data_dir), host=host, port=port, workers=workers)
+
+
+MetricsPort = Annotated[
+    int | None, typer.Option(help="Serve Prometheus /metrics on this port.", show_default=False)
+]
+
+
+@app.command()
+def api(
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+    data_dir: DataDir = None,
+) -> None:
+    """Run one stateless API replica (PostgreSQL fleet; run `reelgen db upgrade` first)."""
+    from reelgen.fleet import run_api
+
+    configure_logging("api")
+    run_api(_settings(data_dir), host=host, port=port)
+
+
+@app.command()
+def controller(metrics_port: MetricsPort = None, data_dir: DataDir = None) -> None:
+    """Run a controller; one leads (advisory lock), the others stand by."""
+    from reelgen.fleet import run_controller
+
+    configure_logging("controller")
+    run_controller(_settings(data_dir), metrics_port=metrics_port)
+
+
+@app.command()
+def worker(
+    model: Annotated[str | None, typer.Option(help="Model to serve.", show_default=False)] = None,
+    gpu: Annotated[str | None, typer.Option(help="Accelerator id (CUDA_VISIBLE_DEVICES).")] = None,
+    metrics_port: MetricsPort = None,
+    data_dir: DataDir = None,
+) -> None:
+    """Run one worker (one per accelerator); SIGTERM drains it."""
+    from reelgen.fleet import run_worker
+
+    configure_logging("worker")
+    settings = _settings(data_dir)
+    run_worker(settings, model=model or settings.default_model, gpu=gpu, metrics_port=metrics_port)
 
 
 @db_app.command("upgrade")

@@ -10,6 +10,7 @@ import logging
 import random
 import threading
 
+from reelgen.controller.election import Leadership
 from reelgen.platform import Platform
 from reelgen.scheduler.policy import retry_backoff
 from reelgen.store.jobs import Reaped
@@ -54,10 +55,28 @@ def recover_orphans(platform: Platform) -> None:
     _account(platform, reaped, "cut off by a restart")
 
 
-def run(platform: Platform, stop: threading.Event) -> None:
-    while not stop.is_set():
-        try:
-            tick(platform)
-        except Exception:
-            log.exception("controller tick failed")
-        stop.wait(platform.settings.controller_interval_seconds)
+def run_elected(
+    platform: Platform, stop: threading.Event, leadership: Leadership, retry_s: float = 1.0
+) -> None:
+    """Standby until the lock is ours, then lead; step down if the lock is lost."""
+    leading = False
+    try:
+        while not stop.is_set():
+            if leadership.try_acquire():
+                if not leading:
+                    leading = True
+                    platform.metrics.is_leader.set(1)
+                    log.info("became the leader")
+                try:
+                    tick(platform)
+                except Exception:
+                    log.exception("controller tick failed")
+                stop.wait(platform.settings.controller_interval_seconds)
+            else:
+                if leading:
+                    leading = False
+                    platform.metrics.is_leader.set(0)
+                    log.warning("no longer the leader")
+                stop.wait(retry_s)
+    finally:
+        leadership.release()

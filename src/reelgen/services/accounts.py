@@ -54,7 +54,7 @@ def authenticate(platform: Platform, key: str | None) -> User:
     return user
 
 
-def ensure_bootstrap_key(platform: Platform) -> str | None:
+def ensure_bootstrap_key(platform: Platform, *, create_if_empty: bool) -> str | None:
     """Makes the configured bootstrap key exist, or creates a first key on an empty install.
 
     Returns a key only when one was newly generated and must be shown to the operator.
@@ -63,6 +63,6 @@ def ensure_bootstrap_key(platform: Platform) -> str | None:
     if configured is not None:
         create_key(platform, user_name="admin", tier=Tier.PAID, key=configured.get_secret_value())
         return None
-    if platform.accounts.count_keys() == 0:
+    if create_if_empty and platform.accounts.count_keys() == 0:
         return create_key(platform, user_name="admin", tier=Tier.PAID)
     return None

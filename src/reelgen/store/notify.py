@@ -34,6 +34,10 @@ class Bus:
 
     # work
     def work_available(self, model: str | None = None) -> None:
+        self.wake_local()
+
+    def wake_local(self) -> None:
+        """Wakes this process's waiting workers only (safe from a signal handler)."""
         with self._work:
             self._work_seq += 1
             self._work.notify_all()
@@ -91,11 +95,11 @@ class PostgresBus(Bus):
                     conn.execute(f"LISTEN {WORK_CHANNEL}")
                     conn.execute(f"LISTEN {PROGRESS_CHANNEL}")
                     # Anything announced while we were not listening is found by polling.
-                    Bus.work_available(self)
+                    self.wake_local()
                     while not self._stop.is_set():
                         for note in conn.notifies(timeout=1.0):
                             if note.channel == WORK_CHANNEL:
-                                Bus.work_available(self, note.payload)
+                                self.wake_local()
                             else:
                                 self._deliver(json.loads(note.payload))
             except Exception as exc:

@@ -1,0 +1,84 @@
+"""The fleet's processes: `reelgen api`, `reelgen controller`, `reelgen worker`.
+
+Each builds its own platform from the same settings. Workers reach only the database, the
+bus and object storage; the API is stateless, so any number of replicas can run.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+
+import uvicorn
+from prometheus_client import start_http_server
+
+from reelgen.api.app import create_app
+from reelgen.controller import loop as controller
+from reelgen.controller.election import leadership_for
+from reelgen.platform import Platform, build_platform
+from reelgen.services.accounts import ensure_bootstrap_key
+from reelgen.settings import Settings
+from reelgen.worker.runner import Worker
+
+log = logging.getLogger("reelgen.fleet")
+
+
+def _on_stop_signals(action: object) -> None:
+    def handler(signum: int, _frame: object) -> None:
+        log.info("received %s; stopping", signal.Signals(signum).name)
+        action()  # type: ignore[operator]
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+
+
+def _serve_metrics(platform: Platform, port: int | None) -> None:
+    if port:
+        start_http_server(port, addr="0.0.0.0", registry=platform.metrics.registry)
+
+
+def run_api(settings: Settings, *, host: str, port: int) -> None:
+    platform = build_platform(settings)
+    ensure_bootstrap_key(platform, create_if_empty=False)
+    try:
+        uvicorn.run(
+            create_app(platform), host=host, port=port, log_level="warning", access_log=False
+        )
+    finally:
+        platform.close()
+
+
+def run_controller(settings: Settings, *, metrics_port: int | None) -> None:
+    platform = build_platform(settings)
+    platform.metrics.watch_queue(platform.jobs, platform.clock)
+    _serve_metrics(platform, metrics_port)
+    stop = threading.Event()
+    _on_stop_signals(stop.set)
+    leadership = leadership_for(settings.resolved_database_url(), settings.data_dir)
+    try:
+        controller.run_elected(platform, stop, leadership)
+    finally:
+        platform.close()
+
+
+def run_worker(
+    settings: Settings, *, model: str, gpu: str | None, metrics_port: int | None
+) -> None:
+    """One worker per accelerator; SIGTERM drains (checkpoint and hand back, or finish)."""
+    if gpu is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = gpu
+    platform = build_platform(settings)
+    _serve_metrics(platform, metrics_port)
+    worker = Worker(platform, model_name=model)
+
+    def drain() -> None:
+        worker.stop.set()
+        platform.bus.wake_local()
+
+    _on_stop_signals(drain)
+    try:
+        worker.run()
+    finally:
+        platform.close()
