@@ -24,7 +24,7 @@ class Settings(BaseSettings):
     """Base URL printed for users; defaults to http://HOST:PORT."""
 
     default_model: str = "reference"
-    reference_steps: int = Field(30, ge=1, le=1000)
+    reference_steps: int = Field(30, ge=1, le=1_000_000)
 
     free_max_concurrent: int = Field(2, ge=1)
     free_max_per_day: int = Field(50, ge=1)

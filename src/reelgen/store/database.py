@@ -15,13 +15,23 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Engine, create_engine, event
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+IDLE_IN_TRANSACTION_MS = 5000
 
 
 def make_engine(url: str, *, sqlite_synchronous: str = "FULL") -> Engine:
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
     if not url.startswith("sqlite"):
-        return create_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True)
+        # A process frozen inside a transaction (paused VM, SIGSTOP) would hold its row locks
+        # and hide its job from the lease reaper; the server ends such sessions instead.
+        options = f"-c idle_in_transaction_session_timeout={IDLE_IN_TRANSACTION_MS}"
+        return create_engine(
+            url,
+            pool_size=10,
+            max_overflow=20,
+            pool_pre_ping=True,
+            connect_args={"options": options},
+        )
 
     if url.startswith("sqlite:///"):
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)

@@ -493,8 +493,10 @@ class JobStore:
                         completed_at=now,
                         error_code="worker_lost",
                         error_message=(
-                            f"The worker running this job was lost {job.attempt} times; giving up."
+                            f"The worker running this job was lost {job.attempt} times; "
+                            "giving up. It does not count against your daily quota."
                         ),
+                        quota_refunded=True,
                     )
                     _event(conn, job.id, "failed", now, attempt=job.attempt, code="worker_lost")
                 else:

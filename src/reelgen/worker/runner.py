@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+from sqlalchemy.exc import DBAPIError
 
 from reelgen.domain.errors import LeaseLost
 from reelgen.domain.jobs import GENERATING_SHARE, Job, Stage, Status, generation_progress
@@ -105,6 +106,10 @@ class Worker:
             log.info("job handed back (%s)", back.reason, extra=ctx)
         except LeaseLost:
             log.warning("lease lost; dropping this attempt's work", extra=ctx)
+        except DBAPIError as exc:
+            # The database went away mid-job (or ended our frozen session): the lease will
+            # expire and the job resumes elsewhere from its checkpoint.
+            log.warning("lease lost with the database connection (%s); dropping", exc, extra=ctx)
         except Exception as exc:
             log.exception("generation failed", extra=ctx)
             self._end(

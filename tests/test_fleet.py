@@ -1,0 +1,248 @@
+"""Fleet mode on PostgreSQL with real processes: crashes, failover, drain, fencing, cancel."""
+
+from __future__ import annotations
+
+import itertools
+import random
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from reelgen.domain.jobs import Status
+from reelgen.media.encode import probe_video
+
+from .conftest import free_port
+from .fleet import Fleet, make_fleet, wait_until
+
+pytestmark = pytest.mark.timeout(400)
+
+
+@pytest.fixture
+def fleet(tmp_path: Path, pg_url: str) -> Iterator[Fleet]:
+    f = make_fleet(tmp_path, pg_url)
+    yield f
+    f.stop_all()
+    f.platform.close()
+
+
+def _step(fleet: Fleet, job_id: str) -> int:
+    return fleet.job(job_id).step
+
+
+def test_chaos_sigkill_workers_every_job_completes_once(tmp_path: Path, pg_url: str) -> None:
+    fleet = make_fleet(tmp_path, pg_url, REELGEN_REFERENCE_STEPS="60", REELGEN_MAX_ATTEMPTS="20")
+    rng = random.Random(7)
+    try:
+        fleet.spawn("controller")
+        workers = [fleet.spawn("worker") for _ in range(2)]
+        jobs = [
+            fleet.submit(f"chaos {i} waves under a neon sky", size="256x144", seconds=2)
+            for i in range(30)
+        ]
+        ids = [j.id for j in jobs]
+        deadline = time.monotonic() + 300
+        kills = 0
+        while time.monotonic() < deadline:
+            states = fleet.platform.jobs.job_states(ids)
+            if all(s[1] in ("completed", "failed", "cancelled") for s in states):
+                break
+            time.sleep(rng.uniform(1.5, 3.0))
+            if kills < 10:
+                victim = rng.randrange(len(workers))
+                workers[victim].kill()
+                kills += 1
+                workers[victim] = fleet.spawn("worker")
+        assert kills >= 5
+
+        resumed = 0
+        for job_id in ids:
+            job = fleet.job(job_id)
+            assert job.status is Status.COMPLETED, (job_id, job.status, job.error_message)
+            events = fleet.events(job_id)
+            kinds = [e.kind for e in events]
+            assert kinds.count("completed") == 1
+            starts = [e for e in events if e.kind == "started"]
+            lost = [e for e in events if e.kind == "worker_lost"]
+            for loss, restart in zip(lost, starts[1:], strict=False):
+                assert restart.data["resume_step"] == loss.data["checkpoint_step"]
+            done = next(e for e in events if e.kind == "completed")
+            last_resume = starts[-1].data["resume_step"]
+            assert done.data["first_step"] == last_resume + 1
+            if last_resume > 0:
+                resumed += 1
+            assert job.video_key is not None and f"/a{job.attempt}/" in job.video_key
+            path = fleet.platform.objects.local_path(job.video_key)
+            assert path is not None
+            info = probe_video(path)
+            assert (info.width, info.height, info.num_frames) == (256, 144, 48)
+        assert resumed >= 1, "no job was resumed from a checkpoint"
+    finally:
+        fleet.stop_all()
+        fleet.platform.close()
+
+
+def test_poison_job_fails_after_max_attempts_and_refunds_quota(fleet: Fleet) -> None:
+    fleet.spawn("controller")
+    job = fleet.submit("poison", size="256x144", seconds=2)
+    for attempt in (1, 2, 3):
+        worker = fleet.spawn("worker", REELGEN_REFERENCE_STEPS="100000")
+        wait_until(
+            lambda a=attempt: (
+                fleet.job(job.id).attempt == a and fleet.job(job.id).status is Status.IN_PROGRESS
+            ),
+            60,
+            f"attempt {attempt}",
+        )
+        worker.kill()
+    final = wait_until(
+        lambda: fleet.job(job.id).status is Status.FAILED and fleet.job(job.id), 30, "failure"
+    )
+    assert final.error_code == "worker_lost"
+    assert final.quota_refunded is True
+    assert [e.kind for e in fleet.events(job.id)].count("worker_lost") == 3
+
+
+def test_controller_failover_keeps_reaping(fleet: Fleet) -> None:
+    a = fleet.spawn("controller")
+    b = fleet.spawn("controller")
+    leader = wait_until(
+        lambda: next((p for p in (a, b) if p.logged("became the leader")), None), 30, "a leader"
+    )
+    standby = b if leader is a else a
+    time.sleep(1.0)
+    assert not standby.logged("became the leader")
+
+    leader.kill()
+    killed_at = time.monotonic()
+    wait_until(lambda: standby.logged("became the leader"), 15, "the standby to take over")
+    assert time.monotonic() - killed_at <= 15
+
+    job = fleet.submit("orphaned by a vanished worker")
+    fleet.platform.jobs.register_worker("ghost", "reference", "nowhere", fleet.platform.clock())
+    claimed = fleet.platform.jobs.claim(
+        worker_id="ghost",
+        model="reference",
+        now=fleet.platform.clock(),
+        lease_seconds=1.0,
+        lease_token="ghost-token",
+    )
+    assert claimed is not None and claimed.id == job.id
+    wait_until(
+        lambda: "worker_lost" in [e.kind for e in fleet.events(job.id)], 15, "the lease reaped"
+    )
+    assert fleet.job(job.id).status is Status.QUEUED
+
+
+def test_sigterm_drains_a_worker_without_losing_work(fleet: Fleet) -> None:
+    worker = fleet.spawn("worker", REELGEN_REFERENCE_STEPS="400")
+    job = fleet.submit("drain me", size="256x144", seconds=2)
+    wait_until(lambda: _step(fleet, job.id) >= 20, 60, "step 20")
+    worker.signal(signal.SIGTERM)
+    assert worker.popen.wait(timeout=30) == 0
+
+    drained = fleet.job(job.id)
+    assert drained.status is Status.QUEUED
+    released = [e for e in fleet.events(job.id) if e.kind == "released"]
+    assert len(released) == 1 and released[0].data["reason"] == "worker_shutdown"
+    assert drained.checkpoint_step >= 20
+
+    fleet.spawn("worker", REELGEN_REFERENCE_STEPS="400")
+    done = wait_until(
+        lambda: fleet.job(job.id).status is Status.COMPLETED and fleet.job(job.id), 120, "done"
+    )
+    starts = [e for e in fleet.events(job.id) if e.kind == "started"]
+    assert [s.data["attempt"] for s in starts] == [1, 1]
+    assert starts[1].data["resume_step"] == drained.checkpoint_step
+    assert done.attempt == 1
+
+
+def test_stale_worker_is_fenced(fleet: Fleet) -> None:
+    fleet.spawn("controller")
+    stale = fleet.spawn("worker", REELGEN_REFERENCE_STEPS="300")
+    job = fleet.submit("fence me", size="256x144", seconds=2)
+    wait_until(lambda: _step(fleet, job.id) >= 10, 60, "step 10")
+    stale.signal(signal.SIGSTOP)
+    try:
+        wait_until(
+            lambda: "worker_lost" in [e.kind for e in fleet.events(job.id)], 30, "lease expiry"
+        )
+        fleet.spawn("worker", REELGEN_REFERENCE_STEPS="300")
+        wait_until(lambda: fleet.job(job.id).attempt == 2, 30, "the second attempt")
+    finally:
+        stale.signal(signal.SIGCONT)
+    wait_until(
+        lambda: any(e.get("job_id") == job.id and "lease lost" in e["msg"] for e in stale.lines()),
+        30,
+        "the stale worker to notice it was fenced",
+    )
+    done = wait_until(
+        lambda: fleet.job(job.id).status is Status.COMPLETED and fleet.job(job.id), 120, "done"
+    )
+    kinds = [e.kind for e in fleet.events(job.id)]
+    assert kinds.count("completed") == 1
+    assert done.video_key is not None and "/a2/" in done.video_key
+    outputs = list((fleet.root / "objects" / "videos" / job.id).iterdir())
+    assert [p.name for p in outputs] == ["a2"]
+    assert stale.popen.poll() is None, "the fenced worker should keep serving"
+
+
+def test_cancel_reaches_a_worker_in_another_process(fleet: Fleet) -> None:
+    fleet.spawn("worker", REELGEN_REFERENCE_STEPS="2000")
+    job = fleet.submit("cancel me", size="256x144", seconds=2)
+    wait_until(lambda: _step(fleet, job.id) >= 5, 60, "step 5")
+    fleet.platform.jobs.request_cancel(job.id, fleet.platform.clock())
+    final = wait_until(
+        lambda: fleet.job(job.id).status is Status.CANCELLED and fleet.job(job.id), 30, "cancel"
+    )
+    assert final.step < 2000
+    assert final.error_code == "cancelled"
+
+
+def test_progress_reaches_sse_on_another_api_replica(fleet: Fleet) -> None:
+    port = free_port()
+    api = fleet.spawn("api", "--port", str(port), REELGEN_BOOTSTRAP_API_KEY="rg_fleet_sse")
+    fleet.spawn("worker", REELGEN_REFERENCE_STEPS="150")
+    url = f"http://127.0.0.1:{port}"
+    wait_until(lambda: _ready(url), 30, "the API")
+    headers = {"Authorization": "Bearer rg_fleet_sse"}
+    with httpx.Client(base_url=url, headers=headers, timeout=60) as http:
+        video = http.post(
+            "/v1/videos", json={"prompt": "sse across processes", "size": "256x144", "seconds": "2"}
+        ).json()
+        updates = []
+        stamps = []
+        with http.stream("GET", f"/v1/videos/{video['id']}/events") as r:
+            for line in r.iter_lines():
+                if line.startswith("data: "):
+                    import json
+
+                    updates.append(json.loads(line[6:]))
+                    stamps.append(time.monotonic())
+        metrics = http.get("/metrics").text
+    assert updates[-1]["status"] == "completed"
+    progress = [u["progress"] for u in updates if u["status"] == "in_progress"]
+    assert len(set(progress)) >= 2, updates
+    gaps = [b - a for a, b in itertools.pairwise(stamps)]
+    assert sum(1 for g in gaps[:-1] if g < 0.5) <= 1, gaps  # throttled to ~1 per second
+    assert "reelgen_queue_depth" in metrics or "reelgen_workers" in metrics
+    assert api.popen.poll() is None
+
+
+def _ready(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/readyz", timeout=2).status_code == 200
+    except httpx.TransportError:
+        return False
+
+
+def test_worker_logs_are_json_with_job_and_attempt(fleet: Fleet) -> None:
+    worker = fleet.spawn("worker")
+    job = fleet.submit("log me")
+    wait_until(lambda: fleet.job(job.id).status is Status.COMPLETED, 60, "done")
+    wait_until(lambda: worker.logged("completed"), 10, "the log line")
+    about_job = [e for e in worker.lines() if e.get("job_id") == job.id]
+    assert about_job and all(e["attempt"] == 1 for e in about_job)
