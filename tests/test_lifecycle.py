@@ -233,3 +233,23 @@ def test_health_and_openapi(live) -> None:
     spec = httpx.get(f"{live.url}/openapi.json").json()
     assert "/v1/videos" in spec["paths"]
     assert "multipart/form-data" in spec["paths"]["/v1/videos"]["post"]["requestBody"]["content"]
+
+
+def test_preempted_job_checkpoints_hands_back_and_resumes(start_server) -> None:
+    live = start_server(reference_steps=300, checkpoint_every_steps=50)
+    with live.client() as http:
+        video = _create(http, size="256x144", seconds="2")
+        deadline = time.monotonic() + 30
+        while (job := live.platform.jobs.get(video["id"])) is not None and job.step < 20:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        assert live.platform.jobs.request_preempt(video["id"], live.platform.clock())
+        done = live.wait_for(video["id"])
+    assert done["status"] == "completed"
+    events = live.platform.jobs.events_after(video["id"])
+    released = [e for e in events if e.kind == "released"]
+    assert len(released) == 1 and released[0].data["reason"] == "preempted"
+    starts = [e for e in events if e.kind == "started"]
+    assert len(starts) == 2 and starts[1].data["resume_step"] == released[0].data["step"] > 0
+    completed = next(e for e in events if e.kind == "completed")
+    assert completed.data["first_step"] == starts[1].data["resume_step"] + 1
