@@ -9,7 +9,7 @@ from reelgen.domain.jobs import Stage, Status, Tier
 from reelgen.scheduler.policy import Policy
 from reelgen.store.accounts import AccountStore
 from reelgen.store.database import Database, make_engine, upgrade
-from reelgen.store.jobs import JobStore, UsageView
+from reelgen.store.jobs import JobStore, UsageView, WorkerFlags
 
 
 @pytest.fixture
@@ -140,14 +140,48 @@ def test_expired_lease_is_requeued_then_failed_after_max_attempts(store: JobStor
     assert kinds.count("worker_lost") == 2 and kinds[-1] == "failed"
 
 
-def test_checkpoint_is_fenced_and_returns_the_replaced_key(store: JobStore) -> None:
+def test_checkpoint_is_fenced(store: JobStore) -> None:
     _submit(store, _row("j"))
     _claim(store, "w1", 1.0, "a")
-    assert store.save_checkpoint("j", "a", step=2, key="k2", now=2.0) is None
-    assert store.save_checkpoint("j", "a", step=4, key="k4", now=3.0) == "k2"
+    store.save_checkpoint("j", "a", step=2, key="k2", now=2.0)
+    store.save_checkpoint("j", "a", step=4, key="k4", now=3.0)
     with pytest.raises(LeaseLost):
         store.save_checkpoint("j", "zzz", step=6, key="k6", now=4.0)
-    assert store.get("j").checkpoint_step == 4
+    job = store.get("j")
+    assert (job.checkpoint_step, job.checkpoint_key) == (4, "k4")
+    assert [e.data["step"] for e in store.events_after("j") if e.kind == "checkpoint"] == [2, 4]
+
+
+def test_heartbeat_answers_cancel_and_preempt_and_keeps_progress_monotonic(
+    store: JobStore,
+) -> None:
+    _submit(store, _row("j"))
+    _claim(store, "w1", 1.0, "a")
+
+    def beat(progress: int):
+        return store.heartbeat(
+            "j",
+            "a",
+            now=2.0,
+            lease_seconds=30,
+            step=1,
+            total_steps=10,
+            progress=progress,
+            stage=Stage.GENERATING,
+        )
+
+    assert beat(40) == WorkerFlags(cancel_requested=False, preempt_requested=False)
+    beat(10)
+    assert store.get("j").progress == 40
+    assert store.request_preempt("j", 3.0) is True
+    assert beat(50).preempt_requested is True
+    store.request_cancel("j", 4.0)
+    assert beat(60).cancel_requested is True
+    store.release("j", "a", now=5.0, reason="preempted")
+    released = store.get("j")
+    assert released.status is Status.QUEUED and released.preempt_requested is False
+    assert released.attempt == 0
+    assert store.request_preempt("j", 6.0) is False
 
 
 def test_admission_sees_usage_inside_the_transaction(store: JobStore) -> None:

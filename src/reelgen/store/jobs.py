@@ -313,11 +313,28 @@ class JobStore:
             )
         return job
 
-    def _fenced(self, conn: Connection, job_id: str, token: str) -> Job:
-        row = conn.execute(q.lock_job(), {"id": job_id}).first()
-        if row is None or row.lease_token != token or row.status != Status.IN_PROGRESS.value:
+    def _fenced(
+        self, conn: Connection, job_id: str, token: str, statement: Any, params: dict[str, Any]
+    ) -> Any:
+        """Runs a worker's UPDATE only while it still holds the lease (the fencing token)."""
+        bound = {
+            "fence_id": job_id,
+            "fence_token": token,
+            **{f"b_{k}": v for k, v in params.items()},
+        }
+        row = conn.execute(statement, bound).first()
+        if row is None:
             raise LeaseLost(f"Lease on {job_id} is no longer held by this worker.")
-        return Job.from_row(row)
+        return row
+
+    def _fenced_values(self, conn: Connection, job_id: str, token: str, **values: Any) -> Any:
+        statement = (
+            update(jobs)
+            .where(*q.fence())
+            .values(**values)
+            .returning(jobs.c.attempt, jobs.c.step, jobs.c.checkpoint_step)
+        )
+        return self._fenced(conn, job_id, token, statement, {})
 
     def heartbeat(
         self,
@@ -330,39 +347,34 @@ class JobStore:
         total_steps: int,
         progress: int,
         stage: Stage,
+        stage_changed: bool = False,
     ) -> WorkerFlags:
+        """Extends the lease and records progress; answers with the user's and scheduler's asks."""
         with self.db.write() as conn:
-            job = self._fenced(conn, job_id, token)
-            conn.execute(
-                update(jobs)
-                .where(jobs.c.id == job_id)
-                .values(
-                    lease_expires_at=now + lease_seconds,
-                    step=step,
-                    total_steps=total_steps,
-                    progress=max(job.progress, progress),
-                    stage=stage.value,
-                )
+            row = self._fenced(
+                conn,
+                job_id,
+                token,
+                q.heartbeat(),
+                {
+                    "lease_expires_at": now + lease_seconds,
+                    "step": step,
+                    "total_steps": total_steps,
+                    "progress": progress,
+                    "stage": stage.value,
+                },
             )
-            if stage is not job.stage:
-                _event(conn, job_id, "stage", now, stage=stage.value, attempt=job.attempt)
+            if stage_changed:
+                _event(conn, job_id, "stage", now, stage=stage.value, attempt=row.attempt)
         return WorkerFlags(
-            cancel_requested=job.cancel_requested, preempt_requested=job.preempt_requested
+            cancel_requested=bool(row.cancel_requested),
+            preempt_requested=bool(row.preempt_requested),
         )
 
-    def save_checkpoint(
-        self, job_id: str, token: str, *, step: int, key: str, now: float
-    ) -> str | None:
-        """Records a checkpoint; returns the key it replaced so the caller can delete it."""
+    def save_checkpoint(self, job_id: str, token: str, *, step: int, key: str, now: float) -> None:
         with self.db.write() as conn:
-            job = self._fenced(conn, job_id, token)
-            conn.execute(
-                update(jobs)
-                .where(jobs.c.id == job_id)
-                .values(checkpoint_step=step, checkpoint_key=key)
-            )
-            _event(conn, job_id, "checkpoint", now, step=step, attempt=job.attempt)
-        return job.checkpoint_key if job.checkpoint_key != key else None
+            row = self._fenced_values(conn, job_id, token, checkpoint_step=step, checkpoint_key=key)
+            _event(conn, job_id, "checkpoint", now, step=step, attempt=row.attempt)
 
     def complete(
         self,
@@ -378,25 +390,20 @@ class JobStore:
     ) -> None:
         """Publishes the outputs; `first_step` is the first step this attempt computed."""
         with self.db.write() as conn:
-            job = self._fenced(conn, job_id, token)
-            conn.execute(
-                update(jobs)
-                .where(jobs.c.id == job_id)
-                .values(
-                    status=Status.COMPLETED.value,
-                    stage=Stage.DONE.value,
-                    progress=100,
-                    completed_at=now,
-                    expires_at=expires_at,
-                    video_key=video_key,
-                    thumbnail_key=thumbnail_key,
-                    spritesheet_key=spritesheet_key,
-                    lease_token=None,
-                    lease_expires_at=None,
-                    checkpoint_key=None,
-                )
+            row = self._fenced(
+                conn,
+                job_id,
+                token,
+                q.complete(),
+                {
+                    "completed_at": now,
+                    "expires_at": expires_at,
+                    "video_key": video_key,
+                    "thumbnail_key": thumbnail_key,
+                    "spritesheet_key": spritesheet_key,
+                },
             )
-            _event(conn, job_id, "completed", now, attempt=job.attempt, first_step=first_step)
+            _event(conn, job_id, "completed", now, attempt=row.attempt, first_step=first_step)
 
     def finish(
         self,
@@ -411,43 +418,39 @@ class JobStore:
     ) -> None:
         """Ends a running job without output; `refund` gives the daily quota back."""
         with self.db.write() as conn:
-            job = self._fenced(conn, job_id, token)
-            conn.execute(
-                update(jobs)
-                .where(jobs.c.id == job_id)
-                .values(
-                    status=status.value,
-                    stage=Stage.DONE.value,
-                    completed_at=now,
-                    error_code=code,
-                    error_message=message,
-                    lease_token=None,
-                    lease_expires_at=None,
-                    checkpoint_key=None,
-                    quota_refunded=refund,
-                )
+            row = self._fenced_values(
+                conn,
+                job_id,
+                token,
+                status=status.value,
+                stage=Stage.DONE.value,
+                completed_at=now,
+                error_code=code,
+                error_message=message,
+                lease_token=None,
+                lease_expires_at=None,
+                checkpoint_key=None,
+                quota_refunded=refund,
             )
-            _event(conn, job_id, status.value, now, attempt=job.attempt, code=code, step=job.step)
+            _event(conn, job_id, status.value, now, attempt=row.attempt, code=code, step=row.step)
 
     def release(self, job_id: str, token: str, *, now: float, reason: str) -> None:
         """Hands a running job back to the queue (drain); the attempt is not held against it."""
         with self.db.write() as conn:
-            job = self._fenced(conn, job_id, token)
-            conn.execute(
-                update(jobs)
-                .where(jobs.c.id == job_id)
-                .values(
-                    status=Status.QUEUED.value,
-                    stage=Stage.WAITING_FOR_GPU.value,
-                    attempt=jobs.c.attempt - 1,
-                    worker_id=None,
-                    lease_token=None,
-                    lease_expires_at=None,
-                    not_before=now,
-                    preempt_requested=False,
-                )
+            row = self._fenced_values(
+                conn,
+                job_id,
+                token,
+                status=Status.QUEUED.value,
+                stage=Stage.WAITING_FOR_GPU.value,
+                attempt=jobs.c.attempt - 1,
+                worker_id=None,
+                lease_token=None,
+                lease_expires_at=None,
+                not_before=now,
+                preempt_requested=False,
             )
-            _event(conn, job_id, "released", now, reason=reason, step=job.checkpoint_step)
+            _event(conn, job_id, "released", now, reason=reason, step=row.checkpoint_step)
 
     # ---- recovery -----------------------------------------------------------------------
     def reap(

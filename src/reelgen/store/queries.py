@@ -8,8 +8,20 @@ from __future__ import annotations
 
 from functools import cache
 
-from sqlalchemy import Delete, Insert, Select, and_, bindparam, func, insert, select
-from sqlalchemy.sql.dml import ReturningInsert
+from sqlalchemy import (
+    ColumnElement,
+    Delete,
+    Insert,
+    Select,
+    and_,
+    bindparam,
+    case,
+    func,
+    insert,
+    select,
+    update,
+)
+from sqlalchemy.sql.dml import ReturningInsert, ReturningUpdate
 
 from reelgen.domain.jobs import ACTIVE, Status
 from reelgen.store.schema import api_keys, idempotency_keys, job_events, jobs, users, workers
@@ -115,9 +127,52 @@ def next_queued() -> Select:
     )
 
 
+def fence() -> tuple[ColumnElement[bool], ...]:
+    """The lease check every worker write carries: same job, same token, still running."""
+    return (
+        jobs.c.id == bindparam("fence_id"),
+        jobs.c.lease_token == bindparam("fence_token"),
+        jobs.c.status == Status.IN_PROGRESS.value,
+    )
+
+
 @cache
-def lock_job() -> Select:
-    return select(jobs).where(jobs.c.id == bindparam("id")).with_for_update()
+def heartbeat() -> ReturningUpdate:
+    progress = bindparam("b_progress")
+    return (
+        update(jobs)
+        .where(*fence())
+        .values(
+            lease_expires_at=bindparam("b_lease_expires_at"),
+            step=bindparam("b_step"),
+            total_steps=bindparam("b_total_steps"),
+            progress=case((jobs.c.progress > progress, jobs.c.progress), else_=progress),
+            stage=bindparam("b_stage"),
+        )
+        .returning(jobs.c.attempt, jobs.c.cancel_requested, jobs.c.preempt_requested)
+    )
+
+
+@cache
+def complete() -> ReturningUpdate:
+    return (
+        update(jobs)
+        .where(*fence())
+        .values(
+            status=Status.COMPLETED.value,
+            stage="done",
+            progress=100,
+            completed_at=bindparam("b_completed_at"),
+            expires_at=bindparam("b_expires_at"),
+            video_key=bindparam("b_video_key"),
+            thumbnail_key=bindparam("b_thumbnail_key"),
+            spritesheet_key=bindparam("b_spritesheet_key"),
+            lease_token=None,
+            lease_expires_at=None,
+            checkpoint_key=None,
+        )
+        .returning(jobs.c.attempt)
+    )
 
 
 @cache

@@ -164,6 +164,8 @@ class _JobRun:
         self.last_published: tuple[int, str] | None = None
         self.model_seconds = 0.0
         self.preempt = False
+        self.reported_stage = job.stage
+        self.checkpoint_key = job.checkpoint_key
         self.log_ctx = {"job_id": job.id, "attempt": job.attempt, "worker_id": worker.id}
         root = self.p.settings.data_dir / "tmp"
         root.mkdir(parents=True, exist_ok=True)
@@ -175,8 +177,9 @@ class _JobRun:
     def report(self, *, step: int, total: int, progress: int, stage: Stage, force: bool) -> None:
         """Heartbeat (lease, flags) every `heartbeat_seconds`; progress to the bus each second."""
         now = self.p.clock()
-        if force or now - self.last_beat >= self.p.settings.heartbeat_seconds:
-            self.last_beat = now
+        stage_changed = stage is not self.reported_stage
+        if force or stage_changed or now - self.last_beat >= self.p.settings.heartbeat_seconds:
+            self.last_beat, self.reported_stage = now, stage
             flags = self.p.jobs.heartbeat(
                 self.job.id,
                 self.token,
@@ -186,6 +189,7 @@ class _JobRun:
                 total_steps=total,
                 progress=progress,
                 stage=stage,
+                stage_changed=stage_changed,
             )
             if flags.cancel_requested:
                 raise CancelledByUser
@@ -242,11 +246,12 @@ class _JobRun:
     def save_checkpoint(self, info: StepInfo) -> None:
         key = f"checkpoints/{self.job.id}/a{self.job.attempt}-step{info.step:05d}"
         self.p.objects.put_bytes(key, info.snapshot())
-        old = self.p.jobs.save_checkpoint(
+        self.p.jobs.save_checkpoint(
             self.job.id, self.token, step=info.step, key=key, now=self.p.clock()
         )
-        if old is not None:
-            self.p.objects.delete(old)
+        if self.checkpoint_key is not None and self.checkpoint_key != key:
+            self.p.objects.delete(self.checkpoint_key)
+        self.checkpoint_key = key
 
     def _generate(self, spec: GenerationSpec):
         model = self.p.model(self.job.model)
