@@ -167,3 +167,13 @@ def start_server(tmp_path: Path) -> Iterator:
 @pytest.fixture
 def live(start_server) -> LiveServer:
     return start_server()
+
+
+@pytest.fixture
+def start_server_any(database_url: str, start_server):
+    """`start_server` once per store (SQLite file, PostgreSQL)."""
+
+    def start(**overrides: object) -> LiveServer:
+        return start_server(database_url=database_url, **overrides)
+
+    return start

@@ -44,8 +44,8 @@ def test_paid_jobs_queue_ahead_of_free_ones(start_server) -> None:
         assert paid.get(f"/v1/videos/{p['id']}").json()["queue_position"] == 0
 
 
-def test_cancel_queued_job_at_once(start_server) -> None:
-    live = start_server(workers=0)
+def test_cancel_queued_job_at_once(start_server_any) -> None:
+    live = start_server_any(workers=0)
     with live.client() as http:
         video = _create(http)
         r = http.post(f"/v1/videos/{video['id']}/cancel")
@@ -84,8 +84,8 @@ def test_cancel_completed_job_conflicts(live) -> None:
     assert r.json()["error"]["code"] == "job_finished"
 
 
-def test_idempotency_key(start_server) -> None:
-    live = start_server(workers=0)
+def test_idempotency_key(start_server_any) -> None:
+    live = start_server_any(workers=0)
     with live.client() as http:
         h = {"Idempotency-Key": "abc-1"}
         a = http.post("/v1/videos", json={"prompt": "a fox", **SMALL}, headers=h)
@@ -103,7 +103,8 @@ def test_idempotency_key(start_server) -> None:
         assert len(conn.execute(select(jobs.c.id)).all()) == 2
 
 
-def test_tenant_isolation(live) -> None:
+def test_tenant_isolation(start_server_any) -> None:
+    live = start_server_any()
     with live.client() as alice, live.client(live.free_key) as bob:
         video = _create(alice)
         live.wait_for(video["id"])
@@ -119,8 +120,8 @@ def test_tenant_isolation(live) -> None:
         assert alice.get(f"/v1/videos/{vid}").status_code == 200
 
 
-def test_free_tier_concurrency_limit(start_server) -> None:
-    live = start_server(workers=0)
+def test_free_tier_concurrency_limit(start_server_any) -> None:
+    live = start_server_any(workers=0)
     with live.client(live.free_key) as http:
         _create(http)
         _create(http)
@@ -131,8 +132,8 @@ def test_free_tier_concurrency_limit(start_server) -> None:
     assert err["code"] == "concurrency_limit_exceeded" and "2 concurrent" in err["message"]
 
 
-def test_daily_limit(start_server) -> None:
-    live = start_server(paid_max_per_day=2)
+def test_daily_limit(start_server_any) -> None:
+    live = start_server_any(paid_max_per_day=2)
     with live.client() as http:
         for _ in range(2):
             live.wait_for(_create(http)["id"])
