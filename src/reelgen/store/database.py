@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -22,16 +23,7 @@ def make_engine(url: str, *, sqlite_synchronous: str = "FULL") -> Engine:
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
     if not url.startswith("sqlite"):
-        # A process frozen inside a transaction (paused VM, SIGSTOP) would hold its row locks
-        # and hide its job from the lease reaper; the server ends such sessions instead.
-        options = f"-c idle_in_transaction_session_timeout={IDLE_IN_TRANSACTION_MS}"
-        return create_engine(
-            url,
-            pool_size=10,
-            max_overflow=20,
-            pool_pre_ping=True,
-            connect_args={"options": options},
-        )
+        return create_engine(url, pool_size=10, max_overflow=20, connect_args=_pg_connect_args())
 
     if url.startswith("sqlite:///"):
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
@@ -59,6 +51,12 @@ def make_engine(url: str, *, sqlite_synchronous: str = "FULL") -> Engine:
     return engine
 
 
+def _pg_connect_args() -> dict[str, str]:
+    # A process frozen inside a transaction (paused VM, SIGSTOP) would hold its row locks
+    # and hide its job from the lease reaper; the server ends such sessions instead.
+    return {"options": f"-c idle_in_transaction_session_timeout={IDLE_IN_TRANSACTION_MS}"}
+
+
 class Database:
     """Owns the engine; hands out read and write transactions."""
 
@@ -78,15 +76,40 @@ class Database:
             yield conn
 
     @contextmanager
-    def write(self) -> Iterator[Connection]:
+    def write(self, *, durable: bool = True) -> Iterator[Connection]:
+        """A write transaction. `durable=False` lets PostgreSQL answer before the commit
+        reaches disk (still atomic and ordered; a server crash may lose the last ones)."""
         with (
             self._write_lock,
             self.engine.connect().execution_options(write=True) as conn,
             conn.begin(),
         ):
+            if not durable and self.dialect == "postgresql":
+                conn.exec_driver_sql("SET LOCAL synchronous_commit TO OFF")
+            yield conn
+
+    @cached_property
+    def _autocommit_engine(self) -> Engine:
+        return create_engine(
+            self.engine.url,
+            isolation_level="AUTOCOMMIT",
+            pool_reset_on_return=None,
+            pool_size=5,
+            max_overflow=10,
+            connect_args=_pg_connect_args(),
+        )
+
+    @contextmanager
+    def autocommit(self) -> Iterator[Connection]:
+        """For one self-contained statement: no BEGIN/COMMIT round trips (PostgreSQL).
+
+        Its own pool, so connections stay in autocommit instead of switching per use."""
+        with self._autocommit_engine.connect() as conn:
             yield conn
 
     def dispose(self) -> None:
+        if "_autocommit_engine" in self.__dict__:
+            self._autocommit_engine.dispose()
         self.engine.dispose()
 
 

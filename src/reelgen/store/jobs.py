@@ -57,7 +57,9 @@ class Reaped:
 
 
 def _event(conn: Connection, job_id: str, kind: str, now: float, **data: Any) -> None:
-    conn.execute(insert(job_events).values(job_id=job_id, at=now, kind=kind, data=json.dumps(data)))
+    conn.execute(
+        q.insert_event(), {"job_id": job_id, "at": now, "kind": kind, "data": json.dumps(data)}
+    )
 
 
 class JobStore:
@@ -276,27 +278,32 @@ class JobStore:
         lease_seconds: float,
         lease_token: str,
     ) -> Job | None:
-        """Takes the lowest-ranked ready job for `model` in one transaction."""
+        """Takes the lowest-ranked ready job for `model` in one transaction.
+
+        Claims are not flushed to disk before the answer (PostgreSQL `synchronous_commit=off`):
+        a claim lost in a server crash leaves the job queued, and its worker is fenced out.
+        """
+        params = {
+            "model": model,
+            "now": now,
+            "worker_id": worker_id,
+            "token": lease_token,
+            "expires": now + lease_seconds,
+        }
+        if self.db.dialect == "postgresql":
+            with self.db.autocommit() as conn:
+                row = conn.execute(q.pg_claim(), params).first()
+            return None if row is None else Job.from_row(row)
         with self.db.write() as conn:
-            chosen = conn.execute(q.next_queued(), {"model": model, "now": now}).scalar()
+            chosen = conn.execute(q.next_queued(), params).scalar()
             if chosen is None:
                 return None
-            row = conn.execute(
-                update(jobs)
-                .where(jobs.c.id == chosen)
-                .values(
-                    status=Status.IN_PROGRESS.value,
-                    stage=Stage.GENERATING.value,
-                    attempt=jobs.c.attempt + 1,
-                    worker_id=worker_id,
-                    lease_token=lease_token,
-                    lease_expires_at=now + lease_seconds,
-                    started_at=func.coalesce(jobs.c.started_at, now),
-                    preempt_requested=False,
-                )
-                .returning(*jobs.c)
-            ).one()
-            job = Job.from_row(row)
+            job = Job.from_row(
+                conn.execute(
+                    q.claim_row(),
+                    {**params, "claim_id": chosen, "claim_worker": worker_id, "claim_now": now},
+                ).one()
+            )
             _event(
                 conn,
                 job.id,
@@ -306,11 +313,7 @@ class JobStore:
                 worker_id=worker_id,
                 resume_step=job.checkpoint_step,
             )
-            conn.execute(
-                update(workers)
-                .where(workers.c.id == worker_id)
-                .values(heartbeat_at=now, current_job_id=job.id)
-            )
+            conn.execute(q.worker_seen(), {"w_id": worker_id, "w_now": now, "w_job": job.id})
         return job
 
     def _fenced(
@@ -350,7 +353,7 @@ class JobStore:
         stage_changed: bool = False,
     ) -> WorkerFlags:
         """Extends the lease and records progress; answers with the user's and scheduler's asks."""
-        with self.db.write() as conn:
+        with self.db.write(durable=False) as conn:
             row = self._fenced(
                 conn,
                 job_id,
@@ -372,7 +375,8 @@ class JobStore:
         )
 
     def save_checkpoint(self, job_id: str, token: str, *, step: int, key: str, now: float) -> None:
-        with self.db.write() as conn:
+        """Not flushed before the answer: losing it in a server crash costs one interval."""
+        with self.db.write(durable=False) as conn:
             row = self._fenced_values(conn, job_id, token, checkpoint_step=step, checkpoint_key=key)
             _event(conn, job_id, "checkpoint", now, step=step, attempt=row.attempt)
 
@@ -389,6 +393,24 @@ class JobStore:
         first_step: int,
     ) -> None:
         """Publishes the outputs; `first_step` is the first step this attempt computed."""
+        if self.db.dialect == "postgresql":
+            with self.db.autocommit() as conn:
+                done = conn.execute(
+                    q.pg_complete(),
+                    {
+                        "fence_id": job_id,
+                        "fence_token": token,
+                        "now": now,
+                        "expires_at": expires_at,
+                        "video_key": video_key,
+                        "thumbnail_key": thumbnail_key,
+                        "spritesheet_key": spritesheet_key,
+                        "first_step": first_step,
+                    },
+                ).first()
+            if done is None:
+                raise LeaseLost(f"Lease on {job_id} is no longer held by this worker.")
+            return
         with self.db.write() as conn:
             row = self._fenced(
                 conn,

@@ -13,15 +13,17 @@ from sqlalchemy import (
     Delete,
     Insert,
     Select,
+    TextClause,
     and_,
     bindparam,
     case,
     func,
     insert,
     select,
+    text,
     update,
 )
-from sqlalchemy.sql.dml import ReturningInsert, ReturningUpdate
+from sqlalchemy.sql.dml import ReturningInsert, ReturningUpdate, Update
 
 from reelgen.domain.jobs import ACTIVE, Status
 from reelgen.store.schema import api_keys, idempotency_keys, job_events, jobs, users, workers
@@ -180,3 +182,93 @@ def prune_idempotency() -> Delete:
     from sqlalchemy import delete
 
     return delete(idempotency_keys).where(idempotency_keys.c.created_at < bindparam("before"))
+
+
+@cache
+def claim_row() -> ReturningUpdate:
+    return (
+        update(jobs)
+        .where(jobs.c.id == bindparam("claim_id"))
+        .values(
+            status=Status.IN_PROGRESS.value,
+            stage="generating",
+            attempt=jobs.c.attempt + 1,
+            worker_id=bindparam("claim_worker"),
+            lease_token=bindparam("token"),
+            lease_expires_at=bindparam("expires"),
+            started_at=func.coalesce(jobs.c.started_at, bindparam("claim_now")),
+            preempt_requested=False,
+        )
+        .returning(*jobs.c)
+    )
+
+
+@cache
+def worker_seen() -> Update:
+    return (
+        update(workers)
+        .where(workers.c.id == bindparam("w_id"))
+        .values(heartbeat_at=bindparam("w_now"), current_job_id=bindparam("w_job"))
+    )
+
+
+@cache
+def pg_claim() -> TextClause:
+    """The whole claim in one statement and one round trip, run in autocommit:
+    pick, lease, record `started`, mark the worker."""
+    return text(
+        """
+        WITH next AS (
+            SELECT id FROM jobs
+            WHERE status = 'queued' AND model = :model AND not_before <= :now
+            ORDER BY rank_at
+            LIMIT 1
+            FOR UPDATE SKIP LOCKED
+        ), claimed AS (
+            UPDATE jobs SET
+                status = 'in_progress', stage = 'generating', attempt = jobs.attempt + 1,
+                worker_id = :worker_id, lease_token = :token, lease_expires_at = :expires,
+                started_at = COALESCE(jobs.started_at, :now), preempt_requested = false
+            FROM next WHERE jobs.id = next.id
+            RETURNING jobs.*
+        ), started AS (
+            INSERT INTO job_events (job_id, at, kind, data)
+            SELECT id, :now, 'started', json_build_object(
+                'attempt', attempt, 'worker_id', CAST(:worker_id AS text),
+                'resume_step', checkpoint_step)::text
+            FROM claimed
+        ), seen AS (
+            UPDATE workers SET heartbeat_at = :now, current_job_id = (SELECT id FROM claimed)
+            WHERE id = :worker_id
+        ), lazy_commit AS (
+            -- a lost claim is harmless (the job stays queued, its worker is fenced out),
+            -- so this one statement's transaction does not wait for the disk
+            SELECT set_config('synchronous_commit', 'off', true)
+        )
+        SELECT claimed.* FROM claimed CROSS JOIN lazy_commit
+        """
+    )
+
+
+@cache
+def pg_complete() -> TextClause:
+    """Fenced completion and its `completed` event in one round trip."""
+    return text(
+        """
+        WITH done AS (
+            UPDATE jobs SET
+                status = 'completed', stage = 'done', progress = 100, completed_at = :now,
+                expires_at = :expires_at, video_key = :video_key,
+                thumbnail_key = :thumbnail_key, spritesheet_key = :spritesheet_key,
+                lease_token = NULL, lease_expires_at = NULL, checkpoint_key = NULL
+            WHERE id = :fence_id AND lease_token = :fence_token AND status = 'in_progress'
+            RETURNING id, attempt
+        ), completed AS (
+            INSERT INTO job_events (job_id, at, kind, data)
+            SELECT id, :now, 'completed', json_build_object(
+                'attempt', attempt, 'first_step', CAST(:first_step AS integer))::text
+            FROM done
+        )
+        SELECT attempt FROM done
+        """
+    )
