@@ -42,11 +42,15 @@ class Bus:
             self._work_seq += 1
             self._work.notify_all()
 
-    def wait_for_work(self, timeout: float) -> bool:
-        """Blocks until work is announced or `timeout` passes; True if announced."""
+    def work_mark(self) -> int:
+        """Taken before looking for work, so an announcement made while looking is not missed."""
         with self._work:
-            seq = self._work_seq
-            return self._work.wait_for(lambda: self._work_seq != seq, timeout)
+            return self._work_seq
+
+    def wait_for_work(self, timeout: float, since: int) -> bool:
+        """Blocks until work is announced after `since` or `timeout` passes; True if announced."""
+        with self._work:
+            return self._work.wait_for(lambda: self._work_seq != since, timeout)
 
     # progress
     def add_progress_listener(self, listener: ProgressListener) -> None:

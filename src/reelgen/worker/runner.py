@@ -64,6 +64,7 @@ class Worker:
         idle_wait = p.settings.worker_poll_seconds
         try:
             while not self.stop.is_set():
+                mark = p.bus.work_mark()
                 job = p.jobs.claim(
                     worker_id=self.id,
                     model=self.model_name,
@@ -74,7 +75,7 @@ class Worker:
                 if job is None:
                     p.jobs.touch_worker(self.id, p.clock(), None)
                     # Woken at once by the bus; the growing timeout is only the fallback.
-                    if p.bus.wait_for_work(idle_wait):
+                    if p.bus.wait_for_work(idle_wait, since=mark):
                         idle_wait = p.settings.worker_poll_seconds
                     else:
                         idle_wait = min(IDLE_POLL_MAX_S, idle_wait * 2)
