@@ -155,7 +155,11 @@ class Job:
 
     @classmethod
     def from_row(cls, row: Any) -> Self:
-        data = dict(row._mapping)
+        return cls.from_mapping(row._mapping)
+
+    @classmethod
+    def from_mapping(cls, mapping: Any) -> Self:
+        data = dict(mapping)
         data["tier"] = Tier(data["tier"])
         data["status"] = Status(data["status"])
         data["stage"] = Stage(data["stage"])

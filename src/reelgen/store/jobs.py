@@ -62,6 +62,15 @@ def _event(conn: Connection, job_id: str, kind: str, now: float, **data: Any) ->
     )
 
 
+def _driver_row(conn: Connection, sql: str, params: dict[str, Any]) -> dict[str, Any] | None:
+    """One statement straight on the psycopg connection; the first row as a dict."""
+    from psycopg.rows import dict_row
+
+    with conn.connection.driver_connection.cursor(row_factory=dict_row) as cur:
+        cur.execute(sql, params)
+        return cur.fetchone()
+
+
 class JobStore:
     def __init__(self, db: Database):
         self.db = db
@@ -292,8 +301,8 @@ class JobStore:
         }
         if self.db.dialect == "postgresql":
             with self.db.autocommit() as conn:
-                row = conn.execute(q.pg_claim(), params).first()
-            return None if row is None else Job.from_row(row)
+                row = _driver_row(conn, q.PG_CLAIM, params)
+            return None if row is None else Job.from_mapping(row)
         with self.db.write() as conn:
             chosen = conn.execute(q.next_queued(), params).scalar()
             if chosen is None:
@@ -395,8 +404,9 @@ class JobStore:
         """Publishes the outputs; `first_step` is the first step this attempt computed."""
         if self.db.dialect == "postgresql":
             with self.db.autocommit() as conn:
-                done = conn.execute(
-                    q.pg_complete(),
+                done = _driver_row(
+                    conn,
+                    q.PG_COMPLETE,
                     {
                         "fence_id": job_id,
                         "fence_token": token,
@@ -407,7 +417,7 @@ class JobStore:
                         "spritesheet_key": spritesheet_key,
                         "first_step": first_step,
                     },
-                ).first()
+                )
             if done is None:
                 raise LeaseLost(f"Lease on {job_id} is no longer held by this worker.")
             return
