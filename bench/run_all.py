@@ -10,11 +10,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shlex
 import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -36,7 +38,63 @@ BENCHMARKS: list[tuple[str, int]] = [
     ("e2e_720p", 240),
     ("content_delivery", 300),
     ("idle_memory", 120),
+    # The fleet on a local PostgreSQL (see bench/_pg.py):
+    ("queue_throughput", 900),
+    ("dispatch_latency", 480),
+    ("crash_recovery", 300),
 ]
+SECTION_MARK = "<!-- bench: {} @ {} -->"
+"""Precedes each section: the benchmark's name and when it ran (for --keep-others)."""
+
+
+@dataclass
+class Kept:
+    """A benchmark's summary rows and section carried over from an earlier document."""
+
+    rows: list[str]
+    section: str
+    date: str
+
+
+def previous_sections(path: Path) -> dict[str, Kept]:
+    """Splits an earlier docs/benchmarks.md into its benchmarks' rows and sections.
+
+    Sections are found by their `<!-- bench: NAME @ DATE -->` marks or, in a document
+    written before the marks, by order: its `## ` sections follow the order in which
+    benchmarks first appear in its summary table (and their date is the document's).
+    """
+    try:
+        text = path.read_text()
+    except OSError:
+        return {}
+    date = next(
+        (ln[len("- Date: ") :] for ln in text.splitlines() if ln.startswith("- Date: ")), ""
+    )
+    date = date.split(" (")[0]
+    _head, _, body = text.partition("\n## Summary\n")
+    if not body:
+        return {}
+    rows: dict[str, list[str]] = {}
+    lines = body.split("\n")
+    i = 0
+    while i < len(lines) and not lines[i].startswith(("## ", "<!-- bench: ")):
+        match = re.match(r"\| `([a-z0-9_]+)` \|", lines[i])
+        if match:
+            rows.setdefault(match.group(1), []).append(lines[i])
+        i += 1
+    rest = "\n".join(lines[i:])
+    sections: dict[str, tuple[str, str]] = {}
+    mark = "<!-- bench: "
+    if mark in rest:
+        for chunk in rest.split(mark)[1:]:
+            head, _, section = chunk.partition(" -->\n")
+            name, _, when = head.partition(" @ ")
+            sections[name.strip()] = (section.strip("\n") + "\n", when.strip() or date)
+    else:
+        chunks = re.split(r"(?m)^(?=## )", rest)
+        for name, chunk in zip(rows, [c for c in chunks if c.startswith("## ")], strict=False):
+            sections[name] = (chunk.strip("\n") + "\n", date)
+    return {n: Kept(rows[n], *sections[n]) for n in rows if n in sections}
 
 
 def wait_for_quiet(max_wait: float, threshold: float = 0.25) -> str:
@@ -99,12 +157,27 @@ def document(
     command: str,
     started: datetime,
     total_s: float,
+    kept: dict[str, Kept] | None = None,
 ) -> str:
-    summary_rows: list[list[str]] = []
+    kept = kept or {}
+    date = started.strftime("%Y-%m-%d %H:%M UTC")
+    fresh = {
+        name: (result, problem, elapsed, load) for name, result, problem, elapsed, load in results
+    }
+    summary_lines: list[str] = []
     sections: list[str] = []
-    for name, result, problem, elapsed, load in results:
+    for name, _limit in BENCHMARKS:
+        if name not in fresh:
+            if name in kept:
+                summary_lines += kept[name].rows
+                mark = SECTION_MARK.format(name, kept[name].date)
+                sections.append(mark + "\n" + kept[name].section)
+            continue
+        result, problem, elapsed, load = fresh[name]
+        sections.append(SECTION_MARK.format(name, date))
         if result is None:
-            summary_rows.append([f"`{name}`", "benchmark run", problem, "completes", "**FAIL**"])
+            row = [f"`{name}`", "benchmark run", problem, "completes", "**FAIL**"]
+            summary_lines.append("| " + " | ".join(row) + " |")
             sections.append(
                 f"## `{name}`\n\nThe benchmark did not complete: {problem}. _({load}.)_\n"
             )
@@ -113,23 +186,37 @@ def document(
             c = Check(**raw)
             value = ("yes" if c.value else "no") if c.unit == "" else f"{fmt(c.value)} {c.unit}"
             verdict = f"**{c.verdict}**" if c.passed is not None else "info"
-            summary_rows.append([f"`{name}`", c.name, value, c.target, verdict])
+            row = [f"`{name}`", c.name, value, c.target, verdict]
+            summary_lines.append("| " + " | ".join(row) + " |")
         sections.append(result["markdown"] + f"\n_Wall time {elapsed:.0f} s; {load}._\n")
-    failed = sum(1 for row in summary_rows if row[-1] == "**FAIL**")
-    passed = sum(1 for row in summary_rows if row[-1] == "**PASS**")
+    failed = sum(1 for line in summary_lines if line.endswith("| **FAIL** |"))
+    passed = sum(1 for line in summary_lines if line.endswith("| **PASS** |"))
+    carried = [n for n, _ in BENCHMARKS if n not in fresh and n in kept]
+    kept_note = (
+        [
+            "- Not re-run by this command, kept from earlier runs: "
+            + ", ".join(f"`{n}` ({kept[n].date})" for n in carried)
+            + "."
+        ]
+        if carried
+        else []
+    )
     head = [
         "# Benchmarks",
         "",
         "Generated by `make bench` (`.venv/bin/python bench/run_all.py`); do not edit by hand.",
-        "Every benchmark starts its own `reelgen serve` on free 127.0.0.1 ports with a temporary "
+        "Every benchmark starts its own `reelgen serve` (or, for the fleet benchmarks, "
+        "`reelgen api`/`controller`/`worker` processes on a scratch database of the local "
+        "PostgreSQL server) on free 127.0.0.1 ports with a temporary "
         "data directory, measures it, and stops it. Run one alone with "
         "`.venv/bin/python bench/NAME.py` (it prints its section; `--help` lists its options).",
         "",
-        f"- Date: {started.strftime('%Y-%m-%d %H:%M UTC')} (whole run {total_s:.0f} s)",
+        f"- Date: {date} (whole run {total_s:.0f} s)",
         f"- Command: `{command}`",
         f"- Machine: {machine['nproc']} CPUs (`nproc`), {machine['cpu']}, {machine['ram']} RAM, "
         f"{machine['os']}, Linux {machine['kernel']}",
         f"- Python {machine['python']}; reelgen commit {git_commit()}",
+        *kept_note,
         "- Load generators run on the same machine as the servers, so they compete for the "
         "same cores; each section says how busy the CPUs were with other processes just "
         "before it (numbers taken on a busy machine are slower than the code is).",
@@ -138,7 +225,8 @@ def document(
         "",
         f"{passed} targets met, {failed} missed or not measured.",
         "",
-        table(["benchmark", "check", "measured", "target", "result"], summary_rows),
+        table(["benchmark", "check", "measured", "target", "result"], []),
+        *summary_lines,
         "",
     ]
     return "\n".join(head) + "\n" + "\n".join(sections)
@@ -156,6 +244,12 @@ def main() -> int:
         "or stdout with --only",
     )
     parser.add_argument("--strict", action="store_true", help="exit 1 when a target is missed, too")
+    parser.add_argument(
+        "--keep-others",
+        action="store_true",
+        help="with --only: write docs/benchmarks.md (or --output) with the other benchmarks' "
+        "summary rows and sections kept from the document already there",
+    )
     parser.add_argument(
         "--wait-idle",
         type=float,
@@ -179,8 +273,11 @@ def main() -> int:
         results.append((name, result, problem, elapsed, load))
     invoked = shlex.join([".venv/bin/python", "bench/run_all.py", *sys.argv[1:]])
     command = "make bench" if os.environ.get("MAKELEVEL") and not sys.argv[1:] else invoked
-    text = document(results, machine, command, started, time.monotonic() - t0)
-    output = args.output or (Path("-") if args.only else REPO / "docs" / "benchmarks.md")
+    default = REPO / "docs" / "benchmarks.md"
+    kept = previous_sections(args.output or default) if args.keep_others else {}
+    text = document(results, machine, command, started, time.monotonic() - t0, kept)
+    to_stdout = args.only and not args.keep_others
+    output = args.output or (Path("-") if to_stdout else default)
     if str(output) == "-":
         print(text)
     else:

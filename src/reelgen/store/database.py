@@ -71,7 +71,15 @@ class Database:
 
     @contextmanager
     def read(self) -> Iterator[Connection]:
-        """For single-statement reads; use `write` where several reads must agree."""
+        """For single-statement reads; use `write` where several reads must agree.
+
+        Each statement is atomic on its own, so no BEGIN/COMMIT is sent (SQLite skips them in
+        the `begin` hook; PostgreSQL reads use the autocommit pool).
+        """
+        if self.dialect == "postgresql":
+            with self._autocommit_engine.connect() as conn:
+                yield conn
+            return
         with self.engine.connect() as conn, conn.begin():
             yield conn
 

@@ -270,14 +270,6 @@ class JobStore:
                 .values(stopped_at=now, current_job_id=None)
             )
 
-    def touch_worker(self, worker_id: str, now: float, job_id: str | None) -> None:
-        with self.db.write() as conn:
-            conn.execute(
-                update(workers)
-                .where(workers.c.id == worker_id)
-                .values(heartbeat_at=now, current_job_id=job_id)
-            )
-
     def claim(
         self,
         *,
@@ -287,7 +279,8 @@ class JobStore:
         lease_seconds: float,
         lease_token: str,
     ) -> Job | None:
-        """Takes the lowest-ranked ready job for `model` in one transaction.
+        """Takes the lowest-ranked ready job for `model` in one transaction; either way the
+        worker's row is marked as seen (its idle heartbeat).
 
         Claims are not flushed to disk before the answer (PostgreSQL `synchronous_commit=off`):
         a claim lost in a server crash leaves the job queued, and its worker is fenced out.
@@ -306,6 +299,7 @@ class JobStore:
         with self.db.write() as conn:
             chosen = conn.execute(q.next_queued(), params).scalar()
             if chosen is None:
+                conn.execute(q.worker_seen(), {"w_id": worker_id, "w_now": now, "w_job": None})
                 return None
             job = Job.from_row(
                 conn.execute(

@@ -73,7 +73,6 @@ class Worker:
                     lease_token=secrets.token_hex(16),
                 )
                 if job is None:
-                    p.jobs.touch_worker(self.id, p.clock(), None)
                     # Woken at once by the bus; the growing timeout is only the fallback.
                     if p.bus.wait_for_work(idle_wait, since=mark):
                         idle_wait = p.settings.worker_poll_seconds
