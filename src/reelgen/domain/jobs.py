@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Self
@@ -82,29 +80,6 @@ def parse_seconds(value: str | int) -> int:
             param="seconds",
         )
     return int(text)
-
-
-@dataclass(frozen=True, slots=True)
-class JobSpec:
-    """What the user asked for, validated; the request hash covers exactly this."""
-
-    prompt: str
-    model: str
-    seconds: int
-    width: int
-    height: int
-    seed: int
-    style: str | None = None
-    reference_sha256: str | None = None
-    remixed_from: str | None = None
-
-    @property
-    def size(self) -> str:
-        return f"{self.width}x{self.height}"
-
-    def fingerprint(self) -> str:
-        payload = json.dumps(dataclasses.asdict(self), sort_keys=True).encode()
-        return hashlib.sha256(payload).hexdigest()
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,6 +175,8 @@ class TierLimits:
     max_concurrent: int
     max_per_day: int
 
+
+DAY_S = 86_400.0
 
 GENERATING_SHARE = 90
 """Progress points given to the model's steps; encoding and upload take the rest."""

@@ -65,6 +65,8 @@ class Clip:
 
 class VideoModel(Protocol):
     name: str
+    styles: frozenset[str]
+    """The `style` values this model understands."""
 
     def load(self) -> None:
         """Brings weights into memory; called once before the first generate."""

@@ -964,6 +964,7 @@ class ReferenceModel:
     """Deterministic procedural renderer behind the `VideoModel` contract."""
 
     name = "reference"
+    styles = STYLES
 
     def __init__(self, steps: int = 30) -> None:
         if steps < 1:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from reelgen.domain.errors import Conflict, InvalidRequest, NotFound, RateLimited
 from reelgen.domain.jobs import (
+    DAY_S,
     DEFAULT_SECONDS,
     DEFAULT_SIZE,
     FPS,
@@ -30,10 +31,9 @@ from reelgen.models.registry import AVAILABLE
 from reelgen.platform import Platform
 from reelgen.services.images import validate_reference_image
 from reelgen.storage.signing import sign_path
-from reelgen.store.jobs import DAY_S, UsageView
+from reelgen.store.jobs import UsageView
 
 MODEL_ALIASES = {"sora-2": "reference", "sora-2-pro": "reference"}
-STYLES = ("cinematic", "anime", "noir", "watercolor", "pixel")
 MAX_SEED = 2**31 - 1
 
 
@@ -102,9 +102,12 @@ def _validated(platform: Platform, req: CreateVideo) -> tuple[dict[str, object],
         )
     width, height = parse_size(req.size or DEFAULT_SIZE)
     seconds = parse_seconds(req.seconds if req.seconds is not None else DEFAULT_SECONDS)
-    if req.style is not None and req.style not in STYLES:
+    model_name = _resolve_model(req.model, platform)
+    styles = platform.model(model_name).styles
+    if req.style is not None and req.style not in styles:
         raise InvalidRequest(
-            f"Unknown style {req.style!r}; styles are {', '.join(STYLES)}.", param="style"
+            f"Unknown style {req.style!r}; styles are {', '.join(sorted(styles))}.",
+            param="style",
         )
     if req.seed is not None and not 0 <= req.seed <= MAX_SEED:
         raise InvalidRequest(f"seed must be between 0 and {MAX_SEED}.", param="seed")
@@ -121,7 +124,7 @@ def _validated(platform: Platform, req: CreateVideo) -> tuple[dict[str, object],
         )
     fields: dict[str, object] = dict(
         prompt=prompt,
-        model=_resolve_model(req.model, platform),
+        model=model_name,
         seconds=seconds,
         width=width,
         height=height,

@@ -15,13 +15,10 @@ from typing import Any
 from sqlalchemy import Connection, and_, func, insert, select, update
 
 from reelgen.domain.errors import Conflict, LeaseLost
-from reelgen.domain.jobs import ACTIVE, Job, JobEvent, Stage, Status
+from reelgen.domain.jobs import DAY_S, Job, JobEvent, Stage, Status
 from reelgen.store import queries as q
 from reelgen.store.database import Database
 from reelgen.store.schema import job_events, jobs, workers
-
-DAY_S = 86_400.0
-ACTIVE_VALUES = [s.value for s in ACTIVE]
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,7 +154,7 @@ class JobStore:
         with self.db.read() as conn:
             a_rows = conn.execute(
                 select(jobs.c.model, jobs.c.status, func.count())
-                .where(jobs.c.status.in_(ACTIVE_VALUES))
+                .where(jobs.c.status.in_(q.ACTIVE_VALUES))
                 .group_by(jobs.c.model, jobs.c.status)
             ).all()
         with self.db.read() as conn:

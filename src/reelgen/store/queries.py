@@ -16,6 +16,7 @@ from sqlalchemy import (
     and_,
     bindparam,
     case,
+    delete,
     func,
     insert,
     select,
@@ -177,8 +178,6 @@ def complete() -> ReturningUpdate:
 
 @cache
 def prune_idempotency() -> Delete:
-    from sqlalchemy import delete
-
     return delete(idempotency_keys).where(idempotency_keys.c.created_at < bindparam("before"))
 
 

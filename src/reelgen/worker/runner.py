@@ -21,14 +21,13 @@ import numpy as np
 from sqlalchemy.exc import DBAPIError
 
 from reelgen.domain.errors import LeaseLost
-from reelgen.domain.jobs import GENERATING_SHARE, Job, Stage, Status, generation_progress
+from reelgen.domain.jobs import DAY_S, GENERATING_SHARE, Job, Stage, Status, generation_progress
 from reelgen.media.encode import encode_clip
 from reelgen.models.base import GenerationSpec, StepInfo
 from reelgen.platform import Platform
 
 log = logging.getLogger("reelgen.worker")
 
-DAY_S = 86_400
 FINISH_ON_DRAIN = 0.9
 """Past this share of steps a draining worker finishes the job instead of handing it back."""
 IDLE_POLL_MAX_S = 5.0
