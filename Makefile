@@ -2,7 +2,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup serve test lint bench clean
+.PHONY: setup serve test test-fast lint bench clean
 
 setup: $(VENV)/.installed
 
@@ -19,9 +19,13 @@ serve: setup
 lint: setup
 	$(BIN)/ruff check src tests bench
 	$(BIN)/ruff format --check src tests bench
+	$(BIN)/mypy
 
 test: setup lint
 	$(BIN)/pytest -q
+
+test-fast: setup   # pure and in-process tests only, well under a minute
+	$(BIN)/pytest -q -m "not slow"
 
 bench: setup
 	$(BIN)/python bench/run_all.py

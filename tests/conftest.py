@@ -7,7 +7,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -126,9 +126,14 @@ def start_server(tmp_path: Path) -> Iterator:
     started: list[tuple[uvicorn.Server, threading.Thread, list[Worker], threading.Event, Platform]]
     started = []
 
-    def start(workers: int = 1, **overrides: object) -> LiveServer:
+    def start(
+        workers: int = 1, prepare: Callable[[Platform], None] | None = None, **overrides: object
+    ) -> LiveServer:
+        """`prepare` may swap model adapters before any worker starts."""
         settings = make_settings(tmp_path / f"data{len(started)}", **overrides)
         platform = build_platform(settings)
+        if prepare is not None:
+            prepare(platform)
         upgrade(platform.db.engine)
         paid = create_key(platform, user_name="alice", tier=Tier.PAID)
         free = create_key(platform, user_name="bob", tier=Tier.FREE)

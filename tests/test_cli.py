@@ -15,7 +15,9 @@ runner = CliRunner()
 def test_keys_create_and_db_upgrade(tmp_path: Path) -> None:
     result = runner.invoke(app, ["db", "upgrade", "--data-dir", str(tmp_path)])
     assert result.exit_code == 0, result.output
-    assert "revision 0001" in result.output
+    from reelgen.store.database import head_revision
+
+    assert f"revision {head_revision()}" in result.output
     result = runner.invoke(
         app, ["keys", "create", "--user", "carol", "--tier", "paid", "--data-dir", str(tmp_path)]
     )
@@ -23,6 +25,21 @@ def test_keys_create_and_db_upgrade(tmp_path: Path) -> None:
     assert result.output.strip().startswith("rg_")
     bad = runner.invoke(app, ["keys", "create", "--user", "x", "--tier", "gold"])
     assert bad.exit_code != 0
+
+
+def test_keys_create_without_tier_leaves_the_tier_alone(tmp_path: Path) -> None:
+    args = ["keys", "create", "--user", "erin", "--data-dir", str(tmp_path)]
+    assert runner.invoke(app, [*args, "--tier", "paid"]).exit_code == 0
+    assert runner.invoke(app, args).exit_code == 0
+    from reelgen.platform import build_platform
+    from reelgen.settings import Settings
+
+    platform = build_platform(Settings(data_dir=tmp_path))
+    try:
+        user = platform.accounts.get_or_create_user(user_id="u", name="erin", tier=None, now=0.0)
+        assert user.tier.value == "paid"
+    finally:
+        platform.close()
 
 
 def test_generate_writes_a_playable_mp4(live, tmp_path: Path) -> None:

@@ -249,8 +249,8 @@ def test_preempted_job_checkpoints_hands_back_and_resumes(start_server) -> None:
     assert done["status"] == "completed"
     events = live.platform.jobs.events_after(video["id"])
     released = [e for e in events if e.kind == "released"]
-    assert len(released) == 1 and released[0].data["reason"] == "preempted"
+    assert len(released) == 1 and released[0].payload.reason == "preempted"
     starts = [e for e in events if e.kind == "started"]
-    assert len(starts) == 2 and starts[1].data["resume_step"] == released[0].data["step"] > 0
+    assert len(starts) == 2 and starts[1].payload.resume_step == released[0].payload.step > 0
     completed = next(e for e in events if e.kind == "completed")
-    assert completed.data["first_step"] == starts[1].data["resume_step"] + 1
+    assert completed.payload.first_step == starts[1].payload.resume_step + 1

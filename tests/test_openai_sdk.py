@@ -78,9 +78,23 @@ def test_video_object_has_the_sdk_fields_and_extras(sdk: openai.OpenAI) -> None:
     assert done.status == "completed"
 
 
-def test_sora_model_names_map_to_the_default_model(sdk: openai.OpenAI) -> None:
-    video = sdk.videos.create(prompt="neon city", model="sora-2", size="64x64", seconds="1")
-    assert video.model == "reference"
+@pytest.mark.parametrize(
+    "name",
+    ["sora-2", "sora-2-pro", "sora-2-2025-10-06", "sora-2-pro-2025-10-06", "sora-2-2025-12-08"],
+)
+def test_sdk_model_names_map_to_an_adapter_and_are_echoed(
+    sdk: openai.OpenAI, live, name: str
+) -> None:
+    video = sdk.videos.create(prompt="neon city", model=name, size="64x64", seconds="1")
+    assert video.model == name
+    assert sdk.videos.retrieve(video.id).model == name
+    assert live.platform.jobs.get(video.id).spec.model == "reference"
+
+
+def test_a_new_dated_name_falls_back_to_its_base_name(sdk: openai.OpenAI, live) -> None:
+    video = sdk.videos.create(prompt="x", model="sora-2-pro-2031-01-31", size="64x64", seconds="1")
+    assert video.model == "sora-2-pro-2031-01-31"
+    assert live.platform.jobs.get(video.id).spec.model == "reference"
 
 
 def test_list_paginates_with_after_and_order(sdk: openai.OpenAI) -> None:

@@ -19,6 +19,8 @@ from reelgen.settings import Settings
 
 from .conftest import free_port
 
+pytestmark = pytest.mark.slow
+
 KEY = "rg_restart_test_key"
 
 
@@ -132,10 +134,10 @@ def test_sigkill_mid_generation_resumes_from_checkpoint(
     kinds = [e.kind for e in events]
     assert "worker_lost" in kinds
     lost = next(e for e in events if e.kind == "worker_lost")
-    assert lost.data["checkpoint_step"] >= 20
+    assert lost.payload.checkpoint_step >= 20
     starts = [e for e in events if e.kind == "started"]
-    assert [s.data["attempt"] for s in starts] == [1, 2]
-    assert starts[1].data["resume_step"] == lost.data["checkpoint_step"]
+    assert [s.payload.attempt for s in starts] == [1, 2]
+    assert starts[1].payload.resume_step == lost.payload.checkpoint_step
     assert kinds[-1] == "completed"
 
 
@@ -150,11 +152,11 @@ def test_sigterm_drains_and_requeues(serve: ServeProcess) -> None:
 
     events = _events(serve.data_dir, video["id"])
     released = [e for e in events if e.kind == "released"]
-    assert len(released) == 1 and released[0].data["step"] >= 12
+    assert len(released) == 1 and released[0].payload.step >= 12
 
     serve.start()
     with serve.client() as http:
         assert _wait_done(http, video["id"])["status"] == "completed"
     starts = [e for e in _events(serve.data_dir, video["id"]) if e.kind == "started"]
-    assert [s.data["attempt"] for s in starts] == [1, 1]
-    assert starts[1].data["resume_step"] == released[0].data["step"]
+    assert [s.payload.attempt for s in starts] == [1, 1]
+    assert starts[1].payload.resume_step == released[0].payload.step

@@ -29,11 +29,17 @@ def _row(job_id: str, user: str = "u_free", tier: Tier = Tier.FREE, now: float =
         user_id=user,
         tier=tier.value,
         model="reference",
+        requested_model="reference",
         prompt="p",
         seconds=1,
         width=64,
         height=64,
+        fps=24,
         seed=1,
+        style=None,
+        reference_key=None,
+        parent_id=None,
+        operation="create",
         status=Status.QUEUED.value,
         stage=Stage.WAITING_FOR_GPU.value,
         progress=0,
@@ -45,6 +51,8 @@ def _row(job_id: str, user: str = "u_free", tier: Tier = Tier.FREE, now: float =
         rank_at=Policy().rank(tier, now),
         attempt=0,
         max_attempts=2,
+        strikes=0,
+        attempt_start_step=0,
         cancel_requested=False,
         checkpoint_step=0,
     )
@@ -149,7 +157,7 @@ def test_checkpoint_is_fenced(store: JobStore) -> None:
         store.save_checkpoint("j", "zzz", step=6, key="k6", now=4.0)
     job = store.get("j")
     assert (job.checkpoint_step, job.checkpoint_key) == (4, "k4")
-    assert [e.data["step"] for e in store.events_after("j") if e.kind == "checkpoint"] == [2, 4]
+    assert [e.payload.step for e in store.events_after("j") if e.kind == "checkpoint"] == [2, 4]
 
 
 def test_heartbeat_answers_cancel_and_preempt_and_keeps_progress_monotonic(
@@ -196,3 +204,124 @@ def test_admission_sees_usage_inside_the_transaction(store: JobStore) -> None:
         store.submit(_row("b", now=5.0), admit=admit, idempotency=None, request_hash="h")
     assert seen == [UsageView(active=1, today=1, oldest_today=0.0)]
     assert store.get("b") is None
+
+
+def test_a_lost_worker_counts_only_when_its_attempt_made_no_progress(store: JobStore) -> None:
+    _submit(store, _row("moving"))
+    now = 1.0
+    for attempt in range(1, 8):  # far more losses than max_attempts (2)
+        job = _claim(store, f"w{attempt}", now, f"t{attempt}")
+        assert job is not None and job.attempt == attempt
+        store.save_checkpoint("moving", f"t{attempt}", step=attempt, key=f"k{attempt}", now=now)
+        now += 100.0
+        (lost,) = store.reap(now=now, only_expired=True, backoff=lambda a: 0.0)
+        assert lost.requeued and not lost.counted
+    assert store.get("moving").strikes == 0
+    store.request_cancel("moving", now)
+
+    _submit(store, _row("poison"))
+    for n in (1, 2):
+        job = _claim(store, "wp", now, f"p{n}")
+        assert job is not None and job.id == "poison"
+        now += 100.0
+        (lost,) = store.reap(now=now, only_expired=True, backoff=lambda a: 0.0)
+        assert lost.counted
+    final = store.get("poison")
+    assert final.status is Status.FAILED and final.error_code == "worker_lost"
+    assert [e.payload.counted for e in store.events_after("poison") if e.kind == "worker_lost"] == [
+        True,
+        True,
+    ]
+
+
+def test_a_drain_is_never_held_against_the_job(store: JobStore) -> None:
+    _submit(store, _row("j"))
+    for n in range(5):
+        _claim(store, "w", float(n), f"t{n}")
+        store.release("j", f"t{n}", now=float(n), reason="worker_shutdown")
+    job = store.get("j")
+    assert (job.status, job.strikes, job.attempt) == (Status.QUEUED, 0, 0)
+
+
+def test_event_log_reads_by_cursor_in_write_order(store: JobStore) -> None:
+    from reelgen.domain.events import START, EventKind
+
+    _submit(store, _row("a"))
+    _submit(store, _row("b"))
+    _claim(store, "w", 1.0, "t")
+    page = store.read_events(START, limit=2)
+    assert [(e.job_id, e.kind) for e in page] == [("a", EventKind.CREATED), ("b", "created")]
+    rest = store.read_events(page[-1].cursor)
+    assert [(e.job_id, e.kind) for e in rest] == [("a", EventKind.STARTED)]
+    assert rest[0].payload.worker_id == "w" and rest[0].payload.attempt == 1
+    cursors = [e.cursor for e in page + rest]
+    assert cursors == sorted(cursors) and len(set(cursors)) == 3
+    assert store.read_events(rest[-1].cursor) == []
+    assert store.load_cursor("webhooks") == START
+    store.save_cursor("webhooks", rest[-1].cursor, now=2.0)
+    store.save_cursor("webhooks", rest[-1].cursor, now=3.0)
+    assert store.load_cursor("webhooks") == rest[-1].cursor
+    assert str(rest[-1].cursor) and type(rest[-1].cursor).parse(str(rest[-1].cursor)) == (
+        rest[-1].cursor
+    )
+
+
+def test_seq_for_user_includes_deleted_and_excludes_other_users(store: JobStore) -> None:
+    _submit(store, _row("mine"))
+    store.mark_deleted("mine", 1.0)
+    assert store.seq_for_user("u_free", "mine") is not None
+    assert store.seq_for_user("u_paid", "mine") is None
+    assert store.seq_for_user("u_free", "nope") is None
+
+
+def test_sessions_requeue_only_the_attempt_they_name(store: JobStore) -> None:
+    from reelgen.store.jobs import RunningOnWorker
+
+    store.register_worker("w1", "reference", "host", 0.0, session_key=42)
+    _submit(store, _row("j"))
+    _claim(store, "w1", 1.0, "t1")
+    (running,) = store.running_on_workers()
+    assert running == RunningOnWorker("j", "t1", "w1", 42)
+    stale = RunningOnWorker("j", "old-token", "w1", 42)
+    assert store.reap_sessions([stale], now=2.0, backoff=lambda a: 0.0) == []
+    (reaped,) = store.reap_sessions([running], now=2.0, backoff=lambda a: 0.0)
+    assert reaped.requeued and store.get("j").status is Status.QUEUED
+    lost = [e for e in store.events_after("j") if e.kind == "worker_lost"]
+    assert lost[0].payload.detected_by == "session"
+    assert store.running_on_workers() == []
+
+
+def test_held_session_keys_see_a_live_session(store: JobStore, database_url: str) -> None:
+    from reelgen.store.sessions import marker_for
+
+    marker = marker_for(database_url)
+    marker.start()
+    try:
+        held = store.held_session_keys()
+        if database_url.startswith("sqlite"):
+            assert held is None and marker.key is None
+        else:
+            assert held is not None and marker.key in held
+    finally:
+        marker.stop()
+    if not database_url.startswith("sqlite"):
+        import time
+
+        deadline = time.monotonic() + 5  # the server ends the session once the socket closes
+        while marker.key in (store.held_session_keys() or set()):
+            assert time.monotonic() < deadline, "the session's lock outlived its connection"
+            time.sleep(0.02)
+
+
+def test_user_creation_keeps_or_sets_the_tier(store: JobStore) -> None:
+    accounts = AccountStore(store.db)
+    assert accounts.get_or_create_user(user_id="x", name="u_paid", tier=None, now=1.0).tier is (
+        Tier.PAID
+    )
+    assert accounts.get_or_create_user(
+        user_id="x", name="u_paid", tier=Tier.FREE, now=1.0
+    ).tier is (Tier.FREE)
+    accounts.add_key(key_id="k1", user_id="u_free", key_hash="h" * 64, prefix="rg_", now=1.0)
+    accounts.add_key(key_id="k2", user_id="u_free", key_hash="h" * 64, prefix="rg_", now=1.0)
+    assert accounts.count_keys() == 1
+    assert accounts.user_for_key("h" * 64).id == "u_free"

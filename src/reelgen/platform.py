@@ -1,18 +1,16 @@
-"""Wires settings into the long-lived pieces every process shares; built once per process."""
+"""Wires settings into the long-lived pieces a process uses; everything is built at start-up."""
 
 from __future__ import annotations
 
 import secrets
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import cached_property
 from typing import Generic, TypeVar
 
 from reelgen.domain.jobs import User
 from reelgen.models.base import VideoModel
-from reelgen.models.registry import build_model
+from reelgen.models.registry import AVAILABLE, build_model
 from reelgen.observability.metrics import Metrics
 from reelgen.scheduler.policy import Policy
 from reelgen.settings import Settings
@@ -49,72 +47,54 @@ class TTLCache(Generic[K, V]):
 class Platform:
     settings: Settings
     db: Database
+    jobs: JobStore
+    accounts: AccountStore
     objects: ObjectStore
+    bus: Bus
+    metrics: Metrics
+    signing_secret: bytes
+    models: dict[str, VideoModel]
+    """Adapters by name, not loaded: the API asks them for styles and cost estimates; a
+    worker loads the one it serves."""
     clock: Callable[[], float] = time.time
     policy: Policy = field(default_factory=Policy)
-    _models: dict[str, VideoModel] = field(default_factory=dict)
-    _cancels: set[str] = field(default_factory=set)
-    _lock: threading.Lock = field(default_factory=threading.Lock)
     key_cache: TTLCache[str, User] = field(default_factory=lambda: TTLCache(ttl_s=30.0))
     """API key hash -> user; a revoked key may keep working for up to `ttl_s`."""
 
-    @cached_property
-    def jobs(self) -> JobStore:
-        return JobStore(self.db)
-
-    @cached_property
-    def accounts(self) -> AccountStore:
-        return AccountStore(self.db)
-
-    @cached_property
-    def signing_secret(self) -> bytes:
-        if self.settings.signing_secret is not None:
-            return self.settings.signing_secret.get_secret_value().encode()
-        path = self.settings.data_dir / "signing.key"
-        if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(secrets.token_hex(32))
-            path.chmod(0o600)
-        return path.read_text().strip().encode()
-
     def model(self, name: str) -> VideoModel:
-        """One adapter instance per model name per process (weights load once)."""
-        if name not in self._models:
-            self._models[name] = build_model(name, self.settings)
-        return self._models[name]
-
-    @cached_property
-    def metrics(self) -> Metrics:
-        return Metrics()
-
-    @cached_property
-    def bus(self) -> Bus:
-        return open_bus(self.settings.resolved_database_url())
-
-    def signal_cancel(self, job_id: str) -> None:
-        """Lets an in-process worker stop at its very next step instead of its next heartbeat."""
-        with self._lock:
-            self._cancels.add(job_id)
-
-    def take_cancel(self, job_id: str) -> bool:
-        with self._lock:
-            if job_id in self._cancels:
-                self._cancels.discard(job_id)
-                return True
-            return False
+        return self.models[name]
 
     def close(self) -> None:
-        if "bus" in self.__dict__:
-            self.bus.close()
+        self.bus.close()
         self.db.dispose()
+
+
+def load_signing_secret(settings: Settings) -> bytes:
+    """The configured secret, or one generated once and kept in the data directory."""
+    if settings.signing_secret is not None:
+        return settings.signing_secret.get_secret_value().encode()
+    path = settings.data_dir / "signing.key"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(secrets.token_hex(32))
+        path.chmod(0o600)
+    return path.read_text().strip().encode()
 
 
 def build_platform(settings: Settings) -> Platform:
     engine = make_engine(
         settings.resolved_database_url(), sqlite_synchronous=settings.sqlite_synchronous
     )
+    db = Database(engine)
+    secret = load_signing_secret(settings)
     return Platform(
         settings=settings,
-        db=Database(engine),
-        objects=open_store(settings.resolved_storage_url()),
+        db=db,
+        jobs=JobStore(db),
+        accounts=AccountStore(db),
+        objects=open_store(settings.resolved_storage_url(), signing_secret=secret),
+        bus=open_bus(settings.resolved_database_url()),
+        metrics=Metrics(),
+        signing_secret=secret,
+        models={name: build_model(name, settings) for name in AVAILABLE},
     )

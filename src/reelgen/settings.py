@@ -24,6 +24,17 @@ class Settings(BaseSettings):
     """Base URL printed for users; defaults to http://HOST:PORT."""
 
     default_model: str = "reference"
+    model_names: dict[str, str] = Field(
+        default_factory=lambda: {
+            "sora-2": "reference",
+            "sora-2-pro": "reference",
+            "sora-2-2025-10-06": "reference",
+            "sora-2-pro-2025-10-06": "reference",
+            "sora-2-2025-12-08": "reference",
+        }
+    )
+    """Public model name -> adapter (JSON in `REELGEN_MODEL_NAMES`). A dated name
+    (`NAME-YYYY-MM-DD`) not listed here falls back to NAME. Adapter names are public too."""
     reference_steps: int = Field(30, ge=1, le=1_000_000)
 
     free_max_concurrent: int = Field(2, ge=1)

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
 
@@ -38,4 +39,23 @@ def create_app(platform: Platform) -> FastAPI:
     app.include_router(files.router)
     app.include_router(health.router)
     app.include_router(metrics.router)
+    app.openapi = _without_422(app)  # type: ignore[method-assign]
     return app
+
+
+def _without_422(app: FastAPI) -> Callable[[], dict[str, Any]]:
+    """Validation errors leave as 400 in the error shape, so FastAPI's stock 422 never happens."""
+    stock = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        schema = stock()
+        for operations in schema.get("paths", {}).values():
+            for operation in operations.values():
+                operation.get("responses", {}).pop("422", None)
+        for name in ("HTTPValidationError", "ValidationError"):
+            schema.get("components", {}).get("schemas", {}).pop(name, None)
+        return schema
+
+    return openapi

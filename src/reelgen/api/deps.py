@@ -30,7 +30,7 @@ async def run_sync(platform: Platform, fn: Callable[P, T], *args: P.args, **kwar
     SQLite is a library in this process: its calls take microseconds to a millisecond, less
     than handing them to a thread, so they run inline. Networked databases go to a thread.
     """
-    if platform.db.dialect == "sqlite":
+    if platform.db.calls_are_inline:
         return fn(*args, **kwargs)
     return await run_in_threadpool(fn, *args, **kwargs)
 

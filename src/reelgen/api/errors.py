@@ -27,11 +27,19 @@ STATUS = {
 }
 
 
+RETRYABLE = frozenset({408, 429})
+"""Client errors a retry can cure; the others say `x-should-retry: false`, which the openai
+SDK honours instead of retrying a 409 (or a 5xx) three times in vain."""
+
+
 def error_response(
     status: int, message: str, *, type_: str, param: str | None = None, code: str | None = None
 ) -> JSONResponse:
     body = {"error": {"message": message, "type": type_, "param": param, "code": code}}
-    return JSONResponse(body, status_code=status)
+    response = JSONResponse(body, status_code=status)
+    if 400 <= status < 500 and status not in RETRYABLE:
+        response.headers["x-should-retry"] = "false"
+    return response
 
 
 async def _reelgen_error(_request: Request, exc: Exception) -> JSONResponse:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from reelgen.domain.jobs import Status
+from reelgen.domain.jobs import VARIANT_MEDIA_TYPES, Status
+from reelgen.domain.spec import Operation
 from reelgen.services.videos import VideoView
 
 
@@ -40,18 +41,19 @@ class VideoPublic(BaseModel):
         error = None
         if job.error_code is not None:
             error = VideoError(code=job.error_code, message=job.error_message or job.error_code)
+        spec = job.spec
         return cls(
             id=job.id,
-            model=job.model,
-            prompt=job.prompt,
-            status=status.value,  # type: ignore[arg-type]
+            model=spec.requested_model,
+            prompt=spec.prompt,
+            status=status.value,
             progress=job.progress,
             created_at=int(job.created_at),
             completed_at=int(job.completed_at) if job.completed_at is not None else None,
             expires_at=int(job.expires_at) if job.expires_at is not None else None,
-            seconds=str(job.seconds),
-            size=job.size,
-            remixed_from_video_id=job.remixed_from,
+            seconds=str(spec.seconds),
+            size=spec.size,
+            remixed_from_video_id=spec.parent_id if spec.operation is Operation.REMIX else None,
             error=error,
             stage=job.stage.value,
             queue_position=v.queue_position,
@@ -106,3 +108,42 @@ class ErrorDetail(BaseModel):
 
 class ErrorBody(BaseModel):
     error: ErrorDetail
+
+
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorBody, "description": "The request is invalid; `error.param` says where."},
+    401: {"model": ErrorBody, "description": "The API key is missing or unknown."},
+    403: {"model": ErrorBody, "description": "The signed link is invalid or has expired."},
+    404: {"model": ErrorBody, "description": "No such video, or its content is gone."},
+    409: {
+        "model": ErrorBody,
+        "description": "The video's state, or an Idempotency-Key reused for another request.",
+    },
+    429: {
+        "model": ErrorBody,
+        "description": "A tier limit was reached.",
+        "headers": {
+            "Retry-After": {"description": "Seconds to wait.", "schema": {"type": "integer"}}
+        },
+    },
+}
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """A route's `responses=`: the errors it can answer, all in the OpenAI error shape."""
+    return {status: ERROR_RESPONSES[status] for status in statuses}
+
+
+_BYTES = {
+    media_type: {"schema": {"type": "string", "format": "binary"}}
+    for media_type in VARIANT_MEDIA_TYPES.values()
+}
+CONTENT_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "The bytes of the variant: an MP4, a WebP thumbnail or a JPEG spritesheet.",
+        "content": _BYTES,
+    },
+    206: {"description": "The one byte range a `Range` header asked for.", "content": _BYTES},
+    304: {"description": "Not modified: the `If-None-Match` ETag is current."},
+    416: {"description": "The `Range` lies outside the object."},
+}

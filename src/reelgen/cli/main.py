@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from reelgen.cli import client
 from reelgen.domain.jobs import Tier
+
+if TYPE_CHECKING:
+    from reelgen.settings import Settings
 from reelgen.observability.logging import configure as configure_logging
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Reelgen: text to video.")
@@ -23,7 +26,7 @@ DataDir = Annotated[
 ]
 
 
-def _settings(data_dir: Path | None):
+def _settings(data_dir: Path | None) -> Settings:
     from reelgen.settings import Settings
 
     return Settings(data_dir=data_dir) if data_dir is not None else Settings()
@@ -103,7 +106,10 @@ def db_upgrade(
 @keys_app.command("create")
 def keys_create(
     user: Annotated[str, typer.Option(help="User name; created if new.")],
-    tier: Annotated[Tier, typer.Option(help="Tier of the user.")] = Tier.FREE,
+    tier: Annotated[
+        Tier | None,
+        typer.Option(help="Tier of the user; a new user starts free, an existing one keeps its."),
+    ] = None,
     data_dir: DataDir = None,
 ) -> None:
     """Create an API key for a user and print it (shown only once)."""

@@ -13,11 +13,45 @@ import threading
 from reelgen.controller.election import Leadership
 from reelgen.platform import Platform
 from reelgen.scheduler.policy import retry_backoff
+from reelgen.storage import keys
 from reelgen.store.jobs import Reaped
 
 log = logging.getLogger("reelgen.controller")
 
 IDEMPOTENCY_TTL_S = 86_400.0
+SESSION_GRACE_S = 1.0
+"""A worker's session marker must be missing this long before its job is requeued, so a
+worker that is only reconnecting (a database restart) is not mistaken for a dead one."""
+
+
+class SessionWatch:
+    """Requeues the jobs of workers whose database session ended (see `store.sessions`)."""
+
+    def __init__(self) -> None:
+        self.missing_since: dict[str, float] = {}
+
+    def check(self, platform: Platform, now: float) -> list[Reaped]:
+        held = platform.jobs.held_session_keys()
+        if held is None:
+            return []
+        running = platform.jobs.running_on_workers()
+        gone = [r for r in running if r.session_key is not None and r.session_key not in held]
+        seen = {r.job_id for r in gone}
+        self.missing_since = {
+            job_id: t for job_id, t in self.missing_since.items() if job_id in seen
+        }
+        due = []
+        for item in gone:
+            first = self.missing_since.setdefault(item.job_id, now)
+            if now - first >= SESSION_GRACE_S:
+                due.append(item)
+        if not due:
+            return []
+        for item in due:
+            self.missing_since.pop(item.job_id, None)
+        return platform.jobs.reap_sessions(
+            due, now=now, backoff=lambda a: retry_backoff(a, random.random())
+        )
 
 
 def _account(platform: Platform, reaped: list[Reaped], why: str) -> None:
@@ -35,15 +69,17 @@ def _account(platform: Platform, reaped: list[Reaped], why: str) -> None:
         platform.bus.work_available()
 
 
-def tick(platform: Platform) -> None:
+def tick(platform: Platform, sessions: SessionWatch | None = None) -> None:
     now = platform.clock()
+    if sessions is not None:
+        _account(platform, sessions.check(platform, now), "worker session ended")
     reaped = platform.jobs.reap(
         now=now, only_expired=True, backoff=lambda a: retry_backoff(a, random.random())
     )
     _account(platform, reaped, "lease expired")
     for job in platform.jobs.expired_content(now):
-        platform.objects.delete_prefix(f"videos/{job.id}")
-        platform.objects.delete_prefix(f"inputs/{job.id}")
+        for prefix in keys.job_prefixes(job.id):
+            platform.objects.delete_prefix(prefix)
         platform.jobs.clear_content(job.id, now)
     platform.jobs.prune_idempotency_keys(now - IDEMPOTENCY_TTL_S)
 
@@ -60,6 +96,7 @@ def run_elected(
 ) -> None:
     """Standby until the lock is ours, then lead; step down if the lock is lost."""
     leading = False
+    sessions = SessionWatch()
     try:
         while not stop.is_set():
             if leadership.try_acquire():
@@ -68,7 +105,7 @@ def run_elected(
                     platform.metrics.is_leader.set(1)
                     log.info("became the leader")
                 try:
-                    tick(platform)
+                    tick(platform, sessions)
                 except Exception:
                     log.exception("controller tick failed")
                 stop.wait(platform.settings.controller_interval_seconds)

@@ -8,6 +8,7 @@ from enum import StrEnum
 from typing import Any, Self
 
 from reelgen.domain.errors import InvalidRequest
+from reelgen.domain.spec import JobSpec
 
 
 class Status(StrEnum):
@@ -90,15 +91,7 @@ class Job:
     id: str
     user_id: str
     tier: Tier
-    model: str
-    prompt: str
-    seconds: int
-    width: int
-    height: int
-    seed: int
-    style: str | None
-    reference_key: str | None
-    remixed_from: str | None
+    spec: JobSpec
     status: Status
     stage: Stage
     progress: int
@@ -113,6 +106,10 @@ class Job:
     rank_at: float
     attempt: int
     max_attempts: int
+    strikes: int
+    """Lost workers held against the job: only attempts that made no progress count."""
+    attempt_start_step: int
+    """The checkpoint step the current attempt resumed from."""
     worker_id: str | None
     lease_token: str | None
     lease_expires_at: float | None
@@ -140,11 +137,13 @@ class Job:
         data["stage"] = Stage(data["stage"])
         for flag in ("cancel_requested", "preempt_requested", "quota_refunded"):
             data[flag] = bool(data[flag])
+        data["spec"] = JobSpec.from_columns(data)
         return cls(**{f.name: data[f.name] for f in dataclasses.fields(cls)})
 
     @property
-    def size(self) -> str:
-        return f"{self.width}x{self.height}"
+    def model(self) -> str:
+        """The adapter, which decides the worker pool."""
+        return self.spec.model
 
     def content_key(self, variant: Variant) -> str | None:
         return {
@@ -152,15 +151,6 @@ class Job:
             Variant.THUMBNAIL: self.thumbnail_key,
             Variant.SPRITESHEET: self.spritesheet_key,
         }[variant]
-
-
-@dataclass(frozen=True, slots=True)
-class JobEvent:
-    id: int
-    job_id: str
-    at: float
-    kind: str
-    data: dict[str, Any]
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,6 +14,7 @@ import os
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
+from typing import cast
 
 import av
 import numpy as np
@@ -77,7 +78,8 @@ class _Watermark:
         font = ImageFont.load_default(size=size)
         left, top, right, bottom = font.getbbox(text)
         pad = max(1, size // 6)
-        patch = Image.new("RGBA", (right - left + 2 * pad + 1, bottom - top + 2 * pad + 1))
+        size_px = (int(right - left) + 2 * pad + 1, int(bottom - top) + 2 * pad + 1)
+        patch = Image.new("RGBA", size_px)
         draw = ImageDraw.Draw(patch)
         origin = (pad - left, pad - top)
         draw.text((origin[0] + 1, origin[1] + 1), text, font=font, fill=(0, 0, 0, 120))
@@ -214,7 +216,7 @@ def _mux(
     )
     samples = audio.shape[1]
     with av.open(str(path), mode="w", format="mp4", options={"movflags": "+faststart"}) as out:
-        video = out.add_stream(VIDEO_CODEC, rate=fps)
+        video = cast(av.VideoStream, out.add_stream(VIDEO_CODEC, rate=fps))
         video.width = width
         video.height = height
         video.pix_fmt = "yuv420p"
@@ -225,7 +227,7 @@ def _mux(
         video.codec_context.color_trc = 1
         video.codec_context.color_range = 1
         video.options = {"preset": PRESET, "crf": str(CRF)}
-        sound = out.add_stream(AUDIO_CODEC, rate=rate, layout="stereo")
+        sound = cast(av.AudioStream, out.add_stream(AUDIO_CODEC, rate=rate, layout="stereo"))
         sound.bit_rate = AUDIO_BITRATE
         sent = 0
         index = 0

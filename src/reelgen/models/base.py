@@ -14,6 +14,8 @@ from typing import Protocol
 
 import numpy as np
 
+from reelgen.domain.spec import JobSpec
+
 
 @dataclass(frozen=True, slots=True)
 class GenerationSpec:
@@ -32,6 +34,20 @@ class GenerationSpec:
     @property
     def num_frames(self) -> int:
         return self.seconds * self.fps
+
+    @classmethod
+    def of(cls, spec: JobSpec, reference_image: bytes | None = None) -> GenerationSpec:
+        """The model's view of a job spec (the reference image as bytes, not a key)."""
+        return cls(
+            prompt=spec.prompt,
+            seconds=spec.seconds,
+            width=spec.width,
+            height=spec.height,
+            seed=spec.seed,
+            style=spec.style,
+            fps=spec.fps,
+            reference_image=reference_image,
+        )
 
 
 @dataclass(frozen=True, slots=True)

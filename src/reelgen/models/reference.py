@@ -18,8 +18,9 @@ import io
 import json
 import math
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 from PIL import Image, ImageChops, ImageFilter, ImageOps
@@ -327,7 +328,7 @@ def _load_reference(data: bytes, lw: int, lh: int) -> tuple[np.ndarray, np.ndarr
     quant = small.quantize(colors=5, method=Image.Quantize.MEDIANCUT)
     pal = np.array(quant.getpalette() or [], dtype=np.float32).reshape(-1, 3)[:5] / 255
     counts = sorted(quant.getcolors() or [], reverse=True)
-    order = [index for _, index in counts if index < len(pal)]
+    order = [i for _, index in counts if (i := cast(int, index)) < len(pal)]
     dominant = pal[order] if order else np.full((1, 3), 0.5, np.float32)
     while len(dominant) < 5:
         dominant = np.concatenate([dominant, dominant[:1]])
@@ -482,7 +483,7 @@ def _over(
     rgb: np.ndarray,
     det: np.ndarray,
     alpha: np.ndarray,
-    colour: tuple[np.ndarray | float, ...] | np.ndarray,
+    colour: Sequence[np.ndarray | float] | np.ndarray,
     detail: float,
 ) -> None:
     for c in range(3):

@@ -20,21 +20,20 @@ def new_id(prefix: str) -> str:
     return f"{prefix}_{secrets.token_hex(12)}"
 
 
-def create_key(platform: Platform, *, user_name: str, tier: Tier, key: str | None = None) -> str:
-    """Creates (or reuses) the user and binds a new key to it; returns the plain key."""
+def create_key(
+    platform: Platform, *, user_name: str, tier: Tier | None, key: str | None = None
+) -> str:
+    """Creates (or reuses) the user and binds a new key to it; returns the plain key.
+
+    `tier=None` keeps an existing user's tier (a new user starts free)."""
     now = platform.clock()
     user = platform.accounts.get_or_create_user(
         user_id=new_id("user"), name=user_name, tier=tier, now=now
     )
     key = key or KEY_PREFIX + secrets.token_urlsafe(32)
-    if not platform.accounts.has_key_hash(hash_key(key)):
-        platform.accounts.add_key(
-            key_id=new_id("key"),
-            user_id=user.id,
-            key_hash=hash_key(key),
-            prefix=key[:8],
-            now=now,
-        )
+    platform.accounts.add_key(
+        key_id=new_id("key"), user_id=user.id, key_hash=hash_key(key), prefix=key[:8], now=now
+    )
     return key
 
 

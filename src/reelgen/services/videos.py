@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import hashlib
 import json
 import math
+import re
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from reelgen.domain.errors import Conflict, InvalidRequest, NotFound, RateLimited
@@ -26,15 +29,16 @@ from reelgen.domain.jobs import (
     parse_seconds,
     parse_size,
 )
+from reelgen.domain.spec import JobSpec, Operation
 from reelgen.models.base import GenerationSpec
 from reelgen.models.registry import AVAILABLE
 from reelgen.platform import Platform
 from reelgen.services.images import validate_reference_image
-from reelgen.storage.signing import sign_path
+from reelgen.storage import keys
 from reelgen.store.jobs import UsageView
 
-MODEL_ALIASES = {"sora-2": "reference", "sora-2-pro": "reference"}
 MAX_SEED = 2**31 - 1
+DATED_NAME = re.compile(r"^(?P<base>.+)-\d{4}-\d{2}-\d{2}$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,17 +84,33 @@ def _decode_data_url(url: str) -> bytes:
         ) from exc
 
 
-def _resolve_model(name: str | None, platform: Platform) -> str:
-    name = name or platform.settings.default_model
-    name = MODEL_ALIASES.get(name, name)
-    if name not in AVAILABLE:
+def resolve_model(names: dict[str, str], requested: str) -> str | None:
+    """The adapter a public model name maps to, or None when it names none."""
+    if requested in AVAILABLE:
+        return requested
+    if requested in names:
+        return names[requested]
+    dated = DATED_NAME.match(requested)
+    if dated is not None and dated["base"] in names:
+        return names[dated["base"]]
+    return None
+
+
+def _model_names(platform: Platform, requested: str | None) -> tuple[str, str]:
+    """(name as requested, adapter)."""
+    names = platform.settings.model_names
+    requested = requested or platform.settings.default_model
+    adapter = resolve_model(names, requested) if len(requested) <= 128 else None
+    if adapter is None or adapter not in AVAILABLE:
+        public = sorted({*names, *AVAILABLE})
         raise InvalidRequest(
-            f"Unknown model {name!r}; available models: {', '.join(AVAILABLE)}.", param="model"
+            f"Unknown model {requested[:128]!r}; available models: {', '.join(public)}.",
+            param="model",
         )
-    return name
+    return requested, adapter
 
 
-def _validated(platform: Platform, req: CreateVideo) -> tuple[dict[str, object], bytes | None]:
+def _validated(platform: Platform, req: CreateVideo, *, seed: int) -> tuple[JobSpec, bytes | None]:
     s = platform.settings
     prompt = (req.prompt or "").strip()
     if not prompt:
@@ -102,7 +122,7 @@ def _validated(platform: Platform, req: CreateVideo) -> tuple[dict[str, object],
         )
     width, height = parse_size(req.size or DEFAULT_SIZE)
     seconds = parse_seconds(req.seconds if req.seconds is not None else DEFAULT_SECONDS)
-    model_name = _resolve_model(req.model, platform)
+    requested_model, model_name = _model_names(platform, req.model)
     styles = platform.model(model_name).styles
     if req.style is not None and req.style not in styles:
         raise InvalidRequest(
@@ -122,20 +142,31 @@ def _validated(platform: Platform, req: CreateVideo) -> tuple[dict[str, object],
         image = validate_reference_image(
             image, max_bytes=s.max_reference_bytes, max_pixels=s.max_reference_pixels
         )
-    fields: dict[str, object] = dict(
+    spec = JobSpec(
         prompt=prompt,
+        requested_model=requested_model,
         model=model_name,
         seconds=seconds,
         width=width,
         height=height,
+        fps=FPS,
+        seed=seed,
         style=req.style,
-        seed=req.seed,
-        reference_sha256=hashlib.sha256(image).hexdigest() if image is not None else None,
     )
-    return fields, image
+    return spec, image
 
 
-def _admit(limits: TierLimits, tier: Tier, now: float):
+def _request_hash(req: CreateVideo, spec: JobSpec, image: bytes | None) -> str:
+    """What makes two submits under one Idempotency-Key the same request."""
+    fields = {
+        **{k: v for k, v in spec.columns().items() if k != "reference_key"},
+        "seed": req.seed,
+        "reference_sha256": hashlib.sha256(image).hexdigest() if image is not None else None,
+    }
+    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
+
+
+def _admit(limits: TierLimits, tier: Tier, now: float) -> Callable[[UsageView], None]:
     def admit(usage: UsageView) -> None:
         if usage.active >= limits.max_concurrent:
             raise RateLimited(
@@ -162,61 +193,51 @@ def submit(
     req: CreateVideo,
     *,
     idempotency_key: str | None = None,
-    remixed_from: Job | None = None,
+    parent: Job | None = None,
+    operation: Operation = Operation.CREATE,
 ) -> tuple[Job, bool]:
     """Validates, stores the reference image, and enqueues; nothing is stored on refusal."""
     if idempotency_key is not None and not 1 <= len(idempotency_key) <= 255:
         raise InvalidRequest(
             "Idempotency-Key must be 1 to 255 characters.", param="Idempotency-Key"
         )
-    fields, image = _validated(platform, req)
-    if remixed_from is not None:
-        fields["remixed_from"] = remixed_from.id
-    request_hash = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
-    now = platform.clock()
-    job_id = f"video_{secrets.token_hex(16)}"
     seed = req.seed if req.seed is not None else secrets.randbelow(MAX_SEED)
-    model_name = str(fields["model"])
-    spec = GenerationSpec(
-        prompt=str(fields["prompt"]),
-        seconds=int(fields["seconds"]),  # type: ignore[call-overload]
-        width=int(fields["width"]),  # type: ignore[call-overload]
-        height=int(fields["height"]),  # type: ignore[call-overload]
-        seed=seed,
-        style=req.style,
-        fps=FPS,
+    spec, image = _validated(platform, req, seed=seed)
+    job_id = f"video_{secrets.token_hex(16)}"
+    reference_key = keys.reference(job_id) if image is not None else None
+    spec = dataclasses.replace(
+        spec,
+        reference_key=reference_key,
+        parent_id=parent.id if parent is not None else None,
+        operation=operation,
     )
-    model = platform.model(model_name)
-    reference_key = f"inputs/{job_id}/reference" if image is not None else None
+    request_hash = _request_hash(req, spec, image)
+    now = platform.clock()
+    model = platform.model(spec.model)
+    cost_view = GenerationSpec.of(spec)
     row = dict(
+        spec.columns(),
         id=job_id,
         user_id=user.id,
         tier=user.tier.value,
-        model=model_name,
-        prompt=spec.prompt,
-        seconds=spec.seconds,
-        width=spec.width,
-        height=spec.height,
-        seed=seed,
-        style=spec.style,
-        reference_key=reference_key,
-        remixed_from=remixed_from.id if remixed_from else None,
         status=Status.QUEUED.value,
         stage=Stage.WAITING_FOR_GPU.value,
         progress=0,
         step=0,
-        total_steps=model.num_steps(spec),
-        estimated_seconds=model.estimate_seconds(spec),
+        total_steps=model.num_steps(cost_view),
+        estimated_seconds=model.estimate_seconds(cost_view),
         created_at=now,
         not_before=now,
         rank_at=platform.policy.rank(user.tier, now),
         attempt=0,
         max_attempts=platform.settings.max_attempts,
+        strikes=0,
+        attempt_start_step=0,
         cancel_requested=False,
         checkpoint_step=0,
     )
     if image is not None and reference_key is not None:
-        platform.objects.put_bytes(reference_key, image)
+        platform.objects.put(reference_key, image)
     try:
         job, created = platform.jobs.submit(
             row,
@@ -226,10 +247,10 @@ def submit(
         )
     except BaseException:
         if reference_key is not None:
-            platform.objects.delete_prefix(f"inputs/{job_id}")
+            platform.objects.delete_prefix(keys.inputs_prefix(job_id))
         raise
     if not created and reference_key is not None:
-        platform.objects.delete_prefix(f"inputs/{job_id}")
+        platform.objects.delete_prefix(keys.inputs_prefix(job_id))
     if created:
         platform.bus.work_available(job.model)
     return job, created
@@ -259,7 +280,11 @@ def list_jobs(
         raise InvalidRequest("limit must be between 1 and 100.", param="limit")
     if order not in ("asc", "desc"):
         raise InvalidRequest("order must be 'asc' or 'desc'.", param="order")
-    after_seq = get_job(platform, user, after).seq if after else None
+    after_seq = None
+    if after is not None:
+        after_seq = platform.jobs.seq_for_user(user.id, after)
+        if after_seq is None:
+            raise NotFound(f"No video found with id {after!r} to list after.", param="after")
     jobs = platform.jobs.list_for_user(
         user.id, after_seq=after_seq, limit=limit + 1, descending=order == "desc"
     )
@@ -275,7 +300,9 @@ def cancel(platform: Platform, user: User, video_id: str) -> Job:
         )
     cancelled = platform.jobs.request_cancel(job.id, platform.clock())
     if cancelled.cancel_requested:
-        platform.signal_cancel(job.id)
+        # Tells the worker now instead of at its next heartbeat (best effort: the flag in
+        # the row is what counts).
+        platform.bus.publish_progress({"id": job.id, "cancel_requested": True})
     return cancelled
 
 
@@ -285,8 +312,8 @@ def delete(platform: Platform, user: User, video_id: str) -> None:
     if not job.status.is_terminal:
         cancel(platform, user, video_id)
     platform.jobs.mark_deleted(job.id, platform.clock())
-    platform.objects.delete_prefix(f"videos/{job.id}")
-    platform.objects.delete_prefix(f"inputs/{job.id}")
+    for prefix in keys.job_prefixes(job.id):
+        platform.objects.delete_prefix(prefix)
 
 
 def remix(
@@ -299,17 +326,34 @@ def remix(
             f"Only completed videos can be remixed; {video_id} is {source.status.value}.",
             param="video_id",
         )
-    image = platform.objects.get_bytes(source.reference_key) if source.reference_key else None
+    spec = source.spec
+    image = None
+    if spec.reference_key is not None:
+        if not platform.objects.exists(spec.reference_key):
+            raise InvalidRequest(
+                f"The reference image of {video_id} has expired or was deleted, so it cannot "
+                "be remixed; create a new video with a new reference image instead.",
+                param="video_id",
+                code="reference_expired",
+            )
+        image = platform.objects.get(spec.reference_key)
     req = CreateVideo(
         prompt=prompt,
-        model=source.model,
-        seconds=source.seconds,
-        size=source.size,
-        style=source.style,
-        seed=source.seed,
+        model=spec.requested_model,
+        seconds=spec.seconds,
+        size=spec.size,
+        style=spec.style,
+        seed=spec.seed,
         reference_image=image,
     )
-    job, _ = submit(platform, user, req, idempotency_key=idempotency_key, remixed_from=source)
+    job, _ = submit(
+        platform,
+        user,
+        req,
+        idempotency_key=idempotency_key,
+        parent=source,
+        operation=Operation.REMIX,
+    )
     return job
 
 
@@ -326,6 +370,6 @@ def content_key(platform: Platform, user: User, video_id: str, variant: Variant)
     return key
 
 
-def signed_content_url(platform: Platform, key: str) -> str:
+def content_url(platform: Platform, key: str) -> str:
     expires = int(platform.clock()) + platform.settings.signed_url_ttl_seconds
-    return sign_path(platform.signing_secret, key, expires)
+    return platform.objects.url_for(key, expires)

@@ -1,22 +1,46 @@
-"""Object storage: video bytes live here, never in the database."""
+"""Object storage: video bytes live here, never in the database, and no caller sees a path.
+
+The API serves content only through `stat` and `read` (ranged) or `url_for`, so another
+back-end (the S3 API) plugs in without a change above this package.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+Body = bytes | Path | Iterable[bytes]
+"""What `put` accepts: bytes, a local file (moved in when possible), or a stream of chunks."""
+
+
+class InvalidKey(ValueError):
+    """A key that names nothing this store could hold (empty, `..`, NUL, absolute)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectInfo:
+    size: int
+    etag: str
+    modified: float
+    """Seconds since the epoch."""
+
 
 class ObjectStore(Protocol):
-    def put_bytes(self, key: str, data: bytes) -> None: ...
+    def put(self, key: str, body: Body, *, content_type: str | None = None) -> None:
+        """Stores `body` under `key` atomically: readers see the old object or the new one."""
 
-    def put_file(self, key: str, source: Path) -> None:
-        """Moves or copies `source` into the store under `key`, atomically."""
+    def get(self, key: str) -> bytes:
+        """The whole object; raises FileNotFoundError when it is absent."""
         ...
 
-    def get_bytes(self, key: str) -> bytes: ...
+    def read(self, key: str, start: int = 0, end: int | None = None) -> Iterator[bytes]:
+        """Bytes `start` to `end` (exclusive; None for the end) in chunks."""
+        ...
 
-    def local_path(self, key: str) -> Path | None:
-        """A filesystem path for zero-copy serving, when the store has one."""
+    def stat(self, key: str) -> ObjectInfo | None:
+        """Size, ETag and modification time, or None when absent."""
         ...
 
     def exists(self, key: str) -> bool: ...
@@ -25,12 +49,31 @@ class ObjectStore(Protocol):
 
     def delete_prefix(self, prefix: str) -> None: ...
 
+    def url_for(self, key: str, expires_at: int) -> str:
+        """A URL that serves the object without an API key until `expires_at` (signed or
+        presigned); relative to the API's base URL for stores the API serves itself."""
+        ...
 
-def open_store(url: str) -> ObjectStore:
+
+def validate_key(key: str) -> str:
+    parts = key.split("/")
+    if (
+        not key
+        or len(key) > 1024
+        or "\x00" in key
+        or key.startswith("/")
+        or any(p in ("", ".", "..") for p in parts[:-1])
+        or parts[-1] in (".", "..")
+    ):
+        raise InvalidKey(f"Invalid object key {key[:100]!r}.")
+    return key
+
+
+def open_store(url: str, *, signing_secret: bytes) -> ObjectStore:
     from reelgen.storage.local import LocalDirectoryStore
 
     if url.startswith("file://"):
-        return LocalDirectoryStore(Path(url.removeprefix("file://")))
+        return LocalDirectoryStore(Path(url.removeprefix("file://")), signing_secret)
     raise ValueError(
         f"Unsupported REELGEN_STORAGE_URL {url!r}; this build supports file:// directories."
     )

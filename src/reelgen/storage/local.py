@@ -2,54 +2,86 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
+
+from reelgen.storage.base import Body, InvalidKey, ObjectInfo, validate_key
+from reelgen.storage.signing import sign_path
+
+CHUNK = 1024 * 1024
 
 
 class LocalDirectoryStore:
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, signing_secret: bytes):
         self.root = root.resolve()
         self.root.mkdir(parents=True, exist_ok=True)
+        self._secret = signing_secret
 
     def _path(self, key: str) -> Path:
-        path = (self.root / key).resolve()
+        path = (self.root / validate_key(key)).resolve()
         if not path.is_relative_to(self.root) or path == self.root:
-            raise ValueError(f"Invalid object key {key!r}")
+            raise InvalidKey(f"Invalid object key {key[:100]!r}.")
         return path
 
-    def _atomic_target(self, key: str) -> tuple[Path, Path]:
+    def put(self, key: str, body: Body, *, content_type: str | None = None) -> None:
         path = self._path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-        os.close(fd)
-        return path, Path(tmp)
+        fd, name = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+        tmp = Path(name)
+        try:
+            if isinstance(body, Path):
+                os.close(fd)
+                shutil.move(body, tmp)
+            else:
+                with os.fdopen(fd, "wb") as f:
+                    for chunk in [body] if isinstance(body, bytes) else body:
+                        f.write(chunk)
+                    f.flush()
+                    os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
 
-    def put_bytes(self, key: str, data: bytes) -> None:
-        path, tmp = self._atomic_target(key)
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+    def get(self, key: str) -> bytes:
+        path = self._path(key)
+        if not path.is_file():
+            raise FileNotFoundError(key)
+        return path.read_bytes()
 
-    def put_file(self, key: str, source: Path) -> None:
-        path, tmp = self._atomic_target(key)
-        shutil.move(source, tmp)
-        os.replace(tmp, path)
+    def read(self, key: str, start: int = 0, end: int | None = None) -> Iterator[bytes]:
+        with open(self._path(key), "rb") as f:
+            f.seek(start)
+            left = None if end is None else max(0, end - start)
+            while left is None or left > 0:
+                chunk = f.read(CHUNK if left is None else min(CHUNK, left))
+                if not chunk:
+                    return
+                if left is not None:
+                    left -= len(chunk)
+                yield chunk
 
-    def get_bytes(self, key: str) -> bytes:
-        return self._path(key).read_bytes()
-
-    def local_path(self, key: str) -> Path | None:
-        return self._path(key)
+    def stat(self, key: str) -> ObjectInfo | None:
+        try:
+            st = self._path(key).stat()
+        except OSError:  # also a name too long for the filesystem: nothing can be stored there
+            return None
+        if not os.path.isfile(self._path(key)):
+            return None
+        tag = hashlib.md5(f"{key}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()
+        return ObjectInfo(size=st.st_size, etag=f'"{tag}"', modified=st.st_mtime)
 
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()
 
     def delete(self, key: str) -> None:
-        self._path(key).unlink(missing_ok=True)
+        path = self._path(key)
+        if path.is_file():
+            path.unlink(missing_ok=True)
 
     def delete_prefix(self, prefix: str) -> None:
         path = self._path(prefix.rstrip("/"))
@@ -57,3 +89,6 @@ class LocalDirectoryStore:
             shutil.rmtree(path, ignore_errors=True)
         else:
             path.unlink(missing_ok=True)
+
+    def url_for(self, key: str, expires_at: int) -> str:
+        return sign_path(self._secret, validate_key(key), expires_at)

@@ -16,6 +16,8 @@ def sign_path(secret: bytes, key: str, expires: int) -> str:
 
 
 def verify(secret: bytes, key: str, expires: int, signature: str, now: float) -> bool:
+    """Compares bytes: `compare_digest` raises on non-ASCII strings, and a URL can carry any."""
     if expires < now:
         return False
-    return hmac.compare_digest(_signature(secret, key, expires), signature)
+    expected = _signature(secret, key, expires).encode()
+    return hmac.compare_digest(expected, signature.encode("utf-8", "surrogatepass"))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import select, update
 
 from reelgen.domain.jobs import Tier, User
 from reelgen.store import queries as q
@@ -14,30 +14,29 @@ class AccountStore:
     def __init__(self, db: Database):
         self.db = db
 
-    def get_or_create_user(self, *, user_id: str, name: str, tier: Tier, now: float) -> User:
-        with self.db.write() as conn:
-            row = conn.execute(select(users).where(users.c.name == name)).first()
-            if row is None:
-                conn.execute(
-                    insert(users).values(id=user_id, name=name, tier=tier.value, created_at=now)
-                )
-                return User(id=user_id, name=name, tier=tier)
-            if row.tier != tier.value:
-                conn.execute(update(users).where(users.c.id == row.id).values(tier=tier.value))
-            return User(id=row.id, name=row.name, tier=tier)
-
-    def add_key(self, *, key_id: str, user_id: str, key_hash: str, prefix: str, now: float) -> None:
+    def get_or_create_user(self, *, user_id: str, name: str, tier: Tier | None, now: float) -> User:
+        """A new user gets `tier` (free if None); an existing one keeps its tier unless `tier`
+        is given. Safe when several processes create the same user at once."""
         with self.db.write() as conn:
             conn.execute(
-                insert(api_keys).values(
+                self.db.backend.insert_ignoring_conflicts(users).values(
+                    id=user_id, name=name, tier=(tier or Tier.FREE).value, created_at=now
+                )
+            )
+            row = conn.execute(select(users).where(users.c.name == name)).one()
+            if tier is not None and row.tier != tier.value:
+                conn.execute(update(users).where(users.c.id == row.id).values(tier=tier.value))
+                return User(id=row.id, name=row.name, tier=tier)
+            return User(id=row.id, name=row.name, tier=Tier(row.tier))
+
+    def add_key(self, *, key_id: str, user_id: str, key_hash: str, prefix: str, now: float) -> None:
+        """Adding a key that exists already is a no-op (replicas bootstrapping at once)."""
+        with self.db.write() as conn:
+            conn.execute(
+                self.db.backend.insert_ignoring_conflicts(api_keys).values(
                     id=key_id, user_id=user_id, key_hash=key_hash, prefix=prefix, created_at=now
                 )
             )
-
-    def has_key_hash(self, key_hash: str) -> bool:
-        with self.db.read() as conn:
-            row = conn.execute(select(api_keys.c.id).where(api_keys.c.key_hash == key_hash)).first()
-            return row is not None
 
     def count_keys(self) -> int:
         with self.db.read() as conn:

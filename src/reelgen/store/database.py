@@ -15,6 +15,8 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Engine, create_engine, event
 
+from reelgen.store.backend import Backend, backend_for
+
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 IDLE_IN_TRANSACTION_MS = 5000
 
@@ -63,11 +65,18 @@ class Database:
     def __init__(self, engine: Engine):
         self.engine = engine
         self.dialect = engine.dialect.name
+        self.backend: Backend = backend_for(self.dialect)
         # SQLite has one writer at a time; queueing writers of this process on a lock
         # avoids SQLite's sleep-and-retry busy handler, which stretches tail latency.
         self._write_lock: AbstractContextManager[object] = (
             threading.Lock() if self.dialect == "sqlite" else nullcontext()
         )
+
+    @property
+    def calls_are_inline(self) -> bool:
+        """Whether a call returns in microseconds (an in-process library: SQLite), so that
+        callers on an event loop should run it inline instead of handing it to a thread."""
+        return self.dialect == "sqlite"
 
     @contextmanager
     def read(self) -> Iterator[Connection]:

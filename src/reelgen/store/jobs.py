@@ -7,18 +7,19 @@ heartbeat, checkpoint or publish.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Connection, and_, func, insert, select, update
 
+from reelgen.domain import events as ev
 from reelgen.domain.errors import Conflict, LeaseLost
-from reelgen.domain.jobs import DAY_S, Job, JobEvent, Stage, Status
+from reelgen.domain.events import EventCursor, JobEvent
+from reelgen.domain.jobs import DAY_S, Job, Stage, Status
 from reelgen.store import queries as q
 from reelgen.store.database import Database
-from reelgen.store.schema import job_events, jobs, workers
+from reelgen.store.schema import event_cursors, job_events, jobs, workers
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,21 +52,34 @@ class Reaped:
     job_id: str
     attempt: int
     requeued: bool
+    counted: bool
+    """Whether the loss counted toward the poison limit."""
 
 
-def _event(conn: Connection, job_id: str, kind: str, now: float, **data: Any) -> None:
+@dataclass(frozen=True, slots=True)
+class RunningOnWorker:
+    """A running job and the worker holding it, for the controller's liveness checks."""
+
+    job_id: str
+    lease_token: str
+    worker_id: str
+    session_key: int | None
+
+
+def _event(conn: Connection, job_id: str, payload: ev.Payload, now: float) -> None:
     conn.execute(
-        q.insert_event(), {"job_id": job_id, "at": now, "kind": kind, "data": json.dumps(data)}
+        q.insert_event(),
+        {"job_id": job_id, "at": now, "kind": payload.kind.value, "data": ev.encode(payload)},
     )
 
 
-def _driver_row(conn: Connection, sql: str, params: dict[str, Any]) -> dict[str, Any] | None:
-    """One statement straight on the psycopg connection; the first row as a dict."""
-    from psycopg.rows import dict_row
-
-    with conn.connection.driver_connection.cursor(row_factory=dict_row) as cur:
-        cur.execute(sql, params)
-        return cur.fetchone()
+def _event_from_row(row: Any) -> JobEvent:
+    return JobEvent(
+        cursor=EventCursor(int(row.tx), int(row.id)),
+        job_id=row.job_id,
+        at=row.at,
+        payload=ev.decode(row.kind, row.data),
+    )
 
 
 class JobStore:
@@ -87,8 +101,7 @@ class JobStore:
         """
         user_id, now = row["user_id"], row["created_at"]
         with self.db.write() as conn:
-            if self.db.dialect != "sqlite":  # SQLite's BEGIN IMMEDIATE already serialises
-                conn.execute(q.lock_user(), {"user_id": user_id})
+            self.db.backend.lock_user(conn, user_id)
             if idempotency is not None:
                 existing = conn.execute(
                     q.idempotent_job(), {"user_id": user_id, "key": idempotency[1]}
@@ -106,7 +119,8 @@ class JobStore:
             ).one()
             admit(UsageView(active=active, today=today, oldest_today=oldest))
             job = Job.from_row(conn.execute(q.insert_job(), row).one())
-            _event(conn, job.id, "created", now, attempt=0)
+            created = ev.Created(operation=job.spec.operation.value, parent_id=job.spec.parent_id)
+            _event(conn, job.id, created, now)
             if idempotency is not None:
                 conn.execute(
                     q.insert_idempotency_key(),
@@ -125,6 +139,14 @@ class JobStore:
         with self.db.read() as conn:
             row = conn.execute(q.job_by_id(), {"id": job_id}).first()
         return None if row is None else Job.from_row(row)
+
+    def seq_for_user(self, user_id: str, job_id: str) -> int | None:
+        """The list position of one of the user's jobs, deleted ones included, so that a
+        pagination cursor stays valid when its video is deleted in between."""
+        with self.db.read() as conn:
+            return conn.execute(
+                select(jobs.c.seq).where(jobs.c.id == job_id, jobs.c.user_id == user_id)
+            ).scalar()
 
     def list_for_user(
         self, user_id: str, *, after_seq: int | None, limit: int, descending: bool
@@ -187,16 +209,46 @@ class JobStore:
         return [(r[0], r[1], r[2], int(r[3])) for r in rows]
 
     def events_after(self, job_id: str, after_id: int = 0) -> list[JobEvent]:
+        """One job's events in the order they were written."""
         query = (
             select(job_events)
             .where(job_events.c.job_id == job_id, job_events.c.id > after_id)
             .order_by(job_events.c.id)
         )
         with self.db.read() as conn:
-            return [
-                JobEvent(id=r.id, job_id=r.job_id, at=r.at, kind=r.kind, data=json.loads(r.data))
-                for r in conn.execute(query)
-            ]
+            return [_event_from_row(r) for r in conn.execute(query)]
+
+    def read_events(self, after: EventCursor, limit: int = 500) -> list[JobEvent]:
+        """All jobs' events after `after`, oldest first. Pages never skip an event: one whose
+        transaction is still open is held back until it commits (see `Backend.events_page`)."""
+        params = {"after_tx": after.tx, "after_id": after.id, "limit": limit}
+        with self.db.read() as conn:
+            rows = conn.execute(self.db.backend.events_page(), params).all()
+        return [_event_from_row(r) for r in rows]
+
+    def load_cursor(self, consumer: str) -> EventCursor:
+        with self.db.read() as conn:
+            row = conn.execute(
+                select(event_cursors.c.tx, event_cursors.c.event_id).where(
+                    event_cursors.c.consumer == consumer
+                )
+            ).first()
+        return ev.START if row is None else EventCursor(int(row[0]), int(row[1]))
+
+    def save_cursor(self, consumer: str, cursor: EventCursor, now: float) -> None:
+        """Durable, so the consumer resumes where it stopped after a crash."""
+        with self.db.write() as conn:
+            done = conn.execute(
+                update(event_cursors)
+                .where(event_cursors.c.consumer == consumer)
+                .values(tx=cursor.tx, event_id=cursor.id, updated_at=now)
+            )
+            if not done.rowcount:
+                conn.execute(
+                    insert(event_cursors).values(
+                        consumer=consumer, tx=cursor.tx, event_id=cursor.id, updated_at=now
+                    )
+                )
 
     # ---- user actions -------------------------------------------------------------------
     def request_cancel(self, job_id: str, now: float) -> Job:
@@ -216,10 +268,11 @@ class JobStore:
                         error_message="The job was cancelled before it started.",
                     )
                 )
-                _event(conn, job_id, "cancelled", now, while_status="queued")
+                cancelled = ev.Cancelled(while_status="queued", attempt=job.attempt, step=job.step)
+                _event(conn, job_id, cancelled, now)
             elif job.status is Status.IN_PROGRESS and not job.cancel_requested:
                 conn.execute(update(jobs).where(jobs.c.id == job_id).values(cancel_requested=True))
-                _event(conn, job_id, "cancel_requested", now, step=job.step)
+                _event(conn, job_id, ev.CancelRequested(step=job.step), now)
             row = conn.execute(select(jobs).where(jobs.c.id == job_id)).one()
         return Job.from_row(row)
 
@@ -232,7 +285,7 @@ class JobStore:
                 .values(preempt_requested=True)
             )
             if result.rowcount:
-                _event(conn, job_id, "preempt_requested", now)
+                _event(conn, job_id, ev.PreemptRequested(), now)
         return bool(result.rowcount)
 
     def mark_deleted(self, job_id: str, now: float) -> None:
@@ -248,14 +301,28 @@ class JobStore:
                     checkpoint_key=None,
                 )
             )
-            _event(conn, job_id, "deleted", now)
+            _event(conn, job_id, ev.Deleted(), now)
 
     # ---- workers ------------------------------------------------------------------------
-    def register_worker(self, worker_id: str, model: str, hostname: str, now: float) -> None:
+    def register_worker(
+        self,
+        worker_id: str,
+        model: str,
+        hostname: str,
+        now: float,
+        *,
+        session_key: int | None = None,
+    ) -> None:
+        """`session_key`: the advisory lock the worker's session holds (see `WorkerSession`)."""
         with self.db.write() as conn:
             conn.execute(
                 insert(workers).values(
-                    id=worker_id, model=model, hostname=hostname, started_at=now, heartbeat_at=now
+                    id=worker_id,
+                    model=model,
+                    hostname=hostname,
+                    started_at=now,
+                    heartbeat_at=now,
+                    session_key=session_key,
                 )
             )
 
@@ -289,9 +356,9 @@ class JobStore:
             "token": lease_token,
             "expires": now + lease_seconds,
         }
-        if self.db.dialect == "postgresql":
+        if self.db.backend.name == "postgresql":
             with self.db.autocommit() as conn:
-                row = _driver_row(conn, q.PG_CLAIM, params)
+                row = self.db.backend.pg_statement(conn, q.PG_CLAIM, params)
             return None if row is None else Job.from_mapping(row)
         with self.db.write() as conn:
             chosen = conn.execute(q.next_queued(), params).scalar()
@@ -304,15 +371,10 @@ class JobStore:
                     {**params, "claim_id": chosen, "claim_worker": worker_id, "claim_now": now},
                 ).one()
             )
-            _event(
-                conn,
-                job.id,
-                "started",
-                now,
-                attempt=job.attempt,
-                worker_id=worker_id,
-                resume_step=job.checkpoint_step,
+            started = ev.Started(
+                attempt=job.attempt, worker_id=worker_id, resume_step=job.checkpoint_step
             )
+            _event(conn, job.id, started, now)
             conn.execute(q.worker_seen(), {"w_id": worker_id, "w_now": now, "w_job": job.id})
         return job
 
@@ -368,7 +430,7 @@ class JobStore:
                 },
             )
             if stage_changed:
-                _event(conn, job_id, "stage", now, stage=stage.value, attempt=row.attempt)
+                _event(conn, job_id, ev.StageChanged(attempt=row.attempt, stage=stage.value), now)
         return WorkerFlags(
             cancel_requested=bool(row.cancel_requested),
             preempt_requested=bool(row.preempt_requested),
@@ -378,7 +440,7 @@ class JobStore:
         """Not flushed before the answer: losing it in a server crash costs one interval."""
         with self.db.write(durable=False) as conn:
             row = self._fenced_values(conn, job_id, token, checkpoint_step=step, checkpoint_key=key)
-            _event(conn, job_id, "checkpoint", now, step=step, attempt=row.attempt)
+            _event(conn, job_id, ev.Checkpointed(attempt=row.attempt, step=step), now)
 
     def complete(
         self,
@@ -393,9 +455,9 @@ class JobStore:
         first_step: int,
     ) -> None:
         """Publishes the outputs; `first_step` is the first step this attempt computed."""
-        if self.db.dialect == "postgresql":
+        if self.db.backend.name == "postgresql":
             with self.db.autocommit() as conn:
-                done = _driver_row(
+                done = self.db.backend.pg_statement(
                     conn,
                     q.PG_COMPLETE,
                     {
@@ -426,7 +488,7 @@ class JobStore:
                     "spritesheet_key": spritesheet_key,
                 },
             )
-            _event(conn, job_id, "completed", now, attempt=row.attempt, first_step=first_step)
+            _event(conn, job_id, ev.Completed(attempt=row.attempt, first_step=first_step), now)
 
     def finish(
         self,
@@ -455,7 +517,14 @@ class JobStore:
                 checkpoint_key=None,
                 quota_refunded=refund,
             )
-            _event(conn, job_id, status.value, now, attempt=row.attempt, code=code, step=row.step)
+            payload: ev.Payload
+            if status is Status.CANCELLED:
+                payload = ev.Cancelled(
+                    while_status="in_progress", attempt=row.attempt, step=row.step
+                )
+            else:
+                payload = ev.Failed(attempt=row.attempt, code=code, step=row.step)
+            _event(conn, job_id, payload, now)
 
     def release(self, job_id: str, token: str, *, now: float, reason: str) -> None:
         """Hands a running job back to the queue (drain); the attempt is not held against it."""
@@ -473,7 +542,7 @@ class JobStore:
                 not_before=now,
                 preempt_requested=False,
             )
-            _event(conn, job_id, "released", now, reason=reason, step=row.checkpoint_step)
+            _event(conn, job_id, ev.Released(reason=reason, step=row.checkpoint_step), now)
 
     # ---- recovery -----------------------------------------------------------------------
     def reap(
@@ -483,57 +552,59 @@ class JobStore:
         only_expired: bool,
         backoff: Callable[[int], float],
     ) -> list[Reaped]:
-        """Requeues jobs whose worker is gone, or fails them once attempts are used up."""
+        """Requeues jobs whose lease ran out (or, at an embedded restart, every running job),
+        or fails them once lost workers made no progress `max_attempts` times."""
         cond = jobs.c.status == Status.IN_PROGRESS.value
         if only_expired:
             cond = and_(cond, jobs.c.lease_expires_at < now)
-        out: list[Reaped] = []
+        detected_by = "lease" if only_expired else "restart"
         with self.db.write() as conn:
             rows = conn.execute(select(jobs).where(cond).with_for_update(skip_locked=True)).all()
-            for row in rows:
-                job = Job.from_row(row)
-                _event(
-                    conn,
-                    job.id,
-                    "worker_lost",
-                    now,
-                    attempt=job.attempt,
-                    worker_id=job.worker_id,
-                    step=job.step,
-                    checkpoint_step=job.checkpoint_step,
-                )
-                base = dict(worker_id=None, lease_token=None, lease_expires_at=None)
-                if job.cancel_requested:
-                    values = dict(
-                        status=Status.CANCELLED.value,
-                        stage=Stage.DONE.value,
-                        completed_at=now,
-                        error_code="cancelled",
-                        error_message="The job was cancelled.",
+            return [
+                _lose(conn, Job.from_row(r), now, backoff, detected_by=detected_by) for r in rows
+            ]
+
+    def running_on_workers(self) -> list[RunningOnWorker]:
+        with self.db.read() as conn:
+            rows = conn.execute(
+                select(jobs.c.id, jobs.c.lease_token, jobs.c.worker_id, workers.c.session_key)
+                .join(workers, workers.c.id == jobs.c.worker_id)
+                .where(jobs.c.status == Status.IN_PROGRESS.value)
+            ).all()
+        return [RunningOnWorker(r[0], r[1], r[2], r[3]) for r in rows]
+
+    def held_session_keys(self) -> set[int] | None:
+        """Worker session locks held right now; None where the database cannot tell."""
+        with self.db.read() as conn:
+            return self.db.backend.held_session_keys(conn)
+
+    def reap_sessions(
+        self,
+        lost: Sequence[RunningOnWorker],
+        *,
+        now: float,
+        backoff: Callable[[int], float],
+    ) -> list[Reaped]:
+        """Requeues jobs whose worker's database session ended (the process died), if the
+        same attempt still holds them, and marks those workers stopped."""
+        out: list[Reaped] = []
+        with self.db.write() as conn:
+            for item in lost:
+                row = conn.execute(
+                    select(jobs)
+                    .where(
+                        jobs.c.id == item.job_id,
+                        jobs.c.lease_token == item.lease_token,
+                        jobs.c.status == Status.IN_PROGRESS.value,
                     )
-                    _event(conn, job.id, "cancelled", now, attempt=job.attempt)
-                elif job.attempt >= job.max_attempts:
-                    values = dict(
-                        status=Status.FAILED.value,
-                        stage=Stage.DONE.value,
-                        completed_at=now,
-                        error_code="worker_lost",
-                        error_message=(
-                            f"The worker running this job was lost {job.attempt} times; "
-                            "giving up. It does not count against your daily quota."
-                        ),
-                        quota_refunded=True,
-                    )
-                    _event(conn, job.id, "failed", now, attempt=job.attempt, code="worker_lost")
-                else:
-                    values = dict(
-                        status=Status.QUEUED.value,
-                        stage=Stage.WAITING_FOR_GPU.value,
-                        not_before=now + backoff(job.attempt),
-                    )
-                conn.execute(update(jobs).where(jobs.c.id == job.id).values(**base, **values))
-                out.append(
-                    Reaped(job.id, job.attempt, requeued=values["status"] == Status.QUEUED.value)
+                    .with_for_update(skip_locked=True)
+                ).first()
+                if row is not None:
+                    out.append(_lose(conn, Job.from_row(row), now, backoff, detected_by="session"))
+                conn.execute(
+                    update(workers)
+                    .where(workers.c.id == item.worker_id, workers.c.stopped_at.is_(None))
+                    .values(stopped_at=now, current_job_id=None)
                 )
         return out
 
@@ -553,9 +624,70 @@ class JobStore:
                 .where(jobs.c.id == job_id)
                 .values(video_key=None, thumbnail_key=None, spritesheet_key=None)
             )
-            _event(conn, job_id, "expired", now)
+            _event(conn, job_id, ev.Expired(), now)
 
     def prune_idempotency_keys(self, older_than: float) -> int:
         with self.db.write() as conn:
             result = conn.execute(q.prune_idempotency(), {"before": older_than})
         return result.rowcount or 0
+
+
+def _lose(
+    conn: Connection,
+    job: Job,
+    now: float,
+    backoff: Callable[[int], float],
+    *,
+    detected_by: str,
+) -> Reaped:
+    """The worker running `job` is gone. The loss is held against the job only when its
+    attempt checkpointed nothing past where it resumed: a job that kills every worker at the
+    same step is poison, one whose workers die while it moves on is not."""
+    counted = job.checkpoint_step <= job.attempt_start_step
+    strikes = job.strikes + int(counted)
+    lost = ev.WorkerLost(
+        attempt=job.attempt,
+        worker_id=job.worker_id,
+        step=job.step,
+        checkpoint_step=job.checkpoint_step,
+        counted=counted,
+        detected_by=detected_by,
+    )
+    _event(conn, job.id, lost, now)
+    values: dict[str, Any] = dict(
+        worker_id=None, lease_token=None, lease_expires_at=None, strikes=strikes
+    )
+    if job.cancel_requested:
+        values.update(
+            status=Status.CANCELLED.value,
+            stage=Stage.DONE.value,
+            completed_at=now,
+            error_code="cancelled",
+            error_message="The job was cancelled.",
+        )
+        cancelled = ev.Cancelled(while_status="in_progress", attempt=job.attempt, step=job.step)
+        _event(conn, job.id, cancelled, now)
+    elif strikes >= job.max_attempts:
+        values.update(
+            status=Status.FAILED.value,
+            stage=Stage.DONE.value,
+            completed_at=now,
+            error_code="worker_lost",
+            error_message=(
+                f"The worker running this job was lost {strikes} times at the same point "
+                f"(step {job.checkpoint_step}); giving up. It does not count against your "
+                "daily quota."
+            ),
+            quota_refunded=True,
+        )
+        _event(conn, job.id, ev.Failed(attempt=job.attempt, code="worker_lost", step=job.step), now)
+    else:
+        values.update(
+            status=Status.QUEUED.value,
+            stage=Stage.WAITING_FOR_GPU.value,
+            not_before=now + (backoff(strikes) if counted else 0.0),
+        )
+    conn.execute(update(jobs).where(jobs.c.id == job.id).values(**values))
+    return Reaped(
+        job.id, job.attempt, requeued=values["status"] == Status.QUEUED.value, counted=counted
+    )

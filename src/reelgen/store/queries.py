@@ -7,8 +7,10 @@ every submit, poll, claim and heartbeat, so they are built once and reused.
 from __future__ import annotations
 
 from functools import cache
+from typing import Any
 
 from sqlalchemy import (
+    BindParameter,
     ColumnElement,
     Delete,
     Insert,
@@ -31,12 +33,12 @@ ACTIVE_VALUES = [s.value for s in ACTIVE]
 
 
 @cache
-def job_by_id() -> Select:
+def job_by_id() -> Select[Any]:
     return select(jobs).where(jobs.c.id == bindparam("id"))
 
 
 @cache
-def insert_job() -> ReturningInsert:
+def insert_job() -> ReturningInsert[Any]:
     return insert(jobs).returning(*jobs.c)
 
 
@@ -51,7 +53,7 @@ def insert_idempotency_key() -> Insert:
 
 
 @cache
-def idempotent_job() -> Select:
+def idempotent_job() -> Select[Any]:
     return (
         select(jobs)
         .join(idempotency_keys, idempotency_keys.c.job_id == jobs.c.id)
@@ -64,12 +66,12 @@ def idempotent_job() -> Select:
 
 
 @cache
-def lock_user() -> Select:
+def lock_user() -> Select[Any]:
     return select(users.c.id).where(users.c.id == bindparam("user_id")).with_for_update()
 
 
 @cache
-def user_usage() -> Select:
+def user_usage() -> Select[Any]:
     mine = jobs.c.user_id == bindparam("user_id")
     window = and_(mine, jobs.c.created_at > bindparam("since"), jobs.c.quota_refunded.is_(False))
     return select(
@@ -80,7 +82,7 @@ def user_usage() -> Select:
 
 
 @cache
-def queue_stats() -> Select:
+def queue_stats() -> Select[Any]:
     model = jobs.c.model == bindparam("model")
     queued = and_(
         jobs.c.status == Status.QUEUED.value, model, jobs.c.rank_at < bindparam("rank_at")
@@ -105,7 +107,7 @@ def queue_stats() -> Select:
 
 
 @cache
-def user_for_key() -> Select:
+def user_for_key() -> Select[Any]:
     return (
         select(users.c.id, users.c.name, users.c.tier)
         .join(api_keys, api_keys.c.user_id == users.c.id)
@@ -114,7 +116,7 @@ def user_for_key() -> Select:
 
 
 @cache
-def next_queued() -> Select:
+def next_queued() -> Select[Any]:
     return (
         select(jobs.c.id)
         .where(
@@ -138,8 +140,8 @@ def fence() -> tuple[ColumnElement[bool], ...]:
 
 
 @cache
-def heartbeat() -> ReturningUpdate:
-    progress = bindparam("b_progress")
+def heartbeat() -> ReturningUpdate[Any]:
+    progress: BindParameter[int] = bindparam("b_progress")
     return (
         update(jobs)
         .where(*fence())
@@ -155,7 +157,7 @@ def heartbeat() -> ReturningUpdate:
 
 
 @cache
-def complete() -> ReturningUpdate:
+def complete() -> ReturningUpdate[Any]:
     return (
         update(jobs)
         .where(*fence())
@@ -182,7 +184,7 @@ def prune_idempotency() -> Delete:
 
 
 @cache
-def claim_row() -> ReturningUpdate:
+def claim_row() -> ReturningUpdate[Any]:
     return (
         update(jobs)
         .where(jobs.c.id == bindparam("claim_id"))
@@ -195,6 +197,7 @@ def claim_row() -> ReturningUpdate:
             lease_expires_at=bindparam("expires"),
             started_at=func.coalesce(jobs.c.started_at, bindparam("claim_now")),
             preempt_requested=False,
+            attempt_start_step=jobs.c.checkpoint_step,
         )
         .returning(*jobs.c)
     )
@@ -224,7 +227,8 @@ WITH next AS (
     UPDATE jobs SET
         status = 'in_progress', stage = 'generating', attempt = jobs.attempt + 1,
         worker_id = %(worker_id)s, lease_token = %(token)s, lease_expires_at = %(expires)s,
-        started_at = COALESCE(jobs.started_at, %(now)s), preempt_requested = false
+        started_at = COALESCE(jobs.started_at, %(now)s), preempt_requested = false,
+        attempt_start_step = jobs.checkpoint_step
     FROM next WHERE jobs.id = next.id
     RETURNING jobs.*
 ), started AS (

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from sqlalchemy import (
+    BigInteger,
     Boolean,
     Column,
     Float,
@@ -45,14 +46,17 @@ jobs = Table(
     Column("user_id", String(64), ForeignKey("users.id"), nullable=False),
     Column("tier", String(16), nullable=False),
     Column("model", String(64), nullable=False),
+    Column("requested_model", String(128), nullable=False),
     Column("prompt", Text, nullable=False),
     Column("seconds", Integer, nullable=False),
     Column("width", Integer, nullable=False),
     Column("height", Integer, nullable=False),
+    Column("fps", Integer, nullable=False),
     Column("seed", Integer, nullable=False),
     Column("style", String(32)),
     Column("reference_key", String(300)),
-    Column("remixed_from", String(64)),
+    Column("parent_id", String(64)),
+    Column("operation", String(16), nullable=False),
     Column("status", String(16), nullable=False),
     Column("stage", String(32), nullable=False),
     Column("progress", Integer, nullable=False, default=0),
@@ -67,6 +71,8 @@ jobs = Table(
     Column("rank_at", Float, nullable=False),
     Column("attempt", Integer, nullable=False, default=0),
     Column("max_attempts", Integer, nullable=False),
+    Column("strikes", Integer, nullable=False, default=0),
+    Column("attempt_start_step", Integer, nullable=False, default=0),
     Column("worker_id", String(64)),
     Column("lease_token", String(64)),
     Column("lease_expires_at", Float),
@@ -92,12 +98,26 @@ job_events = Table(
     "job_events",
     metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("tx", BigInteger, nullable=False, server_default="0"),
     Column("job_id", String(64), nullable=False),
     Column("at", Float, nullable=False),
     Column("kind", String(32), nullable=False),
     Column("data", Text, nullable=False),
     Index("ix_job_events_job", "job_id", "id"),
+    Index("ix_job_events_cursor", "tx", "id"),
 )
+"""`tx` is the writing transaction's id on PostgreSQL (a column default set by the migration);
+0 on SQLite. Readers page by (`tx`, `id`); see `JobStore.read_events`."""
+
+event_cursors = Table(
+    "event_cursors",
+    metadata,
+    Column("consumer", String(64), primary_key=True),
+    Column("tx", BigInteger, nullable=False),
+    Column("event_id", Integer, nullable=False),
+    Column("updated_at", Float, nullable=False),
+)
+"""Where each durable consumer of the event log (webhooks, audit) has read up to."""
 
 idempotency_keys = Table(
     "idempotency_keys",
@@ -119,4 +139,7 @@ workers = Table(
     Column("heartbeat_at", Float, nullable=False),
     Column("current_job_id", String(64)),
     Column("stopped_at", Float),
+    Column("session_key", BigInteger),
 )
+"""`session_key`: the PostgreSQL advisory lock the worker's own session holds while it lives;
+when the process dies the lock goes with its connection and the controller notices at once."""

@@ -21,10 +21,21 @@ import numpy as np
 from sqlalchemy.exc import DBAPIError
 
 from reelgen.domain.errors import LeaseLost
-from reelgen.domain.jobs import DAY_S, GENERATING_SHARE, Job, Stage, Status, generation_progress
+from reelgen.domain.jobs import (
+    DAY_S,
+    GENERATING_SHARE,
+    Job,
+    Stage,
+    Status,
+    Variant,
+    generation_progress,
+)
 from reelgen.media.encode import encode_clip
-from reelgen.models.base import GenerationSpec, StepInfo
+from reelgen.models.base import Clip, GenerationSpec, StepInfo
 from reelgen.platform import Platform
+from reelgen.storage import keys
+from reelgen.store.jobs import WorkerFlags
+from reelgen.store.sessions import marker_for
 
 log = logging.getLogger("reelgen.worker")
 
@@ -58,7 +69,11 @@ class Worker:
         p = self.platform
         model = p.model(self.model_name)
         model.load()
-        p.jobs.register_worker(self.id, self.model_name, socket.gethostname(), p.clock())
+        marker = marker_for(p.settings.resolved_database_url())
+        marker.start()
+        p.jobs.register_worker(
+            self.id, self.model_name, socket.gethostname(), p.clock(), session_key=marker.key
+        )
         log.info("worker ready", extra={"worker_id": self.id, "model": self.model_name})
         idle_wait = p.settings.worker_poll_seconds
         try:
@@ -87,13 +102,20 @@ class Worker:
                 )
         finally:
             p.jobs.stop_worker(self.id, p.clock())
+            marker.stop()
             log.info("worker stopped", extra={"worker_id": self.id})
 
     def process(self, job: Job) -> None:
         ctx = {"job_id": job.id, "attempt": job.attempt, "worker_id": self.id}
         run = _JobRun(self, job)
+        keeper = run.keeper
+        self.platform.bus.add_progress_listener(keeper.on_bus)
+        keeper.start()
         try:
-            run.execute()
+            try:
+                run.execute()
+            finally:
+                keeper.stop()  # before the attempt's last write: finish, release or nothing
             self._finished(job, Status.COMPLETED)
         except CancelledByUser:
             self._end(job, Status.CANCELLED, "cancelled", "The job was cancelled while running.")
@@ -115,7 +137,7 @@ class Worker:
                 job, Status.FAILED, "generation_failed", f"Generation failed: {exc}", refund=True
             )
         finally:
-            self.platform.take_cancel(job.id)
+            self.platform.bus.remove_progress_listener(keeper.on_bus)
             run.cleanup()
             self.platform.metrics.gpu_seconds.labels(job.model).observe(run.model_seconds)
 
@@ -135,7 +157,7 @@ class Worker:
         except LeaseLost:
             log.warning("lease lost before recording %s", status.value, extra={"job_id": job.id})
             return
-        self.platform.objects.delete_prefix(f"checkpoints/{job.id}")
+        self.platform.objects.delete_prefix(keys.checkpoints_prefix(job.id))
         self._finished(job, status)
 
     def _finished(self, job: Job, status: Status) -> None:
@@ -150,6 +172,82 @@ def _token(job: Job) -> str:
     return job.lease_token
 
 
+class LeaseKeeper:
+    """Renews one attempt's lease on its own thread, every `heartbeat_seconds`, whatever the
+    model is doing: loading, a denoising step longer than the lease, a checkpoint write,
+    encoding or an upload. The attempt reads what it learnt (cancel, preempt, lease lost) at
+    its next step boundary."""
+
+    def __init__(self, run: _JobRun):
+        self.run = run
+        self.cancelled = threading.Event()
+        self.preempt = threading.Event()
+        self.lost = threading.Event()
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(
+            target=self._loop, name=f"lease-{run.job.id[-8:]}", daemon=True
+        )
+        self.state: tuple[int, int, int, Stage] = (0, 0, 0, run.job.stage)
+        """(step, total, progress, stage) as last reported by the attempt."""
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Before the attempt's last write (complete, finish, release); idempotent."""
+        self._stop.set()
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join(timeout=10)
+
+    def on_bus(self, update: dict[str, object]) -> None:
+        if update.get("id") == self.run.job.id and update.get("cancel_requested"):
+            self.cancelled.set()
+
+    def beat(self, *, stage_changed: bool = False) -> None:
+        """One renewal now; raises `LeaseLost` when the lease is gone."""
+        p = self.run.p
+        step, total, progress, stage = self.state
+        with self._lock:
+            if self.lost.is_set():
+                raise LeaseLost(f"Lease on {self.run.job.id} is no longer held by this worker.")
+            try:
+                flags = p.jobs.heartbeat(
+                    self.run.job.id,
+                    self.run.token,
+                    now=p.clock(),
+                    lease_seconds=p.settings.lease_seconds,
+                    step=step,
+                    total_steps=total,
+                    progress=progress,
+                    stage=stage,
+                    stage_changed=stage_changed,
+                )
+            except LeaseLost:
+                self.lost.set()
+                raise
+        self._learn(flags)
+
+    def _learn(self, flags: WorkerFlags) -> None:
+        if flags.cancel_requested:
+            self.cancelled.set()
+        if flags.preempt_requested:
+            self.preempt.set()
+
+    def _loop(self) -> None:
+        interval = self.run.p.settings.heartbeat_seconds
+        while not self._stop.wait(interval):
+            try:
+                self.beat()
+            except LeaseLost:
+                if not self._stop.is_set():
+                    log.warning("lease lost", extra=self.run.log_ctx)
+                return
+            except Exception as exc:
+                # The database may be restarting; keep trying until the lease runs out.
+                log.warning("lease renewal failed (%s); retrying", exc, extra=self.run.log_ctx)
+
+
 class _JobRun:
     """The state of one attempt at one job."""
 
@@ -158,11 +256,10 @@ class _JobRun:
         self.p = worker.platform
         self.job = job
         self.token = _token(job)
-        self.last_beat = 0.0
+        self.keeper = LeaseKeeper(self)
         self.last_publish = 0.0
         self.last_published: tuple[int, str] | None = None
         self.model_seconds = 0.0
-        self.preempt = False
         self.reported_stage = job.stage
         self.checkpoint_key = job.checkpoint_key
         self.log_ctx = {"job_id": job.id, "attempt": job.attempt, "worker_id": worker.id}
@@ -174,26 +271,15 @@ class _JobRun:
         shutil.rmtree(self.tmp, ignore_errors=True)
 
     def report(self, *, step: int, total: int, progress: int, stage: Stage, force: bool) -> None:
-        """Heartbeat (lease, flags) every `heartbeat_seconds`; progress to the bus each second."""
+        """Hands progress to the lease keeper, renews at once on a stage change or when
+        `force`d, and publishes progress to the bus at most once per interval."""
         now = self.p.clock()
         stage_changed = stage is not self.reported_stage
-        if force or stage_changed or now - self.last_beat >= self.p.settings.heartbeat_seconds:
-            self.last_beat, self.reported_stage = now, stage
-            flags = self.p.jobs.heartbeat(
-                self.job.id,
-                self.token,
-                now=now,
-                lease_seconds=self.p.settings.lease_seconds,
-                step=step,
-                total_steps=total,
-                progress=progress,
-                stage=stage,
-                stage_changed=stage_changed,
-            )
-            if flags.cancel_requested:
-                raise CancelledByUser
-            if flags.preempt_requested and stage is Stage.GENERATING and step < total:
-                self.preempt = True
+        self.keeper.state = (step, total, progress, stage)
+        if force or stage_changed:
+            self.reported_stage = stage
+            self.keeper.beat(stage_changed=stage_changed)
+        self.check()
         state = (progress, stage.value)
         interval = self.p.settings.progress_interval_seconds
         if state != self.last_published and (force or now - self.last_publish >= interval):
@@ -207,22 +293,19 @@ class _JobRun:
                 }
             )
 
+    def check(self) -> None:
+        """What the keeper learnt since the last step boundary."""
+        if self.keeper.lost.is_set():
+            raise LeaseLost(f"Lease on {self.job.id} is no longer held by this worker.")
+        if self.keeper.cancelled.is_set():
+            raise CancelledByUser
+
     def spec(self) -> GenerationSpec:
-        j = self.job
-        image = self.p.objects.get_bytes(j.reference_key) if j.reference_key else None
-        return GenerationSpec(
-            prompt=j.prompt,
-            seconds=j.seconds,
-            width=j.width,
-            height=j.height,
-            seed=j.seed,
-            style=j.style,
-            reference_image=image,
-        )
+        key = self.job.spec.reference_key
+        return GenerationSpec.of(self.job.spec, self.p.objects.get(key) if key else None)
 
     def on_step(self, info: StepInfo) -> None:
-        if self.p.take_cancel(self.job.id):
-            raise CancelledByUser
+        self.check()
         progress = generation_progress(info.step, info.total)
         checkpoint = info.step % self.p.settings.checkpoint_every_steps == 0
         self.report(
@@ -233,7 +316,7 @@ class _JobRun:
             force=checkpoint,
         )
         reason = None
-        if self.preempt:
+        if self.keeper.preempt.is_set() and info.step < info.total:
             reason = "preempted"
         elif self.worker.stop.is_set() and info.step < FINISH_ON_DRAIN * info.total:
             reason = "worker_shutdown"
@@ -243,8 +326,8 @@ class _JobRun:
             raise HandBack(reason)
 
     def save_checkpoint(self, info: StepInfo) -> None:
-        key = f"checkpoints/{self.job.id}/a{self.job.attempt}-step{info.step:05d}"
-        self.p.objects.put_bytes(key, info.snapshot())
+        key = keys.checkpoint(self.job.id, self.job.attempt, info.step)
+        self.p.objects.put(key, info.snapshot())
         self.p.jobs.save_checkpoint(
             self.job.id, self.token, step=info.step, key=key, now=self.p.clock()
         )
@@ -252,11 +335,11 @@ class _JobRun:
             self.p.objects.delete(self.checkpoint_key)
         self.checkpoint_key = key
 
-    def _generate(self, spec: GenerationSpec):
+    def _generate(self, spec: GenerationSpec) -> tuple[Clip, bool]:
         model = self.p.model(self.job.model)
         resume = None
         if self.job.checkpoint_key is not None and self.p.objects.exists(self.job.checkpoint_key):
-            resume = self.p.objects.get_bytes(self.job.checkpoint_key)
+            resume = self.p.objects.get(self.job.checkpoint_key)
             log.info("resuming after step %s", self.job.checkpoint_step, extra=self.log_ctx)
         started = time.monotonic()
         try:
@@ -289,15 +372,12 @@ class _JobRun:
         clip.frames = self._encoding_frames(clip.frames, clip.num_frames, total)
         media = encode_clip(clip, self.tmp / "video.mp4")
         self.report(step=total, total=total, progress=97, stage=Stage.UPLOADING, force=True)
-        prefix = f"videos/{self.job.id}/a{self.job.attempt}"
-        keys = dict(
-            video_key=f"{prefix}/video.mp4",
-            thumbnail_key=f"{prefix}/thumbnail.webp",
-            spritesheet_key=f"{prefix}/spritesheet.jpg",
-        )
-        self.p.objects.put_file(keys["video_key"], media.video_path)
-        self.p.objects.put_bytes(keys["thumbnail_key"], media.thumbnail)
-        self.p.objects.put_bytes(keys["spritesheet_key"], media.spritesheet)
+        job_id, attempt = self.job.id, self.job.attempt
+        out = {v: keys.output(job_id, attempt, v) for v in Variant}
+        self.p.objects.put(out[Variant.VIDEO], media.video_path, content_type="video/mp4")
+        self.p.objects.put(out[Variant.THUMBNAIL], media.thumbnail, content_type="image/webp")
+        self.p.objects.put(out[Variant.SPRITESHEET], media.spritesheet, content_type="image/jpeg")
+        self.keeper.stop()  # the last renewal is done; completion ends the lease
         now = self.p.clock()
         try:
             self.p.jobs.complete(
@@ -306,12 +386,14 @@ class _JobRun:
                 now=now,
                 expires_at=now + self.p.settings.retention_days * DAY_S,
                 first_step=first_step,
-                **keys,
+                video_key=out[Variant.VIDEO],
+                thumbnail_key=out[Variant.THUMBNAIL],
+                spritesheet_key=out[Variant.SPRITESHEET],
             )
         except LeaseLost:
-            self.p.objects.delete_prefix(prefix)
+            self.p.objects.delete_prefix(keys.outputs_prefix(job_id, attempt))
             raise
-        self.p.objects.delete_prefix(f"checkpoints/{self.job.id}")
+        self.p.objects.delete_prefix(keys.checkpoints_prefix(job_id))
         log.info("completed", extra=self.log_ctx)
 
     def _encoding_frames(

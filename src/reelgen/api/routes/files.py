@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response
+from fastapi.responses import FileResponse
 
 from reelgen.api.deps import PlatformDep
 from reelgen.api.errors import error_response
 from reelgen.api.routes.videos import file_response
+from reelgen.api.schemas import CONTENT_RESPONSES, error_responses
 from reelgen.domain.jobs import Variant
 from reelgen.storage.signing import verify
 
 router = APIRouter(tags=["files"])
 
 SUFFIX_VARIANTS = {"video": Variant.VIDEO, "thumbnail": Variant.THUMBNAIL}
+MAX_AGE_CAP_S = 2**31
+"""RFC 9111 caches treat larger max-age values as this; a bigger number only bloats headers."""
 
 
 def _variant(key: str) -> Variant:
@@ -20,7 +24,12 @@ def _variant(key: str) -> Variant:
     return SUFFIX_VARIANTS.get(name, Variant.SPRITESHEET)
 
 
-@router.get("/files/{key:path}", response_model=None)
+@router.get(
+    "/files/{key:path}",
+    response_model=None,
+    response_class=FileResponse,
+    responses={**CONTENT_RESPONSES, **error_responses(400, 403, 404)},
+)
 @router.head("/files/{key:path}", response_model=None, include_in_schema=False)
 async def signed_file(
     request: Request, key: str, expires: int, signature: str, platform: PlatformDep
@@ -33,5 +42,5 @@ async def signed_file(
             type_="invalid_request_error",
             code="invalid_signature",
         )
-    max_age = max(0, int(expires - now))
+    max_age = min(MAX_AGE_CAP_S, max(0, expires - int(now)))
     return file_response(request, platform, key, _variant(key), cache=f"public, max-age={max_age}")

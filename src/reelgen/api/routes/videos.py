@@ -13,14 +13,17 @@ from fastapi.responses import FileResponse, RedirectResponse, StreamingResponse
 from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 
+from reelgen.api.content import object_response
 from reelgen.api.deps import CurrentUser, PlatformDep, run_sync
 from reelgen.api.progress import ProgressHub
 from reelgen.api.schemas import (
+    CONTENT_RESPONSES,
     RemixBody,
     VideoCreateBody,
     VideoDeleted,
     VideoList,
     VideoPublic,
+    error_responses,
 )
 from reelgen.domain.errors import InvalidRequest, NotFound
 from reelgen.domain.jobs import VARIANT_MEDIA_TYPES, Job, User, Variant
@@ -36,11 +39,31 @@ REFERENCE_FILE_ID_FIELD = "input_reference[file_id]"
 SSE_MIN_INTERVAL_S = 1.0
 SSE_KEEPALIVE_S = 15.0
 
+
+def _inlined(schema: dict[str, Any]) -> dict[str, Any]:
+    """Pydantic puts nested models in `$defs`, which an OpenAPI operation cannot point into."""
+    defs = schema.pop("$defs", {})
+
+    def resolve(node: Any) -> Any:
+        if isinstance(node, list):
+            return [resolve(v) for v in node]
+        if not isinstance(node, dict):
+            return node
+        ref = node.get("$ref")
+        if isinstance(ref, str) and ref.startswith("#/$defs/"):
+            rest = {k: v for k, v in node.items() if k != "$ref"}
+            return resolve({**defs[ref.removeprefix("#/$defs/")], **rest})
+        return {k: resolve(v) for k, v in node.items()}
+
+    resolved: dict[str, Any] = resolve(schema)
+    return resolved
+
+
 _CREATE_DOC: dict[str, Any] = {
     "requestBody": {
         "required": True,
         "content": {
-            "application/json": {"schema": VideoCreateBody.model_json_schema()},
+            "application/json": {"schema": _inlined(VideoCreateBody.model_json_schema())},
             "multipart/form-data": {
                 "schema": {
                     "type": "object",
@@ -98,8 +121,15 @@ def _from_json(raw: bytes) -> CreateVideo:
     )
 
 
+def _data_url_chars(max_bytes: int) -> int:
+    """The longest `data:` URL that can hold an image of `max_bytes` (base64 plus its header),
+    so a reference image has one size limit however it is sent."""
+    return 4 * -(-max_bytes // 3) + 256
+
+
 async def _from_form(request: Request, max_bytes: int) -> CreateVideo:
-    async with request.form(max_files=1, max_fields=16, max_part_size=1024 * 1024) as form:
+    part_limit = max(64 * 1024, _data_url_chars(max_bytes))
+    async with request.form(max_files=1, max_fields=16, max_part_size=part_limit) as form:
         values: dict[str, str] = {}
         image: bytes | None = None
         for name, value in form.multi_items():
@@ -135,7 +165,12 @@ async def _from_form(request: Request, max_bytes: int) -> CreateVideo:
     )
 
 
-@router.post("", response_model=VideoPublic, openapi_extra=_CREATE_DOC)
+@router.post(
+    "",
+    response_model=VideoPublic,
+    responses=error_responses(400, 401, 409, 429),
+    openapi_extra=_CREATE_DOC,
+)
 async def create_video(
     request: Request,
     platform: PlatformDep,
@@ -146,7 +181,7 @@ async def create_video(
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     max_bytes = platform.settings.max_reference_bytes
     length = request.headers.get("content-length")
-    if length is not None and length.isdigit() and int(length) > max_bytes + 1024 * 1024:
+    if length is not None and length.isdigit() and int(length) > _data_url_chars(max_bytes) + 2**20:
         raise InvalidRequest(f"Request body is larger than the {max_bytes} byte upload limit.")
     if content_type == "application/json":
         req = _from_json(await request.body())
@@ -171,7 +206,48 @@ def _submit(
     return _public(platform, job), created
 
 
-@router.get("", response_model=VideoList)
+UNSUPPORTED = {
+    "extensions": "Extending a video",
+    "edits": "Editing a video",
+    "characters": "Characters",
+}
+
+
+def _unsupported(operation: str) -> Any:
+    async def route() -> Response:
+        raise InvalidRequest(
+            f"{UNSUPPORTED[operation]} (/v1/videos/{operation}) is not supported by this "
+            "server yet.",
+            code="unsupported_operation",
+        )
+
+    return route
+
+
+for _op, _path, _method in (
+    ("extensions", "/extensions", "POST"),
+    ("edits", "/edits", "POST"),
+    *(
+        ("characters", path, method)
+        for path in ("/characters", "/characters/{character_path:path}")
+        for method in ("GET", "POST", "DELETE")
+    ),
+):
+    router.add_api_route(
+        _path,
+        _unsupported(_op),
+        methods=[_method],
+        responses=error_responses(400),
+        summary=f"{UNSUPPORTED[_op]} (not supported yet)",
+        operation_id=f"unsupported_{_method.lower()}_{_path.strip('/').replace('/', '_')}".replace(
+            "{", ""
+        )
+        .replace("}", "")
+        .replace(":", "_"),
+    )
+
+
+@router.get("", response_model=VideoList, responses=error_responses(400, 401, 404))
 async def list_videos(
     platform: PlatformDep,
     user: CurrentUser,
@@ -193,7 +269,7 @@ def _list(platform: Platform, user: User, after: str | None, limit: int, order: 
     )
 
 
-@router.get("/{video_id}", response_model=VideoPublic)
+@router.get("/{video_id}", response_model=VideoPublic, responses=error_responses(401, 404))
 async def retrieve_video(
     video_id: str, response: Response, platform: PlatformDep, user: CurrentUser
 ) -> VideoPublic:
@@ -207,13 +283,15 @@ def _retrieve(platform: Platform, user: User, video_id: str) -> VideoPublic:
     return _public(platform, videos.get_job(platform, user, video_id))
 
 
-@router.delete("/{video_id}", response_model=VideoDeleted)
+@router.delete("/{video_id}", response_model=VideoDeleted, responses=error_responses(401, 404, 409))
 async def delete_video(video_id: str, platform: PlatformDep, user: CurrentUser) -> VideoDeleted:
     await run_sync(platform, videos.delete, platform, user, video_id)
     return VideoDeleted(id=video_id)
 
 
-@router.post("/{video_id}/cancel", response_model=VideoPublic)
+@router.post(
+    "/{video_id}/cancel", response_model=VideoPublic, responses=error_responses(401, 404, 409)
+)
 async def cancel_video(video_id: str, platform: PlatformDep, user: CurrentUser) -> VideoPublic:
     """Queued jobs stop at once; running jobs stop at their next step boundary."""
     return await run_sync(platform, _cancel, platform, user, video_id)
@@ -223,7 +301,11 @@ def _cancel(platform: Platform, user: User, video_id: str) -> VideoPublic:
     return _public(platform, videos.cancel(platform, user, video_id))
 
 
-@router.post("/{video_id}/remix", response_model=VideoPublic)
+@router.post(
+    "/{video_id}/remix",
+    response_model=VideoPublic,
+    responses=error_responses(400, 401, 404, 409, 429),
+)
 async def remix_video(
     video_id: str,
     body: RemixBody,
@@ -240,7 +322,12 @@ def _remix(
     return _public(platform, videos.remix(platform, user, video_id, prompt, idempotency_key))
 
 
-@router.get("/{video_id}/content", response_model=None)
+@router.get(
+    "/{video_id}/content",
+    response_model=None,
+    response_class=FileResponse,
+    responses={**CONTENT_RESPONSES, **error_responses(400, 401, 404)},
+)
 @router.head("/{video_id}/content", response_model=None, include_in_schema=False)
 async def download_content(
     request: Request,
@@ -252,39 +339,26 @@ async def download_content(
     """The bytes (Range, ETag) or, when configured, a redirect to a signed URL."""
     key = await run_sync(platform, videos.content_key, platform, user, video_id, variant)
     if platform.settings.content_redirect:
-        return RedirectResponse(videos.signed_content_url(platform, key), status_code=302)
+        return RedirectResponse(videos.content_url(platform, key), status_code=302)
     return file_response(request, platform, key, variant, cache="private, max-age=3600")
-
-
-class _FileResponse(FileResponse):
-    chunk_size = 1024 * 1024
-    """Each chunk is read on a worker thread; big chunks keep the hand-offs few."""
 
 
 def file_response(
     request: Request, platform: Platform, key: str, variant: Variant, *, cache: str
 ) -> Response:
-    """Range and HEAD come from Starlette's FileResponse; conditional GETs are added here."""
-    path = platform.objects.local_path(key)
-    try:
-        stat = path.stat() if path is not None else None
-    except FileNotFoundError:
-        stat = None
-    if path is None or stat is None:
-        raise NotFound("The content is no longer stored.")
-    response = _FileResponse(
-        path,
-        media_type=VARIANT_MEDIA_TYPES[variant],
-        headers={"Cache-Control": cache},
-        stat_result=stat,
+    return object_response(
+        request, platform.objects, key, media_type=VARIANT_MEDIA_TYPES[variant], cache=cache
     )
-    etag = response.headers["etag"]
-    if etag in {t.strip() for t in request.headers.get("if-none-match", "").split(",")}:
-        return Response(status_code=304, headers={"ETag": etag, "Cache-Control": cache})
-    return response
 
 
-@router.get("/{video_id}/events", response_class=StreamingResponse)
+@router.get(
+    "/{video_id}/events",
+    response_class=StreamingResponse,
+    responses={
+        200: {"description": "The event stream.", "content": {"text/event-stream": {}}},
+        **error_responses(401, 404),
+    },
+)
 async def video_events(
     video_id: str, request: Request, platform: PlatformDep, user: CurrentUser
 ) -> StreamingResponse:
@@ -305,7 +379,7 @@ def _sse(public: VideoPublic) -> str:
 
 
 def _patched(public: VideoPublic, update: dict[str, Any]) -> VideoPublic:
-    changes = {k: update[k] for k in ("stage", "progress") if k in update}
+    changes: dict[str, Any] = {k: update[k] for k in ("stage", "progress") if k in update}
     if update.get("status") == "in_progress":
         changes["status"] = "in_progress"
     return public.model_copy(update=changes)

@@ -1,0 +1,59 @@
+"""The object key layout, in one place. Keys are by job, attempt and variant; no bytes live in
+the database, only these keys.
+
+    inputs/{job}/reference                   the validated reference image
+    checkpoints/{job}/a{attempt}-step{step}  model state at a step boundary
+    videos/{job}/a{attempt}/{variant file}   outputs, per attempt so a stale one cannot
+                                             overwrite the attempt that replaced it
+"""
+
+from __future__ import annotations
+
+from reelgen.domain.jobs import Variant
+
+OUTPUT_FILES = {
+    Variant.VIDEO: "video.mp4",
+    Variant.THUMBNAIL: "thumbnail.webp",
+    Variant.SPRITESHEET: "spritesheet.jpg",
+}
+FILE_VARIANTS = {name: variant for variant, name in OUTPUT_FILES.items()}
+
+
+def reference(job_id: str) -> str:
+    return f"inputs/{job_id}/reference"
+
+
+def inputs_prefix(job_id: str) -> str:
+    return f"inputs/{job_id}/"
+
+
+def checkpoint(job_id: str, attempt: int, step: int) -> str:
+    return f"checkpoints/{job_id}/a{attempt}-step{step:05d}"
+
+
+def checkpoints_prefix(job_id: str) -> str:
+    return f"checkpoints/{job_id}/"
+
+
+def outputs_prefix(job_id: str, attempt: int) -> str:
+    return f"videos/{job_id}/a{attempt}/"
+
+
+def output(job_id: str, attempt: int, variant: Variant) -> str:
+    return outputs_prefix(job_id, attempt) + OUTPUT_FILES[variant]
+
+
+def videos_prefix(job_id: str) -> str:
+    return f"videos/{job_id}/"
+
+
+def job_prefixes(job_id: str) -> tuple[str, ...]:
+    """Everything stored for a job, for delete and expiry."""
+    return (videos_prefix(job_id), inputs_prefix(job_id), checkpoints_prefix(job_id))
+
+
+def variant_of(key: str) -> Variant | None:
+    """The output variant a key holds, or None when it is no output."""
+    if not key.startswith("videos/"):
+        return None
+    return FILE_VARIANTS.get(key.rsplit("/", 1)[-1])

@@ -1,0 +1,106 @@
+"""Where SQLite and PostgreSQL differ, behind one interface; nothing outside `store/` asks
+which database it runs on.
+
+PostgreSQL sends the worker's two per-job statements (claim, complete) as single statements
+on the driver, locks the submitting user's row, pages the event log by transaction id and
+keeps a session-held advisory lock per worker. SQLite serialises writers with
+`BEGIN IMMEDIATE`, so it needs none of that.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from sqlalchemy import Connection, Insert, Table, text
+from sqlalchemy.dialects import postgresql, sqlite
+
+from reelgen.store import queries as q
+
+
+class Backend(Protocol):
+    name: str
+
+    def lock_user(self, conn: Connection, user_id: str) -> None:
+        """Serialises one user's submits (quota checks must see each other)."""
+
+    def insert_ignoring_conflicts(self, table: Table) -> Insert:
+        """An INSERT that does nothing when a unique key already exists."""
+        ...
+
+    def pg_statement(self, conn: Connection, sql: str, params: dict[str, Any]) -> Any:
+        """Runs a PostgreSQL-only single statement; SQLite never calls it."""
+
+    def events_page(self) -> Any:
+        """SELECT of events after (`tx`, `id`) that no open transaction can still precede."""
+
+    def held_session_keys(self, conn: Connection) -> set[int] | None:
+        """Advisory-lock keys held by live sessions; None where sessions are not tracked."""
+
+
+class SqliteBackend:
+    name = "sqlite"
+
+    def lock_user(self, conn: Connection, user_id: str) -> None:
+        return None  # BEGIN IMMEDIATE already holds the database's write lock
+
+    def insert_ignoring_conflicts(self, table: Table) -> Insert:
+        return sqlite.insert(table).on_conflict_do_nothing()
+
+    def pg_statement(self, conn: Connection, sql: str, params: dict[str, Any]) -> Any:
+        raise NotImplementedError("PostgreSQL statement on SQLite")
+
+    def events_page(self) -> Any:
+        return text(
+            "SELECT id, tx, job_id, at, kind, data FROM job_events "
+            "WHERE id > :after_id ORDER BY id LIMIT :limit"
+        )
+
+    def held_session_keys(self, conn: Connection) -> set[int] | None:
+        return None
+
+
+class PostgresBackend:
+    name = "postgresql"
+
+    def lock_user(self, conn: Connection, user_id: str) -> None:
+        conn.execute(q.lock_user(), {"user_id": user_id})
+
+    def insert_ignoring_conflicts(self, table: Table) -> Insert:
+        return postgresql.insert(table).on_conflict_do_nothing()
+
+    def pg_statement(self, conn: Connection, sql: str, params: dict[str, Any]) -> Any:
+        """One statement straight on the psycopg connection; the first row as a dict."""
+        from psycopg.rows import dict_row
+
+        driver = conn.connection.driver_connection
+        assert driver is not None
+        with driver.cursor(row_factory=dict_row) as cur:
+            cur.execute(sql, params)
+            return cur.fetchone()
+
+    def events_page(self) -> Any:
+        # Below the snapshot's xmin every transaction has ended, so no event can still
+        # appear there: the cursor never skips one that commits late.
+        return text(
+            "SELECT id, tx, job_id, at, kind, data FROM job_events "
+            "WHERE (tx, id) > (:after_tx, :after_id) "
+            "AND tx < pg_snapshot_xmin(pg_current_snapshot())::text::bigint "
+            "ORDER BY tx, id LIMIT :limit"
+        )
+
+    def held_session_keys(self, conn: Connection) -> set[int] | None:
+        rows = conn.execute(
+            text(
+                "SELECT (classid::bigint << 32) | objid::bigint FROM pg_locks "
+                "WHERE locktype = 'advisory' AND objsubid = 1 AND granted"
+            )
+        ).all()
+        return {int(r[0]) for r in rows}
+
+
+def backend_for(dialect: str) -> Backend:
+    if dialect == "sqlite":
+        return SqliteBackend()
+    if dialect == "postgresql":
+        return PostgresBackend()
+    raise ValueError(f"Unsupported database {dialect!r}; use SQLite or PostgreSQL.")
