@@ -239,6 +239,7 @@ for _op, _path, _method in (
         methods=[_method],
         responses=error_responses(400),
         summary=f"{UNSUPPORTED[_op]} (not supported yet)",
+        include_in_schema="{" not in _path,
         operation_id=f"unsupported_{_method.lower()}_{_path.strip('/').replace('/', '_')}".replace(
             "{", ""
         )
