@@ -325,3 +325,92 @@ def test_user_creation_keeps_or_sets_the_tier(store: JobStore) -> None:
     accounts.add_key(key_id="k2", user_id="u_free", key_hash="h" * 64, prefix="rg_", now=1.0)
     assert accounts.count_keys() == 1
     assert accounts.user_for_key("h" * 64).id == "u_free"
+
+
+def test_reads_for_listing_positions_and_progress(store: JobStore) -> None:
+    for i, now in enumerate((0.0, 1.0, 2.0)):
+        _submit(store, _row(f"j{i}", now=now))
+    store.register_worker("w1", "reference", "host", 2.0)
+    asc = store.list_for_user("u_free", after_seq=None, limit=10, descending=False)
+    assert [j.id for j in asc] == ["j0", "j1", "j2"]
+    after = store.list_for_user("u_free", after_seq=asc[0].seq, limit=1, descending=False)
+    assert [j.id for j in after] == ["j1"]
+    desc = store.list_for_user("u_free", after_seq=None, limit=10, descending=True)
+    assert [j.id for j in desc] == ["j2", "j1", "j0"]
+    ahead, seconds, live = store.queue_stats(asc[2], now=3.0)
+    assert (ahead, seconds, live) == (2, 2.0, 1)
+    snap = store.queue_snapshot(now=3.0)
+    assert snap.queued == [("reference", "free", 3, 0.0)]
+    assert snap.workers == [("reference", 1, 0)]
+    _claim(store, "w1", 3.0, "t")
+    states = dict((i, (s, st, p)) for i, s, st, p in store.job_states(["j0", "j1"]))
+    assert states == {
+        "j0": ("in_progress", "generating", 0),
+        "j1": ("queued", "waiting_for_gpu", 0),
+    }
+    store.stop_worker("w1", 4.0)
+    assert store.queue_snapshot(now=4.0).workers == []
+
+
+def test_content_expiry_and_idempotency_pruning(store: JobStore) -> None:
+    _submit(store, _row("j"))
+    _claim(store, "w", 1.0, "t")
+    store.complete(
+        "j",
+        "t",
+        now=2.0,
+        expires_at=10.0,
+        video_key="v",
+        thumbnail_key="th",
+        spritesheet_key="s",
+        first_step=1,
+    )
+    assert store.expired_content(now=5.0) == []
+    assert [j.id for j in store.expired_content(now=11.0)] == ["j"]
+    store.clear_content("j", now=11.0)
+    assert store.expired_content(now=12.0) == []
+    assert store.get("j").video_key is None
+    assert store.events_after("j")[-1].kind == "expired"
+
+    store.submit(
+        _row("k", now=20.0),
+        admit=lambda _u: None,
+        idempotency=("u_free", "key-1"),
+        request_hash="h1",
+    )
+    same, created = store.submit(
+        _row("k2", now=21.0),
+        admit=lambda _u: None,
+        idempotency=("u_free", "key-1"),
+        request_hash="h1",
+    )
+    assert (same.id, created) == ("k", False)
+    assert store.prune_idempotency_keys(older_than=20.5) == 1
+    _, created = store.submit(
+        _row("k3", now=22.0),
+        admit=lambda _u: None,
+        idempotency=("u_free", "key-1"),
+        request_hash="h1",
+    )
+    assert created is True
+
+
+def test_finish_ends_a_running_job_fenced_and_refunds(store: JobStore) -> None:
+    _submit(store, _row("j", now=0.0))
+    _claim(store, "w", 1.0, "t")
+    with pytest.raises(LeaseLost):
+        store.finish("j", "stale", status=Status.FAILED, code="x", message="m", now=2.0)
+    store.finish(
+        "j", "t", status=Status.FAILED, code="generation_failed", message="m", now=2.0, refund=True
+    )
+    job = store.get("j")
+    assert (job.status, job.error_code, job.quota_refunded) == (
+        Status.FAILED,
+        "generation_failed",
+        True,
+    )
+    assert job.lease_token is None and store.events_after("j")[-1].kind == "failed"
+    _submit(store, _row("c", now=3.0))
+    _claim(store, "w", 3.0, "tc")
+    store.finish("c", "tc", status=Status.CANCELLED, code="cancelled", message="m", now=4.0)
+    assert store.events_after("c")[-1].payload.while_status == "in_progress"
