@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import typing
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, ClassVar
@@ -139,24 +140,9 @@ Payload = (
     | Expired
 )
 
-PAYLOADS: dict[EventKind, type[Payload]] = {
-    cls.kind: cls
-    for cls in (
-        Created,
-        Started,
-        StageChanged,
-        Checkpointed,
-        CancelRequested,
-        PreemptRequested,
-        Released,
-        WorkerLost,
-        Completed,
-        Failed,
-        Cancelled,
-        Deleted,
-        Expired,
-    )
-}
+PAYLOADS: dict[EventKind, type[Payload]] = {cls.kind: cls for cls in typing.get_args(Payload)}
+
+assert set(PAYLOADS) == set(EventKind), "every event kind has exactly one payload type"
 
 
 def encode(payload: Payload) -> str:

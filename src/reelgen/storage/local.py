@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -70,7 +71,7 @@ class LocalDirectoryStore:
             st = self._path(key).stat()
         except OSError:  # also a name too long for the filesystem: nothing can be stored there
             return None
-        if not os.path.isfile(self._path(key)):
+        if not stat.S_ISREG(st.st_mode):
             return None
         tag = hashlib.md5(f"{key}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()
         return ObjectInfo(size=st.st_size, etag=f'"{tag}"', modified=st.st_mtime)

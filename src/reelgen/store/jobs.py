@@ -261,11 +261,12 @@ class JobStore:
                     update(jobs)
                     .where(jobs.c.id == job_id)
                     .values(
-                        status=Status.CANCELLED.value,
-                        stage=Stage.DONE.value,
-                        completed_at=now,
-                        error_code="cancelled",
-                        error_message="The job was cancelled before it started.",
+                        **_ended(
+                            Status.CANCELLED,
+                            "cancelled",
+                            "The job was cancelled before it started.",
+                            now,
+                        )
                     )
                 )
                 cancelled = ev.Cancelled(while_status="queued", attempt=job.attempt, step=job.step)
@@ -507,11 +508,7 @@ class JobStore:
                 conn,
                 job_id,
                 token,
-                status=status.value,
-                stage=Stage.DONE.value,
-                completed_at=now,
-                error_code=code,
-                error_message=message,
+                **_ended(status, code, message, now),
                 lease_token=None,
                 lease_expires_at=None,
                 checkpoint_key=None,
@@ -632,6 +629,17 @@ class JobStore:
         return result.rowcount or 0
 
 
+def _ended(status: Status, code: str, message: str, now: float) -> dict[str, Any]:
+    """The columns every terminal transition without output sets."""
+    return dict(
+        status=status.value,
+        stage=Stage.DONE.value,
+        completed_at=now,
+        error_code=code,
+        error_message=message,
+    )
+
+
 def _lose(
     conn: Connection,
     job: Job,
@@ -658,28 +666,16 @@ def _lose(
         worker_id=None, lease_token=None, lease_expires_at=None, strikes=strikes
     )
     if job.cancel_requested:
-        values.update(
-            status=Status.CANCELLED.value,
-            stage=Stage.DONE.value,
-            completed_at=now,
-            error_code="cancelled",
-            error_message="The job was cancelled.",
-        )
+        values.update(_ended(Status.CANCELLED, "cancelled", "The job was cancelled.", now))
         cancelled = ev.Cancelled(while_status="in_progress", attempt=job.attempt, step=job.step)
         _event(conn, job.id, cancelled, now)
     elif strikes >= job.max_attempts:
-        values.update(
-            status=Status.FAILED.value,
-            stage=Stage.DONE.value,
-            completed_at=now,
-            error_code="worker_lost",
-            error_message=(
-                f"The worker running this job was lost {strikes} times at the same point "
-                f"(step {job.checkpoint_step}); giving up. It does not count against your "
-                "daily quota."
-            ),
-            quota_refunded=True,
+        message = (
+            f"The worker running this job was lost {strikes} times at the same point "
+            f"(step {job.checkpoint_step}); giving up. It does not count against your "
+            "daily quota."
         )
+        values.update(_ended(Status.FAILED, "worker_lost", message, now), quota_refunded=True)
         _event(conn, job.id, ev.Failed(attempt=job.attempt, code="worker_lost", step=job.step), now)
     else:
         values.update(

@@ -10,18 +10,13 @@ from reelgen.api.errors import error_response
 from reelgen.api.routes.videos import file_response
 from reelgen.api.schemas import CONTENT_RESPONSES, error_responses
 from reelgen.domain.jobs import Variant
+from reelgen.storage import keys
 from reelgen.storage.signing import verify
 
 router = APIRouter(tags=["files"])
 
-SUFFIX_VARIANTS = {"video": Variant.VIDEO, "thumbnail": Variant.THUMBNAIL}
 MAX_AGE_CAP_S = 2**31
 """RFC 9111 caches treat larger max-age values as this; a bigger number only bloats headers."""
-
-
-def _variant(key: str) -> Variant:
-    name = key.rsplit("/", 1)[-1].split(".")[0]
-    return SUFFIX_VARIANTS.get(name, Variant.SPRITESHEET)
 
 
 @router.get(
@@ -43,4 +38,10 @@ async def signed_file(
             code="invalid_signature",
         )
     max_age = min(MAX_AGE_CAP_S, max(0, expires - int(now)))
-    return file_response(request, platform, key, _variant(key), cache=f"public, max-age={max_age}")
+    return file_response(
+        request,
+        platform,
+        key,
+        keys.variant_of(key) or Variant.SPRITESHEET,
+        cache=f"public, max-age={max_age}",
+    )
