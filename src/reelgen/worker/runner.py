@@ -24,6 +24,7 @@ from reelgen.domain.errors import LeaseLost
 from reelgen.domain.jobs import (
     DAY_S,
     GENERATING_SHARE,
+    VARIANT_MEDIA_TYPES,
     Job,
     Stage,
     Status,
@@ -374,9 +375,13 @@ class _JobRun:
         self.report(step=total, total=total, progress=97, stage=Stage.UPLOADING, force=True)
         job_id, attempt = self.job.id, self.job.attempt
         out = {v: keys.output(job_id, attempt, v) for v in Variant}
-        self.p.objects.put(out[Variant.VIDEO], media.video_path, content_type="video/mp4")
-        self.p.objects.put(out[Variant.THUMBNAIL], media.thumbnail, content_type="image/webp")
-        self.p.objects.put(out[Variant.SPRITESHEET], media.spritesheet, content_type="image/jpeg")
+        bodies = {
+            Variant.VIDEO: media.video_path,
+            Variant.THUMBNAIL: media.thumbnail,
+            Variant.SPRITESHEET: media.spritesheet,
+        }
+        for variant, body in bodies.items():
+            self.p.objects.put(out[variant], body, content_type=VARIANT_MEDIA_TYPES[variant])
         self.keeper.stop()  # the last renewal is done; completion ends the lease
         now = self.p.clock()
         try:
