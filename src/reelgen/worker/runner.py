@@ -35,6 +35,7 @@ from reelgen.media.encode import encode_clip
 from reelgen.models.base import Clip, GenerationSpec, StepInfo
 from reelgen.platform import Platform
 from reelgen.storage import keys
+from reelgen.storage.base import Body
 from reelgen.store.jobs import WorkerFlags
 from reelgen.store.sessions import marker_for
 
@@ -375,7 +376,7 @@ class _JobRun:
         self.report(step=total, total=total, progress=97, stage=Stage.UPLOADING, force=True)
         job_id, attempt = self.job.id, self.job.attempt
         out = {v: keys.output(job_id, attempt, v) for v in Variant}
-        bodies = {
+        bodies: dict[Variant, Body] = {
             Variant.VIDEO: media.video_path,
             Variant.THUMBNAIL: media.thumbnail,
             Variant.SPRITESHEET: media.spritesheet,
