@@ -208,7 +208,7 @@ def test_cancel_reaches_a_worker_in_another_process(fleet: Fleet) -> None:
 def test_progress_reaches_sse_on_another_api_replica(fleet: Fleet) -> None:
     port = free_port()
     api = fleet.spawn("api", "--port", str(port), REELGEN_BOOTSTRAP_API_KEY="rg_fleet_sse")
-    fleet.spawn("worker", REELGEN_REFERENCE_STEPS="150")
+    fleet.spawn("worker", REELGEN_REFERENCE_STEPS="400")
     url = f"http://127.0.0.1:{port}"
     wait_until(lambda: _ready(url), 30, "the API")
     headers = {"Authorization": "Bearer rg_fleet_sse"}

@@ -14,11 +14,11 @@ import uvicorn
 
 from reelgen.api.app import create_app
 from reelgen.controller import loop as controller
-from reelgen.controller.election import leadership_for
 from reelgen.platform import Platform, build_platform
 from reelgen.services.accounts import ensure_bootstrap_key
 from reelgen.settings import Settings
 from reelgen.store.database import upgrade
+from reelgen.store.election import leadership_for
 from reelgen.worker.runner import Worker
 
 log = logging.getLogger("reelgen.serve")

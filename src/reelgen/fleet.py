@@ -16,10 +16,10 @@ from prometheus_client import start_http_server
 
 from reelgen.api.app import create_app
 from reelgen.controller import loop as controller
-from reelgen.controller.election import leadership_for
 from reelgen.platform import Platform, build_platform
 from reelgen.services.accounts import ensure_bootstrap_key
 from reelgen.settings import Settings
+from reelgen.store.election import leadership_for
 from reelgen.worker.runner import Worker
 
 log = logging.getLogger("reelgen.fleet")

@@ -15,6 +15,7 @@ from reelgen.domain.errors import (
     RateLimited,
     ReelgenError,
     Unauthorized,
+    Unavailable,
 )
 
 STATUS = {
@@ -24,6 +25,7 @@ STATUS = {
     Conflict: (409, "invalid_request_error"),
     RateLimited: (429, "rate_limit_error"),
     LeaseLost: (409, "invalid_request_error"),
+    Unavailable: (503, "server_error"),
 }
 
 
@@ -46,7 +48,7 @@ async def _reelgen_error(_request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ReelgenError)
     status, type_ = STATUS.get(type(exc), (500, "server_error"))
     response = error_response(status, exc.message, type_=type_, param=exc.param, code=exc.code)
-    if isinstance(exc, RateLimited):
+    if isinstance(exc, RateLimited | Unavailable):
         response.headers["Retry-After"] = str(exc.retry_after)
     if isinstance(exc, Unauthorized):
         response.headers["WWW-Authenticate"] = "Bearer"

@@ -15,6 +15,7 @@ from collections import defaultdict
 from typing import Any
 
 from reelgen.api.deps import run_sync
+from reelgen.domain.errors import Unavailable
 from reelgen.platform import Platform
 
 log = logging.getLogger("reelgen.api.progress")
@@ -71,6 +72,9 @@ class ProgressHub:
                 continue
             try:
                 rows = await run_sync(self.platform, self.platform.jobs.job_states, ids)
+            except Unavailable as exc:  # streams stay open; the next poll catches up
+                log.warning("progress poll skipped: %s", exc.message)
+                continue
             except Exception:
                 log.exception("progress poll failed")
                 continue

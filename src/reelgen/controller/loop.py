@@ -1,6 +1,6 @@
 """Housekeeping no worker can do for itself: reap lost leases, expire content, prune keys.
 
-Exactly one controller acts at a time (see `controller.election`); the work is idempotent,
+Exactly one controller acts at a time (see `store.election`); the work is idempotent,
 so a brief overlap during failover is harmless.
 """
 
@@ -10,10 +10,11 @@ import logging
 import random
 import threading
 
-from reelgen.controller.election import Leadership
+from reelgen.domain.errors import Unavailable
 from reelgen.platform import Platform
 from reelgen.scheduler.policy import retry_backoff
 from reelgen.storage import keys
+from reelgen.store.election import Leadership
 from reelgen.store.jobs import Reaped
 
 log = logging.getLogger("reelgen.controller")
@@ -69,14 +70,16 @@ def _account(platform: Platform, reaped: list[Reaped], why: str) -> None:
         platform.bus.work_available()
 
 
-def tick(platform: Platform, sessions: SessionWatch | None = None) -> None:
+def tick(platform: Platform, sessions: SessionWatch | None = None, *, reap: bool = True) -> None:
+    """One round of housekeeping; `reap=False` leaves running jobs alone (see `run_elected`)."""
     now = platform.clock()
-    if sessions is not None:
-        _account(platform, sessions.check(platform, now), "worker session ended")
-    reaped = platform.jobs.reap(
-        now=now, only_expired=True, backoff=lambda a: retry_backoff(a, random.random())
-    )
-    _account(platform, reaped, "lease expired")
+    if reap:
+        if sessions is not None:
+            _account(platform, sessions.check(platform, now), "worker session ended")
+        reaped = platform.jobs.reap(
+            now=now, only_expired=True, backoff=lambda a: retry_backoff(a, random.random())
+        )
+        _account(platform, reaped, "lease expired")
     for job in platform.jobs.expired_content(now):
         for prefix in keys.job_prefixes(job.id):
             platform.objects.delete_prefix(prefix)
@@ -91,29 +94,64 @@ def recover_orphans(platform: Platform) -> None:
     _account(platform, reaped, "cut off by a restart")
 
 
+class Elected:
+    """One controller process's view: whether it leads, and whether it may reap yet.
+
+    After an outage of its own (the database restarted, or this process was cut off) it
+    waits one lease period before it reaps: workers could not renew while the database was
+    away, so an expired lease or an ended session says nothing yet about whether their
+    worker is alive. Fresh renewals settle that within the period.
+    """
+
+    def __init__(self, platform: Platform, leadership: Leadership):
+        self.platform = platform
+        self.leadership = leadership
+        self.leading = False
+        self.outage = False
+        self.reap_from = 0.0
+        self.sessions = SessionWatch()
+
+    def step(self) -> bool:
+        """One round; True when this process led it."""
+        p = self.platform
+        try:
+            acquired = self.leadership.try_acquire()
+        except Unavailable as exc:
+            if not self.outage:
+                log.warning("database unreachable (%s); waiting for it", exc)
+            acquired, self.outage = False, True
+        if not acquired:
+            if self.leading:
+                self.leading = False
+                p.metrics.is_leader.set(0)
+                log.warning("no longer the leader")
+            return False
+        if self.outage:
+            self.outage, self.sessions = False, SessionWatch()
+            self.reap_from = p.clock() + p.settings.lease_seconds
+            log.info("database reachable again; reaping resumes after one lease")
+        if not self.leading:
+            self.leading = True
+            p.metrics.is_leader.set(1)
+            log.info("became the leader")
+        try:
+            tick(p, self.sessions, reap=p.clock() >= self.reap_from)
+        except Unavailable as exc:
+            log.warning("database unreachable during a tick (%s)", exc)
+            self.outage = True
+        except Exception:
+            log.exception("controller tick failed")
+        return True
+
+
 def run_elected(
     platform: Platform, stop: threading.Event, leadership: Leadership, retry_s: float = 1.0
 ) -> None:
     """Standby until the lock is ours, then lead; step down if the lock is lost."""
-    leading = False
-    sessions = SessionWatch()
+    elected = Elected(platform, leadership)
     try:
         while not stop.is_set():
-            if leadership.try_acquire():
-                if not leading:
-                    leading = True
-                    platform.metrics.is_leader.set(1)
-                    log.info("became the leader")
-                try:
-                    tick(platform, sessions)
-                except Exception:
-                    log.exception("controller tick failed")
-                stop.wait(platform.settings.controller_interval_seconds)
-            else:
-                if leading:
-                    leading = False
-                    platform.metrics.is_leader.set(0)
-                    log.warning("no longer the leader")
-                stop.wait(retry_s)
+            led = elected.step()
+            stop.wait(platform.settings.controller_interval_seconds if led else retry_s)
     finally:
         leadership.release()

@@ -42,3 +42,16 @@ class LeaseLost(ReelgenError):
     """A worker acted on a job whose lease it no longer holds (fencing)."""
 
     code = "lease_lost"
+
+
+class Unavailable(ReelgenError):
+    """The database cannot be reached right now (restart, failover, network); retry soon.
+
+    Nothing was committed by the call that raised it, except where a commit's answer itself
+    was lost: callers that retry a write must be idempotent or fenced."""
+
+    code = "service_unavailable"
+
+    def __init__(self, message: str, *, retry_after: int = 2):
+        super().__init__(message)
+        self.retry_after = max(1, retry_after)

@@ -8,6 +8,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from reelgen.domain.errors import Unavailable
 from reelgen.store.jobs import JobStore
 
 GPU_SECONDS_BUCKETS = (1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1200, 2400, float("inf"))
@@ -62,7 +63,17 @@ class _QueueCollector(Collector):
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         now = self.clock()
-        snap = self.jobs.queue_snapshot(now)
+        reachable = GaugeMetricFamily(
+            "reelgen_database_reachable", "1 when the last scrape could read the database."
+        )
+        try:
+            snap = self.jobs.queue_snapshot(now)
+        except Unavailable:
+            reachable.add_metric([], 0)
+            yield reachable
+            return
+        reachable.add_metric([], 1)
+        yield reachable
         depth = GaugeMetricFamily("reelgen_queue_depth", "Queued jobs.", labels=["model", "tier"])
         oldest = GaugeMetricFamily(
             "reelgen_queue_oldest_wait_seconds",

@@ -9,9 +9,10 @@ keeps a session-held advisory lock per worker. SQLite serialises writers with
 
 from __future__ import annotations
 
+import sqlite3
 from typing import Any, Protocol
 
-from sqlalchemy import Connection, Insert, Table, text
+from sqlalchemy import Connection, Insert, Table, exc, text
 from sqlalchemy.dialects import postgresql, sqlite
 
 from reelgen.store import queries as q
@@ -36,6 +37,15 @@ class Backend(Protocol):
     def held_session_keys(self, conn: Connection) -> set[int] | None:
         """Advisory-lock keys held by live sessions; None where sessions are not tracked."""
 
+    def is_unavailable(self, error: BaseException) -> bool:
+        """Whether `error` says the database is away or busy (retry later), not that the
+        statement was wrong."""
+        ...
+
+
+def _driver_error(error: BaseException) -> BaseException:
+    return error.orig if isinstance(error, exc.DBAPIError) and error.orig else error
+
 
 class SqliteBackend:
     name = "sqlite"
@@ -58,6 +68,15 @@ class SqliteBackend:
     def held_session_keys(self, conn: Connection) -> set[int] | None:
         return None
 
+    def is_unavailable(self, error: BaseException) -> bool:
+        if isinstance(error, exc.TimeoutError):
+            return True
+        cause = _driver_error(error)
+        message = str(cause).lower()
+        return isinstance(cause, sqlite3.OperationalError) and (
+            "locked" in message or "busy" in message
+        )
+
 
 class PostgresBackend:
     name = "postgresql"
@@ -70,13 +89,19 @@ class PostgresBackend:
 
     def pg_statement(self, conn: Connection, sql: str, params: dict[str, Any]) -> Any:
         """One statement straight on the psycopg connection; the first row as a dict."""
+        import psycopg
         from psycopg.rows import dict_row
 
         driver = conn.connection.driver_connection
         assert driver is not None
-        with driver.cursor(row_factory=dict_row) as cur:
-            cur.execute(sql, params)
-            return cur.fetchone()
+        try:
+            with driver.cursor(row_factory=dict_row) as cur:
+                cur.execute(sql, params)
+                return cur.fetchone()
+        except (psycopg.OperationalError, psycopg.InterfaceError) as error:
+            if driver.closed or driver.broken:
+                conn.invalidate(error)  # the pool would hand the dead connection out again
+            raise
 
     def events_page(self) -> Any:
         # Below the snapshot's xmin every transaction has ended, so no event can still
@@ -96,6 +121,17 @@ class PostgresBackend:
             )
         ).all()
         return {int(r[0]) for r in rows}
+
+    def is_unavailable(self, error: BaseException) -> bool:
+        import psycopg
+
+        if isinstance(error, exc.TimeoutError):
+            return True
+        if isinstance(error, exc.DBAPIError) and error.connection_invalidated:
+            return True
+        # OperationalError covers a refused or broken connection, a server shutting down,
+        # a session ended by the server, and conflicts that a retry resolves.
+        return isinstance(_driver_error(error), psycopg.OperationalError | psycopg.InterfaceError)
 
 
 def backend_for(dialect: str) -> Backend:

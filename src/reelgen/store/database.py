@@ -15,17 +15,27 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Engine, create_engine, event
 
+from reelgen.domain.errors import Unavailable
 from reelgen.store.backend import Backend, backend_for
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 IDLE_IN_TRANSACTION_MS = 5000
+CONNECT_TIMEOUT_S = 5
+POOL_TIMEOUT_S = 10
+"""Longest wait for a free pooled connection before a call gives up as `Unavailable`."""
 
 
 def make_engine(url: str, *, sqlite_synchronous: str = "FULL") -> Engine:
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
     if not url.startswith("sqlite"):
-        return create_engine(url, pool_size=10, max_overflow=20, connect_args=_pg_connect_args())
+        return create_engine(
+            url,
+            pool_size=10,
+            max_overflow=20,
+            pool_timeout=POOL_TIMEOUT_S,
+            connect_args=_pg_connect_args(),
+        )
 
     if url.startswith("sqlite:///"):
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
@@ -53,10 +63,20 @@ def make_engine(url: str, *, sqlite_synchronous: str = "FULL") -> Engine:
     return engine
 
 
-def _pg_connect_args() -> dict[str, str]:
-    # A process frozen inside a transaction (paused VM, SIGSTOP) would hold its row locks
-    # and hide its job from the lease reaper; the server ends such sessions instead.
-    return {"options": f"-c idle_in_transaction_session_timeout={IDLE_IN_TRANSACTION_MS}"}
+def _pg_connect_args() -> dict[str, Any]:
+    return {
+        # A process frozen inside a transaction (paused VM, SIGSTOP) would hold its row locks
+        # and hide its job from the lease reaper; the server ends such sessions instead.
+        "options": f"-c idle_in_transaction_session_timeout={IDLE_IN_TRANSACTION_MS}",
+        # A server that is away, or a cut network, fails a call in seconds instead of
+        # hanging it: connecting is bounded, and a dead peer is noticed by keepalives.
+        "connect_timeout": CONNECT_TIMEOUT_S,
+        "keepalives": 1,
+        "keepalives_idle": 5,
+        "keepalives_interval": 2,
+        "keepalives_count": 3,
+        "tcp_user_timeout": 15_000,
+    }
 
 
 class Database:
@@ -79,6 +99,21 @@ class Database:
         return self.dialect == "sqlite"
 
     @contextmanager
+    def _reachable(self) -> Iterator[None]:
+        """Turns "the database is away" into `Unavailable`, which callers can retry."""
+        try:
+            yield
+        except Unavailable:
+            raise
+        except Exception as error:
+            if self.backend.is_unavailable(error):
+                first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
+                raise Unavailable(
+                    f"The database is not reachable right now; retry shortly ({first_line})."
+                ) from error
+            raise
+
+    @contextmanager
     def read(self) -> Iterator[Connection]:
         """For single-statement reads; use `write` where several reads must agree.
 
@@ -86,10 +121,10 @@ class Database:
         the `begin` hook; PostgreSQL reads use the autocommit pool).
         """
         if self.dialect == "postgresql":
-            with self._autocommit_engine.connect() as conn:
+            with self._reachable(), self._autocommit_engine.connect() as conn:
                 yield conn
             return
-        with self.engine.connect() as conn, conn.begin():
+        with self._reachable(), self.engine.connect() as conn, conn.begin():
             yield conn
 
     @contextmanager
@@ -97,6 +132,7 @@ class Database:
         """A write transaction. `durable=False` lets PostgreSQL answer before the commit
         reaches disk (still atomic and ordered; a server crash may lose the last ones)."""
         with (
+            self._reachable(),
             self._write_lock,
             self.engine.connect().execution_options(write=True) as conn,
             conn.begin(),
@@ -113,6 +149,7 @@ class Database:
             pool_reset_on_return=None,
             pool_size=5,
             max_overflow=10,
+            pool_timeout=POOL_TIMEOUT_S,
             connect_args=_pg_connect_args(),
         )
 
@@ -121,8 +158,13 @@ class Database:
         """For one self-contained statement: no BEGIN/COMMIT round trips (PostgreSQL).
 
         Its own pool, so connections stay in autocommit instead of switching per use."""
-        with self._autocommit_engine.connect() as conn:
+        with self._reachable(), self._autocommit_engine.connect() as conn:
             yield conn
+
+    def schema_revision(self) -> str | None:
+        """The migration the database is at; raises `Unavailable` when it cannot be reached."""
+        with self._reachable():
+            return current_revision(self.engine)
 
     def dispose(self) -> None:
         if "_autocommit_engine" in self.__dict__:

@@ -95,7 +95,7 @@ class PostgresBus(Bus):
 
         while not self._stop.is_set():
             try:
-                with psycopg.connect(self._dsn, autocommit=True) as conn:
+                with psycopg.connect(self._dsn, autocommit=True, connect_timeout=5) as conn:
                     conn.execute(f"LISTEN {WORK_CHANNEL}")
                     conn.execute(f"LISTEN {PROGRESS_CHANNEL}")
                     # Anything announced while we were not listening is found by polling.
@@ -118,7 +118,9 @@ class PostgresBus(Bus):
             for attempt in (1, 2):
                 try:
                     if self._publish_conn is None or self._publish_conn.closed:
-                        self._publish_conn = psycopg.connect(self._dsn, autocommit=True)
+                        self._publish_conn = psycopg.connect(
+                            self._dsn, autocommit=True, connect_timeout=5
+                        )
                     self._publish_conn.execute("SELECT pg_notify(%s, %s)", (channel, payload))
                     return
                 except psycopg.OperationalError:
@@ -127,7 +129,11 @@ class PostgresBus(Bus):
                         raise
 
     def work_available(self, model: str | None = None) -> None:
-        self._notify(WORK_CHANNEL, model or "")
+        self.wake_local()
+        try:
+            self._notify(WORK_CHANNEL, model or "")
+        except Exception as exc:  # a hint: idle workers poll the queue anyway
+            log.warning("could not announce work: %s", exc)
 
     def publish_progress(self, update: dict[str, Any]) -> None:
         try:

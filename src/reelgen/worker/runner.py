@@ -14,13 +14,13 @@ import socket
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
-from sqlalchemy.exc import DBAPIError
 
-from reelgen.domain.errors import LeaseLost
+from reelgen.domain.errors import LeaseLost, Unavailable
 from reelgen.domain.jobs import (
     DAY_S,
     GENERATING_SHARE,
@@ -44,6 +44,37 @@ log = logging.getLogger("reelgen.worker")
 FINISH_ON_DRAIN = 0.9
 """Past this share of steps a draining worker finishes the job instead of handing it back."""
 IDLE_POLL_MAX_S = 5.0
+OUTAGE_PATIENCE_S = 120.0
+"""How long a worker write waits out an unreachable database before the attempt is dropped
+(its lease then runs out and the job resumes elsewhere from its checkpoint)."""
+
+T = TypeVar("T")
+
+
+def patiently(
+    call: Callable[[], T],
+    *,
+    what: str,
+    ctx: dict[str, object],
+    stop: threading.Event | None = None,
+    patience_s: float = OUTAGE_PATIENCE_S,
+) -> T:
+    """Repeats a store call while the database is unreachable (a restart or failover).
+
+    Safe for the worker's writes: each is fenced by the lease token, so a repeat after a
+    lost answer changes nothing or is refused with `LeaseLost`. `stop` ends the wait early.
+    """
+    deadline = time.monotonic() + patience_s
+    delay = 0.1
+    while True:
+        try:
+            return call()
+        except Unavailable as exc:
+            if time.monotonic() + delay > deadline or (stop is not None and stop.is_set()):
+                raise
+            log.warning("%s: %s; retrying in %.1f s", what, exc.message, delay, extra=ctx)
+            time.sleep(delay)
+            delay = min(1.0, delay * 2)
 
 
 class CancelledByUser(Exception):
@@ -73,21 +104,34 @@ class Worker:
         model.load()
         marker = marker_for(p.settings.resolved_database_url())
         marker.start()
-        p.jobs.register_worker(
-            self.id, self.model_name, socket.gethostname(), p.clock(), session_key=marker.key
+        ctx: dict[str, object] = {"worker_id": self.id, "model": self.model_name}
+        patiently(
+            lambda: p.jobs.register_worker(
+                self.id, self.model_name, socket.gethostname(), p.clock(), session_key=marker.key
+            ),
+            what="registering",
+            ctx=ctx,
+            stop=self.stop,
+            patience_s=float("inf"),
         )
-        log.info("worker ready", extra={"worker_id": self.id, "model": self.model_name})
+        log.info("worker ready", extra=ctx)
         idle_wait = p.settings.worker_poll_seconds
         try:
             while not self.stop.is_set():
                 mark = p.bus.work_mark()
-                job = p.jobs.claim(
-                    worker_id=self.id,
-                    model=self.model_name,
-                    now=p.clock(),
-                    lease_seconds=p.settings.lease_seconds,
-                    lease_token=secrets.token_hex(16),
-                )
+                try:
+                    job = p.jobs.claim(
+                        worker_id=self.id,
+                        model=self.model_name,
+                        now=p.clock(),
+                        lease_seconds=p.settings.lease_seconds,
+                        lease_token=secrets.token_hex(16),
+                    )
+                except Unavailable as exc:
+                    log.warning("cannot claim work: %s", exc.message, extra=ctx)
+                    self.stop.wait(idle_wait)
+                    idle_wait = min(IDLE_POLL_MAX_S, idle_wait * 2)
+                    continue
                 if job is None:
                     # Woken at once by the bus; the growing timeout is only the fallback.
                     if p.bus.wait_for_work(idle_wait, since=mark):
@@ -97,15 +141,21 @@ class Worker:
                     continue
                 idle_wait = p.settings.worker_poll_seconds
                 started = time.monotonic()
-                self.process(job)
+                try:
+                    self.process(job)
+                except Exception:  # one job's bookkeeping must not end the worker
+                    log.exception("job bookkeeping failed", extra={**ctx, "job_id": job.id})
                 self._busy_s += time.monotonic() - started
                 p.metrics.worker_busy.labels(self.id, self.model_name).set(
                     self._busy_s / max(1e-9, time.monotonic() - self._born)
                 )
         finally:
-            p.jobs.stop_worker(self.id, p.clock())
+            try:
+                p.jobs.stop_worker(self.id, p.clock())
+            except Unavailable as exc:
+                log.warning("could not record the stop: %s", exc.message, extra=ctx)
             marker.stop()
-            log.info("worker stopped", extra={"worker_id": self.id})
+            log.info("worker stopped", extra=ctx)
 
     def process(self, job: Job) -> None:
         ctx = {"job_id": job.id, "attempt": job.attempt, "worker_id": self.id}
@@ -122,17 +172,13 @@ class Worker:
         except CancelledByUser:
             self._end(job, Status.CANCELLED, "cancelled", "The job was cancelled while running.")
         except HandBack as back:
-            self.platform.jobs.release(
-                job.id, _token(job), now=self.platform.clock(), reason=back.reason
-            )
-            self.platform.bus.work_available(job.model)
-            log.info("job handed back (%s)", back.reason, extra=ctx)
+            self._hand_back(job, back.reason)
         except LeaseLost:
             log.warning("lease lost; dropping this attempt's work", extra=ctx)
-        except DBAPIError as exc:
-            # The database went away mid-job (or ended our frozen session): the lease will
-            # expire and the job resumes elsewhere from its checkpoint.
-            log.warning("lease lost with the database connection (%s); dropping", exc, extra=ctx)
+        except Unavailable as exc:
+            # The database stayed away longer than a worker waits: the lease will expire
+            # and the job resumes elsewhere from its checkpoint.
+            log.warning("database unreachable (%s); dropping", exc.message, extra=ctx)
         except Exception as exc:
             log.exception("generation failed", extra=ctx)
             self._end(
@@ -143,21 +189,42 @@ class Worker:
             run.cleanup()
             self.platform.metrics.gpu_seconds.labels(job.model).observe(run.model_seconds)
 
+    def _hand_back(self, job: Job, reason: str) -> None:
+        ctx = {"job_id": job.id, "attempt": job.attempt, "worker_id": self.id}
+        try:
+            patiently(
+                lambda: self.platform.jobs.release(
+                    job.id, _token(job), now=self.platform.clock(), reason=reason
+                ),
+                what="handing back",
+                ctx=ctx,
+            )
+        except (LeaseLost, Unavailable) as exc:
+            log.warning("could not hand the job back (%s); its lease will expire", exc, extra=ctx)
+            return
+        self.platform.bus.work_available(job.model)
+        log.info("job handed back (%s)", reason, extra=ctx)
+
     def _end(
         self, job: Job, status: Status, code: str, message: str, *, refund: bool = False
     ) -> None:
+        ctx = {"job_id": job.id, "attempt": job.attempt, "worker_id": self.id}
         try:
-            self.platform.jobs.finish(
-                job.id,
-                _token(job),
-                status=status,
-                code=code,
-                message=message,
-                now=self.platform.clock(),
-                refund=refund,
+            patiently(
+                lambda: self.platform.jobs.finish(
+                    job.id,
+                    _token(job),
+                    status=status,
+                    code=code,
+                    message=message,
+                    now=self.platform.clock(),
+                    refund=refund,
+                ),
+                what=f"recording {status.value}",
+                ctx=ctx,
             )
-        except LeaseLost:
-            log.warning("lease lost before recording %s", status.value, extra={"job_id": job.id})
+        except (LeaseLost, Unavailable) as exc:
+            log.warning("could not record %s (%s)", status.value, exc, extra=ctx)
             return
         self.platform.objects.delete_prefix(keys.checkpoints_prefix(job.id))
         self._finished(job, status)
@@ -192,6 +259,7 @@ class LeaseKeeper:
         )
         self.state: tuple[int, int, int, Stage] = (0, 0, 0, run.job.stage)
         """(step, total, progress, stage) as last reported by the attempt."""
+        self._stage_pending = False
 
     def start(self) -> None:
         self._thread.start()
@@ -207,12 +275,15 @@ class LeaseKeeper:
             self.cancelled.set()
 
     def beat(self, *, stage_changed: bool = False) -> None:
-        """One renewal now; raises `LeaseLost` when the lease is gone."""
+        """One renewal now; raises `LeaseLost` when the lease is gone and `Unavailable`
+        when the database cannot be reached (a stage change is then written by the next
+        renewal that gets through)."""
         p = self.run.p
         step, total, progress, stage = self.state
         with self._lock:
             if self.lost.is_set():
                 raise LeaseLost(f"Lease on {self.run.job.id} is no longer held by this worker.")
+            self._stage_pending = self._stage_pending or stage_changed
             try:
                 flags = p.jobs.heartbeat(
                     self.run.job.id,
@@ -223,11 +294,12 @@ class LeaseKeeper:
                     total_steps=total,
                     progress=progress,
                     stage=stage,
-                    stage_changed=stage_changed,
+                    stage_changed=self._stage_pending,
                 )
             except LeaseLost:
                 self.lost.set()
                 raise
+            self._stage_pending = False
         self._learn(flags)
 
     def _learn(self, flags: WorkerFlags) -> None:
@@ -245,9 +317,14 @@ class LeaseKeeper:
                 if not self._stop.is_set():
                     log.warning("lease lost", extra=self.run.log_ctx)
                 return
-            except Exception as exc:
-                # The database may be restarting; keep trying until the lease runs out.
-                log.warning("lease renewal failed (%s); retrying", exc, extra=self.run.log_ctx)
+            except Unavailable as exc:
+                # The database may be restarting: keep trying. The fence decides afterwards
+                # whether the lease survived the outage.
+                log.warning(
+                    "lease renewal failed (%s); retrying", exc.message, extra=self.run.log_ctx
+                )
+            except Exception:
+                log.exception("lease renewal failed; retrying", extra=self.run.log_ctx)
 
 
 class _JobRun:
@@ -280,7 +357,10 @@ class _JobRun:
         self.keeper.state = (step, total, progress, stage)
         if force or stage_changed:
             self.reported_stage = stage
-            self.keeper.beat(stage_changed=stage_changed)
+            try:
+                self.keeper.beat(stage_changed=stage_changed)
+            except Unavailable as exc:  # the keeper goes on renewing on its own schedule
+                log.warning("renewal failed (%s); carrying on", exc.message, extra=self.log_ctx)
         self.check()
         state = (progress, stage.value)
         interval = self.p.settings.progress_interval_seconds
@@ -330,8 +410,12 @@ class _JobRun:
     def save_checkpoint(self, info: StepInfo) -> None:
         key = keys.checkpoint(self.job.id, self.job.attempt, info.step)
         self.p.objects.put(key, info.snapshot())
-        self.p.jobs.save_checkpoint(
-            self.job.id, self.token, step=info.step, key=key, now=self.p.clock()
+        patiently(
+            lambda: self.p.jobs.save_checkpoint(
+                self.job.id, self.token, step=info.step, key=key, now=self.p.clock()
+            ),
+            what="checkpointing",
+            ctx=self.log_ctx,
         )
         if self.checkpoint_key is not None and self.checkpoint_key != key:
             self.p.objects.delete(self.checkpoint_key)
@@ -386,21 +470,31 @@ class _JobRun:
         self.keeper.stop()  # the last renewal is done; completion ends the lease
         now = self.p.clock()
         try:
-            self.p.jobs.complete(
-                self.job.id,
-                self.token,
-                now=now,
-                expires_at=now + self.p.settings.retention_days * DAY_S,
-                first_step=first_step,
-                video_key=out[Variant.VIDEO],
-                thumbnail_key=out[Variant.THUMBNAIL],
-                spritesheet_key=out[Variant.SPRITESHEET],
+            patiently(
+                lambda: self.p.jobs.complete(
+                    self.job.id,
+                    self.token,
+                    now=now,
+                    expires_at=now + self.p.settings.retention_days * DAY_S,
+                    first_step=first_step,
+                    video_key=out[Variant.VIDEO],
+                    thumbnail_key=out[Variant.THUMBNAIL],
+                    spritesheet_key=out[Variant.SPRITESHEET],
+                ),
+                what="publishing",
+                ctx=self.log_ctx,
             )
         except LeaseLost:
-            self.p.objects.delete_prefix(keys.outputs_prefix(job_id, attempt))
-            raise
+            if not self._published(out[Variant.VIDEO]):
+                self.p.objects.delete_prefix(keys.outputs_prefix(job_id, attempt))
+                raise
         self.p.objects.delete_prefix(keys.checkpoints_prefix(job_id))
         log.info("completed", extra=self.log_ctx)
+
+    def _published(self, video_key: str) -> bool:
+        """Whether an earlier try of `complete` committed although its answer was lost."""
+        job = patiently(lambda: self.p.jobs.get(self.job.id), what="checking", ctx=self.log_ctx)
+        return job is not None and job.status is Status.COMPLETED and job.video_key == video_key
 
     def _encoding_frames(
         self, frames: Iterator[np.ndarray], count: int, total: int

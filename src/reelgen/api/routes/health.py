@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
-from sqlalchemy import text
 
 from reelgen.api.deps import PlatformDep, run_sync
-from reelgen.store.database import current_revision, head_revision
+from reelgen.store.database import head_revision
 
 router = APIRouter(tags=["health"])
 
@@ -20,9 +19,7 @@ def healthz() -> dict[str, str]:
 @router.get("/readyz")
 async def readyz(platform: PlatformDep) -> JSONResponse:
     def check() -> dict[str, str]:
-        with platform.db.read() as conn:
-            conn.execute(text("SELECT 1"))
-        revision = current_revision(platform.db.engine)
+        revision = platform.db.schema_revision()
         if revision != head_revision():
             raise RuntimeError(f"database at revision {revision}, code expects {head_revision()}")
         return {"status": "ready", "database": "ok", "schema": str(revision)}

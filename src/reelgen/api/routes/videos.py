@@ -25,7 +25,7 @@ from reelgen.api.schemas import (
     VideoPublic,
     error_responses,
 )
-from reelgen.domain.errors import InvalidRequest, NotFound
+from reelgen.domain.errors import InvalidRequest, NotFound, Unavailable
 from reelgen.domain.jobs import VARIANT_MEDIA_TYPES, Job, User, Variant
 from reelgen.platform import Platform
 from reelgen.services import videos
@@ -420,6 +420,8 @@ async def _event_stream(
                 except NotFound:
                     yield f"event: deleted\ndata: {json.dumps({'id': public.id})}\n\n"
                     return
+                except Unavailable:  # the database is away; the hub's next poll retries
+                    continue
             wait = SSE_MIN_INTERVAL_S - (time.monotonic() - last_sent)
             if wait > 0 and fresh.status in ("queued", "in_progress"):
                 await asyncio.sleep(wait)

@@ -2,7 +2,8 @@
 
 The PostgreSQL lock belongs to a session: when the leader dies its connection closes and
 the server frees the lock at once, so a standby polling every `retry_s` takes over within
-that interval. A leader that loses its connection steps down before it acts again.
+that interval. A leader that loses its connection steps down before it acts again, and
+says so by raising `Unavailable`: the caller then knows its view of the database has a gap.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import logging
 from pathlib import Path
 from typing import IO, Any, Protocol
 
+from reelgen.domain.errors import Unavailable
+
 log = logging.getLogger("reelgen.controller")
 
 LOCK_KEY = 0x7265656C67656E  # "reelgen"
@@ -20,7 +23,8 @@ LOCK_KEY = 0x7265656C67656E  # "reelgen"
 
 class Leadership(Protocol):
     def try_acquire(self) -> bool:
-        """True while this process is (or has just become) the leader."""
+        """True while this process is (or has just become) the leader; raises `Unavailable`
+        when the database cannot be reached."""
         ...
 
     def release(self) -> None: ...
@@ -39,17 +43,19 @@ class AdvisoryLock:
                 self._conn.execute("SELECT 1")
                 return True
             conn = psycopg.connect(self.dsn, autocommit=True, connect_timeout=5)
-            row = conn.execute("SELECT pg_try_advisory_lock(%s)", (LOCK_KEY,)).fetchone()
-            if row and row[0]:
-                self._conn = conn
-                return True
-            conn.close()
+            with contextlib.ExitStack() as closing:
+                closing.callback(conn.close)
+                row = conn.execute("SELECT pg_try_advisory_lock(%s)", (LOCK_KEY,)).fetchone()
+                if row and row[0]:
+                    closing.pop_all()
+                    self._conn = conn
+                    return True
             return False
         except psycopg.Error as exc:
             if self._conn is not None:
                 log.warning("lost the leader connection (%s); stepping down", exc)
             self.release()
-            return False
+            raise Unavailable(f"The leader lock cannot be reached: {exc}") from exc
 
     def release(self) -> None:
         if self._conn is not None:
