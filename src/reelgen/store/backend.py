@@ -1,7 +1,7 @@
 """Where SQLite and PostgreSQL differ, behind one interface; nothing outside `store/` asks
 which database it runs on.
 
-PostgreSQL sends the worker's two per-job statements (claim, complete) as single statements
+PostgreSQL sends the worker's two per-job writes (claim, complete) as single statements
 on the driver, locks the submitting user's row, pages the event log by transaction id and
 keeps a session-held advisory lock per worker. SQLite serialises writers with
 `BEGIN IMMEDIATE`, so it needs none of that.
@@ -10,12 +10,17 @@ keeps a session-held advisory lock per worker. SQLite serialises writers with
 from __future__ import annotations
 
 import sqlite3
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from sqlalchemy import Connection, Insert, Table, exc, text
 from sqlalchemy.dialects import postgresql, sqlite
 
+from reelgen.domain import events as ev
+from reelgen.domain.jobs import Job
 from reelgen.store import queries as q
+
+if TYPE_CHECKING:
+    from reelgen.store.database import Database
 
 
 class Backend(Protocol):
@@ -28,8 +33,15 @@ class Backend(Protocol):
         """An INSERT that does nothing when a unique key already exists."""
         ...
 
-    def pg_statement(self, conn: Connection, sql: str, params: dict[str, Any]) -> Any:
-        """Runs a PostgreSQL-only single statement; SQLite never calls it."""
+    def claim(self, db: Database, params: dict[str, Any]) -> Job | None:
+        """Leases the first ready job for a model, writes its `started` event and marks the
+        worker seen, in one transaction (see `JobStore.claim`)."""
+        ...
+
+    def complete(self, db: Database, params: dict[str, Any]) -> bool:
+        """Publishes a job's outputs under the lease fence with its `completed` event;
+        False when the fence refused (see `JobStore.complete`)."""
+        ...
 
     def events_page(self) -> Any:
         """SELECT of events after (`tx`, `id`) that no open transaction can still precede."""
@@ -56,8 +68,43 @@ class SqliteBackend:
     def insert_ignoring_conflicts(self, table: Table) -> Insert:
         return sqlite.insert(table).on_conflict_do_nothing()
 
-    def pg_statement(self, conn: Connection, sql: str, params: dict[str, Any]) -> Any:
-        raise NotImplementedError("PostgreSQL statement on SQLite")
+    def claim(self, db: Database, params: dict[str, Any]) -> Job | None:
+        worker_id, now = params["worker_id"], params["now"]
+        with db.write() as conn:
+            chosen = conn.execute(q.next_queued(), params).scalar()
+            if chosen is None:
+                conn.execute(q.worker_seen(), {"w_id": worker_id, "w_now": now, "w_job": None})
+                return None
+            job = Job.from_row(
+                conn.execute(
+                    q.claim_row(),
+                    {**params, "claim_id": chosen, "claim_worker": worker_id, "claim_now": now},
+                ).one()
+            )
+            started = ev.Started(
+                attempt=job.attempt, worker_id=worker_id, resume_step=job.checkpoint_step
+            )
+            q.record_event(conn, job.id, started, now)
+            conn.execute(q.worker_seen(), {"w_id": worker_id, "w_now": now, "w_job": job.id})
+        return job
+
+    def complete(self, db: Database, params: dict[str, Any]) -> bool:
+        bound = {
+            "fence_id": params["fence_id"],
+            "fence_token": params["fence_token"],
+            "b_completed_at": params["now"],
+            **{
+                f"b_{k}": params[k]
+                for k in ("expires_at", "video_key", "thumbnail_key", "spritesheet_key")
+            },
+        }
+        with db.write() as conn:
+            row = conn.execute(q.complete(), bound).first()
+            if row is None:
+                return False
+            done = ev.Completed(attempt=row.attempt, first_step=params["first_step"])
+            q.record_event(conn, params["fence_id"], done, params["now"])
+        return True
 
     def events_page(self) -> Any:
         return text(
@@ -87,7 +134,16 @@ class PostgresBackend:
     def insert_ignoring_conflicts(self, table: Table) -> Insert:
         return postgresql.insert(table).on_conflict_do_nothing()
 
-    def pg_statement(self, conn: Connection, sql: str, params: dict[str, Any]) -> Any:
+    def claim(self, db: Database, params: dict[str, Any]) -> Job | None:
+        with db.autocommit() as conn:
+            row = self._statement(conn, q.PG_CLAIM, params)
+        return None if row is None else Job.from_mapping(row)
+
+    def complete(self, db: Database, params: dict[str, Any]) -> bool:
+        with db.autocommit() as conn:
+            return self._statement(conn, q.PG_COMPLETE, params) is not None
+
+    def _statement(self, conn: Connection, sql: str, params: dict[str, Any]) -> Any:
         """One statement straight on the psycopg connection; the first row as a dict."""
         import psycopg
         from psycopg.rows import dict_row

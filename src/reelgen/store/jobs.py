@@ -66,13 +66,6 @@ class RunningOnWorker:
     session_key: int | None
 
 
-def _event(conn: Connection, job_id: str, payload: ev.Payload, now: float) -> None:
-    conn.execute(
-        q.insert_event(),
-        {"job_id": job_id, "at": now, "kind": payload.kind.value, "data": ev.encode(payload)},
-    )
-
-
 def _event_from_row(row: Any) -> JobEvent:
     return JobEvent(
         cursor=EventCursor(int(row.tx), int(row.id)),
@@ -120,7 +113,7 @@ class JobStore:
             admit(UsageView(active=active, today=today, oldest_today=oldest))
             job = Job.from_row(conn.execute(q.insert_job(), row).one())
             created = ev.Created(operation=job.spec.operation.value, parent_id=job.spec.parent_id)
-            _event(conn, job.id, created, now)
+            q.record_event(conn, job.id, created, now)
             if idempotency is not None:
                 conn.execute(
                     q.insert_idempotency_key(),
@@ -270,10 +263,10 @@ class JobStore:
                     )
                 )
                 cancelled = ev.Cancelled(while_status="queued", attempt=job.attempt, step=job.step)
-                _event(conn, job_id, cancelled, now)
+                q.record_event(conn, job_id, cancelled, now)
             elif job.status is Status.IN_PROGRESS and not job.cancel_requested:
                 conn.execute(update(jobs).where(jobs.c.id == job_id).values(cancel_requested=True))
-                _event(conn, job_id, ev.CancelRequested(step=job.step), now)
+                q.record_event(conn, job_id, ev.CancelRequested(step=job.step), now)
             row = conn.execute(select(jobs).where(jobs.c.id == job_id)).one()
         return Job.from_row(row)
 
@@ -286,7 +279,7 @@ class JobStore:
                 .values(preempt_requested=True)
             )
             if result.rowcount:
-                _event(conn, job_id, ev.PreemptRequested(), now)
+                q.record_event(conn, job_id, ev.PreemptRequested(), now)
         return bool(result.rowcount)
 
     def mark_deleted(self, job_id: str, now: float) -> None:
@@ -302,7 +295,7 @@ class JobStore:
                     checkpoint_key=None,
                 )
             )
-            _event(conn, job_id, ev.Deleted(), now)
+            q.record_event(conn, job_id, ev.Deleted(), now)
 
     # ---- workers ------------------------------------------------------------------------
     def register_worker(
@@ -357,27 +350,7 @@ class JobStore:
             "token": lease_token,
             "expires": now + lease_seconds,
         }
-        if self.db.backend.name == "postgresql":
-            with self.db.autocommit() as conn:
-                row = self.db.backend.pg_statement(conn, q.PG_CLAIM, params)
-            return None if row is None else Job.from_mapping(row)
-        with self.db.write() as conn:
-            chosen = conn.execute(q.next_queued(), params).scalar()
-            if chosen is None:
-                conn.execute(q.worker_seen(), {"w_id": worker_id, "w_now": now, "w_job": None})
-                return None
-            job = Job.from_row(
-                conn.execute(
-                    q.claim_row(),
-                    {**params, "claim_id": chosen, "claim_worker": worker_id, "claim_now": now},
-                ).one()
-            )
-            started = ev.Started(
-                attempt=job.attempt, worker_id=worker_id, resume_step=job.checkpoint_step
-            )
-            _event(conn, job.id, started, now)
-            conn.execute(q.worker_seen(), {"w_id": worker_id, "w_now": now, "w_job": job.id})
-        return job
+        return self.db.backend.claim(self.db, params)
 
     def _fenced(
         self, conn: Connection, job_id: str, token: str, statement: Any, params: dict[str, Any]
@@ -431,7 +404,9 @@ class JobStore:
                 },
             )
             if stage_changed:
-                _event(conn, job_id, ev.StageChanged(attempt=row.attempt, stage=stage.value), now)
+                q.record_event(
+                    conn, job_id, ev.StageChanged(attempt=row.attempt, stage=stage.value), now
+                )
         return WorkerFlags(
             cancel_requested=bool(row.cancel_requested),
             preempt_requested=bool(row.preempt_requested),
@@ -441,7 +416,7 @@ class JobStore:
         """Not flushed before the answer: losing it in a server crash costs one interval."""
         with self.db.write(durable=False) as conn:
             row = self._fenced_values(conn, job_id, token, checkpoint_step=step, checkpoint_key=key)
-            _event(conn, job_id, ev.Checkpointed(attempt=row.attempt, step=step), now)
+            q.record_event(conn, job_id, ev.Checkpointed(attempt=row.attempt, step=step), now)
 
     def complete(
         self,
@@ -456,40 +431,21 @@ class JobStore:
         first_step: int,
     ) -> None:
         """Publishes the outputs; `first_step` is the first step this attempt computed."""
-        if self.db.backend.name == "postgresql":
-            with self.db.autocommit() as conn:
-                done = self.db.backend.pg_statement(
-                    conn,
-                    q.PG_COMPLETE,
-                    {
-                        "fence_id": job_id,
-                        "fence_token": token,
-                        "now": now,
-                        "expires_at": expires_at,
-                        "video_key": video_key,
-                        "thumbnail_key": thumbnail_key,
-                        "spritesheet_key": spritesheet_key,
-                        "first_step": first_step,
-                    },
-                )
-            if done is None:
-                raise LeaseLost(f"Lease on {job_id} is no longer held by this worker.")
-            return
-        with self.db.write() as conn:
-            row = self._fenced(
-                conn,
-                job_id,
-                token,
-                q.complete(),
-                {
-                    "completed_at": now,
-                    "expires_at": expires_at,
-                    "video_key": video_key,
-                    "thumbnail_key": thumbnail_key,
-                    "spritesheet_key": spritesheet_key,
-                },
-            )
-            _event(conn, job_id, ev.Completed(attempt=row.attempt, first_step=first_step), now)
+        done = self.db.backend.complete(
+            self.db,
+            {
+                "fence_id": job_id,
+                "fence_token": token,
+                "now": now,
+                "expires_at": expires_at,
+                "video_key": video_key,
+                "thumbnail_key": thumbnail_key,
+                "spritesheet_key": spritesheet_key,
+                "first_step": first_step,
+            },
+        )
+        if not done:
+            raise LeaseLost(f"Lease on {job_id} is no longer held by this worker.")
 
     def finish(
         self,
@@ -521,7 +477,7 @@ class JobStore:
                 )
             else:
                 payload = ev.Failed(attempt=row.attempt, code=code, step=row.step)
-            _event(conn, job_id, payload, now)
+            q.record_event(conn, job_id, payload, now)
 
     def release(self, job_id: str, token: str, *, now: float, reason: str) -> None:
         """Hands a running job back to the queue (drain); the attempt is not held against it."""
@@ -539,7 +495,7 @@ class JobStore:
                 not_before=now,
                 preempt_requested=False,
             )
-            _event(conn, job_id, ev.Released(reason=reason, step=row.checkpoint_step), now)
+            q.record_event(conn, job_id, ev.Released(reason=reason, step=row.checkpoint_step), now)
 
     # ---- recovery -----------------------------------------------------------------------
     def reap(
@@ -621,7 +577,7 @@ class JobStore:
                 .where(jobs.c.id == job_id)
                 .values(video_key=None, thumbnail_key=None, spritesheet_key=None)
             )
-            _event(conn, job_id, ev.Expired(), now)
+            q.record_event(conn, job_id, ev.Expired(), now)
 
     def prune_idempotency_keys(self, older_than: float) -> int:
         with self.db.write() as conn:
@@ -661,14 +617,14 @@ def _lose(
         counted=counted,
         detected_by=detected_by,
     )
-    _event(conn, job.id, lost, now)
+    q.record_event(conn, job.id, lost, now)
     values: dict[str, Any] = dict(
         worker_id=None, lease_token=None, lease_expires_at=None, strikes=strikes
     )
     if job.cancel_requested:
         values.update(_ended(Status.CANCELLED, "cancelled", "The job was cancelled.", now))
         cancelled = ev.Cancelled(while_status="in_progress", attempt=job.attempt, step=job.step)
-        _event(conn, job.id, cancelled, now)
+        q.record_event(conn, job.id, cancelled, now)
     elif strikes >= job.max_attempts:
         message = (
             f"The worker running this job was lost {strikes} times at the same point "
@@ -676,7 +632,9 @@ def _lose(
             "daily quota."
         )
         values.update(_ended(Status.FAILED, "worker_lost", message, now), quota_refunded=True)
-        _event(conn, job.id, ev.Failed(attempt=job.attempt, code="worker_lost", step=job.step), now)
+        q.record_event(
+            conn, job.id, ev.Failed(attempt=job.attempt, code="worker_lost", step=job.step), now
+        )
     else:
         values.update(
             status=Status.QUEUED.value,

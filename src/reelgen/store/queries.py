@@ -12,6 +12,7 @@ from typing import Any
 from sqlalchemy import (
     BindParameter,
     ColumnElement,
+    Connection,
     Delete,
     Insert,
     Select,
@@ -26,6 +27,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.sql.dml import ReturningInsert, ReturningUpdate, Update
 
+from reelgen.domain import events as ev
 from reelgen.domain.jobs import ACTIVE, Status
 from reelgen.store.schema import api_keys, idempotency_keys, job_events, jobs, users, workers
 
@@ -268,3 +270,11 @@ WITH done AS (
 SELECT attempt FROM done
 """
 """Fenced completion and its `completed` event in one statement."""
+
+
+def record_event(conn: Connection, job_id: str, payload: ev.Payload, now: float) -> None:
+    """Writes a job event inside the caller's transaction, beside the change it records."""
+    conn.execute(
+        insert_event(),
+        {"job_id": job_id, "at": now, "kind": payload.kind.value, "data": ev.encode(payload)},
+    )
