@@ -158,6 +158,25 @@ def test_sse_streams_until_the_job_ends(live) -> None:
     assert len(updates) >= 2
 
 
+def test_sse_follows_the_event_log_for_changes_the_bus_never_carried(
+    start_server_any,
+) -> None:
+    """A change made by another process reaches the stream through the event log alone:
+    here the store itself cancels the queued job, and nobody publishes on the bus."""
+    live = start_server_any(workers=0)
+    with live.client() as http:
+        video = _create(http, size="128x72")
+        updates: list[dict] = []
+        with http.stream("GET", f"/v1/videos/{video['id']}/events") as r:
+            for line in r.iter_lines():
+                if line.startswith("data: "):
+                    updates.append(json.loads(line[6:]))
+                    if len(updates) == 1:
+                        live.platform.jobs.request_cancel(video["id"], live.platform.clock())
+    assert [u["status"] for u in updates] == ["queued", "failed"]
+    assert updates[-1]["error"]["code"] == "cancelled"
+
+
 def test_content_range_etag_and_caching(live) -> None:
     with live.client() as http:
         video = _create(http, size="128x72")

@@ -266,6 +266,34 @@ def test_event_log_reads_by_cursor_in_write_order(store: JobStore) -> None:
     )
 
 
+def test_head_cursor_skips_history_and_keeps_what_comes_after(store: JobStore) -> None:
+    _submit(store, _row("old"))
+    head = store.head_cursor()
+    assert store.read_events(head) == []
+    _submit(store, _row("new"))
+    assert [(e.job_id, e.kind) for e in store.read_events(head)] == [("new", "created")]
+
+
+def test_head_cursor_keeps_an_event_whose_transaction_is_still_open(
+    store: JobStore, database_url: str
+) -> None:
+    """On PostgreSQL an event may commit after a later one; the cursor must not pass it."""
+    if not database_url.startswith("postgresql"):
+        pytest.skip("SQLite has one writer at a time")
+    from sqlalchemy import text
+
+    _submit(store, _row("j"))
+    with store.db.write() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO job_events (job_id, at, kind, data) "
+                "VALUES ('j', 1.0, 'preempt_requested', '{}')"
+            )
+        )
+        head = store.head_cursor()  # taken while that transaction is open
+    assert [e.kind for e in store.read_events(head)] == ["preempt_requested"]
+
+
 def test_seq_for_user_includes_deleted_and_excludes_other_users(store: JobStore) -> None:
     _submit(store, _row("mine"))
     store.mark_deleted("mine", 1.0)

@@ -22,6 +22,8 @@ from reelgen.store import queries as q
 if TYPE_CHECKING:
     from reelgen.store.database import Database
 
+LAST_ID = 2**63 - 1
+
 
 class Backend(Protocol):
     name: str
@@ -45,6 +47,10 @@ class Backend(Protocol):
 
     def events_page(self) -> Any:
         """SELECT of events after (`tx`, `id`) that no open transaction can still precede."""
+
+    def head_cursor(self, conn: Connection) -> ev.EventCursor:
+        """A cursor after every event already committed, before any still to come."""
+        ...
 
     def held_session_keys(self, conn: Connection) -> set[int] | None:
         """Advisory-lock keys held by live sessions; None where sessions are not tracked."""
@@ -112,6 +118,10 @@ class SqliteBackend:
             "WHERE id > :after_id ORDER BY id LIMIT :limit"
         )
 
+    def head_cursor(self, conn: Connection) -> ev.EventCursor:
+        last = conn.execute(text("SELECT max(id) FROM job_events")).scalar()
+        return ev.EventCursor(0, int(last or 0))
+
     def held_session_keys(self, conn: Connection) -> set[int] | None:
         return None
 
@@ -168,6 +178,14 @@ class PostgresBackend:
             "AND tx < pg_snapshot_xmin(pg_current_snapshot())::text::bigint "
             "ORDER BY tx, id LIMIT :limit"
         )
+
+    def head_cursor(self, conn: Connection) -> ev.EventCursor:
+        # Every transaction below the snapshot's xmin has ended: its events are history.
+        # Those from xmin on (running now, or later) are all still ahead of the cursor.
+        xmin = conn.execute(
+            text("SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint")
+        ).scalar_one()
+        return ev.EventCursor(int(xmin) - 1, LAST_ID)
 
     def held_session_keys(self, conn: Connection) -> set[int] | None:
         rows = conn.execute(

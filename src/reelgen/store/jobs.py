@@ -219,6 +219,11 @@ class JobStore:
             rows = conn.execute(self.db.backend.events_page(), params).all()
         return [_event_from_row(r) for r in rows]
 
+    def head_cursor(self) -> EventCursor:
+        """Where a consumer that wants only what happens from now on starts."""
+        with self.db.read() as conn:
+            return self.db.backend.head_cursor(conn)
+
     def load_cursor(self, consumer: str) -> EventCursor:
         with self.db.read() as conn:
             row = conn.execute(

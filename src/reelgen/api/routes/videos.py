@@ -367,9 +367,15 @@ async def video_events(
 
     At most about one event per second per job; the stream ends when the job does.
     """
-    first = await run_sync(platform, _retrieve, platform, user, video_id)
+    hub: ProgressHub = request.app.state.progress
+    queue = await hub.subscribe(video_id)  # before the read: no change after it is missed
+    try:
+        first = await run_sync(platform, _retrieve, platform, user, video_id)
+    except BaseException:
+        hub.unsubscribe(video_id, queue)
+        raise
     return StreamingResponse(
-        _event_stream(request, platform, user, first),
+        _event_stream(request, platform, user, first, queue),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
@@ -386,11 +392,19 @@ def _patched(public: VideoPublic, update: dict[str, Any]) -> VideoPublic:
     return public.model_copy(update=changes)
 
 
+def _changes_state(update: dict[str, Any]) -> bool:
+    """An event from the log, or a worker's word that the job ended: re-read the job."""
+    return "event" in update or bool(update.get("final"))
+
+
 async def _event_stream(
-    request: Request, platform: Platform, user: User, public: VideoPublic
+    request: Request,
+    platform: Platform,
+    user: User,
+    public: VideoPublic,
+    queue: asyncio.Queue[dict[str, Any]],
 ) -> AsyncIterator[str]:
     hub: ProgressHub = request.app.state.progress
-    queue = hub.subscribe(public.id)
     try:
         yield _sse(public)
         last_sent = time.monotonic()
@@ -402,32 +416,33 @@ async def _event_stream(
                     return
                 yield ": keep-alive\n\n"
                 continue
+            reread = _changes_state(update)
+            fresh = public if reread else _patched(public, update)
             while not queue.empty():  # coalesce to the newest
                 update = queue.get_nowait()
-            status = update.get("status")
-            terminal = bool(update.get("final")) or status not in (None, "queued", "in_progress")
-            fresh = _patched(public, update)
-            same = (fresh.status, fresh.stage, fresh.progress) == (
-                public.status,
-                public.stage,
-                public.progress,
-            )
-            if same and not terminal and status in (None, public.status):
-                continue
-            if terminal or status != fresh.status:
+                reread = reread or _changes_state(update)
+                if not reread:
+                    fresh = _patched(fresh, update)
+            if reread:
                 try:
                     fresh = await run_sync(platform, _retrieve, platform, user, public.id)
                 except NotFound:
                     yield f"event: deleted\ndata: {json.dumps({'id': public.id})}\n\n"
                     return
-                except Unavailable:  # the database is away; the hub's next poll retries
+                except Unavailable:  # the database is away; a later event re-reads
                     continue
+            if (fresh.status, fresh.stage, fresh.progress) == (
+                public.status,
+                public.stage,
+                public.progress,
+            ):
+                continue
             wait = SSE_MIN_INTERVAL_S - (time.monotonic() - last_sent)
             if wait > 0 and fresh.status in ("queued", "in_progress"):
                 await asyncio.sleep(wait)
                 while not queue.empty():
                     newer = queue.get_nowait()
-                    if newer.get("final") or newer.get("status") not in ("queued", "in_progress"):
+                    if _changes_state(newer):
                         queue.put_nowait(newer)
                         break
                     fresh = _patched(fresh, newer)
