@@ -193,17 +193,11 @@ async def create_video(
             "application/x-www-form-urlencoded; "
             f"got {content_type or 'none'}."
         )
-    public, created = await run_sync(platform, _submit, platform, user, req, idempotency_key)
+    view, created = await videos.submit_async(platform, user, req, idempotency_key=idempotency_key)
+    public = VideoPublic.from_view(view)
     # Already a validated VideoPublic: serialise it once instead of re-validating it.
     headers = {} if created else {"Idempotent-Replayed": "true"}
     return Response(public.model_dump_json(), media_type="application/json", headers=headers)
-
-
-def _submit(
-    platform: Platform, user: User, req: CreateVideo, idempotency_key: str | None
-) -> tuple[VideoPublic, bool]:
-    job, created = videos.submit(platform, user, req, idempotency_key=idempotency_key)
-    return _public(platform, job), created
 
 
 UNSUPPORTED = {
