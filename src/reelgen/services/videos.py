@@ -350,6 +350,15 @@ def get_job(platform: Platform, user: User, video_id: str) -> Job:
     return job
 
 
+def get_view(platform: Platform, user: User, video_id: str) -> VideoView:
+    """`view(get_job(...))` in one database visit."""
+    found = platform.jobs.get_with_queue(video_id, platform.clock())
+    job = found[0] if found is not None else None
+    if found is None or job is None or job.user_id != user.id or job.deleted_at is not None:
+        raise NotFound(f"No video found with id {video_id!r}.", param="video_id")
+    return view(platform, job, found[1])
+
+
 def view(platform: Platform, job: Job, queue: QueueStats | None = None) -> VideoView:
     """`queue`: the job's queue stats if already read (a new job's, from its submit)."""
     if job.status is Status.QUEUED:

@@ -86,6 +86,7 @@ class Database:
             threading.Lock() if self.dialect == "sqlite" else nullcontext()
         )
         self._committer: GroupCommitter | None = None
+        self._compiled_cache: dict[Any, tuple[str, list[str] | None, dict[str, Any]]] = {}
         self._committer_lock = threading.Lock()
 
     @property
@@ -107,6 +108,41 @@ class Database:
             return
         with self.engine.connect() as conn, conn.begin():
             yield conn
+
+    def fetch(self, statement: Any, params: dict[str, Any]) -> list[dict[str, Any]]:
+        """Runs a read statement on the driver directly; its rows as dicts.
+
+        For hot single-row reads: SQLAlchemy's execution layer costs several times what
+        SQLite spends on such a query. The statement is compiled once per database; its
+        columns must need no result conversion (no SQLAlchemy-side types)."""
+        sql, names, defaults = self._compiled(statement)
+        values = {**defaults, **params}
+        engine = self._autocommit_engine if self.dialect == "postgresql" else self.engine
+        raw = engine.raw_connection()
+        try:
+            cur = raw.cursor()
+            try:
+                cur.execute(sql, [values[n] for n in names] if names is not None else values)
+                columns = [d[0] for d in cur.description or ()]
+                return [dict(zip(columns, r, strict=True)) for r in cur.fetchall()]
+            finally:
+                cur.close()
+        finally:
+            raw.close()
+
+    def _compiled(self, statement: Any) -> tuple[str, list[str] | None, dict[str, Any]]:
+        """(SQL, parameter order for positional drivers, the statement's literal values)."""
+        found = self._compiled_cache.get(statement)
+        if found is None:
+            compiled = statement.compile(dialect=self.engine.dialect)
+            order = compiled.positiontup
+            found = (
+                compiled.string,
+                list(order) if order is not None else None,
+                {k: v for k, v in compiled.params.items() if v is not None},
+            )
+            self._compiled_cache[statement] = found
+        return found
 
     @contextmanager
     def write(self, *, durable: bool = True) -> Iterator[Connection]:

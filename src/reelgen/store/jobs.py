@@ -255,6 +255,24 @@ class JobStore:
             row = conn.execute(q.job_by_id(), {"id": job_id}).first()
         return None if row is None else Job.from_row(row)
 
+    def get_with_queue(self, job_id: str, now: float) -> tuple[Job, QueueStats | None] | None:
+        """The job and, if it is queued, its queue stats (the poll path: on the driver)."""
+        rows = self.db.fetch(q.job_by_id(), {"id": job_id})
+        if not rows:
+            return None
+        job = Job.from_mapping(rows[0])
+        if job.status is not Status.QUEUED:
+            return job, None
+        params = {
+            "model": job.model,
+            "rank_from": -math.inf,
+            "rank_at": job.rank_at,
+            "alive_since": now - 60,
+        }
+        stats = self.db.fetch(q.queue_stats(), params)[0]
+        count, queued_s, running_s, live = stats.values()
+        return job, QueueStats(int(count), float(queued_s) + float(running_s), int(live))
+
     def seq_for_user(self, user_id: str, job_id: str) -> int | None:
         """The list position of one of the user's jobs, deleted ones included, so that a
         pagination cursor stays valid when its video is deleted in between."""
@@ -274,6 +292,7 @@ class JobStore:
             return [Job.from_row(r) for r in conn.execute(query)]
 
     def queue_stats(self, job: Job, now: float) -> QueueStats:
+        """Where `job` stands in its model's queue; see `get_with_queue`."""
         params = {
             "model": job.model,
             "rank_from": -math.inf,
