@@ -35,6 +35,7 @@ from _common import (
 BENCHMARKS: list[tuple[str, int]] = [
     # (script name, time limit in seconds)
     ("submit_latency", 360),
+    ("submit_throughput", 240),
     ("e2e_720p", 240),
     ("content_delivery", 300),
     ("idle_memory", 120),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from reelgen.domain.errors import LeaseLost, RateLimited
+from reelgen.domain.errors import Conflict, LeaseLost, RateLimited
 from reelgen.domain.jobs import Stage, Status, Tier
 from reelgen.scheduler.policy import Policy
 from reelgen.store.accounts import AccountStore
@@ -442,3 +442,53 @@ def test_finish_ends_a_running_job_fenced_and_refunds(store: JobStore) -> None:
     _claim(store, "w", 3.0, "tc")
     store.finish("c", "tc", status=Status.CANCELLED, code="cancelled", message="m", now=4.0)
     assert store.events_after("c")[-1].payload.while_status == "in_progress"
+
+
+def test_one_batch_keeps_refusals_and_conflicts_to_themselves(store: JobStore) -> None:
+    """Submits that share a group commit: a quota refusal and an idempotency conflict in the
+    batch fail alone, the others land, and each quota check sees the batch's earlier jobs."""
+    import threading
+
+    store.submit(
+        _row("first", now=0.0),
+        admit=lambda _u: None,
+        idempotency=("u_free", "k"),
+        request_hash="h1",
+    )
+    gate = threading.Event()
+    blocker = store.db.batched(lambda _conn, _scratch: gate.wait(10))  # holds the committer
+    seen: list[UsageView] = []
+
+    def record(usage: UsageView) -> None:
+        seen.append(usage)
+
+    def refuse(usage: UsageView) -> None:
+        raise RateLimited("full", retry_after=1)
+
+    futures = [
+        store.submit_future(_row("a", now=1.0), admit=record, idempotency=None, request_hash="h"),
+        store.submit_future(_row("no", now=1.0), admit=refuse, idempotency=None, request_hash="h"),
+        store.submit_future(
+            _row("clash", now=1.0), admit=record, idempotency=("u_free", "k"), request_hash="h2"
+        ),
+        store.submit_future(_row("b", now=2.0), admit=record, idempotency=None, request_hash="h"),
+    ]
+    gate.set()
+    assert blocker.result(10) is True
+    assert futures[0].result(10).created is True
+    with pytest.raises(RateLimited):
+        futures[1].result(10)
+    with pytest.raises(Conflict):
+        futures[2].result(10)
+    landed = futures[3].result(10)
+    assert landed.created is True
+    assert landed.queue is not None and landed.queue.ahead == 2  # "first" and "a"
+    assert seen == [
+        UsageView(active=1, today=1, oldest_today=0.0),  # "a": sees "first"
+        UsageView(active=2, today=2, oldest_today=0.0),  # "b": and "a", not the refused
+    ]
+    assert [j for j in ("first", "a", "no", "clash", "b") if store.get(j) is not None] == [
+        "first",
+        "a",
+        "b",
+    ]

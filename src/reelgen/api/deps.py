@@ -35,7 +35,8 @@ async def run_sync(platform: Platform, fn: Callable[P, T], *args: P.args, **kwar
     return await run_in_threadpool(fn, *args, **kwargs)
 
 
-async def get_user(request: Request, platform: PlatformDep) -> User:
+async def get_user(request: Request) -> User:
+    platform: Platform = request.app.state.platform
     header = request.headers.get("authorization", "")
     scheme, _, key = header.partition(" ")
     token = key.strip() if scheme.lower() == "bearer" else None

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -11,7 +13,9 @@ import math
 import re
 import secrets
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass
+from typing import Any
 
 from reelgen.domain.errors import Conflict, InvalidRequest, NotFound, RateLimited
 from reelgen.domain.jobs import (
@@ -35,7 +39,7 @@ from reelgen.models.registry import AVAILABLE
 from reelgen.platform import Platform
 from reelgen.services.images import validate_reference_image
 from reelgen.storage import keys
-from reelgen.store.jobs import UsageView
+from reelgen.store.jobs import QueueStats, Submitted, UsageView
 
 MAX_SEED = 2**31 - 1
 DATED_NAME = re.compile(r"^(?P<base>.+)-\d{4}-\d{2}-\d{2}$")
@@ -187,16 +191,28 @@ def _admit(limits: TierLimits, tier: Tier, now: float) -> Callable[[UsageView], 
     return admit
 
 
-def submit(
+@dataclass(frozen=True, slots=True)
+class _Submission:
+    """A validated submit, ready for the store."""
+
+    row: dict[str, Any]
+    admit: Callable[[UsageView], None]
+    idempotency: tuple[str, str] | None
+    request_hash: str
+    job_id: str
+    image: bytes | None
+    reference_key: str | None
+
+
+def _prepare(
     platform: Platform,
     user: User,
     req: CreateVideo,
     *,
-    idempotency_key: str | None = None,
-    parent: Job | None = None,
-    operation: Operation = Operation.CREATE,
-) -> tuple[Job, bool]:
-    """Validates, stores the reference image, and enqueues; nothing is stored on refusal."""
+    idempotency_key: str | None,
+    parent: Job | None,
+    operation: Operation,
+) -> _Submission:
     if idempotency_key is not None and not 1 <= len(idempotency_key) <= 255:
         raise InvalidRequest(
             "Idempotency-Key must be 1 to 255 characters.", param="Idempotency-Key"
@@ -236,24 +252,95 @@ def submit(
         cancel_requested=False,
         checkpoint_step=0,
     )
-    if image is not None and reference_key is not None:
-        platform.objects.put(reference_key, image)
+    return _Submission(
+        row=row,
+        admit=_admit(tier_limits(platform, user.tier), user.tier, now),
+        idempotency=(user.id, idempotency_key) if idempotency_key else None,
+        request_hash=request_hash,
+        job_id=job_id,
+        image=image,
+        reference_key=reference_key,
+    )
+
+
+def _store_image(platform: Platform, sub: _Submission) -> None:
+    if sub.image is not None and sub.reference_key is not None:
+        platform.objects.put(sub.reference_key, sub.image)
+
+
+def _enqueue(platform: Platform, sub: _Submission) -> Future[Submitted]:
+    return platform.jobs.submit_future(
+        sub.row, admit=sub.admit, idempotency=sub.idempotency, request_hash=sub.request_hash
+    )
+
+
+def _settle(platform: Platform, sub: _Submission, outcome: Future[Submitted]) -> Submitted:
+    """Cleans up after a refusal or a replay; announces a new job. Returns the outcome or
+    raises what refused it."""
     try:
-        job, created = platform.jobs.submit(
-            row,
-            admit=_admit(tier_limits(platform, user.tier), user.tier, now),
-            idempotency=(user.id, idempotency_key) if idempotency_key else None,
-            request_hash=request_hash,
-        )
+        done = outcome.result()
     except BaseException:
-        if reference_key is not None:
-            platform.objects.delete_prefix(keys.inputs_prefix(job_id))
+        if sub.reference_key is not None:
+            platform.objects.delete_prefix(keys.inputs_prefix(sub.job_id))
         raise
-    if not created and reference_key is not None:
-        platform.objects.delete_prefix(keys.inputs_prefix(job_id))
-    if created:
-        platform.bus.work_available(job.model)
-    return job, created
+    if not done.created and sub.reference_key is not None:
+        platform.objects.delete_prefix(keys.inputs_prefix(sub.job_id))
+    if done.created:
+        platform.bus.work_available(done.job.model)
+    return done
+
+
+def submit(
+    platform: Platform,
+    user: User,
+    req: CreateVideo,
+    *,
+    idempotency_key: str | None = None,
+    parent: Job | None = None,
+    operation: Operation = Operation.CREATE,
+) -> tuple[Job, bool]:
+    """Validates, stores the reference image, and enqueues; nothing is stored on refusal.
+
+    Returns once the job is committed; concurrent submits share a commit (group commit)."""
+    sub = _prepare(
+        platform, user, req, idempotency_key=idempotency_key, parent=parent, operation=operation
+    )
+    _store_image(platform, sub)
+    done = _settle(platform, sub, _enqueue(platform, sub))
+    return done.job, done.created
+
+
+async def submit_async(
+    platform: Platform, user: User, req: CreateVideo, *, idempotency_key: str | None = None
+) -> tuple[VideoView, bool]:
+    """`submit` for an event loop: waits for the commit without blocking the loop.
+
+    Returns the new job's view (its queue place as its transaction saw it) and whether it
+    was created."""
+    sub = _prepare(
+        platform,
+        user,
+        req,
+        idempotency_key=idempotency_key,
+        parent=None,
+        operation=Operation.CREATE,
+    )
+    if sub.image is not None:
+        await asyncio.to_thread(_store_image, platform, sub)
+    outcome = _enqueue(platform, sub)
+    with contextlib.suppress(Exception):  # _settle re-raises it
+        await asyncio.wrap_future(outcome)
+    if sub.reference_key is not None or not platform.db.calls_are_inline:
+        # file deletes, a NOTIFY round trip, a queue read: not on the event loop
+        return await asyncio.to_thread(_finish, platform, sub, outcome)
+    return _finish(platform, sub, outcome)
+
+
+def _finish(
+    platform: Platform, sub: _Submission, outcome: Future[Submitted]
+) -> tuple[VideoView, bool]:
+    done = _settle(platform, sub, outcome)
+    return view(platform, done.job, done.queue), done.created
 
 
 def get_job(platform: Platform, user: User, video_id: str) -> Job:
@@ -263,9 +350,21 @@ def get_job(platform: Platform, user: User, video_id: str) -> Job:
     return job
 
 
-def view(platform: Platform, job: Job) -> VideoView:
+def get_view(platform: Platform, user: User, video_id: str) -> VideoView:
+    """`view(get_job(...))` in one database visit."""
+    found = platform.jobs.get_with_queue(video_id, platform.clock())
+    job = found[0] if found is not None else None
+    if found is None or job is None or job.user_id != user.id or job.deleted_at is not None:
+        raise NotFound(f"No video found with id {video_id!r}.", param="video_id")
+    return view(platform, job, found[1])
+
+
+def view(platform: Platform, job: Job, queue: QueueStats | None = None) -> VideoView:
+    """`queue`: the job's queue stats if already read (a new job's, from its submit)."""
     if job.status is Status.QUEUED:
-        ahead, ahead_seconds, live = platform.jobs.queue_stats(job, platform.clock())
+        if queue is None:
+            queue = platform.jobs.queue_stats(job, platform.clock())
+        ahead, ahead_seconds, live = queue
         eta = ahead_seconds / max(1, live) + job.estimated_seconds
         return VideoView(job, ahead, math.ceil(eta))
     if job.status is Status.IN_PROGRESS:

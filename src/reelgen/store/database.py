@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import logging
+import queue
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
 from contextlib import AbstractContextManager, contextmanager, nullcontext
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from alembic import command
 from alembic.config import Config
@@ -23,6 +27,16 @@ IDLE_IN_TRANSACTION_MS = 5000
 CONNECT_TIMEOUT_S = 5
 POOL_TIMEOUT_S = 10
 """Longest wait for a free pooled connection before a call gives up as `Unavailable`."""
+MAX_BATCH = 64
+"""The most write items one group commit carries."""
+
+log = logging.getLogger("reelgen.store.database")
+T = TypeVar("T")
+
+Scratch = dict[Any, Any]
+"""State one batch's items share (e.g. what an earlier item already read); new per batch."""
+
+Work = Callable[[Connection, Scratch], T]
 
 
 def make_engine(url: str, *, sqlite_synchronous: str = "FULL") -> Engine:
@@ -91,6 +105,9 @@ class Database:
         self._write_lock: AbstractContextManager[object] = (
             threading.Lock() if self.dialect == "sqlite" else nullcontext()
         )
+        self._committer: GroupCommitter | None = None
+        self._compiled_cache: dict[Any, tuple[str, list[str] | None, dict[str, Any]]] = {}
+        self._committer_lock = threading.Lock()
 
     @property
     def calls_are_inline(self) -> bool:
@@ -127,6 +144,46 @@ class Database:
         with self._reachable(), self.engine.connect() as conn, conn.begin():
             yield conn
 
+    def fetch(self, statement: Any, params: dict[str, Any]) -> list[dict[str, Any]]:
+        """Runs a read statement on the driver directly; its rows as dicts.
+
+        For hot single-row reads: SQLAlchemy's execution layer costs several times what
+        SQLite spends on such a query. The statement is compiled once per database; its
+        columns must need no result conversion (no SQLAlchemy-side types)."""
+        sql, names, defaults = self._compiled(statement)
+        values = {**defaults, **params}
+        engine = self._autocommit_engine if self.dialect == "postgresql" else self.engine
+        with self._reachable():
+            raw = engine.raw_connection()
+            try:
+                cur = raw.cursor()
+                try:
+                    cur.execute(sql, [values[n] for n in names] if names is not None else values)
+                    columns = [d[0] for d in cur.description or ()]
+                    return [dict(zip(columns, r, strict=True)) for r in cur.fetchall()]
+                finally:
+                    cur.close()
+            except Exception as error:
+                if self.backend.is_unavailable(error):
+                    raw.invalidate(error)  # or the pool hands the dead connection out again
+                raise
+            finally:
+                raw.close()
+
+    def _compiled(self, statement: Any) -> tuple[str, list[str] | None, dict[str, Any]]:
+        """(SQL, parameter order for positional drivers, the statement's literal values)."""
+        found = self._compiled_cache.get(statement)
+        if found is None:
+            compiled = statement.compile(dialect=self.engine.dialect)
+            order = compiled.positiontup
+            found = (
+                compiled.string,
+                list(order) if order is not None else None,
+                {k: v for k, v in compiled.params.items() if v is not None},
+            )
+            self._compiled_cache[statement] = found
+        return found
+
     @contextmanager
     def write(self, *, durable: bool = True) -> Iterator[Connection]:
         """A write transaction. `durable=False` lets PostgreSQL answer before the commit
@@ -140,6 +197,24 @@ class Database:
             if not durable and self.dialect == "postgresql":
                 conn.exec_driver_sql("SET LOCAL synchronous_commit TO OFF")
             yield conn
+
+    def batched(self, work: Work[T], *, order: str = "") -> Future[T]:
+        """Runs `work` in a write transaction shared with other callers' work (group commit).
+
+        The future resolves once the transaction containing `work` has committed (durably,
+        as `write()`), with what `work` returned, or with what it raised. Each item runs in
+        its own SAVEPOINT: one that raises is rolled back alone and the others commit.
+        A batch runs its items sorted by `order` (the row they lock first, e.g. the user),
+        otherwise in the order they were handed in, so that batches of several processes
+        take their locks in the same order; later items see earlier ones' writes.
+        """
+        committer = self._committer
+        if committer is None:
+            with self._committer_lock:
+                if self._committer is None:
+                    self._committer = GroupCommitter(self)
+                committer = self._committer
+        return committer.submit(work, order)
 
     @cached_property
     def _autocommit_engine(self) -> Engine:
@@ -167,9 +242,93 @@ class Database:
             return current_revision(self.engine)
 
     def dispose(self) -> None:
+        if self._committer is not None:
+            self._committer.stop()
         if "_autocommit_engine" in self.__dict__:
             self._autocommit_engine.dispose()
         self.engine.dispose()
+
+
+@dataclass(eq=False)
+class _Item:
+    work: Work[Any]
+    order: str
+    future: Future[Any] = field(default_factory=Future)
+    result: Any = None
+    error: BaseException | None = None
+
+
+_STOP = object()
+
+
+class GroupCommitter:
+    """One thread that gathers the write items handed in meanwhile into one transaction.
+
+    While a batch commits (an fsync with SQLite `synchronous=FULL`), new items queue up;
+    the next batch takes them all (up to `MAX_BATCH`). Nothing waits on purpose: a lone
+    item commits at once, as with `Database.write`.
+    """
+
+    def __init__(self, db: Database):
+        self._db = db
+        self._queue: queue.SimpleQueue[_Item | object] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="group-commit", daemon=True)
+        self._thread.start()
+
+    def submit(self, work: Work[T], order: str) -> Future[T]:
+        item = _Item(work, order)
+        self._queue.put(item)
+        return item.future
+
+    def stop(self) -> None:
+        self._queue.put(_STOP)
+        self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        while True:
+            first = self._queue.get()
+            batch: list[_Item] = []
+            stop = first is _STOP
+            if isinstance(first, _Item):
+                batch.append(first)
+            while not stop and len(batch) < MAX_BATCH:
+                try:
+                    more = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if isinstance(more, _Item):
+                    batch.append(more)
+                else:
+                    stop = True
+            if batch:
+                batch.sort(key=lambda i: i.order)  # stable: same-key items keep their order
+                self._commit(batch)
+            if stop:
+                return
+
+    def _commit(self, batch: list[_Item]) -> None:
+        try:
+            with self._db.write() as conn:
+                scratch: Scratch = {}
+                for item in batch:
+                    savepoint = conn.begin_nested()
+                    try:
+                        item.result = item.work(conn, scratch)
+                    except Exception as exc:
+                        savepoint.rollback()
+                        item.error = exc
+                    else:
+                        savepoint.commit()
+        except Exception as exc:  # the commit itself failed: nothing of the batch is stored
+            log.warning("group commit of %d items failed: %s", len(batch), exc)
+            for item in batch:
+                item.future.set_exception(exc)
+            return
+        for item in batch:
+            if item.error is not None:
+                item.future.set_exception(item.error)
+            else:
+                item.future.set_result(item.result)
 
 
 def _alembic_config(conn: Connection) -> Config:

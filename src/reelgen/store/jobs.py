@@ -7,9 +7,11 @@ heartbeat, checkpoint or publish.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import Connection, and_, func, insert, select, update
 
@@ -18,7 +20,7 @@ from reelgen.domain.errors import Conflict, LeaseLost
 from reelgen.domain.events import EventCursor, JobEvent
 from reelgen.domain.jobs import DAY_S, Job, Stage, Status
 from reelgen.store import queries as q
-from reelgen.store.database import Database
+from reelgen.store.database import Database, Scratch
 from reelgen.store.schema import event_cursors, job_events, jobs, workers
 
 
@@ -29,6 +31,34 @@ class UsageView:
     active: int
     today: int
     oldest_today: float | None
+
+
+class QueueStats(NamedTuple):
+    """Where a queued job stands: what `JobStore.queue_stats` answers."""
+
+    ahead: int
+    """Queued jobs of its model ranked ahead of it."""
+    ahead_seconds: float
+    """Their estimated seconds plus the remaining seconds of the model's running jobs."""
+    live_workers: int
+
+
+class Submitted(NamedTuple):
+    job: Job
+    created: bool
+    queue: QueueStats | None
+    """The new job's place in the queue as its transaction saw it; None on a replay."""
+
+
+@dataclass(frozen=True, slots=True)
+class _QueueMark:
+    """A batch's last queue reading for one model, for the next submit to start from."""
+
+    rank_at: float
+    ahead: int
+    queued_s: float
+    running_s: float
+    live: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +96,21 @@ class RunningOnWorker:
     session_key: int | None
 
 
+def _batch_usage(scratch: Scratch, user_id: str, since: float) -> UsageView | None:
+    """The user's usage as an earlier submit of this batch left it, if still exact for a
+    window starting at `since`: the user's row is locked, so only the window's start moved,
+    and no job counted fell out of it. None means: read it."""
+    cached = scratch.get(("usage", user_id))
+    if cached is None:
+        return None
+    cached_since, usage = cached
+    if since < cached_since:
+        return None
+    if usage.oldest_today is not None and usage.oldest_today <= since:
+        return None
+    return usage  # type: ignore[no-any-return]
+
+
 def _event_from_row(row: Any) -> JobEvent:
     return JobEvent(
         cursor=EventCursor(int(row.tx), int(row.id)),
@@ -91,47 +136,135 @@ class JobStore:
         """Inserts the job unless an idempotency key already names one.
 
         Returns the job and whether it was created. `admit` raises to refuse the job.
+        Blocks until the job is committed; see `submit_future`.
         """
+        future = self.submit_future(
+            row, admit=admit, idempotency=idempotency, request_hash=request_hash
+        )
+        done = future.result()
+        return done.job, done.created
+
+    def submit_future(
+        self,
+        row: dict[str, Any],
+        *,
+        admit: Callable[[UsageView], None],
+        idempotency: tuple[str, str] | None,
+        request_hash: str,
+    ) -> Future[Submitted]:
+        """`submit` without waiting: the future resolves once the job is committed.
+
+        Concurrent submits share one transaction (`Database.batched`); each user's submits
+        in it are serialised as before, so quota checks see the batch's earlier jobs.
+        """
+
+        def work(conn: Connection, scratch: Scratch) -> Submitted:
+            return self._submit_in(conn, scratch, row, admit, idempotency, request_hash)
+
+        return self.db.batched(work, order=row["user_id"])
+
+    def _submit_in(
+        self,
+        conn: Connection,
+        scratch: Scratch,
+        row: dict[str, Any],
+        admit: Callable[[UsageView], None],
+        idempotency: tuple[str, str] | None,
+        request_hash: str,
+    ) -> Submitted:
         user_id, now = row["user_id"], row["created_at"]
-        with self.db.write() as conn:
+        locked = ("locked", user_id)
+        if locked not in scratch:
             self.db.backend.lock_user(conn, user_id)
-            if idempotency is not None:
-                existing = conn.execute(
-                    q.idempotent_job(), {"user_id": user_id, "key": idempotency[1]}
-                ).first()
-                if existing is not None:
-                    if existing._request_hash != request_hash:
-                        raise Conflict(
-                            "This Idempotency-Key was already used with a different request "
-                            "body; use a new key for a new request.",
-                            code="idempotency_key_reused",
-                        )
-                    return Job.from_row(existing), False
+            scratch[locked] = True
+        if idempotency is not None:
+            existing = conn.execute(
+                q.idempotent_job(), {"user_id": user_id, "key": idempotency[1]}
+            ).first()
+            if existing is not None:
+                if existing._request_hash != request_hash:
+                    raise Conflict(
+                        "This Idempotency-Key was already used with a different request "
+                        "body; use a new key for a new request.",
+                        code="idempotency_key_reused",
+                    )
+                return Submitted(Job.from_row(existing), False, None)
+        since = now - DAY_S
+        usage = _batch_usage(scratch, user_id, since)
+        if usage is None:
             active, today, oldest = conn.execute(
-                q.user_usage(), {"user_id": user_id, "since": now - DAY_S}
+                q.user_usage(), {"user_id": user_id, "since": since}
             ).one()
-            admit(UsageView(active=active, today=today, oldest_today=oldest))
-            job = Job.from_row(conn.execute(q.insert_job(), row).one())
-            created = ev.Created(operation=job.spec.operation.value, parent_id=job.spec.parent_id)
-            q.record_event(conn, job.id, created, now)
-            if idempotency is not None:
-                conn.execute(
-                    q.insert_idempotency_key(),
-                    {
-                        "user_id": user_id,
-                        "key": idempotency[1],
-                        "request_hash": request_hash,
-                        "job_id": job.id,
-                        "created_at": now,
-                    },
-                )
-        return job, True
+            usage = UsageView(active=active, today=today, oldest_today=oldest)
+        admit(usage)
+        job = Job.from_row(conn.execute(q.insert_job(), row).one())
+        created = ev.Created(operation=job.spec.operation.value, parent_id=job.spec.parent_id)
+        q.record_event(conn, job.id, created, now)
+        if idempotency is not None:
+            conn.execute(
+                q.insert_idempotency_key(),
+                {
+                    "user_id": user_id,
+                    "key": idempotency[1],
+                    "request_hash": request_hash,
+                    "job_id": job.id,
+                    "created_at": now,
+                },
+            )
+        queue = self._queue_in(conn, scratch, job, now)
+        oldest = usage.oldest_today
+        scratch[("usage", user_id)] = (
+            since,
+            UsageView(
+                active=usage.active + 1,
+                today=usage.today + 1,
+                oldest_today=now if oldest is None else min(oldest, now),
+            ),
+        )
+        return Submitted(job, True, queue)
+
+    def _queue_in(self, conn: Connection, scratch: Scratch, job: Job, now: float) -> QueueStats:
+        """The new job's queue stats. A later job of the batch that ranks behind the last
+        one read counts only the jobs ranked in between (mostly the batch's own) instead of
+        the whole queue ahead; the running and live figures are the batch's first reading."""
+        key = ("queue", job.model)
+        mark: _QueueMark | None = scratch.get(key)
+        params = {"model": job.model, "rank_at": job.rank_at, "alive_since": now - 60}
+        if mark is not None and job.rank_at >= mark.rank_at:
+            params["rank_from"] = mark.rank_at
+            n, s, _running, _live = conn.execute(q.queue_stats(), params).one()
+            ahead, queued_s = mark.ahead + int(n), mark.queued_s + float(s)
+            mark = _QueueMark(job.rank_at, ahead, queued_s, mark.running_s, mark.live)
+        else:
+            params["rank_from"] = -math.inf
+            n, s, running, live = conn.execute(q.queue_stats(), params).one()
+            mark = _QueueMark(job.rank_at, int(n), float(s), float(running), int(live))
+        scratch[key] = mark
+        return QueueStats(mark.ahead, mark.queued_s + mark.running_s, mark.live)
 
     # ---- reads --------------------------------------------------------------------------
     def get(self, job_id: str) -> Job | None:
         with self.db.read() as conn:
             row = conn.execute(q.job_by_id(), {"id": job_id}).first()
         return None if row is None else Job.from_row(row)
+
+    def get_with_queue(self, job_id: str, now: float) -> tuple[Job, QueueStats | None] | None:
+        """The job and, if it is queued, its queue stats (the poll path: on the driver)."""
+        rows = self.db.fetch(q.job_by_id(), {"id": job_id})
+        if not rows:
+            return None
+        job = Job.from_mapping(rows[0])
+        if job.status is not Status.QUEUED:
+            return job, None
+        params = {
+            "model": job.model,
+            "rank_from": -math.inf,
+            "rank_at": job.rank_at,
+            "alive_since": now - 60,
+        }
+        stats = self.db.fetch(q.queue_stats(), params)[0]
+        count, queued_s, running_s, live = stats.values()
+        return job, QueueStats(int(count), float(queued_s) + float(running_s), int(live))
 
     def seq_for_user(self, user_id: str, job_id: str) -> int | None:
         """The list position of one of the user's jobs, deleted ones included, so that a
@@ -151,12 +284,17 @@ class JobStore:
         with self.db.read() as conn:
             return [Job.from_row(r) for r in conn.execute(query)]
 
-    def queue_stats(self, job: Job, now: float) -> tuple[int, float, int]:
-        """(queued jobs ranked ahead of this one, seconds of work ahead, live workers)."""
-        params = {"model": job.model, "rank_at": job.rank_at, "alive_since": now - 60}
+    def queue_stats(self, job: Job, now: float) -> QueueStats:
+        """Where `job` stands in its model's queue; see `get_with_queue`."""
+        params = {
+            "model": job.model,
+            "rank_from": -math.inf,
+            "rank_at": job.rank_at,
+            "alive_since": now - 60,
+        }
         with self.db.read() as conn:
             count, queued_s, running_s, live = conn.execute(q.queue_stats(), params).one()
-        return int(count), float(queued_s) + float(running_s), int(live)
+        return QueueStats(int(count), float(queued_s) + float(running_s), int(live))
 
     def queue_snapshot(self, now: float, worker_alive_s: float = 60.0) -> QueueSnapshot:
         queued = jobs.c.status == Status.QUEUED.value

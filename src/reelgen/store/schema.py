@@ -87,10 +87,10 @@ jobs = Table(
     Column("error_code", String(64)),
     Column("error_message", Text),
     Column("deleted_at", Float),
-    Index("ix_jobs_queue", "status", "model", "rank_at"),
+    Index("ix_jobs_queue", "status", "model", "rank_at", "estimated_seconds"),
     Index("ix_jobs_user", "user_id", "seq"),
     Index("ix_jobs_user_status", "user_id", "status"),
-    Index("ix_jobs_user_created", "user_id", "created_at"),
+    Index("ix_jobs_user_created", "user_id", "created_at", "quota_refunded"),
     Index("ix_jobs_lease", "status", "lease_expires_at"),
 )
 

@@ -193,17 +193,11 @@ async def create_video(
             "application/x-www-form-urlencoded; "
             f"got {content_type or 'none'}."
         )
-    public, created = await run_sync(platform, _submit, platform, user, req, idempotency_key)
+    view, created = await videos.submit_async(platform, user, req, idempotency_key=idempotency_key)
+    public = VideoPublic.from_view(view)
     # Already a validated VideoPublic: serialise it once instead of re-validating it.
     headers = {} if created else {"Idempotent-Replayed": "true"}
     return Response(public.model_dump_json(), media_type="application/json", headers=headers)
-
-
-def _submit(
-    platform: Platform, user: User, req: CreateVideo, idempotency_key: str | None
-) -> tuple[VideoPublic, bool]:
-    job, created = videos.submit(platform, user, req, idempotency_key=idempotency_key)
-    return _public(platform, job), created
 
 
 UNSUPPORTED = {
@@ -271,17 +265,17 @@ def _list(platform: Platform, user: User, after: str | None, limit: int, order: 
 
 
 @router.get("/{video_id}", response_model=VideoPublic, responses=error_responses(401, 404))
-async def retrieve_video(
-    video_id: str, response: Response, platform: PlatformDep, user: CurrentUser
-) -> VideoPublic:
+async def retrieve_video(video_id: str, platform: PlatformDep, user: CurrentUser) -> Response:
     public = await run_sync(platform, _retrieve, platform, user, video_id)
+    headers = {}
     if public.status in ("queued", "in_progress"):
-        response.headers["openai-poll-after-ms"] = str(platform.settings.poll_after_ms)
-    return public
+        headers["openai-poll-after-ms"] = str(platform.settings.poll_after_ms)
+    # Already a validated VideoPublic: serialise it once instead of re-validating it.
+    return Response(public.model_dump_json(), media_type="application/json", headers=headers)
 
 
 def _retrieve(platform: Platform, user: User, video_id: str) -> VideoPublic:
-    return _public(platform, videos.get_job(platform, user, video_id))
+    return VideoPublic.from_view(videos.get_view(platform, user, video_id))
 
 
 @router.delete("/{video_id}", response_model=VideoDeleted, responses=error_responses(401, 404, 409))
