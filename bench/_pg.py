@@ -169,7 +169,7 @@ class Fleet:
         return env
 
     def platform_settings(self) -> Any:
-        """The same settings as the processes, for an in-process `build_platform`."""
+        """The same settings as the processes, for an in-process `build_api`."""
         from reelgen.settings import Settings
 
         keys = {

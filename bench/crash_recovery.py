@@ -88,7 +88,7 @@ def _worker_id(proc: FleetProc) -> str:
 
 
 def scenario(mode: str, lease_s: float, keep: bool, timeout_s: float) -> Recovery:
-    from reelgen.platform import build_platform
+    from reelgen.platform import build_api
     from reelgen.services import videos
     from reelgen.services.accounts import authenticate, ensure_bootstrap_key
 
@@ -102,7 +102,7 @@ def scenario(mode: str, lease_s: float, keep: bool, timeout_s: float) -> Recover
         scratch_database(f"crash_{mode}{int(lease_s)}", keep=keep) as url,
         Fleet(url, settings=settings, keep=keep) as fleet,
     ):
-        platform = build_platform(fleet.platform_settings())
+        platform = build_api(fleet.platform_settings())
         try:
             ensure_bootstrap_key(platform, create_if_empty=False)
             user = authenticate(platform, API_KEY)

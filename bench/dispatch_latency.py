@@ -52,9 +52,9 @@ class Sample:
 
 
 def run_one(http: httpx.Client, platform: object, gap_s: float, timeout: float) -> Sample:
-    from reelgen.platform import Platform
+    from reelgen.platform import ApiContext
 
-    assert isinstance(platform, Platform)
+    assert isinstance(platform, ApiContext)
     t0 = time.perf_counter()
     response = http.post("/v1/videos", json=BODY)
     post_ms = (time.perf_counter() - t0) * 1000
@@ -99,7 +99,7 @@ def main() -> int:
     args = parser.parse_args()
     rng = random.Random(args.seed)
 
-    from reelgen.platform import build_platform
+    from reelgen.platform import build_api
 
     server = pg_server_info()
     samples: list[Sample] = []
@@ -108,7 +108,7 @@ def main() -> int:
         scratch_database("dispatch", keep=args.keep) as url,
         Fleet(url, keep=args.keep) as fleet,
     ):
-        platform = build_platform(fleet.platform_settings())
+        platform = build_api(fleet.platform_settings())
         try:
             _api, api_url = fleet.api()
             worker = fleet.worker()

@@ -18,7 +18,7 @@ import uvicorn
 from reelgen.api.app import create_app
 from reelgen.controller import loop as controller
 from reelgen.domain.jobs import Tier
-from reelgen.platform import Platform, build_platform
+from reelgen.platform import ApiContext, build_api, worker_context
 from reelgen.services.accounts import create_key
 from reelgen.settings import Settings
 from reelgen.store.database import upgrade
@@ -100,7 +100,7 @@ def make_settings(data_dir: Path, **overrides: object) -> Settings:
 @dataclass
 class LiveServer:
     url: str
-    platform: Platform
+    platform: ApiContext
     paid_key: str
     free_key: str
     workers: list[Worker]
@@ -123,22 +123,25 @@ class LiveServer:
 @pytest.fixture
 def start_server(tmp_path: Path) -> Iterator:
     """Starts API + controller + workers in this process; yields a factory."""
-    started: list[tuple[uvicorn.Server, threading.Thread, list[Worker], threading.Event, Platform]]
+    started: list[
+        tuple[uvicorn.Server, threading.Thread, list[Worker], threading.Event, ApiContext]
+    ]
     started = []
 
     def start(
-        workers: int = 1, prepare: Callable[[Platform], None] | None = None, **overrides: object
+        workers: int = 1, prepare: Callable[[ApiContext], None] | None = None, **overrides: object
     ) -> LiveServer:
         """`prepare` may swap model adapters before any worker starts."""
         settings = make_settings(tmp_path / f"data{len(started)}", **overrides)
-        platform = build_platform(settings)
+        platform = build_api(settings)
         if prepare is not None:
             prepare(platform)
         upgrade(platform.db.engine)
         paid = create_key(platform, user_name="alice", tier=Tier.PAID)
         free = create_key(platform, user_name="bob", tier=Tier.FREE)
         stop = threading.Event()
-        pool = [Worker(platform, model_name="reference") for _ in range(workers)]
+        served = worker_context(platform, platform.models["reference"])
+        pool = [Worker(served) for _ in range(workers)]
         for w in pool:
             threading.Thread(target=w.run, daemon=True).start()
         leadership = leadership_for(settings.resolved_database_url(), settings.data_dir)

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from reelgen.domain.jobs import Job, Tier, User
-from reelgen.platform import Platform, build_platform
+from reelgen.platform import ApiContext, build_api
 from reelgen.services import videos
 from reelgen.services.accounts import authenticate, create_key
 from reelgen.settings import Settings
@@ -52,7 +52,7 @@ class Proc:
 class Fleet:
     root: Path
     env: dict[str, str]
-    platform: Platform
+    platform: ApiContext
     user: User
     procs: list[Proc] = field(default_factory=list)
 
@@ -118,6 +118,6 @@ def make_fleet(root: Path, database_url: str, **settings: str) -> Fleet:
     keys = {
         k.removeprefix("REELGEN_").lower(): v for k, v in env.items() if k.startswith("REELGEN_")
     }
-    platform = build_platform(Settings(**keys))  # type: ignore[arg-type]
+    platform = build_api(Settings(**keys))  # type: ignore[arg-type]
     key = create_key(platform, user_name="fleet-tester", tier=Tier.PAID)
     return Fleet(root, env, platform, authenticate(platform, key))

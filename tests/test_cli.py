@@ -31,10 +31,10 @@ def test_keys_create_without_tier_leaves_the_tier_alone(tmp_path: Path) -> None:
     args = ["keys", "create", "--user", "erin", "--data-dir", str(tmp_path)]
     assert runner.invoke(app, [*args, "--tier", "paid"]).exit_code == 0
     assert runner.invoke(app, args).exit_code == 0
-    from reelgen.platform import build_platform
+    from reelgen.platform import build_api
     from reelgen.settings import Settings
 
-    platform = build_platform(Settings(data_dir=tmp_path))
+    platform = build_api(Settings(data_dir=tmp_path))
     try:
         user = platform.accounts.get_or_create_user(user_id="u", name="erin", tier=None, now=0.0)
         assert user.tier.value == "paid"

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from reelgen.domain.jobs import Tier
-from reelgen.platform import build_platform
+from reelgen.platform import build_api
 from reelgen.services.accounts import create_key, ensure_bootstrap_key
 from reelgen.settings import Settings
 from reelgen.store.database import upgrade
@@ -146,7 +146,7 @@ def test_remix_of_a_video_whose_reference_expired_is_a_clear_error(live) -> None
 
 
 def test_keys_create_without_tier_keeps_the_users_tier(tmp_path) -> None:
-    platform = build_platform(make_settings(tmp_path))
+    platform = build_api(make_settings(tmp_path))
     try:
         upgrade(platform.db.engine)
         key = create_key(platform, user_name="carol", tier=Tier.PAID)
@@ -166,9 +166,9 @@ def test_replicas_bootstrapping_at_once_do_not_crash(database_url: str, tmp_path
     settings = Settings(
         data_dir=tmp_path, database_url=database_url, bootstrap_api_key="rg_bootstrap_key_1"
     )
-    first = build_platform(settings)
+    first = build_api(settings)
     upgrade(first.db.engine)
-    platforms = [first] + [build_platform(settings) for _ in range(5)]
+    platforms = [first] + [build_api(settings) for _ in range(5)]
     errors: list[BaseException] = []
     barrier = threading.Barrier(len(platforms))
 
@@ -192,3 +192,9 @@ def test_replicas_bootstrapping_at_once_do_not_crash(database_url: str, tmp_path
     finally:
         for p in platforms:
             p.close()
+
+
+def test_a_model_name_pointing_at_no_adapter_stops_the_start_up(tmp_path) -> None:
+    settings = make_settings(tmp_path, model_names={"sora-2": "wan-14b"})
+    with pytest.raises(ValueError, match=r"REELGEN_MODEL_NAMES points at unknown adapters"):
+        build_api(settings)

@@ -7,7 +7,7 @@ from pathlib import Path
 from reelgen.controller.loop import Elected
 from reelgen.domain.errors import Unavailable
 from reelgen.domain.jobs import Status, Tier
-from reelgen.platform import build_platform
+from reelgen.platform import build_api
 from reelgen.services import videos
 from reelgen.services.accounts import authenticate, create_key
 from reelgen.store.database import upgrade
@@ -41,7 +41,7 @@ class Clock:
 
 
 def test_expired_leases_wait_one_lease_after_an_outage(tmp_path: Path) -> None:
-    platform = build_platform(make_settings(tmp_path, lease_seconds=LEASE_S))
+    platform = build_api(make_settings(tmp_path, lease_seconds=LEASE_S))
     upgrade(platform.db.engine)
     clock = Clock(platform.clock())
     platform.clock = clock
@@ -78,7 +78,7 @@ def test_expired_leases_wait_one_lease_after_an_outage(tmp_path: Path) -> None:
 
 
 def test_without_an_outage_an_expired_lease_is_reaped_at_once(tmp_path: Path) -> None:
-    platform = build_platform(make_settings(tmp_path, lease_seconds=LEASE_S))
+    platform = build_api(make_settings(tmp_path, lease_seconds=LEASE_S))
     upgrade(platform.db.engine)
     clock = Clock(platform.clock())
     platform.clock = clock

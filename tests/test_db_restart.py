@@ -21,7 +21,7 @@ import uvicorn
 from reelgen.api.app import create_app
 from reelgen.domain.errors import Unavailable
 from reelgen.domain.jobs import Status
-from reelgen.platform import build_platform
+from reelgen.platform import build_api
 from reelgen.store.database import make_engine, upgrade
 
 from .conftest import free_port, make_settings
@@ -70,7 +70,7 @@ def _follow(url: str, video_id: str, out: list[Any], opened: threading.Event) ->
 
 def test_an_unreachable_database_answers_503_with_retry_after(tmp_path: Path) -> None:
     dead = f"postgresql://postgres@127.0.0.1:{free_port()}/postgres"
-    platform = build_platform(make_settings(tmp_path, database_url=dead))
+    platform = build_api(make_settings(tmp_path, database_url=dead))
     port = free_port()
     server = uvicorn.Server(
         uvicorn.Config(create_app(platform), host="127.0.0.1", port=port, log_level="error")

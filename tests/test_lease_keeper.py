@@ -6,7 +6,7 @@ import time
 from dataclasses import dataclass
 
 from reelgen.models.base import Clip, GenerationSpec, StepCallback, StepInfo, VideoModel
-from reelgen.platform import Platform
+from reelgen.platform import ApiContext
 
 LEASE_S = 0.6
 STEP_S = 3 * LEASE_S
@@ -45,7 +45,7 @@ class SlowSteps:
         return self.inner.generate(spec, slow, resume_from=resume_from)
 
 
-def _slow(platform: Platform) -> None:
+def _slow(platform: ApiContext) -> None:
     platform.models["reference"] = SlowSteps(platform.models["reference"])
 
 

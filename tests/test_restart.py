@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from reelgen.media.encode import probe_video
-from reelgen.platform import build_platform
+from reelgen.platform import build_api
 from reelgen.settings import Settings
 
 from .conftest import free_port
@@ -101,7 +101,7 @@ def _wait_done(http: httpx.Client, video_id: str) -> dict:
 
 
 def _events(data_dir: Path, video_id: str) -> list:
-    platform = build_platform(Settings(data_dir=data_dir))
+    platform = build_api(Settings(data_dir=data_dir))
     try:
         return platform.jobs.events_after(video_id)
     finally:

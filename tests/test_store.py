@@ -449,6 +449,7 @@ def test_one_batch_keeps_refusals_and_conflicts_to_themselves(store: JobStore) -
     batch fail alone, the others land, and each quota check sees the batch's earlier jobs."""
     import threading
 
+    store.db.start_group_commit()
     store.submit(
         _row("first", now=0.0),
         admit=lambda _u: None,

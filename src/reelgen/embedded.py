@@ -14,7 +14,7 @@ import uvicorn
 
 from reelgen.api.app import create_app
 from reelgen.controller import loop as controller
-from reelgen.platform import Platform, build_platform
+from reelgen.platform import Core, api_context, build_catalog, build_core, worker_context
 from reelgen.services.accounts import ensure_bootstrap_key
 from reelgen.settings import Settings
 from reelgen.store.database import upgrade
@@ -45,21 +45,24 @@ def serve(
     announce: Callable[[str], None] = print,
 ) -> None:
     lock = _lock_data_dir(settings.data_dir)
-    platform = build_platform(settings)
+    core = build_core(settings)
     if settings.is_embedded_database:
-        upgrade(platform.db.engine)
-    new_key = ensure_bootstrap_key(platform, create_if_empty=True)
+        upgrade(core.db.engine)
+    catalog = build_catalog(settings)
+    api = api_context(core, catalog)
+    new_key = ensure_bootstrap_key(api, create_if_empty=True)
     if settings.is_embedded_database:
-        controller.recover_orphans(platform)
+        controller.recover_orphans(core)
 
     stop = threading.Event()
     leadership = leadership_for(settings.resolved_database_url(), settings.data_dir)
-    pool = [Worker(platform, model_name=settings.default_model) for _ in range(workers)]
+    served = worker_context(core, catalog[settings.default_model])
+    pool = [Worker(served) for _ in range(workers)]
     threads = [threading.Thread(target=w.run, name=w.id, daemon=True) for w in pool]
     threads.append(
         threading.Thread(
             target=controller.run_elected,
-            args=(platform, stop, leadership),
+            args=(core, stop, leadership),
             name="controller",
             daemon=True,
         )
@@ -74,7 +77,7 @@ def serve(
             f"Created an API key for user 'admin' (paid tier); it is shown only once:\n  {new_key}"
         )
     config = uvicorn.Config(
-        create_app(platform), host=host, port=port, log_level="warning", access_log=False
+        create_app(api), host=host, port=port, log_level="warning", access_log=False
     )
     # uvicorn re-raises the signal that stopped it; these handlers absorb it so the
     # workers can drain below instead of the process dying mid-job.
@@ -83,18 +86,18 @@ def serve(
     try:
         uvicorn.Server(config).run()
     finally:
-        _shutdown(platform, pool, threads, stop)
+        _shutdown(core, pool, threads, stop)
         lock.close()
 
 
 def _shutdown(
-    platform: Platform, pool: list[Worker], threads: list[threading.Thread], stop: threading.Event
+    core: Core, pool: list[Worker], threads: list[threading.Thread], stop: threading.Event
 ) -> None:
     """Workers checkpoint and release their jobs at the next step; nothing accepted is lost."""
     stop.set()
     for w in pool:
         w.stop.set()
-    platform.bus.work_available()
+    core.bus.work_available()
     for t in threads:
         t.join(timeout=60)
-    platform.close()
+    core.close()

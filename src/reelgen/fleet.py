@@ -16,7 +16,8 @@ from prometheus_client import start_http_server
 
 from reelgen.api.app import create_app
 from reelgen.controller import loop as controller
-from reelgen.platform import Platform, build_platform
+from reelgen.models.registry import build_model
+from reelgen.platform import Core, build_api, build_core, worker_context
 from reelgen.services.accounts import ensure_bootstrap_key
 from reelgen.settings import Settings
 from reelgen.store.election import leadership_for
@@ -34,13 +35,13 @@ def _on_stop_signals(action: object) -> None:
     signal.signal(signal.SIGINT, handler)
 
 
-def _serve_metrics(platform: Platform, port: int | None) -> None:
+def _serve_metrics(core: Core, port: int | None) -> None:
     if port:
-        start_http_server(port, addr="0.0.0.0", registry=platform.metrics.registry)
+        start_http_server(port, addr="0.0.0.0", registry=core.metrics.registry)
 
 
 def run_api(settings: Settings, *, host: str, port: int) -> None:
-    platform = build_platform(settings)
+    platform = build_api(settings)
     ensure_bootstrap_key(platform, create_if_empty=False)
     try:
         uvicorn.run(
@@ -51,7 +52,7 @@ def run_api(settings: Settings, *, host: str, port: int) -> None:
 
 
 def run_controller(settings: Settings, *, metrics_port: int | None) -> None:
-    platform = build_platform(settings)
+    platform = build_core(settings)
     platform.metrics.watch_queue(platform.jobs, platform.clock)
     _serve_metrics(platform, metrics_port)
     stop = threading.Event()
@@ -69,9 +70,9 @@ def run_worker(
     """One worker per accelerator; SIGTERM drains (checkpoint and hand back, or finish)."""
     if gpu is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = gpu
-    platform = build_platform(settings)
+    platform = worker_context(build_core(settings), build_model(model, settings))
     _serve_metrics(platform, metrics_port)
-    worker = Worker(platform, model_name=model)
+    worker = Worker(platform)
 
     def drain() -> None:
         worker.stop.set()

@@ -5,8 +5,8 @@ from __future__ import annotations
 import secrets
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Generic, TypeVar
+from dataclasses import dataclass, field, fields
+from typing import Any, Generic, TypeVar
 
 from reelgen.domain.jobs import User
 from reelgen.models.base import VideoModel
@@ -43,20 +43,32 @@ class TTLCache(Generic[K, V]):
         self._items[key] = (now + self.ttl_s, value)
 
 
-@dataclass
-class Platform:
+@dataclass(kw_only=True)
+class Core:
+    """What every process role uses: the database and its job store, object storage, the
+    bus and metrics. The roles below add only what each of them needs."""
+
     settings: Settings
     db: Database
     jobs: JobStore
-    accounts: AccountStore
     objects: ObjectStore
     bus: Bus
     metrics: Metrics
-    signing_secret: bytes
-    models: dict[str, VideoModel]
-    """Adapters by name, not loaded: the API asks them for styles and cost estimates; a
-    worker loads the one it serves."""
     clock: Callable[[], float] = time.time
+
+    def close(self) -> None:
+        self.bus.close()
+        self.db.dispose()
+
+
+@dataclass(kw_only=True)
+class ApiContext(Core):
+    """An API replica: accounts and their key cache, the adapter catalogue (styles, cost
+    estimates; nothing loaded), the URL signing secret and the ranking policy."""
+
+    accounts: AccountStore
+    models: dict[str, VideoModel]
+    signing_secret: bytes
     policy: Policy = field(default_factory=Policy)
     key_cache: TTLCache[str, User] = field(default_factory=lambda: TTLCache(ttl_s=30.0))
     """API key hash -> user; a revoked key may keep working for up to `ttl_s`."""
@@ -64,9 +76,16 @@ class Platform:
     def model(self, name: str) -> VideoModel:
         return self.models[name]
 
-    def close(self) -> None:
-        self.bus.close()
-        self.db.dispose()
+
+@dataclass(kw_only=True)
+class WorkerContext(Core):
+    """A worker: the one adapter it serves, which it loads."""
+
+    model: VideoModel
+
+
+def _core_fields(core: Core) -> dict[str, Any]:
+    return {f.name: getattr(core, f.name) for f in fields(Core)}
 
 
 def load_signing_secret(settings: Settings) -> bytes:
@@ -81,20 +100,51 @@ def load_signing_secret(settings: Settings) -> bytes:
     return path.read_text().strip().encode()
 
 
-def build_platform(settings: Settings) -> Platform:
+def build_core(settings: Settings) -> Core:
     engine = make_engine(
         settings.resolved_database_url(), sqlite_synchronous=settings.sqlite_synchronous
     )
     db = Database(engine)
-    secret = load_signing_secret(settings)
-    return Platform(
+    return Core(
         settings=settings,
         db=db,
         jobs=JobStore(db),
-        accounts=AccountStore(db),
-        objects=open_store(settings.resolved_storage_url(), signing_secret=secret),
+        objects=open_store(
+            settings.resolved_storage_url(), signing_secret=load_signing_secret(settings)
+        ),
         bus=open_bus(settings.resolved_database_url()),
         metrics=Metrics(),
-        signing_secret=secret,
-        models={name: build_model(name, settings) for name in AVAILABLE},
     )
+
+
+def build_catalog(settings: Settings) -> dict[str, VideoModel]:
+    """Every adapter the public model names can reach, unloaded; a name that points at no
+    adapter stops the start-up instead of failing its first request."""
+    missing = sorted({a for a in settings.model_names.values() if a not in AVAILABLE})
+    if missing:
+        raise ValueError(
+            f"REELGEN_MODEL_NAMES points at unknown adapters {missing}; "
+            f"available: {', '.join(AVAILABLE)}"
+        )
+    return {name: build_model(name, settings) for name in AVAILABLE}
+
+
+def api_context(core: Core, catalog: dict[str, VideoModel] | None = None) -> ApiContext:
+    """The API's view of `core` (shared with other roles in `reelgen serve`)."""
+    core.db.start_group_commit()
+    return ApiContext(
+        **_core_fields(core),
+        accounts=AccountStore(core.db),
+        models=catalog if catalog is not None else build_catalog(core.settings),
+        signing_secret=load_signing_secret(core.settings),
+    )
+
+
+def worker_context(core: Core, model: VideoModel) -> WorkerContext:
+    return WorkerContext(**_core_fields(core), model=model)
+
+
+def build_api(settings: Settings) -> ApiContext:
+    """An API context over a core of its own (`reelgen api`, tools, tests)."""
+    catalog = build_catalog(settings)  # first: a bad configuration stops before connecting
+    return api_context(build_core(settings), catalog)

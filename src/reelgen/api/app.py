@@ -11,10 +11,10 @@ from fastapi import FastAPI
 from reelgen.api import errors
 from reelgen.api.progress import ProgressHub
 from reelgen.api.routes import files, health, metrics, videos
-from reelgen.platform import Platform
+from reelgen.platform import ApiContext
 
 
-def create_app(platform: Platform) -> FastAPI:
+def create_app(platform: ApiContext) -> FastAPI:
     hub = ProgressHub(platform)
 
     @asynccontextmanager

@@ -9,22 +9,24 @@ from fastapi import Depends, Request
 from fastapi.concurrency import run_in_threadpool
 
 from reelgen.domain.jobs import User
-from reelgen.platform import Platform
+from reelgen.platform import ApiContext
 from reelgen.services import accounts
 
 P = ParamSpec("P")
 T = TypeVar("T")
 
 
-async def get_platform(request: Request) -> Platform:
-    platform: Platform = request.app.state.platform
+async def get_platform(request: Request) -> ApiContext:
+    platform: ApiContext = request.app.state.platform
     return platform
 
 
-PlatformDep = Annotated[Platform, Depends(get_platform)]
+ApiDep = Annotated[ApiContext, Depends(get_platform)]
 
 
-async def run_sync(platform: Platform, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+async def run_sync(
+    platform: ApiContext, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs
+) -> T:
     """Runs service code that may block on the database.
 
     SQLite is a library in this process: its calls take microseconds to a millisecond, less
@@ -36,7 +38,7 @@ async def run_sync(platform: Platform, fn: Callable[P, T], *args: P.args, **kwar
 
 
 async def get_user(request: Request) -> User:
-    platform: Platform = request.app.state.platform
+    platform: ApiContext = request.app.state.platform
     header = request.headers.get("authorization", "")
     scheme, _, key = header.partition(" ")
     token = key.strip() if scheme.lower() == "bearer" else None

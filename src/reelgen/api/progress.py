@@ -22,7 +22,7 @@ from typing import Any
 from reelgen.api.deps import run_sync
 from reelgen.domain.errors import Unavailable
 from reelgen.domain.events import EventCursor
-from reelgen.platform import Platform
+from reelgen.platform import ApiContext
 
 log = logging.getLogger("reelgen.api.progress")
 
@@ -30,7 +30,7 @@ Update = dict[str, Any]
 
 
 class ProgressHub:
-    def __init__(self, platform: Platform, poll_s: float = 0.5):
+    def __init__(self, platform: ApiContext, poll_s: float = 0.5):
         self.platform = platform
         self.poll_s = poll_s
         self._subs: dict[str, set[asyncio.Queue[Update]]] = defaultdict(set)

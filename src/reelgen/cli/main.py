@@ -113,12 +113,12 @@ def keys_create(
     data_dir: DataDir = None,
 ) -> None:
     """Create an API key for a user and print it (shown only once)."""
-    from reelgen.platform import build_platform
+    from reelgen.platform import build_api
     from reelgen.services.accounts import create_key
     from reelgen.store.database import upgrade
 
     settings = _settings(data_dir)
-    platform = build_platform(settings)
+    platform = build_api(settings)
     if settings.is_embedded_database:
         upgrade(platform.db.engine)
     typer.echo(create_key(platform, user_name=user, tier=tier))

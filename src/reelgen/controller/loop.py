@@ -11,7 +11,7 @@ import random
 import threading
 
 from reelgen.domain.errors import Unavailable
-from reelgen.platform import Platform
+from reelgen.platform import Core
 from reelgen.scheduler.policy import retry_backoff
 from reelgen.storage import keys
 from reelgen.store.election import Leadership
@@ -31,7 +31,7 @@ class SessionWatch:
     def __init__(self) -> None:
         self.missing_since: dict[str, float] = {}
 
-    def check(self, platform: Platform, now: float) -> list[Reaped]:
+    def check(self, platform: Core, now: float) -> list[Reaped]:
         held = platform.jobs.held_session_keys()
         if held is None:
             return []
@@ -55,7 +55,7 @@ class SessionWatch:
         )
 
 
-def _account(platform: Platform, reaped: list[Reaped], why: str) -> None:
+def _account(platform: Core, reaped: list[Reaped], why: str) -> None:
     for r in reaped:
         platform.metrics.lease_expiries.inc()
         if r.requeued:
@@ -70,7 +70,7 @@ def _account(platform: Platform, reaped: list[Reaped], why: str) -> None:
         platform.bus.work_available()
 
 
-def tick(platform: Platform, sessions: SessionWatch | None = None, *, reap: bool = True) -> None:
+def tick(platform: Core, sessions: SessionWatch | None = None, *, reap: bool = True) -> None:
     """One round of housekeeping; `reap=False` leaves running jobs alone (see `run_elected`)."""
     now = platform.clock()
     if reap:
@@ -87,7 +87,7 @@ def tick(platform: Platform, sessions: SessionWatch | None = None, *, reap: bool
     platform.jobs.prune_idempotency_keys(now - IDEMPOTENCY_TTL_S)
 
 
-def recover_orphans(platform: Platform) -> None:
+def recover_orphans(platform: Core) -> None:
     """At embedded start-up every running job belongs to a process that is gone."""
     now = platform.clock()
     reaped = platform.jobs.reap(now=now, only_expired=False, backoff=lambda _a: 0.0)
@@ -103,7 +103,7 @@ class Elected:
     worker is alive. Fresh renewals settle that within the period.
     """
 
-    def __init__(self, platform: Platform, leadership: Leadership):
+    def __init__(self, platform: Core, leadership: Leadership):
         self.platform = platform
         self.leadership = leadership
         self.leading = False
@@ -145,7 +145,7 @@ class Elected:
 
 
 def run_elected(
-    platform: Platform, stop: threading.Event, leadership: Leadership, retry_s: float = 1.0
+    platform: Core, stop: threading.Event, leadership: Leadership, retry_s: float = 1.0
 ) -> None:
     """Standby until the lock is ours, then lead; step down if the lock is lost."""
     elected = Elected(platform, leadership)

@@ -7,7 +7,7 @@ import secrets
 
 from reelgen.domain.errors import Unauthorized
 from reelgen.domain.jobs import Tier, User
-from reelgen.platform import Platform
+from reelgen.platform import ApiContext
 
 KEY_PREFIX = "rg_"
 
@@ -21,7 +21,7 @@ def new_id(prefix: str) -> str:
 
 
 def create_key(
-    platform: Platform, *, user_name: str, tier: Tier | None, key: str | None = None
+    platform: ApiContext, *, user_name: str, tier: Tier | None, key: str | None = None
 ) -> str:
     """Creates (or reuses) the user and binds a new key to it; returns the plain key.
 
@@ -37,7 +37,7 @@ def create_key(
     return key
 
 
-def authenticate(platform: Platform, key: str | None) -> User:
+def authenticate(platform: ApiContext, key: str | None) -> User:
     """Resolves a key to its user; answers are cached briefly so each request skips a query."""
     if not key:
         raise Unauthorized(
@@ -53,7 +53,7 @@ def authenticate(platform: Platform, key: str | None) -> User:
     return user
 
 
-def ensure_bootstrap_key(platform: Platform, *, create_if_empty: bool) -> str | None:
+def ensure_bootstrap_key(platform: ApiContext, *, create_if_empty: bool) -> str | None:
     """Makes the configured bootstrap key exist, or creates a first key on an empty install.
 
     Returns a key only when one was newly generated and must be shown to the operator.

@@ -36,7 +36,7 @@ from reelgen.domain.jobs import (
 from reelgen.domain.spec import JobSpec, Operation
 from reelgen.models.base import GenerationSpec
 from reelgen.models.registry import AVAILABLE
-from reelgen.platform import Platform
+from reelgen.platform import ApiContext
 from reelgen.services.images import validate_reference_image
 from reelgen.storage import keys
 from reelgen.store.jobs import QueueStats, Submitted, UsageView
@@ -66,7 +66,7 @@ class VideoView:
     eta_seconds: int | None
 
 
-def tier_limits(platform: Platform, tier: Tier) -> TierLimits:
+def tier_limits(platform: ApiContext, tier: Tier) -> TierLimits:
     s = platform.settings
     if tier is Tier.PAID:
         return TierLimits(s.paid_max_concurrent, s.paid_max_per_day)
@@ -100,7 +100,7 @@ def resolve_model(names: dict[str, str], requested: str) -> str | None:
     return None
 
 
-def _model_names(platform: Platform, requested: str | None) -> tuple[str, str]:
+def _model_names(platform: ApiContext, requested: str | None) -> tuple[str, str]:
     """(name as requested, adapter)."""
     names = platform.settings.model_names
     requested = requested or platform.settings.default_model
@@ -114,7 +114,9 @@ def _model_names(platform: Platform, requested: str | None) -> tuple[str, str]:
     return requested, adapter
 
 
-def _validated(platform: Platform, req: CreateVideo, *, seed: int) -> tuple[JobSpec, bytes | None]:
+def _validated(
+    platform: ApiContext, req: CreateVideo, *, seed: int
+) -> tuple[JobSpec, bytes | None]:
     s = platform.settings
     prompt = (req.prompt or "").strip()
     if not prompt:
@@ -205,7 +207,7 @@ class _Submission:
 
 
 def _prepare(
-    platform: Platform,
+    platform: ApiContext,
     user: User,
     req: CreateVideo,
     *,
@@ -263,18 +265,18 @@ def _prepare(
     )
 
 
-def _store_image(platform: Platform, sub: _Submission) -> None:
+def _store_image(platform: ApiContext, sub: _Submission) -> None:
     if sub.image is not None and sub.reference_key is not None:
         platform.objects.put(sub.reference_key, sub.image)
 
 
-def _enqueue(platform: Platform, sub: _Submission) -> Future[Submitted]:
+def _enqueue(platform: ApiContext, sub: _Submission) -> Future[Submitted]:
     return platform.jobs.submit_future(
         sub.row, admit=sub.admit, idempotency=sub.idempotency, request_hash=sub.request_hash
     )
 
 
-def _settle(platform: Platform, sub: _Submission, outcome: Future[Submitted]) -> Submitted:
+def _settle(platform: ApiContext, sub: _Submission, outcome: Future[Submitted]) -> Submitted:
     """Cleans up after a refusal or a replay; announces a new job. Returns the outcome or
     raises what refused it."""
     try:
@@ -291,7 +293,7 @@ def _settle(platform: Platform, sub: _Submission, outcome: Future[Submitted]) ->
 
 
 def submit(
-    platform: Platform,
+    platform: ApiContext,
     user: User,
     req: CreateVideo,
     *,
@@ -311,7 +313,7 @@ def submit(
 
 
 async def submit_async(
-    platform: Platform, user: User, req: CreateVideo, *, idempotency_key: str | None = None
+    platform: ApiContext, user: User, req: CreateVideo, *, idempotency_key: str | None = None
 ) -> tuple[VideoView, bool]:
     """`submit` for an event loop: waits for the commit without blocking the loop.
 
@@ -337,20 +339,20 @@ async def submit_async(
 
 
 def _finish(
-    platform: Platform, sub: _Submission, outcome: Future[Submitted]
+    platform: ApiContext, sub: _Submission, outcome: Future[Submitted]
 ) -> tuple[VideoView, bool]:
     done = _settle(platform, sub, outcome)
     return view(platform, done.job, done.queue), done.created
 
 
-def get_job(platform: Platform, user: User, video_id: str) -> Job:
+def get_job(platform: ApiContext, user: User, video_id: str) -> Job:
     job = platform.jobs.get(video_id)
     if job is None or job.user_id != user.id or job.deleted_at is not None:
         raise NotFound(f"No video found with id {video_id!r}.", param="video_id")
     return job
 
 
-def get_view(platform: Platform, user: User, video_id: str) -> VideoView:
+def get_view(platform: ApiContext, user: User, video_id: str) -> VideoView:
     """`view(get_job(...))` in one database visit."""
     found = platform.jobs.get_with_queue(video_id, platform.clock())
     job = found[0] if found is not None else None
@@ -359,7 +361,7 @@ def get_view(platform: Platform, user: User, video_id: str) -> VideoView:
     return view(platform, job, found[1])
 
 
-def view(platform: Platform, job: Job, queue: QueueStats | None = None) -> VideoView:
+def view(platform: ApiContext, job: Job, queue: QueueStats | None = None) -> VideoView:
     """`queue`: the job's queue stats if already read (a new job's, from its submit)."""
     if job.status is Status.QUEUED:
         if queue is None:
@@ -373,7 +375,7 @@ def view(platform: Platform, job: Job, queue: QueueStats | None = None) -> Video
 
 
 def list_jobs(
-    platform: Platform, user: User, *, after: str | None, limit: int, order: str
+    platform: ApiContext, user: User, *, after: str | None, limit: int, order: str
 ) -> tuple[list[Job], bool]:
     if not 1 <= limit <= 100:
         raise InvalidRequest("limit must be between 1 and 100.", param="limit")
@@ -390,7 +392,7 @@ def list_jobs(
     return jobs[:limit], len(jobs) > limit
 
 
-def cancel(platform: Platform, user: User, video_id: str) -> Job:
+def cancel(platform: ApiContext, user: User, video_id: str) -> Job:
     job = get_job(platform, user, video_id)
     if job.status in (Status.COMPLETED, Status.FAILED):
         raise Conflict(
@@ -405,7 +407,7 @@ def cancel(platform: Platform, user: User, video_id: str) -> Job:
     return cancelled
 
 
-def delete(platform: Platform, user: User, video_id: str) -> None:
+def delete(platform: ApiContext, user: User, video_id: str) -> None:
     """Cancels a live job, then removes its stored content; the row stays for the audit."""
     job = get_job(platform, user, video_id)
     if not job.status.is_terminal:
@@ -416,7 +418,7 @@ def delete(platform: Platform, user: User, video_id: str) -> None:
 
 
 def remix(
-    platform: Platform, user: User, video_id: str, prompt: str | None, idempotency_key: str | None
+    platform: ApiContext, user: User, video_id: str, prompt: str | None, idempotency_key: str | None
 ) -> Job:
     """A new job with the source's size, length, style and seed and a new prompt."""
     source = get_job(platform, user, video_id)
@@ -456,7 +458,7 @@ def remix(
     return job
 
 
-def content_key(platform: Platform, user: User, video_id: str, variant: Variant) -> str:
+def content_key(platform: ApiContext, user: User, video_id: str, variant: Variant) -> str:
     job = get_job(platform, user, video_id)
     if job.status is not Status.COMPLETED:
         raise InvalidRequest(
@@ -469,6 +471,6 @@ def content_key(platform: Platform, user: User, video_id: str, variant: Variant)
     return key
 
 
-def content_url(platform: Platform, key: str) -> str:
+def content_url(platform: ApiContext, key: str) -> str:
     expires = int(platform.clock()) + platform.settings.signed_url_ttl_seconds
     return platform.objects.url_for(key, expires)

@@ -208,13 +208,22 @@ class Database:
         otherwise in the order they were handed in, so that batches of several processes
         take their locks in the same order; later items see earlier ones' writes.
         """
-        committer = self._committer
-        if committer is None:
-            with self._committer_lock:
-                if self._committer is None:
-                    self._committer = GroupCommitter(self)
-                committer = self._committer
-        return committer.submit(work, order)
+        if self._committer is None:  # a process that submits rarely: a batch of one, now
+            done: Future[T] = Future()
+            try:
+                with self.write() as conn:
+                    done.set_result(work(conn, {}))
+            except Exception as exc:
+                done.set_exception(exc)
+            return done
+        return self._committer.submit(work, order)
+
+    def start_group_commit(self) -> None:
+        """Starts the committer thread `batched` hands work to; processes that submit jobs
+        (the API) start it at start-up. Without it each `batched` call commits on its own."""
+        with self._committer_lock:
+            if self._committer is None:
+                self._committer = GroupCommitter(self)
 
     @cached_property
     def _autocommit_engine(self) -> Engine:

@@ -33,7 +33,7 @@ from reelgen.domain.jobs import (
 )
 from reelgen.media.encode import encode_clip
 from reelgen.models.base import Clip, GenerationSpec, StepInfo
-from reelgen.platform import Platform
+from reelgen.platform import WorkerContext
 from reelgen.storage import keys
 from reelgen.storage.base import Body
 from reelgen.store.jobs import WorkerFlags
@@ -90,9 +90,9 @@ class HandBack(Exception):
 
 
 class Worker:
-    def __init__(self, platform: Platform, *, model_name: str, worker_id: str | None = None):
+    def __init__(self, platform: WorkerContext, *, worker_id: str | None = None):
         self.platform = platform
-        self.model_name = model_name
+        self.model_name = platform.model.name
         self.id = worker_id or f"worker_{secrets.token_hex(6)}"
         self.stop = threading.Event()
         self._born = time.monotonic()
@@ -100,8 +100,7 @@ class Worker:
 
     def run(self) -> None:
         p = self.platform
-        model = p.model(self.model_name)
-        model.load()
+        p.model.load()
         marker = marker_for(p.settings.resolved_database_url())
         marker.start()
         ctx: dict[str, object] = {"worker_id": self.id, "model": self.model_name}
@@ -422,7 +421,7 @@ class _JobRun:
         self.checkpoint_key = key
 
     def _generate(self, spec: GenerationSpec) -> tuple[Clip, bool]:
-        model = self.p.model(self.job.model)
+        model = self.p.model
         resume = None
         if self.job.checkpoint_key is not None and self.p.objects.exists(self.job.checkpoint_key):
             resume = self.p.objects.get(self.job.checkpoint_key)
@@ -439,7 +438,7 @@ class _JobRun:
             self.model_seconds = time.monotonic() - started
 
     def execute(self) -> None:
-        model = self.p.model(self.job.model)
+        model = self.p.model
         spec = self.spec()
         total = model.num_steps(spec)
         start_step = self.job.checkpoint_step if self.job.checkpoint_key else 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import FileResponse
 
-from reelgen.api.deps import PlatformDep
+from reelgen.api.deps import ApiDep
 from reelgen.api.errors import error_response
 from reelgen.api.routes.videos import file_response
 from reelgen.api.schemas import CONTENT_RESPONSES, error_responses
@@ -27,7 +27,7 @@ MAX_AGE_CAP_S = 2**31
 )
 @router.head("/files/{key:path}", response_model=None, include_in_schema=False)
 async def signed_file(
-    request: Request, key: str, expires: int, signature: str, platform: PlatformDep
+    request: Request, key: str, expires: int, signature: str, platform: ApiDep
 ) -> Response:
     now = platform.clock()
     if not verify(platform.signing_secret, key, expires, signature, now):

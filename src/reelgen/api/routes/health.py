@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
-from reelgen.api.deps import PlatformDep, run_sync
+from reelgen.api.deps import ApiDep, run_sync
 from reelgen.store.database import head_revision
 
 router = APIRouter(tags=["health"])
@@ -17,7 +17,7 @@ def healthz() -> dict[str, str]:
 
 
 @router.get("/readyz")
-async def readyz(platform: PlatformDep) -> JSONResponse:
+async def readyz(platform: ApiDep) -> JSONResponse:
     def check() -> dict[str, str]:
         revision = platform.db.schema_revision()
         if revision != head_revision():

@@ -14,7 +14,7 @@ from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 
 from reelgen.api.content import object_response
-from reelgen.api.deps import CurrentUser, PlatformDep, run_sync
+from reelgen.api.deps import ApiDep, CurrentUser, run_sync
 from reelgen.api.progress import ProgressHub
 from reelgen.api.schemas import (
     CONTENT_RESPONSES,
@@ -27,7 +27,7 @@ from reelgen.api.schemas import (
 )
 from reelgen.domain.errors import InvalidRequest, NotFound, Unavailable
 from reelgen.domain.jobs import VARIANT_MEDIA_TYPES, Job, User, Variant
-from reelgen.platform import Platform
+from reelgen.platform import ApiContext
 from reelgen.services import videos
 from reelgen.services.videos import CreateVideo
 
@@ -80,7 +80,7 @@ _CREATE_DOC: dict[str, Any] = {
 }
 
 
-def _public(platform: Platform, job: Job) -> VideoPublic:
+def _public(platform: ApiContext, job: Job) -> VideoPublic:
     return VideoPublic.from_view(videos.view(platform, job))
 
 
@@ -173,7 +173,7 @@ async def _from_form(request: Request, max_bytes: int) -> CreateVideo:
 )
 async def create_video(
     request: Request,
-    platform: PlatformDep,
+    platform: ApiDep,
     user: CurrentUser,
     idempotency_key: Annotated[str | None, Header()] = None,
 ) -> Response:
@@ -244,7 +244,7 @@ for _op, _path, _method in (
 
 @router.get("", response_model=VideoList, responses=error_responses(400, 401, 404))
 async def list_videos(
-    platform: PlatformDep,
+    platform: ApiDep,
     user: CurrentUser,
     after: str | None = None,
     limit: Annotated[int, Query()] = 20,
@@ -253,7 +253,7 @@ async def list_videos(
     return await run_sync(platform, _list, platform, user, after, limit, order)
 
 
-def _list(platform: Platform, user: User, after: str | None, limit: int, order: str) -> VideoList:
+def _list(platform: ApiContext, user: User, after: str | None, limit: int, order: str) -> VideoList:
     jobs, has_more = videos.list_jobs(platform, user, after=after, limit=limit, order=order)
     data = [_public(platform, j) for j in jobs]
     return VideoList(
@@ -265,7 +265,7 @@ def _list(platform: Platform, user: User, after: str | None, limit: int, order: 
 
 
 @router.get("/{video_id}", response_model=VideoPublic, responses=error_responses(401, 404))
-async def retrieve_video(video_id: str, platform: PlatformDep, user: CurrentUser) -> Response:
+async def retrieve_video(video_id: str, platform: ApiDep, user: CurrentUser) -> Response:
     public = await run_sync(platform, _retrieve, platform, user, video_id)
     headers = {}
     if public.status in ("queued", "in_progress"):
@@ -274,12 +274,12 @@ async def retrieve_video(video_id: str, platform: PlatformDep, user: CurrentUser
     return Response(public.model_dump_json(), media_type="application/json", headers=headers)
 
 
-def _retrieve(platform: Platform, user: User, video_id: str) -> VideoPublic:
+def _retrieve(platform: ApiContext, user: User, video_id: str) -> VideoPublic:
     return VideoPublic.from_view(videos.get_view(platform, user, video_id))
 
 
 @router.delete("/{video_id}", response_model=VideoDeleted, responses=error_responses(401, 404, 409))
-async def delete_video(video_id: str, platform: PlatformDep, user: CurrentUser) -> VideoDeleted:
+async def delete_video(video_id: str, platform: ApiDep, user: CurrentUser) -> VideoDeleted:
     await run_sync(platform, videos.delete, platform, user, video_id)
     return VideoDeleted(id=video_id)
 
@@ -287,12 +287,12 @@ async def delete_video(video_id: str, platform: PlatformDep, user: CurrentUser) 
 @router.post(
     "/{video_id}/cancel", response_model=VideoPublic, responses=error_responses(401, 404, 409)
 )
-async def cancel_video(video_id: str, platform: PlatformDep, user: CurrentUser) -> VideoPublic:
+async def cancel_video(video_id: str, platform: ApiDep, user: CurrentUser) -> VideoPublic:
     """Queued jobs stop at once; running jobs stop at their next step boundary."""
     return await run_sync(platform, _cancel, platform, user, video_id)
 
 
-def _cancel(platform: Platform, user: User, video_id: str) -> VideoPublic:
+def _cancel(platform: ApiContext, user: User, video_id: str) -> VideoPublic:
     return _public(platform, videos.cancel(platform, user, video_id))
 
 
@@ -304,7 +304,7 @@ def _cancel(platform: Platform, user: User, video_id: str) -> VideoPublic:
 async def remix_video(
     video_id: str,
     body: RemixBody,
-    platform: PlatformDep,
+    platform: ApiDep,
     user: CurrentUser,
     idempotency_key: Annotated[str | None, Header()] = None,
 ) -> VideoPublic:
@@ -312,7 +312,7 @@ async def remix_video(
 
 
 def _remix(
-    platform: Platform, user: User, video_id: str, prompt: str, idempotency_key: str | None
+    platform: ApiContext, user: User, video_id: str, prompt: str, idempotency_key: str | None
 ) -> VideoPublic:
     return _public(platform, videos.remix(platform, user, video_id, prompt, idempotency_key))
 
@@ -327,7 +327,7 @@ def _remix(
 async def download_content(
     request: Request,
     video_id: str,
-    platform: PlatformDep,
+    platform: ApiDep,
     user: CurrentUser,
     variant: Variant = Variant.VIDEO,
 ) -> Response:
@@ -339,7 +339,7 @@ async def download_content(
 
 
 def file_response(
-    request: Request, platform: Platform, key: str, variant: Variant, *, cache: str
+    request: Request, platform: ApiContext, key: str, variant: Variant, *, cache: str
 ) -> Response:
     return object_response(
         request, platform.objects, key, media_type=VARIANT_MEDIA_TYPES[variant], cache=cache
@@ -355,7 +355,7 @@ def file_response(
     },
 )
 async def video_events(
-    video_id: str, request: Request, platform: PlatformDep, user: CurrentUser
+    video_id: str, request: Request, platform: ApiDep, user: CurrentUser
 ) -> StreamingResponse:
     """Server-Sent Events: a `video` event per change of status, stage or progress.
 
@@ -393,7 +393,7 @@ def _changes_state(update: dict[str, Any]) -> bool:
 
 async def _event_stream(
     request: Request,
-    platform: Platform,
+    platform: ApiContext,
     user: User,
     public: VideoPublic,
     queue: asyncio.Queue[dict[str, Any]],
