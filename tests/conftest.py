@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import threading
 import time
@@ -120,8 +121,20 @@ class LiveServer:
         raise AssertionError(f"{video_id} did not finish in {timeout} s")
 
 
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A migrated SQLite file; servers start from a copy instead of migrating anew."""
+    from reelgen.store.database import make_engine
+
+    path = tmp_path_factory.mktemp("template") / "reelgen.db"
+    engine = make_engine(f"sqlite:///{path}")
+    upgrade(engine)
+    engine.dispose()
+    return path
+
+
 @pytest.fixture
-def start_server(tmp_path: Path) -> Iterator:
+def start_server(tmp_path: Path, sqlite_template: Path) -> Iterator:
     """Starts API + controller + workers in this process; yields a factory."""
     started: list[
         tuple[uvicorn.Server, threading.Thread, list[Worker], threading.Event, ApiContext]
@@ -133,6 +146,11 @@ def start_server(tmp_path: Path) -> Iterator:
     ) -> LiveServer:
         """`prepare` may swap model adapters before any worker starts."""
         settings = make_settings(tmp_path / f"data{len(started)}", **overrides)
+        url = settings.resolved_database_url()
+        if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).exists():
+            target = Path(url.removeprefix("sqlite:///"))
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(sqlite_template, target)
         platform = build_api(settings)
         if prepare is not None:
             prepare(platform)
@@ -161,14 +179,14 @@ def start_server(tmp_path: Path) -> Iterator:
         return LiveServer(f"http://127.0.0.1:{port}", platform, paid, free, pool)
 
     yield start
-    for server, thread, pool, stop, platform in started:
+    for server, _thread, pool, stop, platform in started:  # every one stops at once
         server.should_exit = True
-        thread.join(timeout=10)
         stop.set()
         for w in pool:
             w.stop.set()
         platform.bus.work_available()
-        time.sleep(0.1)
+    for _server, thread, _pool, _stop, platform in started:
+        thread.join(timeout=10)
         platform.close()
 
 

@@ -19,6 +19,8 @@ log = logging.getLogger("reelgen.notify")
 
 WORK_CHANNEL = "reelgen_work"
 PROGRESS_CHANNEL = "reelgen_progress"
+LISTEN_POLL_S = 0.2
+"""How often the listener looks up from its connection, so that `close` returns quickly."""
 
 ProgressListener = Callable[[dict[str, Any]], None]
 
@@ -101,7 +103,7 @@ class PostgresBus(Bus):
                     # Anything announced while we were not listening is found by polling.
                     self.wake_local()
                     while not self._stop.is_set():
-                        for note in conn.notifies(timeout=1.0):
+                        for note in conn.notifies(timeout=LISTEN_POLL_S):
                             if note.channel == WORK_CHANNEL:
                                 self.wake_local()
                             else:
