@@ -10,6 +10,8 @@ keeps a session-held advisory lock per worker. SQLite serialises writers with
 from __future__ import annotations
 
 import sqlite3
+import threading
+from contextlib import AbstractContextManager, nullcontext
 from typing import TYPE_CHECKING, Any, Protocol
 
 from sqlalchemy import Connection, Insert, Table, exc, text
@@ -27,6 +29,17 @@ LAST_ID = 2**63 - 1
 
 class Backend(Protocol):
     name: str
+    calls_are_inline: bool
+    """Calls return in microseconds (an in-process library), faster than a thread hand-off."""
+    autocommit_reads: bool
+    """Single-statement reads use a pool of autocommit connections (no BEGIN/COMMIT)."""
+
+    def process_write_lock(self) -> AbstractContextManager[object]:
+        """Held around every write transaction of this process."""
+        ...
+
+    def relax_durability(self, conn: Connection) -> None:
+        """Lets this transaction's commit answer before it reaches disk, where supported."""
 
     def lock_user(self, conn: Connection, user_id: str) -> None:
         """Serialises one user's submits (quota checks must see each other)."""
@@ -67,6 +80,16 @@ def _driver_error(error: BaseException) -> BaseException:
 
 class SqliteBackend:
     name = "sqlite"
+    calls_are_inline = True
+    autocommit_reads = False
+
+    def process_write_lock(self) -> AbstractContextManager[object]:
+        # One writer at a time: queueing this process's writers on a lock avoids SQLite's
+        # sleep-and-retry busy handler, which stretches tail latency.
+        return threading.Lock()
+
+    def relax_durability(self, conn: Connection) -> None:
+        return None  # `synchronous` is per connection; writes stay as configured
 
     def lock_user(self, conn: Connection, user_id: str) -> None:
         return None  # BEGIN IMMEDIATE already holds the database's write lock
@@ -137,6 +160,14 @@ class SqliteBackend:
 
 class PostgresBackend:
     name = "postgresql"
+    calls_are_inline = False
+    autocommit_reads = True
+
+    def process_write_lock(self) -> AbstractContextManager[object]:
+        return nullcontext()  # row locks serialise what must be
+
+    def relax_durability(self, conn: Connection) -> None:
+        conn.exec_driver_sql("SET LOCAL synchronous_commit TO OFF")
 
     def lock_user(self, conn: Connection, user_id: str) -> None:
         conn.execute(q.lock_user(), {"user_id": user_id})

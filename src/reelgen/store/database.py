@@ -7,7 +7,7 @@ import queue
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -98,13 +98,8 @@ class Database:
 
     def __init__(self, engine: Engine):
         self.engine = engine
-        self.dialect = engine.dialect.name
-        self.backend: Backend = backend_for(self.dialect)
-        # SQLite has one writer at a time; queueing writers of this process on a lock
-        # avoids SQLite's sleep-and-retry busy handler, which stretches tail latency.
-        self._write_lock: AbstractContextManager[object] = (
-            threading.Lock() if self.dialect == "sqlite" else nullcontext()
-        )
+        self.backend: Backend = backend_for(engine.dialect.name)
+        self._write_lock: AbstractContextManager[object] = self.backend.process_write_lock()
         self._committer: GroupCommitter | None = None
         self._compiled_cache: dict[Any, tuple[str, list[str] | None, dict[str, Any]]] = {}
         self._committer_lock = threading.Lock()
@@ -113,7 +108,7 @@ class Database:
     def calls_are_inline(self) -> bool:
         """Whether a call returns in microseconds (an in-process library: SQLite), so that
         callers on an event loop should run it inline instead of handing it to a thread."""
-        return self.dialect == "sqlite"
+        return self.backend.calls_are_inline
 
     @contextmanager
     def _reachable(self) -> Iterator[None]:
@@ -137,7 +132,7 @@ class Database:
         Each statement is atomic on its own, so no BEGIN/COMMIT is sent (SQLite skips them in
         the `begin` hook; PostgreSQL reads use the autocommit pool).
         """
-        if self.dialect == "postgresql":
+        if self.backend.autocommit_reads:
             with self._reachable(), self._autocommit_engine.connect() as conn:
                 yield conn
             return
@@ -152,7 +147,7 @@ class Database:
         columns must need no result conversion (no SQLAlchemy-side types)."""
         sql, names, defaults = self._compiled(statement)
         values = {**defaults, **params}
-        engine = self._autocommit_engine if self.dialect == "postgresql" else self.engine
+        engine = self._autocommit_engine if self.backend.autocommit_reads else self.engine
         with self._reachable():
             raw = engine.raw_connection()
             try:
@@ -194,8 +189,8 @@ class Database:
             self.engine.connect().execution_options(write=True) as conn,
             conn.begin(),
         ):
-            if not durable and self.dialect == "postgresql":
-                conn.exec_driver_sql("SET LOCAL synchronous_commit TO OFF")
+            if not durable:
+                self.backend.relax_durability(conn)
             yield conn
 
     def batched(self, work: Work[T], *, order: str = "") -> Future[T]:
