@@ -21,7 +21,7 @@ import uvicorn
 from reelgen.api.app import create_app
 from reelgen.domain.errors import Unavailable
 from reelgen.domain.jobs import Status
-from reelgen.platform import build_api
+from reelgen.platform import ApiContext, build_api
 from reelgen.store.database import make_engine, upgrade
 
 from .conftest import free_port, make_settings
@@ -94,6 +94,32 @@ def test_an_unreachable_database_answers_503_with_retry_after(tmp_path: Path) ->
         server.should_exit = True
         thread.join(timeout=10)
         platform.close()
+
+
+def test_a_claim_whose_answer_was_lost_is_picked_up_not_orphaned(start_server_any) -> None:
+    """The claim commits, then the connection dies before the answer: the worker finds the
+    job it holds instead of leaving it to the lease reaper."""
+
+    def lose_one_answer(platform: ApiContext) -> None:
+        real = platform.jobs.claim
+        lost: list[str] = []
+
+        def claim(**kwargs: Any) -> Any:
+            job = real(**kwargs)
+            if job is not None and not lost:
+                lost.append(job.id)
+                raise Unavailable("the answer to this claim was lost")
+            return job
+
+        platform.jobs.claim = claim  # type: ignore[method-assign]
+
+    live = start_server_any(prepare=lose_one_answer, lease_seconds=600)
+    with live.client() as http:
+        video = http.post("/v1/videos", json={"prompt": "p", "size": "64x64"}).json()
+    done = live.wait_for(video["id"], timeout=30)
+    assert done["status"] == "completed", done
+    kinds = [e.kind for e in live.platform.jobs.events_after(video["id"])]
+    assert kinds.count("started") == 1 and "worker_lost" not in kinds, kinds
 
 
 @pytest.mark.slow

@@ -294,6 +294,17 @@ def test_head_cursor_keeps_an_event_whose_transaction_is_still_open(
     assert [e.kind for e in store.read_events(head)] == ["preempt_requested"]
 
 
+def test_leased_with_finds_only_the_claim_of_that_worker_and_token(store: JobStore) -> None:
+    store.register_worker("w", "reference", "host", 0.0)
+    _submit(store, _row("j"))
+    assert store.leased_with("w", "t") is None
+    _claim(store, "w", 1.0, "t")
+    found = store.leased_with("w", "t")
+    assert found is not None and found.id == "j" and found.attempt == 1
+    assert store.leased_with("w", "other") is None
+    assert store.leased_with("other", "t") is None
+
+
 def test_seq_for_user_includes_deleted_and_excludes_other_users(store: JobStore) -> None:
     _submit(store, _row("mine"))
     store.mark_deleted("mine", 1.0)

@@ -495,6 +495,19 @@ class JobStore:
         }
         return self.db.backend.claim(self.db, params)
 
+    def leased_with(self, worker_id: str, lease_token: str) -> Job | None:
+        """The job a claim with this token took, if that claim committed although its
+        answer was lost (the database went away at that moment)."""
+        with self.db.read() as conn:
+            row = conn.execute(
+                select(jobs).where(
+                    jobs.c.status == Status.IN_PROGRESS.value,
+                    jobs.c.lease_token == lease_token,
+                    jobs.c.worker_id == worker_id,
+                )
+            ).first()
+        return None if row is None else Job.from_row(row)
+
     def _fenced(
         self, conn: Connection, job_id: str, token: str, statement: Any, params: dict[str, Any]
     ) -> Any:

@@ -116,16 +116,25 @@ class Worker:
         log.info("worker ready", extra=ctx)
         idle_wait = p.settings.worker_poll_seconds
         try:
+            unanswered: str | None = None  # the token of a claim whose answer was lost
             while not self.stop.is_set():
                 mark = p.bus.work_mark()
                 try:
-                    job = p.jobs.claim(
-                        worker_id=self.id,
-                        model=self.model_name,
-                        now=p.clock(),
-                        lease_seconds=p.settings.lease_seconds,
-                        lease_token=secrets.token_hex(16),
-                    )
+                    job = None
+                    if unanswered is not None:
+                        job = p.jobs.leased_with(self.id, unanswered)
+                        unanswered = None
+                    if job is None:
+                        token = secrets.token_hex(16)
+                        unanswered = token
+                        job = p.jobs.claim(
+                            worker_id=self.id,
+                            model=self.model_name,
+                            now=p.clock(),
+                            lease_seconds=p.settings.lease_seconds,
+                            lease_token=token,
+                        )
+                        unanswered = None
                 except Unavailable as exc:
                     log.warning("cannot claim work: %s", exc.message, extra=ctx)
                     self.stop.wait(idle_wait)
