@@ -305,6 +305,20 @@ def test_leased_with_finds_only_the_claim_of_that_worker_and_token(store: JobSto
     assert store.leased_with("other", "t") is None
 
 
+def test_a_submit_announces_its_work_when_it_commits(store: JobStore, database_url: str) -> None:
+    if not database_url.startswith("postgresql"):
+        pytest.skip("SQLite processes share no channel; the in-process bus wakes workers")
+    import psycopg
+
+    from reelgen.store.notify import WORK_CHANNEL
+
+    with psycopg.connect(database_url, autocommit=True) as listener:
+        listener.execute(f"LISTEN {WORK_CHANNEL}")
+        _submit(store, _row("j"))
+        notes = list(listener.notifies(timeout=5, stop_after=1))
+    assert [(n.channel, n.payload) for n in notes] == [(WORK_CHANNEL, "reference")]
+
+
 def test_seq_for_user_includes_deleted_and_excludes_other_users(store: JobStore) -> None:
     _submit(store, _row("mine"))
     store.mark_deleted("mine", 1.0)

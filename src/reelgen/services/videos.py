@@ -288,7 +288,7 @@ def _settle(platform: ApiContext, sub: _Submission, outcome: Future[Submitted]) 
     if not done.created and sub.reference_key is not None:
         platform.objects.delete_prefix(keys.inputs_prefix(sub.job_id))
     if done.created:
-        platform.bus.work_available(done.job.model)
+        platform.bus.work_committed(done.job.model)
     return done
 
 
@@ -332,10 +332,18 @@ async def submit_async(
     outcome = _enqueue(platform, sub)
     with contextlib.suppress(Exception):  # _settle re-raises it
         await asyncio.wrap_future(outcome)
-    if sub.reference_key is not None or not platform.db.calls_are_inline:
-        # file deletes, a NOTIFY round trip, a queue read: not on the event loop
-        return await asyncio.to_thread(_finish, platform, sub, outcome)
-    return _finish(platform, sub, outcome)
+    if sub.reference_key is None and (platform.db.calls_are_inline or _complete(outcome)):
+        return _finish(platform, sub, outcome)
+    # file deletes, or a replayed job's queue read on a networked database: off the loop
+    return await asyncio.to_thread(_finish, platform, sub, outcome)
+
+
+def _complete(outcome: Future[Submitted]) -> bool:
+    """Whether the outcome needs no further read to be answered."""
+    if outcome.exception() is not None:
+        return True
+    done = outcome.result()
+    return done.queue is not None or done.job.status is not Status.QUEUED
 
 
 def _finish(

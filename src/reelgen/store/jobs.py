@@ -221,6 +221,10 @@ class JobStore:
                 oldest_today=now if oldest is None else min(oldest, now),
             ),
         )
+        announced = ("announced", job.model)
+        if announced not in scratch:  # once per batch and model, delivered at its commit
+            self.db.backend.announce_work(conn, job.model)
+            scratch[announced] = True
         return Submitted(job, True, queue)
 
     def _queue_in(self, conn: Connection, scratch: Scratch, job: Job, now: float) -> QueueStats:

@@ -38,6 +38,11 @@ class Bus:
     def work_available(self, model: str | None = None) -> None:
         self.wake_local()
 
+    def work_committed(self, model: str) -> None:
+        """After a commit that announced work itself (`Backend.announce_work`): only this
+        process's workers are left to wake, and on PostgreSQL the listener does that."""
+        self.wake_local()
+
     def wake_local(self) -> None:
         """Wakes this process's waiting workers only (safe from a signal handler)."""
         with self._work:
@@ -136,6 +141,9 @@ class PostgresBus(Bus):
             self._notify(WORK_CHANNEL, model or "")
         except Exception as exc:  # a hint: idle workers poll the queue anyway
             log.warning("could not announce work: %s", exc)
+
+    def work_committed(self, model: str) -> None:
+        return None  # the commit's NOTIFY reaches every listener, this process's included
 
     def publish_progress(self, update: dict[str, Any]) -> None:
         try:
