@@ -319,6 +319,38 @@ def test_a_submit_announces_its_work_when_it_commits(store: JobStore, database_u
     assert [(n.channel, n.payload) for n in notes] == [(WORK_CHANNEL, "reference")]
 
 
+def test_queue_board_answers_as_the_exact_count_does(
+    store: JobStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from reelgen.services import queue
+
+    for i, now in enumerate((5.0, 1.0, 3.0, 2.0, 4.0)):
+        row = _row(f"j{i}", now=now)
+        row.update(rank_at=now, estimated_seconds=10.0 * (i + 1))
+        _submit(store, row)
+    store.register_worker("w1", "reference", "host", 4.0)
+    _claim(store, "w1", 4.0, "t")  # the lowest rank starts: its remaining seconds count
+    board = queue.QueueBoard(["reference"])
+    board.refresh(store, now=5.0)
+    for i in range(5):
+        job = store.get(f"j{i}")
+        if job.status is Status.QUEUED:
+            assert board.stats(job) == store.queue_stats(job, now=5.0), job.id
+
+    late = _row("late", now=2.5)
+    late.update(rank_at=2.5, estimated_seconds=7.0)
+    _submit(store, late)
+    board.add(store.get("late"))  # accepted by this process: counted before any refresh
+    for job_id in ("j0", "j2", "j4", "late"):
+        job = store.get(job_id)
+        assert board.stats(job) == store.queue_stats(job, now=5.0), job_id
+
+    monkeypatch.setattr(queue, "MAX_ROWS", 2)
+    board.refresh(store, now=5.0)
+    assert board.stats(store.get("j3")) == store.queue_stats(store.get("j3"), now=5.0)
+    assert board.stats(store.get("j0")) is None  # behind the part held: counted exactly
+
+
 def test_seq_for_user_includes_deleted_and_excludes_other_users(store: JobStore) -> None:
     _submit(store, _row("mine"))
     store.mark_deleted("mine", 1.0)
@@ -508,7 +540,7 @@ def test_one_batch_keeps_refusals_and_conflicts_to_themselves(store: JobStore) -
         futures[2].result(10)
     landed = futures[3].result(10)
     assert landed.created is True
-    assert landed.queue is not None and landed.queue.ahead == 2  # "first" and "a"
+    assert store.queue_stats(landed.job, now=3.0).ahead == 2  # "first" and "a"
     assert seen == [
         UsageView(active=1, today=1, oldest_today=0.0),  # "a": sees "first"
         UsageView(active=2, today=2, oldest_today=0.0),  # "b": and "a", not the refused

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -9,9 +12,14 @@ from typing import Any
 from fastapi import FastAPI
 
 from reelgen.api import errors
+from reelgen.api.deps import run_sync
 from reelgen.api.progress import ProgressHub
 from reelgen.api.routes import files, health, metrics, videos
+from reelgen.domain.errors import Unavailable
 from reelgen.platform import ApiContext
+from reelgen.services import queue
+
+log = logging.getLogger("reelgen.api")
 
 
 def create_app(platform: ApiContext) -> FastAPI:
@@ -20,9 +28,14 @@ def create_app(platform: ApiContext) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         await hub.start()
+        await _refresh_board(platform)
+        board = asyncio.create_task(_keep_board(platform))
         try:
             yield
         finally:
+            board.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await board
             await hub.stop()
 
     app = FastAPI(
@@ -41,6 +54,19 @@ def create_app(platform: ApiContext) -> FastAPI:
     app.include_router(metrics.router)
     app.openapi = _without_422(app)  # type: ignore[method-assign]
     return app
+
+
+async def _refresh_board(platform: ApiContext) -> None:
+    try:
+        await run_sync(platform, platform.queue_board.refresh, platform.jobs, platform.clock())
+    except Unavailable as exc:  # positions are then counted exactly until it is back
+        log.warning("queue board not refreshed: %s", exc.message)
+
+
+async def _keep_board(platform: ApiContext) -> None:
+    while True:
+        await asyncio.sleep(queue.REFRESH_S)
+        await _refresh_board(platform)
 
 
 def _without_422(app: FastAPI) -> Callable[[], dict[str, Any]]:

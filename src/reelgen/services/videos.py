@@ -39,7 +39,7 @@ from reelgen.models.registry import AVAILABLE
 from reelgen.platform import ApiContext
 from reelgen.services.images import validate_reference_image
 from reelgen.storage import keys
-from reelgen.store.jobs import QueueStats, Submitted, UsageView
+from reelgen.store.jobs import Submitted, UsageView
 
 MAX_SEED = 2**31 - 1
 DATED_NAME = re.compile(r"^(?P<base>.+)-\d{4}-\d{2}-\d{2}$")
@@ -288,6 +288,7 @@ def _settle(platform: ApiContext, sub: _Submission, outcome: Future[Submitted]) 
     if not done.created and sub.reference_key is not None:
         platform.objects.delete_prefix(keys.inputs_prefix(sub.job_id))
     if done.created:
+        platform.queue_board.add(done.job)
         platform.bus.work_committed(done.job.model)
     return done
 
@@ -332,25 +333,25 @@ async def submit_async(
     outcome = _enqueue(platform, sub)
     with contextlib.suppress(Exception):  # _settle re-raises it
         await asyncio.wrap_future(outcome)
-    if sub.reference_key is None and (platform.db.calls_are_inline or _complete(outcome)):
+    if sub.reference_key is None and (platform.db.calls_are_inline or _complete(platform, outcome)):
         return _finish(platform, sub, outcome)
     # file deletes, or a replayed job's queue read on a networked database: off the loop
     return await asyncio.to_thread(_finish, platform, sub, outcome)
 
 
-def _complete(outcome: Future[Submitted]) -> bool:
+def _complete(platform: ApiContext, outcome: Future[Submitted]) -> bool:
     """Whether the outcome needs no further read to be answered."""
     if outcome.exception() is not None:
         return True
-    done = outcome.result()
-    return done.queue is not None or done.job.status is not Status.QUEUED
+    job = outcome.result().job
+    return job.status is not Status.QUEUED or platform.queue_board.stats(job) is not None
 
 
 def _finish(
     platform: ApiContext, sub: _Submission, outcome: Future[Submitted]
 ) -> tuple[VideoView, bool]:
     done = _settle(platform, sub, outcome)
-    return view(platform, done.job, done.queue), done.created
+    return view(platform, done.job), done.created
 
 
 def get_job(platform: ApiContext, user: User, video_id: str) -> Job:
@@ -361,19 +362,16 @@ def get_job(platform: ApiContext, user: User, video_id: str) -> Job:
 
 
 def get_view(platform: ApiContext, user: User, video_id: str) -> VideoView:
-    """`view(get_job(...))` in one database visit."""
-    found = platform.jobs.get_with_queue(video_id, platform.clock())
-    job = found[0] if found is not None else None
-    if found is None or job is None or job.user_id != user.id or job.deleted_at is not None:
+    """`view(get_job(...))` on the poll path."""
+    job = platform.jobs.get_fast(video_id)
+    if job is None or job.user_id != user.id or job.deleted_at is not None:
         raise NotFound(f"No video found with id {video_id!r}.", param="video_id")
-    return view(platform, job, found[1])
+    return view(platform, job)
 
 
-def view(platform: ApiContext, job: Job, queue: QueueStats | None = None) -> VideoView:
-    """`queue`: the job's queue stats if already read (a new job's, from its submit)."""
+def view(platform: ApiContext, job: Job) -> VideoView:
     if job.status is Status.QUEUED:
-        if queue is None:
-            queue = platform.jobs.queue_stats(job, platform.clock())
+        queue = platform.queue_board.stats(job) or platform.jobs.queue_stats(job, platform.clock())
         ahead, ahead_seconds, live = queue
         eta = ahead_seconds / max(1, live) + job.estimated_seconds
         return VideoView(job, ahead, math.ceil(eta))

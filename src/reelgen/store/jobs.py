@@ -46,19 +46,18 @@ class QueueStats(NamedTuple):
 class Submitted(NamedTuple):
     job: Job
     created: bool
-    queue: QueueStats | None
-    """The new job's place in the queue as its transaction saw it; None on a replay."""
 
 
-@dataclass(frozen=True, slots=True)
-class _QueueMark:
-    """A batch's last queue reading for one model, for the next submit to start from."""
+class QueueRows(NamedTuple):
+    """One model's queue as `JobStore.queue_rows` read it."""
 
-    rank_at: float
-    ahead: int
-    queued_s: float
-    running_s: float
-    live: int
+    ranked: list[tuple[float, float]]
+    """(rank_at, estimated_seconds) of its queued jobs, lowest rank first."""
+    complete: bool
+    """False when the queue was longer than the limit and `ranked` holds only its head."""
+    running_seconds: float
+    """Remaining estimated seconds of the model's running jobs."""
+    live_workers: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,7 +187,7 @@ class JobStore:
                         "body; use a new key for a new request.",
                         code="idempotency_key_reused",
                     )
-                return Submitted(Job.from_row(existing), False, None)
+                return Submitted(Job.from_row(existing), False)
         since = now - DAY_S
         usage = _batch_usage(scratch, user_id, since)
         if usage is None:
@@ -211,7 +210,6 @@ class JobStore:
                     "created_at": now,
                 },
             )
-        queue = self._queue_in(conn, scratch, job, now)
         oldest = usage.oldest_today
         scratch[("usage", user_id)] = (
             since,
@@ -225,26 +223,7 @@ class JobStore:
         if announced not in scratch:  # once per batch and model, delivered at its commit
             self.db.backend.announce_work(conn, job.model)
             scratch[announced] = True
-        return Submitted(job, True, queue)
-
-    def _queue_in(self, conn: Connection, scratch: Scratch, job: Job, now: float) -> QueueStats:
-        """The new job's queue stats. A later job of the batch that ranks behind the last
-        one read counts only the jobs ranked in between (mostly the batch's own) instead of
-        the whole queue ahead; the running and live figures are the batch's first reading."""
-        key = ("queue", job.model)
-        mark: _QueueMark | None = scratch.get(key)
-        params = {"model": job.model, "rank_at": job.rank_at, "alive_since": now - 60}
-        if mark is not None and job.rank_at >= mark.rank_at:
-            params["rank_from"] = mark.rank_at
-            n, s, _running, _live = conn.execute(q.queue_stats(), params).one()
-            ahead, queued_s = mark.ahead + int(n), mark.queued_s + float(s)
-            mark = _QueueMark(job.rank_at, ahead, queued_s, mark.running_s, mark.live)
-        else:
-            params["rank_from"] = -math.inf
-            n, s, running, live = conn.execute(q.queue_stats(), params).one()
-            mark = _QueueMark(job.rank_at, int(n), float(s), float(running), int(live))
-        scratch[key] = mark
-        return QueueStats(mark.ahead, mark.queued_s + mark.running_s, mark.live)
+        return Submitted(job, True)
 
     # ---- reads --------------------------------------------------------------------------
     def get(self, job_id: str) -> Job | None:
@@ -252,23 +231,21 @@ class JobStore:
             row = conn.execute(q.job_by_id(), {"id": job_id}).first()
         return None if row is None else Job.from_row(row)
 
-    def get_with_queue(self, job_id: str, now: float) -> tuple[Job, QueueStats | None] | None:
-        """The job and, if it is queued, its queue stats (the poll path: on the driver)."""
+    def get_fast(self, job_id: str) -> Job | None:
+        """`get` on the driver: the poll path."""
         rows = self.db.fetch(q.job_by_id(), {"id": job_id})
-        if not rows:
-            return None
-        job = Job.from_mapping(rows[0])
-        if job.status is not Status.QUEUED:
-            return job, None
-        params = {
-            "model": job.model,
-            "rank_from": -math.inf,
-            "rank_at": job.rank_at,
-            "alive_since": now - 60,
-        }
-        stats = self.db.fetch(q.queue_stats(), params)[0]
-        count, queued_s, running_s, live = stats.values()
-        return job, QueueStats(int(count), float(queued_s) + float(running_s), int(live))
+        return Job.from_mapping(rows[0]) if rows else None
+
+    def queue_rows(self, model: str, now: float, limit: int) -> QueueRows:
+        """The head of `model`'s queue (at most `limit` jobs) with its running seconds and
+        live workers, for `services.queue.QueueBoard`."""
+        ranked = [
+            (float(r["rank_at"]), float(r["estimated_seconds"]))
+            for r in self.db.fetch(q.queued_ranks(), {"model": model, "limit": limit + 1})
+        ]
+        params = {"model": model, "rank_from": 0.0, "rank_at": 0.0, "alive_since": now - 60}
+        _n, _s, running_s, live = self.db.fetch(q.queue_stats(), params)[0].values()
+        return QueueRows(ranked[:limit], len(ranked) <= limit, float(running_s), int(live))
 
     def seq_for_user(self, user_id: str, job_id: str) -> int | None:
         """The list position of one of the user's jobs, deleted ones included, so that a
@@ -289,7 +266,7 @@ class JobStore:
             return [Job.from_row(r) for r in conn.execute(query)]
 
     def queue_stats(self, job: Job, now: float) -> QueueStats:
-        """Where `job` stands in its model's queue; see `get_with_queue`."""
+        """Exactly where `job` stands in its model's queue (a scan of the jobs ahead)."""
         params = {
             "model": job.model,
             "rank_from": -math.inf,

@@ -119,6 +119,17 @@ def queue_stats() -> Select[Any]:
 
 
 @cache
+def queued_ranks() -> Select[Any]:
+    """The queued jobs of `model` by rank, from the covering `ix_jobs_queue` index."""
+    return (
+        select(jobs.c.rank_at, jobs.c.estimated_seconds)
+        .where(jobs.c.status == Status.QUEUED.value, jobs.c.model == bindparam("model"))
+        .order_by(jobs.c.rank_at)
+        .limit(bindparam("limit"))
+    )
+
+
+@cache
 def user_for_key() -> Select[Any]:
     return (
         select(users.c.id, users.c.name, users.c.tier)
