@@ -12,7 +12,6 @@ from typing import Any
 from fastapi import FastAPI
 
 from reelgen.api import errors
-from reelgen.api.deps import run_sync
 from reelgen.api.progress import ProgressHub
 from reelgen.api.routes import files, health, metrics, videos
 from reelgen.domain.errors import Unavailable
@@ -58,7 +57,8 @@ def create_app(platform: ApiContext) -> FastAPI:
 
 async def _refresh_board(platform: ApiContext) -> None:
     try:
-        await run_sync(platform, platform.queue_board.refresh, platform.jobs, platform.clock())
+        # Off the event loop even on SQLite: it reads the whole queue head at once.
+        await asyncio.to_thread(platform.queue_board.refresh, platform.jobs, platform.clock())
     except Unavailable as exc:  # positions are then counted exactly until it is back
         log.warning("queue board not refreshed: %s", exc.message)
 
