@@ -351,6 +351,33 @@ def test_queue_board_answers_as_the_exact_count_does(
     assert board.stats(store.get("j0")) is None  # behind the part held: counted exactly
 
 
+def test_a_batch_item_failing_in_the_database_fails_alone(store: JobStore) -> None:
+    import threading
+
+    from sqlalchemy import text
+
+    store.db.start_group_commit()
+    gate = threading.Event()
+    blocker = store.db.batched(lambda _conn, _scratch: gate.wait(10))
+
+    def broken(conn, _scratch):
+        conn.execute(text("INSERT INTO no_such_table VALUES (1)"))
+
+    before = store.submit_future(
+        _row("a"), admit=lambda _u: None, idempotency=None, request_hash="h"
+    )
+    bad = store.db.batched(broken, order="u_free")
+    after = store.submit_future(
+        _row("b"), admit=lambda _u: None, idempotency=None, request_hash="h"
+    )
+    gate.set()
+    assert blocker.result(10) is True
+    assert before.result(10).created and after.result(10).created
+    with pytest.raises(Exception, match="no_such_table"):
+        bad.result(10)
+    assert store.get("a") is not None and store.get("b") is not None
+
+
 def test_seq_for_user_includes_deleted_and_excludes_other_users(store: JobStore) -> None:
     _submit(store, _row("mine"))
     store.mark_deleted("mine", 1.0)

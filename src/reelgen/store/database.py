@@ -19,7 +19,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Engine, create_engine, event
 
-from reelgen.domain.errors import Unavailable
+from reelgen.domain.errors import ReelgenError, Unavailable
 from reelgen.store.backend import Backend, backend_for
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
@@ -197,8 +197,10 @@ class Database:
         """Runs `work` in a write transaction shared with other callers' work (group commit).
 
         The future resolves once the transaction containing `work` has committed (durably,
-        as `write()`), with what `work` returned, or with what it raised. Each item runs in
-        its own SAVEPOINT: one that raises is rolled back alone and the others commit.
+        as `write()`), with what `work` returned, or with what it raised. `work` may refuse
+        by raising a `ReelgenError` only before it writes anything; the others still commit.
+        Any other error loses the shared transaction, and the batch is run again one item
+        per transaction, so that only the failing item fails.
         A batch runs its items sorted by `order` (the row they lock first, e.g. the user),
         otherwise in the order they were handed in, so that batches of several processes
         take their locks in the same order; later items see earlier ones' writes.
@@ -315,15 +317,19 @@ class GroupCommitter:
             with self._db.write() as conn:
                 scratch: Scratch = {}
                 for item in batch:
-                    savepoint = conn.begin_nested()
                     try:
                         item.result = item.work(conn, scratch)
-                    except Exception as exc:
-                        savepoint.rollback()
+                    except ReelgenError as exc:  # a refusal, raised before the item wrote
                         item.error = exc
-                    else:
-                        savepoint.commit()
-        except Exception as exc:  # the commit itself failed: nothing of the batch is stored
+        except Exception as exc:
+            if len(batch) > 1 and not isinstance(exc, Unavailable):
+                # One item failed in the database (the transaction is lost): give every
+                # item a transaction of its own, so only that one fails.
+                log.warning("group commit of %d items failed (%s); one by one", len(batch), exc)
+                for item in batch:
+                    item.result, item.error = None, None
+                    self._commit([item])
+                return
             log.warning("group commit of %d items failed: %s", len(batch), exc)
             for item in batch:
                 item.future.set_exception(exc)
