@@ -266,12 +266,26 @@ def test_event_log_reads_by_cursor_in_write_order(store: JobStore) -> None:
     )
 
 
+def _events_soon(store: JobStore, cursor, timeout: float = 15.0) -> list:
+    """The events after `cursor`, waiting while the server holds them back: on PostgreSQL
+    an event is handed out once every older transaction on the server has ended (any
+    other session's open transaction may delay it; sessions idle in one end after 5 s)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        events = store.read_events(cursor)
+        if events or time.monotonic() > deadline:
+            return events
+        time.sleep(0.05)
+
+
 def test_head_cursor_skips_history_and_keeps_what_comes_after(store: JobStore) -> None:
     _submit(store, _row("old"))
     head = store.head_cursor()
     assert store.read_events(head) == []
     _submit(store, _row("new"))
-    assert [(e.job_id, e.kind) for e in store.read_events(head)] == [("new", "created")]
+    assert [(e.job_id, e.kind) for e in _events_soon(store, head)] == [("new", "created")]
 
 
 def test_head_cursor_keeps_an_event_whose_transaction_is_still_open(
@@ -291,7 +305,7 @@ def test_head_cursor_keeps_an_event_whose_transaction_is_still_open(
             )
         )
         head = store.head_cursor()  # taken while that transaction is open
-    assert [e.kind for e in store.read_events(head)] == ["preempt_requested"]
+    assert [e.kind for e in _events_soon(store, head)] == ["preempt_requested"]
 
 
 def test_leased_with_finds_only_the_claim_of_that_worker_and_token(store: JobStore) -> None:
