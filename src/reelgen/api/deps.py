@@ -42,6 +42,9 @@ async def get_user(request: Request) -> User:
     header = request.headers.get("authorization", "")
     scheme, _, key = header.partition(" ")
     token = key.strip() if scheme.lower() == "bearer" else None
+    user = accounts.cached_user(platform, token)  # the usual case: no thread hop
+    if user is not None:
+        return user
     return await run_sync(platform, accounts.authenticate, platform, token)
 
 

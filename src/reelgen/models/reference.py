@@ -134,6 +134,15 @@ def _has(words: frozenset[str], vocabulary: str) -> bool:
     return not words.isdisjoint(vocabulary.split())
 
 
+def _latent_dims(spec: GenerationSpec) -> tuple[int, int, int]:
+    """(latent frames, width, height) of a generation."""
+    return (
+        (spec.num_frames - 1) // TEMPORAL_FACTOR + 1,
+        max(1, -(-spec.width // SPATIAL_FACTOR)),
+        max(1, -(-spec.height // SPATIAL_FACTOR)),
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class _Geometry:
     """Sizes of the clip and its latent; shared by the denoiser and the decoder."""
@@ -153,9 +162,7 @@ class _Geometry:
     @classmethod
     def of(cls, spec: GenerationSpec) -> _Geometry:
         n = spec.num_frames
-        lf = (n - 1) // TEMPORAL_FACTOR + 1
-        lw = max(1, -(-spec.width // SPATIAL_FACTOR))
-        lh = max(1, -(-spec.height // SPATIAL_FACTOR))
+        lf, lw, lh = _latent_dims(spec)
         span = (n - 1) / spec.fps
         taus = np.linspace(0.0, span, lf, dtype=np.float32) if lf > 1 else np.zeros(1, np.float32)
         aspect = spec.width / spec.height
@@ -981,11 +988,11 @@ class ReferenceModel:
 
     def estimate_seconds(self, spec: GenerationSpec) -> float:
         """Steps + decode + H.264 encode wall time on a 2-core worker, for ETAs and scheduling."""
-        geo = _Geometry.of(spec)
-        latent_pixels = geo.latent_frames * geo.latent_width * geo.latent_height
+        lf, lw, lh = _latent_dims(spec)  # not `_Geometry.of`: no arrays on the submit path
+        latent_pixels = lf * lw * lh
         per_step = (
             _COST_PER_LATENT_PIXEL_STEP * latent_pixels
-            + _COST_PER_LATENT_FRAME_STEP * geo.latent_frames
+            + _COST_PER_LATENT_FRAME_STEP * lf
             + _COST_PER_STEP
         )
         pixels = spec.num_frames * spec.width * spec.height

@@ -37,15 +37,21 @@ def create_key(
     return key
 
 
-def authenticate(platform: ApiContext, key: str | None) -> User:
-    """Resolves a key to its user; answers are cached briefly so each request skips a query."""
+def cached_user(platform: ApiContext, key: str | None) -> User | None:
+    """The key's user if the cache knows it (no I/O); None means: `authenticate`."""
     if not key:
         raise Unauthorized(
             "Missing API key: send it as 'Authorization: Bearer KEY'.", code="missing_api_key"
         )
-    digest = hash_key(key)
-    user = platform.key_cache.get(digest, platform.clock())
+    return platform.key_cache.get(hash_key(key), platform.clock())
+
+
+def authenticate(platform: ApiContext, key: str | None) -> User:
+    """Resolves a key to its user; answers are cached briefly so each request skips a query."""
+    user = cached_user(platform, key)
     if user is None:
+        assert key is not None  # `cached_user` refused it otherwise
+        digest = hash_key(key)
         user = platform.accounts.user_for_key(digest)
         if user is None:
             raise Unauthorized("Invalid API key.")

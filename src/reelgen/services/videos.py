@@ -219,9 +219,10 @@ def _prepare(
         raise InvalidRequest(
             "Idempotency-Key must be 1 to 255 characters.", param="Idempotency-Key"
         )
-    seed = req.seed if req.seed is not None else secrets.randbelow(MAX_SEED)
+    raw = secrets.token_bytes(20)  # one system call for the id and the seed
+    seed = req.seed if req.seed is not None else int.from_bytes(raw[16:]) % MAX_SEED
     spec, image = _validated(platform, req, seed=seed)
-    job_id = f"video_{secrets.token_hex(16)}"
+    job_id = f"video_{raw[:16].hex()}"
     reference_key = keys.reference(job_id) if image is not None else None
     spec = dataclasses.replace(
         spec,
@@ -229,7 +230,8 @@ def _prepare(
         parent_id=parent.id if parent is not None else None,
         operation=operation,
     )
-    request_hash = _request_hash(req, spec, image)
+    # Only a replay under the same Idempotency-Key compares it.
+    request_hash = _request_hash(req, spec, image) if idempotency_key else ""
     now = platform.clock()
     model = platform.model(spec.model)
     cost_view = GenerationSpec.of(spec)
