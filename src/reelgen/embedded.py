@@ -12,6 +12,7 @@ from typing import IO
 
 import uvicorn
 
+from reelgen import heap
 from reelgen.api.app import create_app
 from reelgen.controller import loop as controller
 from reelgen.platform import Core, api_context, build_catalog, build_core, worker_context
@@ -83,6 +84,7 @@ def serve(
     # workers can drain below instead of the process dying mid-job.
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda _s, _f: log.info("draining workers before exit"))
+    heap.settle()
     try:
         uvicorn.Server(config).run()
     finally:

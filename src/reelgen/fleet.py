@@ -14,6 +14,7 @@ import threading
 import uvicorn
 from prometheus_client import start_http_server
 
+from reelgen import heap
 from reelgen.api.app import create_app
 from reelgen.controller import loop as controller
 from reelgen.models.registry import build_model
@@ -43,10 +44,10 @@ def _serve_metrics(core: Core, port: int | None) -> None:
 def run_api(settings: Settings, *, host: str, port: int) -> None:
     platform = build_api(settings)
     ensure_bootstrap_key(platform, create_if_empty=False)
+    app = create_app(platform)
+    heap.settle()
     try:
-        uvicorn.run(
-            create_app(platform), host=host, port=port, log_level="warning", access_log=False
-        )
+        uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
     finally:
         platform.close()
 

@@ -29,6 +29,11 @@ POOL_TIMEOUT_S = 10
 """Longest wait for a free pooled connection before a call gives up as `Unavailable`."""
 MAX_BATCH = 64
 """The most write items one group commit carries."""
+CHECKPOINT_EVERY_S = 0.5
+"""SQLite, with group commit: how often the checkpointer thread copies the WAL back."""
+WAL_SAFETY_PAGES = 20_000
+"""SQLite, with group commit: a commit still checkpoints itself once the WAL holds this
+many pages (the checkpointer fell behind); SQLite's default is 1000."""
 
 log = logging.getLogger("reelgen.store.database")
 T = TypeVar("T")
@@ -220,7 +225,14 @@ class Database:
         (the API) start it at start-up. Without it each `batched` call commits on its own."""
         with self._committer_lock:
             if self._committer is None:
-                self._committer = GroupCommitter(self)
+                checkpointer = None
+                if self.dialect == "sqlite" and self.engine.url.database not in (
+                    None,
+                    "",
+                    ":memory:",
+                ):
+                    checkpointer = _Checkpointer(self.engine)
+                self._committer = GroupCommitter(self, checkpointer)
 
     @cached_property
     def _autocommit_engine(self) -> Engine:
@@ -275,8 +287,9 @@ class GroupCommitter:
     item commits at once, as with `Database.write`.
     """
 
-    def __init__(self, db: Database):
+    def __init__(self, db: Database, checkpointer: _Checkpointer | None = None):
         self._db = db
+        self._checkpointer = checkpointer
         self._queue: queue.SimpleQueue[_Item | object] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="group-commit", daemon=True)
         self._thread.start()
@@ -289,6 +302,8 @@ class GroupCommitter:
     def stop(self) -> None:
         self._queue.put(_STOP)
         self._thread.join(timeout=5)
+        if self._checkpointer is not None:
+            self._checkpointer.stop()
 
     def _run(self) -> None:
         while True:
@@ -339,6 +354,58 @@ class GroupCommitter:
                 item.future.set_exception(item.error)
             else:
                 item.future.set_result(item.result)
+        if self._checkpointer is not None:
+            self._checkpointer.poke()
+
+
+class _Checkpointer:
+    """Copies SQLite's WAL back into the database file from its own thread.
+
+    Left to SQLite, the commit that fills the WAL to 1000 pages checkpoints it (writes and
+    fsyncs the database file) before it returns, and with group commit every submit of
+    that batch waits for it. Here commits only append to the WAL; this thread checkpoints
+    (PASSIVE: it never blocks writers or readers) at most every `CHECKPOINT_EVERY_S` while
+    commits happen. Durability is the WAL's: a commit is on disk once its WAL fsync is.
+    A commit still checkpoints itself past `WAL_SAFETY_PAGES` (this thread fell behind).
+    """
+
+    def __init__(self, engine: Engine):
+        self._engine = engine
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+
+        @event.listens_for(engine, "connect")
+        def _lazy_autocheckpoint(dbapi_conn: Any, _record: Any) -> None:
+            dbapi_conn.execute(f"PRAGMA wal_autocheckpoint={WAL_SAFETY_PAGES}")
+
+        engine.pool.dispose()  # connections opened before this keep the default otherwise
+        self._thread = threading.Thread(target=self._run, name="wal-checkpoint", daemon=True)
+        self._thread.start()
+
+    def poke(self) -> None:
+        """A commit appended to the WAL."""
+        self._wake.set()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._wake.set()
+        self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        while not self._stopping.is_set():
+            self._wake.wait()
+            self._wake.clear()
+            if self._stopping.is_set():
+                return
+            try:
+                raw = self._engine.raw_connection()
+                try:
+                    raw.cursor().execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                finally:
+                    raw.close()
+            except Exception as exc:  # the next commit's checkpoint, or the next try, catches up
+                log.warning("WAL checkpoint failed: %s", exc)
+            self._stopping.wait(CHECKPOINT_EVERY_S)
 
 
 def _alembic_config(conn: Connection) -> Config:
