@@ -34,6 +34,8 @@ class Backend(Protocol):
     """Calls return in microseconds (an in-process library), faster than a thread hand-off."""
     autocommit_reads: bool
     """Single-statement reads use a pool of autocommit connections (no BEGIN/COMMIT)."""
+    keeps_a_wal: bool
+    """The process checkpoints the write-ahead log itself (SQLite WAL mode)."""
 
     def process_write_lock(self) -> AbstractContextManager[object]:
         """Held around every write transaction of this process."""
@@ -87,6 +89,7 @@ class SqliteBackend:
     name = "sqlite"
     calls_are_inline = True
     autocommit_reads = False
+    keeps_a_wal = True
 
     def process_write_lock(self) -> AbstractContextManager[object]:
         # One writer at a time: queueing this process's writers on a lock avoids SQLite's
@@ -170,6 +173,7 @@ class PostgresBackend:
     name = "postgresql"
     calls_are_inline = False
     autocommit_reads = True
+    keeps_a_wal = False
 
     def process_write_lock(self) -> AbstractContextManager[object]:
         return nullcontext()  # row locks serialise what must be

@@ -226,7 +226,7 @@ class Database:
         with self._committer_lock:
             if self._committer is None:
                 checkpointer = None
-                if self.dialect == "sqlite" and self.engine.url.database not in (
+                if self.backend.keeps_a_wal and self.engine.url.database not in (
                     None,
                     "",
                     ":memory:",
