@@ -7,7 +7,7 @@ from pathlib import Path
 from reelgen.controller.loop import Elected
 from reelgen.domain.errors import Unavailable
 from reelgen.domain.jobs import Status, Tier
-from reelgen.platform import build_api
+from reelgen.platform import ApiContext, build_api
 from reelgen.services import videos
 from reelgen.services.accounts import authenticate, create_key
 from reelgen.store.database import upgrade
@@ -40,18 +40,24 @@ class Clock:
         return self.now
 
 
-def test_expired_leases_wait_one_lease_after_an_outage(tmp_path: Path) -> None:
+def _leased_job(tmp_path: Path, prompt: str) -> tuple[ApiContext, Clock, str]:
+    """A platform on a fake clock with one job leased to worker `w1` for `LEASE_S`."""
     platform = build_api(make_settings(tmp_path, lease_seconds=LEASE_S))
     upgrade(platform.db.engine)
     clock = Clock(platform.clock())
     platform.clock = clock
     user = authenticate(platform, create_key(platform, user_name="u", tier=Tier.PAID))
-    job, _ = videos.submit(platform, user, videos.CreateVideo(prompt="held through an outage"))
+    job, _ = videos.submit(platform, user, videos.CreateVideo(prompt=prompt))
     platform.jobs.register_worker("w1", "reference", "host", clock.now)
     claimed = platform.jobs.claim(
         worker_id="w1", model="reference", now=clock.now, lease_seconds=LEASE_S, lease_token="t"
     )
     assert claimed is not None and claimed.id == job.id
+    return platform, clock, job.id
+
+
+def test_expired_leases_wait_one_lease_after_an_outage(tmp_path: Path) -> None:
+    platform, clock, job_id = _leased_job(tmp_path, "held through an outage")
     leadership = FlakyLeadership()
     elected = Elected(platform, leadership)
     try:
@@ -64,35 +70,26 @@ def test_expired_leases_wait_one_lease_after_an_outage(tmp_path: Path) -> None:
         assert elected.step()
         clock.now += LEASE_S / 2
         assert elected.step()
-        held = platform.jobs.get(job.id)
+        held = platform.jobs.get(job_id)
         assert held is not None and held.status is Status.IN_PROGRESS
 
         clock.now += LEASE_S  # a whole lease after the outage, still no renewal: lost
         assert elected.step()
-        reaped = platform.jobs.get(job.id)
+        reaped = platform.jobs.get(job_id)
         assert reaped is not None and reaped.status is Status.QUEUED
-        kinds = [e.kind for e in platform.jobs.events_after(job.id)]
+        kinds = [e.kind for e in platform.jobs.events_after(job_id)]
         assert kinds[-1] == "worker_lost"
     finally:
         platform.close()
 
 
 def test_without_an_outage_an_expired_lease_is_reaped_at_once(tmp_path: Path) -> None:
-    platform = build_api(make_settings(tmp_path, lease_seconds=LEASE_S))
-    upgrade(platform.db.engine)
-    clock = Clock(platform.clock())
-    platform.clock = clock
-    user = authenticate(platform, create_key(platform, user_name="u", tier=Tier.PAID))
-    job, _ = videos.submit(platform, user, videos.CreateVideo(prompt="lost for real"))
-    platform.jobs.register_worker("w1", "reference", "host", clock.now)
-    platform.jobs.claim(
-        worker_id="w1", model="reference", now=clock.now, lease_seconds=LEASE_S, lease_token="t"
-    )
+    platform, clock, job_id = _leased_job(tmp_path, "lost for real")
     elected = Elected(platform, FlakyLeadership())
     try:
         clock.now += LEASE_S + 1
         assert elected.step()
-        reaped = platform.jobs.get(job.id)
+        reaped = platform.jobs.get(job_id)
         assert reaped is not None and reaped.status is Status.QUEUED
     finally:
         platform.close()

@@ -365,7 +365,7 @@ def get_job(platform: ApiContext, user: User, video_id: str) -> Job:
 
 def get_view(platform: ApiContext, user: User, video_id: str) -> VideoView:
     """`view(get_job(...))` on the poll path."""
-    job = platform.jobs.get_fast(video_id)
+    job = platform.jobs.get(video_id)
     if job is None or job.user_id != user.id or job.deleted_at is not None:
         raise NotFound(f"No video found with id {video_id!r}.", param="video_id")
     return view(platform, job)

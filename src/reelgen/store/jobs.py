@@ -227,12 +227,7 @@ class JobStore:
 
     # ---- reads --------------------------------------------------------------------------
     def get(self, job_id: str) -> Job | None:
-        with self.db.read() as conn:
-            row = conn.execute(q.job_by_id(), {"id": job_id}).first()
-        return None if row is None else Job.from_row(row)
-
-    def get_fast(self, job_id: str) -> Job | None:
-        """`get` on the driver: the poll path."""
+        """One job by id, read on the driver: this is every poll's query."""
         rows = self.db.fetch(q.job_by_id(), {"id": job_id})
         return Job.from_mapping(rows[0]) if rows else None
 
