@@ -319,18 +319,24 @@ def test_leased_with_finds_only_the_claim_of_that_worker_and_token(store: JobSto
     assert store.leased_with("other", "t") is None
 
 
-def test_a_submit_announces_its_work_when_it_commits(store: JobStore, database_url: str) -> None:
-    if not database_url.startswith("postgresql"):
-        pytest.skip("SQLite processes share no channel; the in-process bus wakes workers")
+def test_the_bus_announces_work_to_other_processes_after_the_commit(pg_url: str) -> None:
+    """On PostgreSQL, `work_available` reaches a listener on another connection (another
+    process) without being part of any transaction, and wakes this process's workers."""
     import psycopg
 
-    from reelgen.store.notify import WORK_CHANNEL
+    from reelgen.store.notify import WORK_CHANNEL, open_bus
 
-    with psycopg.connect(database_url, autocommit=True) as listener:
-        listener.execute(f"LISTEN {WORK_CHANNEL}")
-        _submit(store, _row("j"))
-        notes = list(listener.notifies(timeout=5, stop_after=1))
-    assert [(n.channel, n.payload) for n in notes] == [(WORK_CHANNEL, "reference")]
+    bus = open_bus(pg_url)
+    try:
+        with psycopg.connect(pg_url, autocommit=True) as listener:
+            listener.execute(f"LISTEN {WORK_CHANNEL}")
+            mark = bus.work_mark()
+            bus.work_available("reference")
+            assert bus.wait_for_work(5, mark)
+            notes = list(listener.notifies(timeout=5, stop_after=1))
+        assert [(n.channel, n.payload) for n in notes] == [(WORK_CHANNEL, "reference")]
+    finally:
+        bus.close()
 
 
 def test_queue_board_answers_as_the_exact_count_does(
@@ -372,15 +378,16 @@ def test_a_batch_item_failing_in_the_database_fails_alone(store: JobStore) -> No
 
     store.db.start_group_commit()
     gate = threading.Event()
-    blocker = store.db.batched(lambda _conn, _scratch: gate.wait(10))
+    blocker = store.db.batched(lambda _conn, items: [gate.wait(10) for _ in items], None)
 
-    def broken(conn, _scratch):
+    def broken(conn, items):
         conn.execute(text("INSERT INTO no_such_table VALUES (1)"))
+        return [None for _ in items]
 
     before = store.submit_future(
         _row("a"), admit=lambda _u: None, idempotency=None, request_hash="h"
     )
-    bad = store.db.batched(broken, order="u_free")
+    bad = store.db.batched(broken, None, order="u_free")
     after = store.submit_future(
         _row("b"), admit=lambda _u: None, idempotency=None, request_hash="h"
     )
@@ -555,7 +562,9 @@ def test_one_batch_keeps_refusals_and_conflicts_to_themselves(store: JobStore) -
         request_hash="h1",
     )
     gate = threading.Event()
-    blocker = store.db.batched(lambda _conn, _scratch: gate.wait(10))  # holds the committer
+    blocker = store.db.batched(  # holds the committer
+        lambda _conn, items: [gate.wait(10) for _ in items], None
+    )
     seen: list[UsageView] = []
 
     def record(usage: UsageView) -> None:
@@ -591,3 +600,36 @@ def test_one_batch_keeps_refusals_and_conflicts_to_themselves(store: JobStore) -
         "a",
         "b",
     ]
+
+
+def test_one_batch_with_the_same_new_key_twice_makes_one_job(store: JobStore) -> None:
+    """Two submits with one new Idempotency-Key in the same group commit: one job, the
+    second answer names it; the same key with another body conflicts."""
+    import threading
+
+    store.db.start_group_commit()
+    gate = threading.Event()
+    blocker = store.db.batched(lambda _conn, items: [gate.wait(10) for _ in items], None)
+    same = [
+        store.submit_future(
+            _row(job_id, user=key[0], now=1.0),
+            admit=lambda _u: None,
+            idempotency=key,
+            request_hash=h,
+        )
+        for job_id, key, h in [
+            ("one", ("u_free", "k"), "h"),
+            ("two", ("u_free", "k"), "h"),
+            ("three", ("u_free", "k"), "other"),
+            ("four", ("u_paid", "k"), "h"),  # another user's key of the same name
+        ]
+    ]
+    gate.set()
+    assert blocker.result(10) is True
+    first, second = same[0].result(10), same[1].result(10)
+    assert (first.job.id, first.created) == ("one", True)
+    assert (second.job.id, second.created) == ("one", False)
+    with pytest.raises(Conflict):
+        same[2].result(10)
+    assert same[3].result(10).created is True
+    assert store.get("two") is None and store.get("three") is None

@@ -291,7 +291,7 @@ def _settle(platform: ApiContext, sub: _Submission, outcome: Future[Submitted]) 
         platform.objects.delete_prefix(keys.inputs_prefix(sub.job_id))
     if done.created:
         platform.queue_board.add(done.job)
-        platform.bus.work_committed(done.job.model)
+        platform.bus.work_available(done.job.model)
     return done
 
 

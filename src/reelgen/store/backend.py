@@ -20,7 +20,6 @@ from sqlalchemy.dialects import postgresql, sqlite
 from reelgen.domain import events as ev
 from reelgen.domain.jobs import Job
 from reelgen.store import queries as q
-from reelgen.store.notify import WORK_CHANNEL
 
 if TYPE_CHECKING:
     from reelgen.store.database import Database
@@ -43,10 +42,6 @@ class Backend(Protocol):
 
     def relax_durability(self, conn: Connection) -> None:
         """Lets this transaction's commit answer before it reaches disk, where supported."""
-
-    def announce_work(self, conn: Connection, model: str) -> None:
-        """Tells other processes' idle workers, when this transaction commits, that `model`
-        has work (see `store.notify`); nothing where there are no other processes to tell."""
 
     def lock_user(self, conn: Connection, user_id: str) -> None:
         """Serialises one user's submits (quota checks must see each other)."""
@@ -98,9 +93,6 @@ class SqliteBackend:
 
     def relax_durability(self, conn: Connection) -> None:
         return None  # `synchronous` is per connection; writes stay as configured
-
-    def announce_work(self, conn: Connection, model: str) -> None:
-        return None
 
     def lock_user(self, conn: Connection, user_id: str) -> None:
         return None  # BEGIN IMMEDIATE already holds the database's write lock
@@ -180,11 +172,6 @@ class PostgresBackend:
 
     def relax_durability(self, conn: Connection) -> None:
         conn.exec_driver_sql("SET LOCAL synchronous_commit TO OFF")
-
-    def announce_work(self, conn: Connection, model: str) -> None:
-        conn.execute(
-            text("SELECT pg_notify(:channel, :model)"), {"channel": WORK_CHANNEL, "model": model}
-        )
 
     def lock_user(self, conn: Connection, user_id: str) -> None:
         conn.execute(q.lock_user(), {"user_id": user_id})

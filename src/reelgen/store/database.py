@@ -37,11 +37,11 @@ many pages (the checkpointer fell behind); SQLite's default is 1000."""
 
 log = logging.getLogger("reelgen.store.database")
 T = TypeVar("T")
+Item = TypeVar("Item")
 
-Scratch = dict[Any, Any]
-"""State one batch's items share (e.g. what an earlier item already read); new per batch."""
-
-Work = Callable[[Connection, Scratch], T]
+Batch = Callable[[Connection, list[Item]], list[T | ReelgenError]]
+"""Runs several callers' items in one transaction: one answer per item, in order, a
+`ReelgenError` for an item refused before anything of it was written."""
 
 
 def make_engine(url: str, *, sqlite_synchronous: str = "FULL") -> Engine:
@@ -198,27 +198,32 @@ class Database:
                 self.backend.relax_durability(conn)
             yield conn
 
-    def batched(self, work: Work[T], *, order: str = "") -> Future[T]:
-        """Runs `work` in a write transaction shared with other callers' work (group commit).
+    def batched(self, run: Batch[Item, T], item: Item, *, order: str = "") -> Future[T]:
+        """Hands `item` to `run` in a write transaction shared with other callers' items
+        (group commit): `run` gets every item of the batch that names it, so it can write
+        them with a few statements instead of a few per item.
 
-        The future resolves once the transaction containing `work` has committed (durably,
-        as `write()`), with what `work` returned, or with what it raised. `work` may refuse
-        by raising a `ReelgenError` only before it writes anything; the others still commit.
-        Any other error loses the shared transaction, and the batch is run again one item
-        per transaction, so that only the failing item fails.
-        A batch runs its items sorted by `order` (the row they lock first, e.g. the user),
-        otherwise in the order they were handed in, so that batches of several processes
-        take their locks in the same order; later items see earlier ones' writes.
+        The future resolves once the transaction has committed (durably, as `write()`),
+        with `run`'s answer for the item. Any error other than a `ReelgenError` answer
+        loses the shared transaction, and the batch is run again one item per
+        transaction, so that only the failing item fails. A batch's items are sorted by
+        `order` (the row they lock first, e.g. the user), otherwise kept in the order they
+        were handed in, so that batches of several processes lock in the same order.
         """
         if self._committer is None:  # a process that submits rarely: a batch of one, now
             done: Future[T] = Future()
             try:
                 with self.write() as conn:
-                    done.set_result(work(conn, {}))
+                    (answer,) = run(conn, [item])
             except Exception as exc:
                 done.set_exception(exc)
+            else:
+                if isinstance(answer, ReelgenError):
+                    done.set_exception(answer)
+                else:
+                    done.set_result(answer)
             return done
-        return self._committer.submit(work, order)
+        return self._committer.submit(run, item, order)
 
     def start_group_commit(self) -> None:
         """Starts the committer thread `batched` hands work to; processes that submit jobs
@@ -269,11 +274,11 @@ class Database:
 
 @dataclass(eq=False)
 class _Item:
-    work: Work[Any]
+    run: Batch[Any, Any]
+    value: Any
     order: str
     future: Future[Any] = field(default_factory=Future)
-    result: Any = None
-    error: BaseException | None = None
+    answer: Any = None
 
 
 _STOP = object()
@@ -294,8 +299,8 @@ class GroupCommitter:
         self._thread = threading.Thread(target=self._run, name="group-commit", daemon=True)
         self._thread.start()
 
-    def submit(self, work: Work[T], order: str) -> Future[T]:
-        item = _Item(work, order)
+    def submit(self, run: Batch[Item, T], value: Item, order: str) -> Future[T]:
+        item = _Item(run, value, order)
         self._queue.put(item)
         return item.future
 
@@ -330,19 +335,20 @@ class GroupCommitter:
     def _commit(self, batch: list[_Item]) -> None:
         try:
             with self._db.write() as conn:
-                scratch: Scratch = {}
+                runs: dict[Batch[Any, Any], list[_Item]] = {}
                 for item in batch:
-                    try:
-                        item.result = item.work(conn, scratch)
-                    except ReelgenError as exc:  # a refusal, raised before the item wrote
-                        item.error = exc
+                    runs.setdefault(item.run, []).append(item)
+                for run, items in runs.items():
+                    answers = run(conn, [i.value for i in items])
+                    for item, answer in zip(items, answers, strict=True):
+                        item.answer = answer
         except Exception as exc:
             if len(batch) > 1 and not isinstance(exc, Unavailable):
                 # One item failed in the database (the transaction is lost): give every
                 # item a transaction of its own, so only that one fails.
                 log.warning("group commit of %d items failed (%s); one by one", len(batch), exc)
                 for item in batch:
-                    item.result, item.error = None, None
+                    item.answer = None
                     self._commit([item])
                 return
             log.warning("group commit of %d items failed: %s", len(batch), exc)
@@ -350,10 +356,10 @@ class GroupCommitter:
                 item.future.set_exception(exc)
             return
         for item in batch:
-            if item.error is not None:
-                item.future.set_exception(item.error)
+            if isinstance(item.answer, ReelgenError):
+                item.future.set_exception(item.answer)
             else:
-                item.future.set_result(item.result)
+                item.future.set_result(item.answer)
         if self._checkpointer is not None:
             self._checkpointer.poke()
 

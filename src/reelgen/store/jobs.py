@@ -16,11 +16,11 @@ from typing import Any, NamedTuple
 from sqlalchemy import Connection, and_, func, insert, select, update
 
 from reelgen.domain import events as ev
-from reelgen.domain.errors import Conflict, LeaseLost
+from reelgen.domain.errors import Conflict, LeaseLost, ReelgenError
 from reelgen.domain.events import EventCursor, JobEvent
 from reelgen.domain.jobs import DAY_S, Job, Stage, Status
 from reelgen.store import queries as q
-from reelgen.store.database import Database, Scratch
+from reelgen.store.database import Database
 from reelgen.store.schema import event_cursors, job_events, jobs, workers
 
 
@@ -46,6 +46,45 @@ class QueueStats(NamedTuple):
 class Submitted(NamedTuple):
     job: Job
     created: bool
+
+
+@dataclass(frozen=True, slots=True)
+class _Submit:
+    row: dict[str, Any]
+    admit: Callable[[UsageView], None]
+    idempotency: tuple[str, str] | None
+    request_hash: str
+
+    @property
+    def user_id(self) -> str:
+        return str(self.row["user_id"])
+
+
+class _Window:
+    """A user's usage inside one submit batch: read once under the user's row lock, then
+    counted forward as the batch admits jobs."""
+
+    def __init__(self, conn: Connection, user_id: str, since: float):
+        self._conn, self._user_id = conn, user_id
+        self._read(since)
+
+    def _read(self, since: float) -> None:
+        params = {"user_id": self._user_id, "since": since}
+        active, today, oldest = self._conn.execute(q.user_usage(), params).one()
+        self.since, self.usage = since, UsageView(active, today, oldest)
+
+    def at(self, since: float) -> UsageView:
+        """The usage for a window starting at `since` (never before the one read). Only the
+        window's start moved since the read; when a job counted may have left it, read again."""
+        oldest = self.usage.oldest_today
+        if oldest is not None and oldest <= since:
+            self._read(since)
+        return self.usage
+
+    def admitted(self, now: float) -> None:
+        u = self.usage
+        oldest = now if u.oldest_today is None else min(u.oldest_today, now)
+        self.usage = UsageView(u.active + 1, u.today + 1, oldest)
 
 
 class QueueRows(NamedTuple):
@@ -95,19 +134,16 @@ class RunningOnWorker:
     session_key: int | None
 
 
-def _batch_usage(scratch: Scratch, user_id: str, since: float) -> UsageView | None:
-    """The user's usage as an earlier submit of this batch left it, if still exact for a
-    window starting at `since`: the user's row is locked, so only the window's start moved,
-    and no job counted fell out of it. None means: read it."""
-    cached = scratch.get(("usage", user_id))
-    if cached is None:
-        return None
-    cached_since, usage = cached
-    if since < cached_since:
-        return None
-    if usage.oldest_today is not None and usage.oldest_today <= since:
-        return None
-    return usage  # type: ignore[no-any-return]
+def _resolved(
+    answers: Sequence[Submitted | ReelgenError | int | None], i: int
+) -> Submitted | ReelgenError:
+    answer = answers[i]
+    if isinstance(answer, int):  # the same key as an earlier item of the batch
+        first = answers[answer]
+        assert isinstance(first, Submitted | ReelgenError)
+        return Submitted(first.job, False) if isinstance(first, Submitted) else first
+    assert answer is not None
+    return answer
 
 
 def _event_from_row(row: Any) -> JobEvent:
@@ -153,77 +189,92 @@ class JobStore:
     ) -> Future[Submitted]:
         """`submit` without waiting: the future resolves once the job is committed.
 
-        Concurrent submits share one transaction (`Database.batched`); each user's submits
-        in it are serialised as before, so quota checks see the batch's earlier jobs.
+        Concurrent submits share one transaction (`Database.batched`, `_submit_batch`).
         """
+        item = _Submit(row, admit, idempotency, request_hash)
+        return self.db.batched(self._submit_batch, item, order=item.user_id)
 
-        def work(conn: Connection, scratch: Scratch) -> Submitted:
-            return self._submit_in(conn, scratch, row, admit, idempotency, request_hash)
+    def _submit_batch(
+        self, conn: Connection, batch: list[_Submit]
+    ) -> list[Submitted | ReelgenError]:
+        """Admits a batch of submits and writes them with one statement per table.
 
-        return self.db.batched(work, order=row["user_id"])
-
-    def _submit_in(
-        self,
-        conn: Connection,
-        scratch: Scratch,
-        row: dict[str, Any],
-        admit: Callable[[UsageView], None],
-        idempotency: tuple[str, str] | None,
-        request_hash: str,
-    ) -> Submitted:
-        user_id, now = row["user_id"], row["created_at"]
-        locked = ("locked", user_id)
-        if locked not in scratch:
-            self.db.backend.lock_user(conn, user_id)
-            scratch[locked] = True
-        if idempotency is not None:
-            existing = conn.execute(
-                q.idempotent_job(), {"user_id": user_id, "key": idempotency[1]}
-            ).first()
-            if existing is not None:
-                if existing._request_hash != request_hash:
-                    raise Conflict(
-                        "This Idempotency-Key was already used with a different request "
-                        "body; use a new key for a new request.",
-                        code="idempotency_key_reused",
-                    )
-                return Submitted(Job.from_row(existing), False)
-        since = now - DAY_S
-        usage = _batch_usage(scratch, user_id, since)
-        if usage is None:
-            active, today, oldest = conn.execute(
-                q.user_usage(), {"user_id": user_id, "since": since}
-            ).one()
-            usage = UsageView(active=active, today=today, oldest_today=oldest)
-        admit(usage)
-        job = Job.from_row(conn.execute(q.insert_job(), row).one())
-        created = ev.Created(operation=job.spec.operation.value, parent_id=job.spec.parent_id)
-        q.record_event(conn, job.id, created, now)
-        if idempotency is not None:
-            conn.execute(
-                q.insert_idempotency_key(),
+        Each user's row is locked (in user order, as every batch does) before their usage
+        is read, so quota checks across API replicas see each other's jobs; inside the
+        batch, each check sees the batch's earlier jobs of the same user."""
+        windows: dict[str, _Window] = {}
+        for s in sorted(batch, key=lambda s: (s.user_id, s.row["created_at"])):
+            if s.user_id not in windows:
+                self.db.backend.lock_user(conn, s.user_id)
+                windows[s.user_id] = _Window(conn, s.user_id, s.row["created_at"] - DAY_S)
+        answers: list[Submitted | ReelgenError | int | None] = [None] * len(batch)
+        """A Submitted or refusal, or the index of the earlier item whose job this one is."""
+        keyed: dict[tuple[str, str], int] = {}
+        new: list[int] = []
+        for i, s in enumerate(batch):
+            try:
+                if s.idempotency is not None:
+                    answers[i] = self._idempotent(conn, s, batch, keyed)
+                    if answers[i] is not None:
+                        continue
+                    keyed[(s.user_id, s.idempotency[1])] = i
+                window = windows[s.user_id]
+                s.admit(window.at(s.row["created_at"] - DAY_S))
+            except ReelgenError as refusal:
+                answers[i] = refusal
+                continue
+            window.admitted(s.row["created_at"])
+            new.append(i)
+        if new:
+            rows = conn.execute(q.insert_jobs(), [batch[i].row for i in new]).all()
+            events: list[dict[str, Any]] = []
+            for i, row in zip(new, rows, strict=True):
+                job = Job.from_row(row)
+                answers[i] = Submitted(job, True)
+                created = ev.Created(
+                    operation=job.spec.operation.value, parent_id=job.spec.parent_id
+                )
+                events.append(q.event_params(job.id, created, job.created_at))
+            q.record_events(conn, events)
+            keys = [
                 {
-                    "user_id": user_id,
-                    "key": idempotency[1],
-                    "request_hash": request_hash,
-                    "job_id": job.id,
-                    "created_at": now,
-                },
+                    "user_id": batch[i].user_id,
+                    "key": key[1],
+                    "request_hash": batch[i].request_hash,
+                    "job_id": batch[i].row["id"],
+                    "created_at": batch[i].row["created_at"],
+                }
+                for i in new
+                if (key := batch[i].idempotency) is not None
+            ]
+            if keys:
+                conn.execute(q.insert_idempotency_key(), keys)
+        return [_resolved(answers, i) for i in range(len(batch))]
+
+    def _idempotent(
+        self, conn: Connection, s: _Submit, batch: list[_Submit], keyed: dict[tuple[str, str], int]
+    ) -> Submitted | int | None:
+        """The job an earlier request with the same key made (in an earlier transaction, or
+        as the index of an item of this batch), None for a new key; raises `Conflict` when
+        the key came with a different request."""
+        assert s.idempotency is not None
+        earlier = keyed.get((s.user_id, s.idempotency[1]))
+        if earlier is not None:
+            found_hash: str = batch[earlier].request_hash
+        else:
+            existing = conn.execute(
+                q.idempotent_job(), {"user_id": s.user_id, "key": s.idempotency[1]}
+            ).first()
+            if existing is None:
+                return None
+            found_hash = existing._request_hash
+        if found_hash != s.request_hash:
+            raise Conflict(
+                "This Idempotency-Key was already used with a different request "
+                "body; use a new key for a new request.",
+                code="idempotency_key_reused",
             )
-        oldest = usage.oldest_today
-        scratch[("usage", user_id)] = (
-            since,
-            UsageView(
-                active=usage.active + 1,
-                today=usage.today + 1,
-                oldest_today=now if oldest is None else min(oldest, now),
-            ),
-        )
-        announced = ("announced", job.model)
-        if announced not in scratch:  # once per batch and model, delivered at its commit
-            self.db.backend.announce_work(conn, job.model)
-            scratch[announced] = True
-        return Submitted(job, True)
+        return earlier if earlier is not None else Submitted(Job.from_row(existing), False)
 
     # ---- reads --------------------------------------------------------------------------
     def get(self, job_id: str) -> Job | None:

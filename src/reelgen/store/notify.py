@@ -36,11 +36,8 @@ class Bus:
 
     # work
     def work_available(self, model: str | None = None) -> None:
-        self.wake_local()
-
-    def work_committed(self, model: str) -> None:
-        """After a commit that announced work itself (`Backend.announce_work`): only this
-        process's workers are left to wake, and on PostgreSQL the listener does that."""
+        """After a commit that made work claimable: wakes the idle workers of every process
+        (a hint; they poll the queue anyway)."""
         self.wake_local()
 
     def wake_local(self) -> None:
@@ -86,7 +83,12 @@ class Bus:
 
 
 class PostgresBus(Bus):
-    """LISTENs on its own connection in a daemon thread; NOTIFYs on another."""
+    """LISTENs on its own connection in a daemon thread; NOTIFYs on another.
+
+    Work announcements go out from a thread of their own, after the commit they announce
+    and coalesced per model while one is being sent: a NOTIFY inside the submit transaction
+    would hold PostgreSQL's cluster-wide notify lock through that commit's fsync,
+    serialising every replica's submit commits."""
 
     def __init__(self, dsn: str):
         super().__init__()
@@ -94,8 +96,14 @@ class PostgresBus(Bus):
         self._stop = threading.Event()
         self._publish_conn: Any = None
         self._publish_lock = threading.Lock()
+        self._announce = threading.Condition()
+        self._pending: set[str] = set()
         self._thread = threading.Thread(target=self._listen, name="pg-listener", daemon=True)
         self._thread.start()
+        self._announcer = threading.Thread(
+            target=self._announce_loop, name="pg-announcer", daemon=True
+        )
+        self._announcer.start()
 
     def _listen(self) -> None:
         import psycopg
@@ -137,13 +145,22 @@ class PostgresBus(Bus):
 
     def work_available(self, model: str | None = None) -> None:
         self.wake_local()
-        try:
-            self._notify(WORK_CHANNEL, model or "")
-        except Exception as exc:  # a hint: idle workers poll the queue anyway
-            log.warning("could not announce work: %s", exc)
+        with self._announce:
+            self._pending.add(model or "")
+            self._announce.notify()
 
-    def work_committed(self, model: str) -> None:
-        return None  # the commit's NOTIFY reaches every listener, this process's included
+    def _announce_loop(self) -> None:
+        while True:
+            with self._announce:
+                self._announce.wait_for(lambda: self._pending or self._stop.is_set())
+                models, self._pending = sorted(self._pending), set()
+            for model in models:
+                try:
+                    self._notify(WORK_CHANNEL, model)
+                except Exception as exc:  # a hint: idle workers poll the queue anyway
+                    log.warning("could not announce work: %s", exc)
+            if self._stop.is_set():
+                return
 
     def publish_progress(self, update: dict[str, Any]) -> None:
         try:
@@ -152,7 +169,10 @@ class PostgresBus(Bus):
             log.warning("could not publish progress: %s", exc)
 
     def close(self) -> None:
-        self._stop.set()
+        with self._announce:
+            self._stop.set()
+            self._announce.notify()
+        self._announcer.join(timeout=3)
         with self._publish_lock:
             if self._publish_conn is not None:
                 self._publish_conn.close()

@@ -40,8 +40,9 @@ def job_by_id() -> Select[Any]:
 
 
 @cache
-def insert_job() -> ReturningInsert[Any]:
-    return insert(jobs).returning(*jobs.c)
+def insert_jobs() -> ReturningInsert[Any]:
+    """Many jobs in one statement; their rows come back in the order given."""
+    return insert(jobs).returning(*jobs.c, sort_by_parameter_order=True)
 
 
 @cache
@@ -293,9 +294,15 @@ SELECT attempt FROM done
 """Fenced completion and its `completed` event in one statement."""
 
 
+def event_params(job_id: str, payload: ev.Payload, now: float) -> dict[str, Any]:
+    return {"job_id": job_id, "at": now, "kind": payload.kind.value, "data": ev.encode(payload)}
+
+
 def record_event(conn: Connection, job_id: str, payload: ev.Payload, now: float) -> None:
     """Writes a job event inside the caller's transaction, beside the change it records."""
-    conn.execute(
-        insert_event(),
-        {"job_id": job_id, "at": now, "kind": payload.kind.value, "data": ev.encode(payload)},
-    )
+    conn.execute(insert_event(), event_params(job_id, payload, now))
+
+
+def record_events(conn: Connection, events: list[dict[str, Any]]) -> None:
+    """Several `event_params` in one statement."""
+    conn.execute(insert_event(), events)
