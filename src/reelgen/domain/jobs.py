@@ -138,7 +138,7 @@ class Job:
         for flag in ("cancel_requested", "preempt_requested", "quota_refunded"):
             data[flag] = bool(data[flag])
         data["spec"] = JobSpec.from_columns(data)
-        return cls(**{f.name: data[f.name] for f in dataclasses.fields(cls)})
+        return cls(**{name: data[name] for name in _JOB_FIELDS})
 
     @property
     def model(self) -> str:
@@ -151,6 +151,9 @@ class Job:
             Variant.THUMBNAIL: self.thumbnail_key,
             Variant.SPRITESHEET: self.spritesheet_key,
         }[variant]
+
+
+_JOB_FIELDS = tuple(f.name for f in dataclasses.fields(Job))
 
 
 @dataclass(frozen=True, slots=True)

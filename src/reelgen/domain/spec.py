@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Self
 
@@ -52,7 +52,7 @@ class JobSpec:
 
     def columns(self) -> dict[str, Any]:
         """The job-row columns that hold this spec (same names)."""
-        out = asdict(self)
+        out = {name: getattr(self, name) for name in SPEC_COLUMNS}
         out["operation"] = self.operation.value
         return out
 

@@ -27,6 +27,8 @@ IDLE_IN_TRANSACTION_MS = 5000
 CONNECT_TIMEOUT_S = 5
 POOL_TIMEOUT_S = 10
 """Longest wait for a free pooled connection before a call gives up as `Unavailable`."""
+HELD_CONNECTIONS = 4
+"""SQLite: threads that keep a connection of their own for `Database.fetch`."""
 MAX_BATCH = 64
 """The most write items one group commit carries."""
 CHECKPOINT_EVERY_S = 0.5
@@ -108,6 +110,8 @@ class Database:
         self._committer: GroupCommitter | None = None
         self._compiled_cache: dict[Any, tuple[str, list[str] | None, dict[str, Any]]] = {}
         self._committer_lock = threading.Lock()
+        self._thread_conn = threading.local()
+        self._held: list[Any] = []
 
     @property
     def calls_are_inline(self) -> bool:
@@ -152,13 +156,23 @@ class Database:
         columns must need no result conversion (no SQLAlchemy-side types)."""
         sql, names, defaults = self._compiled(statement)
         values = {**defaults, **params}
+        args = [values[n] for n in names] if names is not None else values
+        held = self._held_connection()
+        if held is not None:  # SQLite: no pool round, no errors to translate on reads
+            cur = held.cursor()
+            try:
+                cur.execute(sql, args)
+                columns = [d[0] for d in cur.description or ()]
+                return [dict(zip(columns, r, strict=True)) for r in cur.fetchall()]
+            finally:
+                cur.close()
         engine = self._autocommit_engine if self.backend.autocommit_reads else self.engine
         with self._reachable():
             raw = engine.raw_connection()
             try:
                 cur = raw.cursor()
                 try:
-                    cur.execute(sql, [values[n] for n in names] if names is not None else values)
+                    cur.execute(sql, args)
                     columns = [d[0] for d in cur.description or ()]
                     return [dict(zip(columns, r, strict=True)) for r in cur.fetchall()]
                 finally:
@@ -169,6 +183,21 @@ class Database:
                 raise
             finally:
                 raw.close()
+
+    def _held_connection(self) -> Any:
+        """For inline backends, the calling thread's own connection, kept checked out (the
+        first `HELD_CONNECTIONS` threads to read; others use the pool)."""
+        if not self.backend.calls_are_inline:
+            return None
+        held = getattr(self._thread_conn, "raw", None)
+        if held is None:
+            with self._committer_lock:
+                if len(self._held) >= HELD_CONNECTIONS:
+                    return None
+                held = self.engine.raw_connection()
+                self._held.append(held)
+            self._thread_conn.raw = held
+        return held
 
     def _compiled(self, statement: Any) -> tuple[str, list[str] | None, dict[str, Any]]:
         """(SQL, parameter order for positional drivers, the statement's literal values)."""
@@ -267,6 +296,10 @@ class Database:
     def dispose(self) -> None:
         if self._committer is not None:
             self._committer.stop()
+        with self._committer_lock:
+            for held in self._held:
+                held.close()
+            self._held.clear()
         if "_autocommit_engine" in self.__dict__:
             self._autocommit_engine.dispose()
         self.engine.dispose()
