@@ -47,7 +47,11 @@ def test_unbuilt_operations_answer_a_clear_error_not_405(live, path: str) -> Non
 
 @pytest.mark.parametrize(
     ("method", "path"),
-    [("POST", "/v1/videos/characters"), ("GET", "/v1/videos/characters/char_1")],
+    [
+        (method, path)
+        for method in ("GET", "POST", "DELETE")
+        for path in ("/v1/videos/characters", "/v1/videos/characters/char_1")
+    ],
 )
 def test_characters_answer_a_clear_error(live, method: str, path: str) -> None:
     with live.client() as http:

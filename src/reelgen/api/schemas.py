@@ -40,9 +40,12 @@ class VideoPublic(BaseModel):
         status = Status.FAILED if job.status is Status.CANCELLED else job.status
         error = None
         if job.error_code is not None:
-            error = VideoError(code=job.error_code, message=job.error_message or job.error_code)
+            error = VideoError.model_construct(
+                code=job.error_code, message=job.error_message or job.error_code
+            )
         spec = job.spec
-        return cls(
+        # From a stored job, whose values are already of these types: not validated again.
+        return cls.model_construct(
             id=job.id,
             model=spec.requested_model,
             prompt=spec.prompt,

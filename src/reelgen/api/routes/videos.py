@@ -218,28 +218,26 @@ def _unsupported(operation: str) -> Any:
     return route
 
 
-for _op, _path, _method in (
-    ("extensions", "/extensions", "POST"),
-    ("edits", "/edits", "POST"),
-    *(
-        ("characters", path, method)
-        for path in ("/characters", "/characters/{character_path:path}")
-        for method in ("GET", "POST", "DELETE")
-    ),
-):
+def _add_unsupported(operation: str, path: str, method: str) -> None:
     router.add_api_route(
-        _path,
-        _unsupported(_op),
-        methods=[_method],
+        path,
+        _unsupported(operation),
+        methods=[method],
         responses=error_responses(400),
-        summary=f"{UNSUPPORTED[_op]} (not supported yet)",
-        include_in_schema="{" not in _path,
-        operation_id=f"unsupported_{_method.lower()}_{_path.strip('/').replace('/', '_')}".replace(
+        summary=f"{UNSUPPORTED[operation]} (not supported yet)",
+        include_in_schema="{" not in path,
+        operation_id=f"unsupported_{method.lower()}_{path.strip('/').replace('/', '_')}".replace(
             "{", ""
         )
         .replace("}", "")
         .replace(":", "_"),
     )
+
+
+# Routes match in order: these two must come before `/{video_id}` takes the name as an id.
+# The other unsupported routes come last, so that polls match after fewer routes.
+_add_unsupported("characters", "/characters", "GET")
+_add_unsupported("characters", "/characters", "DELETE")
 
 
 @router.get("", response_model=VideoList, responses=error_responses(400, 401, 404))
@@ -445,3 +443,15 @@ async def _event_stream(
             last_sent = time.monotonic()
     finally:
         hub.unsubscribe(public.id, queue)
+
+
+for _op, _path, _method in (
+    ("extensions", "/extensions", "POST"),
+    ("edits", "/edits", "POST"),
+    ("characters", "/characters", "POST"),
+    *(
+        ("characters", "/characters/{character_path:path}", method)
+        for method in ("GET", "POST", "DELETE")
+    ),
+):
+    _add_unsupported(_op, _path, _method)
