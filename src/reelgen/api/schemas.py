@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from pydantic import BaseModel, ConfigDict
 
@@ -16,12 +16,15 @@ class VideoError(BaseModel):
     message: str
 
 
+PublicStatus = Literal["queued", "in_progress", "completed", "failed"]
+
+
 class VideoPublic(BaseModel):
     id: str
     object: Literal["video"] = "video"
     model: str
     prompt: str | None
-    status: Literal["queued", "in_progress", "completed", "failed"]
+    status: PublicStatus
     progress: int
     created_at: int
     completed_at: int | None
@@ -49,7 +52,7 @@ class VideoPublic(BaseModel):
             id=job.id,
             model=spec.requested_model,
             prompt=spec.prompt,
-            status=status.value,
+            status=cast(PublicStatus, status.value),
             progress=job.progress,
             created_at=int(job.created_at),
             completed_at=int(job.completed_at) if job.completed_at is not None else None,
