@@ -41,8 +41,14 @@ class Stage(StrEnum):
 
 
 class Tier(StrEnum):
+    """A job's service tier (a user's tier is `paid` or `free`; a job may also be `batch`).
+
+    `batch` runs on capacity nobody else waits for and is always preemptible; it has a
+    deadline of hours instead of a wait target, like the OpenAI Batch API."""
+
     FREE = "free"
     PAID = "paid"
+    BATCH = "batch"
 
 
 class Variant(StrEnum):

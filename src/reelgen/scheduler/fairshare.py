@@ -1,0 +1,645 @@
+"""Who runs where next: the scheduling policy, one object for the live dispatcher and the
+simulator alike. Pure: no I/O, no clock reads (time is passed in), plain data in and out.
+
+The caller tells it what happens (`submit`, `remove`, `finished`, `add_worker`, ...) and
+asks it to `schedule(now)`; the answer (`Decisions`) is applied by the caller, and the
+policy already counts its assignments as running.
+
+How it orders work (`Order.FAIR`, the default):
+- **Aged first.** A free job whose wait has passed the aging bound, or a batch job whose
+  deadline is near, goes before anything else, the most overdue (wait over target) first.
+  This bounds their waits whatever the paid load. (A paid job past its wait target does
+  not jump the queue, which would take free's share exactly when the fleet is short; it
+  preempts instead, and the autoscaler adds workers.)
+- **Tiers by weighted fair share of GPU-seconds.** Among the rest, paid and free share the
+  GPUs by weight (default 4:1) over estimated GPU-seconds: each tier has a virtual time
+  that advances by `gpu_seconds / weight` as its jobs start, and the lowest goes next
+  (start-time fair queuing; a tier that had no backlog rejoins at the others' virtual time,
+  so idling banks no credit). Batch runs only where neither has work for the worker.
+- **Users by fair share inside a tier**, the same way over each user's GPU-seconds, with a
+  running cap per user and tier: one user's thousand queued jobs do not delay another
+  user's first.
+- **Model affinity.** A worker keeps serving the model on its GPU; it switches to another
+  model of the same tier only when that model's backlog per worker holding it pays for the
+  switch (`switch_payback` GPU-seconds of backlog per second of loading), or nobody holds it.
+- **Gangs.** A job over k GPUs starts only when k GPUs of one host are free. When it is
+  next and no host has them, it reserves the host that frees them soonest (one gang per
+  host, so two half-placed gangs can never wait on each other); the reserved host's idle
+  GPUs meanwhile take only jobs that end before the gang could start (backfill).
+- **Batching** of small compatible jobs (same `batch_key`) where the cost model's gain is
+  at least `min_batch_gain`; full-size clips have no key and run alone.
+- **Preemption.** When an overdue job finds no free worker, a running job of a strictly
+  lower tier on a worker that could serve it is asked to checkpoint and yield; the victim
+  is the one that loses least (batch before free, least work since its checkpoint). A job
+  is preempted at most `max_preemptions` times and only after `min_run_s`; preemption only
+  goes down the tier order, so two jobs can never keep preempting each other.
+
+`Order.FIFO` and `Order.PRIORITY` (strict tiers, then FIFO) are baselines for the simulator:
+no fairness, affinity, batching or preemption, with the same mechanics.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from enum import StrEnum
+
+from reelgen.domain.jobs import Tier
+from reelgen.scheduler.view import (
+    TIER_ORDER,
+    Assignment,
+    Decisions,
+    Preemption,
+    QueuedJob,
+    RunningJob,
+    WorkerView,
+)
+
+INFINITY = float("inf")
+LOOKAHEAD_USERS = 32
+"""How many users' heads a lane looks past for one that fits (backfill, unplaceable gangs)."""
+PREEMPT_PER_LANE = 16
+"""The most overdue jobs of one lane that may each ask for a preemption in one round."""
+
+
+class Order(StrEnum):
+    FAIR = "reelgen"
+    FIFO = "fifo"
+    PRIORITY = "priority"
+
+
+def _tier_map(paid: float, free: float, batch: float) -> dict[Tier, float]:
+    return {Tier.PAID: paid, Tier.FREE: free, Tier.BATCH: batch}
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyConfig:
+    order: Order = Order.FAIR
+    weights: Mapping[Tier, float] = field(default_factory=lambda: _tier_map(4.0, 1.0, 1.0))
+    """GPU-second shares of paid and free while both have backlog (batch: among batch)."""
+    wait_target_s: Mapping[Tier, float] = field(
+        default_factory=lambda: _tier_map(60.0, 20 * 60.0, INFINITY)
+    )
+    """Past this wait a job is overdue: it goes first, and may preempt lower tiers."""
+    batch_slack_s: float = 3600.0
+    """A batch job is overdue once its deadline is this close beyond its own run time."""
+    user_running_cap: Mapping[Tier, int] = field(
+        default_factory=lambda: {Tier.PAID: 16, Tier.FREE: 4, Tier.BATCH: 1_000_000}
+    )
+    switch_payback: float = 10.0
+    max_preemptions: int = 2
+    min_run_s: float = 30.0
+    """A job runs at least this long before it may be preempted."""
+    min_remaining_s: float = 30.0
+    """A job that will end within this is left to finish instead of preempted."""
+    max_batch: int = 8
+    min_batch_gain: float = 1.15
+
+    def target(self, tier: Tier) -> float:
+        return self.wait_target_s.get(tier, INFINITY)
+
+
+_seq = itertools.count()
+
+
+class _Lane:
+    """One tier's queue for one model: per user, their jobs oldest first; users by fair
+    share (lazy heap: stale entries are fixed when they reach the top)."""
+
+    __slots__ = ("backlog_s", "count", "jobs", "model", "oldest", "tier", "users")
+
+    def __init__(self, tier: Tier, model: str):
+        self.tier, self.model = tier, model
+        self.jobs: dict[str, list[tuple[float, int, str]]] = {}
+        """user -> heap of (queued_at, seq, job id)"""
+        self.users: list[tuple[float, float, int, str]] = []
+        """heap of (user virtual time, head queued_at, seq, user)"""
+        self.oldest: list[tuple[float, int, str]] = []
+        """heap of (queued_at, seq, job id) over all users"""
+        self.backlog_s = 0.0
+        self.count = 0
+
+
+@dataclass(slots=True)
+class _Reservation:
+    job: QueuedJob
+    host: str
+    start_by: float
+    """When the host should have the gang's GPUs free; backfill must end by then."""
+
+
+class Scheduler:
+    """The policy's state and decisions; see the module docstring."""
+
+    def __init__(self, config: PolicyConfig | None = None):
+        self.config = config or PolicyConfig()
+        self._queued: dict[str, QueuedJob] = {}
+        self._lanes: dict[tuple[Tier, str], _Lane] = {}
+        self._by_model: dict[str, list[_Lane]] = defaultdict(list)
+        self._by_batch_key: dict[str, dict[str, None]] = defaultdict(dict)
+        self._user_vt: dict[tuple[Tier, str], float] = defaultdict(float)
+        self._user_floor: dict[Tier, float] = defaultdict(float)
+        self._tier_vt: dict[Tier, float] = defaultdict(float)
+        self._tier_queued: dict[Tier, int] = defaultdict(int)
+        self._running: dict[str, RunningJob] = {}
+        self._user_running: dict[tuple[Tier, str], int] = defaultdict(int)
+        self._parked: dict[tuple[Tier, str], set[tuple[Tier, str]]] = defaultdict(set)
+        self._workers: dict[str, WorkerView] = {}
+        self._idle: dict[str, None] = {}
+        """Idle workers, longest idle first."""
+        self._busy: dict[str, str] = {}
+        self._hosts: dict[str, dict[str, None]] = defaultdict(dict)
+        self._holders: dict[str, int] = defaultdict(int)
+        self._reservations: dict[str, _Reservation] = {}
+        self._preempting: set[str] = set()
+        self.decisions_made = 0
+
+    # ---- what happened ----------------------------------------------------------------
+    def add_worker(self, worker: WorkerView) -> None:
+        self.remove_worker(worker.id)
+        self._workers[worker.id] = worker
+        self._hosts[worker.host][worker.id] = None
+        self._idle[worker.id] = None
+        if worker.loaded is not None:
+            self._holders[worker.loaded] += 1
+
+    def remove_worker(self, worker_id: str) -> str | None:
+        """Forgets a worker; returns the job it was running (the caller requeues it)."""
+        worker = self._workers.pop(worker_id, None)
+        if worker is None:
+            return None
+        self._hosts[worker.host].pop(worker_id, None)
+        self._idle.pop(worker_id, None)
+        if worker.loaded is not None:
+            self._holders[worker.loaded] -= 1
+        job_id = self._busy.pop(worker_id, None)
+        if job_id is not None:
+            self.finished(job_id)
+        return job_id
+
+    def submit(self, job: QueuedJob) -> None:
+        """A job to queue: new, or handed back (preempted, its worker lost)."""
+        key = (job.tier, job.model)
+        lane = self._lanes.get(key)
+        if lane is None:
+            lane = self._lanes[key] = _Lane(job.tier, job.model)
+            self._by_model[job.model].append(lane)
+        user_key = (job.tier, job.user)
+        if self._tier_queued[job.tier] == 0:
+            self._rejoin_tier(job.tier)
+        if not self._has_queued(lane, job.user):
+            self._user_vt[user_key] = max(self._user_vt[user_key], self._user_floor[job.tier])
+        self._queued[job.id] = job
+        entry = (job.queued_at, next(_seq), job.id)
+        user_jobs = lane.jobs.setdefault(job.user, [])
+        heapq.heappush(user_jobs, entry)
+        heapq.heappush(lane.oldest, entry)
+        if user_jobs[0] is entry:
+            self._push_user(lane, job.user)
+        lane.backlog_s += job.gpu_seconds
+        lane.count += 1
+        self._tier_queued[job.tier] += 1
+        if job.batch_key is not None:
+            self._by_batch_key[job.batch_key][job.id] = None
+
+    def remove(self, job_id: str) -> QueuedJob | None:
+        """Takes a queued job out (cancelled, deleted, expired)."""
+        job = self._queued.pop(job_id, None)
+        if job is None:
+            for reservation in list(self._reservations.values()):
+                if reservation.job.id == job_id:
+                    del self._reservations[reservation.host]
+                    return reservation.job
+            return None
+        lane = self._lanes[(job.tier, job.model)]
+        lane.backlog_s -= job.gpu_seconds
+        lane.count -= 1
+        self._tier_queued[job.tier] -= 1
+        if job.batch_key is not None:
+            self._by_batch_key[job.batch_key].pop(job.id, None)
+        return job
+
+    def finished(self, job_id: str) -> RunningJob | None:
+        """A running job ended (done, failed, cancelled, handed back, its worker lost)."""
+        run = self._running.pop(job_id, None)
+        if run is None:
+            return None
+        self._preempting.discard(job_id)
+        for worker_id in run.workers:
+            if self._busy.get(worker_id) == job_id:
+                del self._busy[worker_id]
+                if worker_id in self._workers:
+                    self._idle[worker_id] = None
+        user_key = (run.tier, run.user)
+        self._user_running[user_key] -= 1
+        for lane_key in self._parked.pop(user_key, ()):
+            lane = self._lanes.get(lane_key)
+            if lane is not None and self._has_queued(lane, run.user):
+                self._push_user(lane, run.user)
+        return run
+
+    def checkpointed(self, job_id: str, now: float) -> None:
+        run = self._running.get(job_id)
+        if run is not None:
+            self._running[job_id] = replace(run, checkpoint_at=now)
+
+    # ---- reading ----------------------------------------------------------------------
+    @property
+    def queued(self) -> int:
+        return len(self._queued)
+
+    @property
+    def running(self) -> Mapping[str, RunningJob]:
+        return self._running
+
+    def backlog_seconds(self, model: str | None = None) -> float:
+        lanes = self._by_model.get(model, []) if model is not None else self._lanes.values()
+        return sum(lane.backlog_s for lane in lanes)
+
+    def idle_workers(self) -> int:
+        return len(self._idle)
+
+    # ---- deciding ---------------------------------------------------------------------
+    def schedule(self, now: float) -> Decisions:
+        decisions = Decisions()
+        for reservation in list(self._reservations.values()):
+            self._place_reserved(reservation, now, decisions)
+        if self._queued:
+            # Workers whose model has backlog go first, so that a job goes to a worker that
+            # holds its model before another worker switches to it.
+            idle = [self._workers[w] for w in self._idle]
+            has_work = {m for m in {w.loaded for w in idle} if m and self.backlog_seconds(m)}
+            for worker in sorted(idle, key=lambda w: w.loaded not in has_work):
+                if not self._queued:
+                    break
+                if worker.id in self._idle:  # not taken by a gang or a batch of this round
+                    self._assign_one(self._workers[worker.id], now, decisions)
+        if self.config.order is Order.FAIR and self._queued:
+            self._preempt(now, decisions)
+        decisions.reserved.update({h: r.job.id for h, r in self._reservations.items()})
+        return decisions
+
+    def _assign_one(self, worker: WorkerView, now: float, decisions: Decisions) -> None:
+        reserved = self._reservations.get(worker.host)
+        max_wall = INFINITY if reserved is None else reserved.start_by - now
+        skip: set[str] = set()
+        while True:
+            job = self._pick(worker, now, max_wall, skip)
+            if job is None:
+                return
+            if job.gpus <= 1:
+                self._start([job, *self._batch_mates(job)], [worker], now, decisions)
+                return
+            gang = self._free_gang(worker.host, job)
+            if gang is not None:
+                self._start([job], gang, now, decisions)
+                return
+            if not self._reserve(job, now):
+                skip.add(job.id)  # no host can ever run it now; try the next job
+                continue
+            # The gang waits for its host; this worker may still take other work.
+            reserved = self._reservations.get(worker.host)
+            max_wall = INFINITY if reserved is None else reserved.start_by - now
+
+    def _pick(
+        self, worker: WorkerView, now: float, max_wall: float, skip: set[str]
+    ) -> QueuedJob | None:
+        cfg = self.config
+        best: tuple[tuple[float, ...], QueuedJob] | None = None
+        loaded_best: tuple[tuple[float, ...], QueuedJob] | None = None
+        for model in worker.models:
+            for lane in self._by_model.get(model, ()):
+                if lane.count == 0:
+                    continue
+                job = self._lane_candidate(lane, now, max_wall, skip)
+                if job is None:
+                    continue
+                key = self._key(job, now)
+                if best is None or key < best[0]:
+                    best = (key, job)
+                if model == worker.loaded and (loaded_best is None or key < loaded_best[0]):
+                    loaded_best = (key, job)
+        if best is None:
+            return None
+        key, job = best
+        if (
+            cfg.order is Order.FAIR
+            and loaded_best is not None
+            and job.model != worker.loaded
+            and key[0] > 0  # an overdue job is worth any switch
+            and loaded_best[1].tier is job.tier
+            and not self._switch_pays(job.model, worker)
+        ):
+            return loaded_best[1]
+        return job
+
+    def _key(self, job: QueuedJob, now: float) -> tuple[float, ...]:
+        cfg = self.config
+        if cfg.order is Order.FIFO:
+            return (job.queued_at,)
+        rank = TIER_ORDER.index(job.tier)
+        if cfg.order is Order.PRIORITY:
+            return (rank, job.queued_at)
+        overdue = self._aged(job, now)
+        if overdue >= 1.0:
+            return (0, -overdue)
+        if job.tier is Tier.BATCH:
+            return (2, job.deadline if job.deadline is not None else job.queued_at)
+        user_vt = self._user_vt[(job.tier, job.user)]
+        return (1, self._tier_vt[job.tier], rank, user_vt, job.queued_at)
+
+    def _aged(self, job: QueuedJob, now: float) -> float:
+        """`_overdue`, for the tiers whose order it changes: all but the first. The first
+        tier's wait target calls for preemption instead; letting it jump the queue too
+        would take the other tiers' share exactly when the fleet is short."""
+        return 0.0 if job.tier is TIER_ORDER[0] else self._overdue(job, now)
+
+    def _overdue(self, job: QueuedJob, now: float) -> float:
+        """Wait over target (>= 1: overdue)."""
+        if job.tier is Tier.BATCH:
+            if job.deadline is None:
+                return 0.0
+            margin = self.config.batch_slack_s
+            slack = job.deadline - now - job.gpu_seconds / max(1, job.gpus)
+            return 0.0 if slack > margin else 1.0 + (margin - slack) / margin
+        return (now - job.queued_at) / self.config.target(job.tier)
+
+    def _lane_candidate(
+        self, lane: _Lane, now: float, max_wall: float, skip: set[str]
+    ) -> QueuedJob | None:
+        """The lane's next job: its oldest if that is overdue (or the order is not fair),
+        otherwise the head of the user with the lowest virtual time under their cap."""
+        cfg = self.config
+        oldest = self._top(lane.oldest)
+        if oldest is None:
+            return None
+        if cfg.order is not Order.FAIR or self._aged(oldest, now) >= 1.0:
+            if self._fits(oldest, max_wall, skip) and self._under_cap(oldest):
+                return oldest
+            if cfg.order is not Order.FAIR:
+                return None
+        held: list[tuple[float, float, int, str]] = []
+        """Users passed over (their head does not fit here): back in the heap afterwards."""
+        try:
+            while lane.users and len(held) < LOOKAHEAD_USERS:
+                vt, head_at, _, user = lane.users[0]
+                head = self._user_head(lane, user)
+                if head is None:
+                    heapq.heappop(lane.users)
+                    continue
+                current = self._user_vt[(lane.tier, user)]
+                if vt != current or head_at != head.queued_at:
+                    heapq.heapreplace(lane.users, (current, head.queued_at, next(_seq), user))
+                    continue
+                if not self._under_cap(head):
+                    heapq.heappop(lane.users)
+                    self._parked[(lane.tier, user)].add((lane.tier, lane.model))
+                    continue
+                if not self._fits(head, max_wall, skip):
+                    held.append(heapq.heappop(lane.users))
+                    continue
+                return head
+            return None
+        finally:
+            for entry in held:
+                heapq.heappush(lane.users, entry)
+
+    def _fits(self, job: QueuedJob, max_wall: float, skip: set[str]) -> bool:
+        return job.id not in skip and job.gpu_seconds / max(1, job.gpus) <= max_wall
+
+    def _under_cap(self, job: QueuedJob) -> bool:
+        cap = self.config.user_running_cap.get(job.tier, 1_000_000)
+        return self._user_running[(job.tier, job.user)] < cap
+
+    def _switch_pays(self, model: str, worker: WorkerView) -> bool:
+        holders = self._holders[model]
+        if holders <= 0:
+            return True
+        backlog = self.backlog_seconds(model) / holders
+        return backlog >= self.config.switch_payback * worker.load_s
+
+    def _batch_mates(self, job: QueuedJob) -> list[QueuedJob]:
+        cfg = self.config
+        if (
+            cfg.order is not Order.FAIR
+            or job.batch_key is None
+            or job.batch_gain < cfg.min_batch_gain
+            or cfg.max_batch <= 1
+        ):
+            return []
+        mates: list[QueuedJob] = []
+        taken = {(job.tier, job.user): 1}
+        for other_id in self._by_batch_key[job.batch_key]:
+            other = self._queued.get(other_id)
+            if other is None or other.id == job.id or other.tier is not job.tier:
+                continue
+            key = (other.tier, other.user)
+            cap = cfg.user_running_cap.get(other.tier, 1_000_000)
+            if self._user_running[key] + taken.get(key, 0) >= cap:
+                continue
+            taken[key] = taken.get(key, 0) + 1
+            mates.append(other)
+            if len(mates) + 1 >= cfg.max_batch:
+                break
+        return mates
+
+    def _free_gang(self, host: str, job: QueuedJob) -> list[WorkerView] | None:
+        free = [
+            self._workers[w]
+            for w in self._hosts[host]
+            if w in self._idle and job.model in self._workers[w].models
+        ]
+        return free[: job.gpus] if len(free) >= job.gpus else None
+
+    def _reserve(self, job: QueuedJob, now: float) -> bool:
+        """Holds the host that frees `job.gpus` GPUs soonest for it; False if none can."""
+        best: tuple[float, str] | None = None
+        for host, members in self._hosts.items():
+            if host in self._reservations:
+                continue
+            able = [w for w in members if job.model in self._workers[w].models]
+            if len(able) < job.gpus:
+                continue
+            free_at = sorted(
+                now if w in self._idle else self._running[self._busy[w]].expected_end for w in able
+            )[job.gpus - 1]
+            if best is None or free_at < best[0]:
+                best = (free_at, host)
+        if best is None:
+            return False
+        self._take(job)
+        self._reservations[best[1]] = _Reservation(job, best[1], max(best[0], now))
+        return True
+
+    def _place_reserved(self, reservation: _Reservation, now: float, dec: Decisions) -> None:
+        gang = self._free_gang(reservation.host, reservation.job)
+        if gang is None:
+            busy = [
+                self._running[self._busy[w]].expected_end
+                for w in self._hosts[reservation.host]
+                if w in self._busy
+            ]
+            if busy:  # estimates run late: backfill must not push the gang further out
+                reservation.start_by = max(now, min(busy))
+            return
+        del self._reservations[reservation.host]
+        self._start([reservation.job], gang, now, dec, queued=False)
+
+    def _start(
+        self,
+        jobs: list[QueuedJob],
+        workers: list[WorkerView],
+        now: float,
+        dec: Decisions,
+        *,
+        queued: bool = True,
+    ) -> None:
+        model = jobs[0].model
+        switch = any(w.loaded != model for w in workers)
+        load_s = max((w.load_s for w in workers if w.loaded != model), default=0.0)
+        wall = load_s + sum(j.gpu_seconds for j in jobs) / len(workers) / _gain(jobs)
+        worker_ids = tuple(w.id for w in workers)
+        for job in jobs:
+            if queued:
+                self._take(job)
+            self._running[job.id] = RunningJob(
+                id=job.id,
+                user=job.user,
+                tier=job.tier,
+                model=model,
+                workers=worker_ids,
+                started_at=now,
+                expected_end=now + wall,
+                gpu_seconds=job.gpu_seconds,
+                preemptions=job.preemptions,
+            )
+            self._user_running[(job.tier, job.user)] += 1
+            self._account(job)
+        for worker in workers:
+            self._idle.pop(worker.id, None)
+            self._busy[worker.id] = jobs[0].id
+            if worker.loaded != model:
+                if worker.loaded is not None:
+                    self._holders[worker.loaded] -= 1
+                self._holders[model] += 1
+                self._workers[worker.id] = replace(worker, loaded=model)
+        dec.assignments.append(Assignment(tuple(j.id for j in jobs), worker_ids, model, switch))
+        self.decisions_made += 1
+
+    def _take(self, job: QueuedJob) -> None:
+        """Out of the queue, on its way to a worker (or a reservation)."""
+        self.remove(job.id)
+
+    def _account(self, job: QueuedJob) -> None:
+        """Advances the virtual times the job's start uses up."""
+        user_key = (job.tier, job.user)
+        start = max(self._user_vt[user_key], self._user_floor[job.tier])
+        self._user_floor[job.tier] = start
+        self._user_vt[user_key] = start + job.gpu_seconds
+        weight = self.config.weights.get(job.tier, 1.0)
+        self._tier_vt[job.tier] += job.gpu_seconds / weight
+
+    def _rejoin_tier(self, tier: Tier) -> None:
+        others = [self._tier_vt[t] for t in (Tier.PAID, Tier.FREE) if self._tier_queued[t] > 0]
+        if others and tier is not Tier.BATCH:
+            self._tier_vt[tier] = max(self._tier_vt[tier], min(others))
+
+    def _preempt(self, now: float, dec: Decisions) -> None:
+        """Frees workers for overdue jobs that found none; see the module docstring."""
+        wanting: list[tuple[float, QueuedJob]] = []
+        for lane in self._lanes.values():
+            if lane.count == 0 or lane.tier is Tier.BATCH:
+                continue
+            self._top(lane.oldest)
+            for _, _, job_id in heapq.nsmallest(PREEMPT_PER_LANE, lane.oldest):
+                job = self._queued.get(job_id)
+                if job is None or job.gpus > 1:
+                    continue
+                overdue = self._overdue(job, now)
+                if overdue >= 1.0 and self._under_cap(job):
+                    wanting.append((-overdue, job))
+        if not wanting:
+            return
+        wanting.sort(key=lambda pair: pair[0])
+        already: dict[str, int] = defaultdict(int)
+        for run_id in self._preempting:  # freeing up soon: counts toward each model
+            run = self._running.get(run_id)
+            if run is not None:
+                already[run.model] += 1
+        for _, job in wanting:
+            if already[job.model] > 0:
+                already[job.model] -= 1
+                continue
+            victim = self._victim(job, now)
+            if victim is None:
+                continue
+            self._preempting.add(victim.id)
+            dec.preemptions.append(
+                Preemption(victim.id, f"{job.tier.value} job waited past its target", job.id)
+            )
+
+    def _victim(self, job: QueuedJob, now: float) -> RunningJob | None:
+        cfg = self.config
+        rank = TIER_ORDER.index(job.tier)
+        best: tuple[tuple[float, ...], RunningJob] | None = None
+        for run in self._running.values():
+            victim_rank = TIER_ORDER.index(run.tier)
+            if (
+                victim_rank <= rank
+                or run.id in self._preempting
+                or run.preemptions >= cfg.max_preemptions
+                or now - run.started_at < cfg.min_run_s
+                or run.expected_end - now < cfg.min_remaining_s
+                or len(run.workers) > 1
+                or job.model not in self._workers[run.workers[0]].models
+            ):
+                continue
+            lost = now - (run.checkpoint_at if run.checkpoint_at is not None else run.started_at)
+            key = (-victim_rank, lost, -(run.expected_end - now))
+            if best is None or key < best[0]:
+                best = (key, run)
+        return None if best is None else best[1]
+
+    # ---- heap plumbing ----------------------------------------------------------------
+    def _top(self, heap: list[tuple[float, int, str]]) -> QueuedJob | None:
+        while heap:
+            job = self._queued.get(heap[0][2])
+            if job is not None:
+                return job
+            heapq.heappop(heap)
+        return None
+
+    def _user_head(self, lane: _Lane, user: str) -> QueuedJob | None:
+        jobs = lane.jobs.get(user)
+        if not jobs:
+            return None
+        head = self._top(jobs)
+        if head is None:
+            del lane.jobs[user]
+        return head
+
+    def _has_queued(self, lane: _Lane, user: str) -> bool:
+        return self._user_head(lane, user) is not None
+
+    def _push_user(self, lane: _Lane, user: str) -> None:
+        head = self._user_head(lane, user)
+        if head is not None:
+            vt = self._user_vt[(lane.tier, user)]
+            heapq.heappush(lane.users, (vt, head.queued_at, next(_seq), user))
+
+
+def _gain(jobs: list[QueuedJob]) -> float:
+    return jobs[0].batch_gain if len(jobs) > 1 else 1.0
+
+
+def build(jobs: Iterable[QueuedJob], workers: Iterable[WorkerView], **config: object) -> Scheduler:
+    """A scheduler holding a snapshot's queued jobs and workers (tests, one-off decisions)."""
+    scheduler = Scheduler(PolicyConfig(**config))  # type: ignore[arg-type]
+    for worker in workers:
+        scheduler.add_worker(worker)
+    for job in jobs:
+        scheduler.submit(job)
+    return scheduler
