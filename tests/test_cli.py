@@ -25,6 +25,10 @@ def test_keys_create_and_db_upgrade(tmp_path: Path) -> None:
     assert result.output.strip().startswith("rg_")
     bad = runner.invoke(app, ["keys", "create", "--user", "x", "--tier", "gold"])
     assert bad.exit_code != 0
+    batch = runner.invoke(
+        app, ["keys", "create", "--user", "x", "--tier", "batch", "--data-dir", str(tmp_path)]
+    )
+    assert batch.exit_code != 0 and "not a user's" in batch.output
 
 
 def test_keys_create_without_tier_leaves_the_tier_alone(tmp_path: Path) -> None:

@@ -190,7 +190,9 @@ def test_one_users_thousand_jobs_do_not_delay_another_users_first() -> None:
 
 def test_a_user_runs_at_most_their_cap_per_tier() -> None:
     caps = {Tier.PAID: 2, Tier.FREE: 1, Tier.BATCH: 10}
-    s = build([], [worker(f"w{i}") for i in range(6)], user_running_cap=caps)
+    s = build(
+        [], [worker(f"w{i}") for i in range(6)], user_running_cap=caps, work_conserving_caps=False
+    )
     s.submit(job(user="a", tier=Tier.FREE))
     s.submit(job(user="a", tier=Tier.FREE))
     for _ in range(4):
@@ -207,21 +209,40 @@ def test_a_user_runs_at_most_their_cap_per_tier() -> None:
     assert s.queued == 2  # a's two other paid jobs wait for their cap
 
 
+def test_a_gpu_nobody_else_wants_runs_an_over_cap_users_job() -> None:
+    """Work-conserving caps (the default): the cap holds while anyone under their cap
+    waits; a GPU that would idle takes the capped user's oldest job."""
+    caps = {Tier.PAID: 1, Tier.FREE: 1, Tier.BATCH: 1}
+    s = build([], [worker("w1"), worker("w2"), worker("w3")], user_running_cap=caps)
+    heavy = [job(user="heavy", at=float(i)) for i in range(4)]
+    light = job(user="light", at=10.0)
+    for j in [*heavy, light]:
+        s.submit(j)
+    started = {j for a in s.schedule(11.0).assignments for j in a.jobs}
+    assert started == {heavy[0].id, light.id, heavy[1].id}
+
+
 # ---- model affinity --------------------------------------------------------------------
 
 
 def test_a_worker_keeps_its_model_unless_another_models_backlog_pays_for_the_switch() -> None:
     both = ("x", "y")
-    s = build([], [worker("w", models=both, loaded="x")], switch_payback=10.0)
+    s = build([], [worker("holder", models=("y",), loaded="y")], switch_payback=10.0)
+    s.submit(job(model="y", user="u0", seconds=1000.0))
+    s.schedule(0.0)  # the holder of y is busy from now on
+    s.add_worker(worker("w", models=both, loaded="x"))
     small_y = job(model="y", user="u1", seconds=2.0, at=0.0)  # 2 GPU-s: does not pay 0.5 s
     later_x = job(model="x", user="u2", seconds=60.0, at=1.0)
     s.submit(small_y)
     s.submit(later_x)
-    s.add_worker(worker("holder", models=("y",), loaded="y"))  # y has a holder
-    s._idle.pop("holder")  # ...that is busy elsewhere
-    s._busy["holder"] = "elsewhere"
     a = s.schedule(2.0).assignments
     assert [(x.jobs, x.switch) for x in a] == [((later_x.id,), False)]
+    # Enough y backlog per holder, and the worker switches for the oldest y job.
+    for i in range(3):
+        s.submit(job(model="y", user=f"u{3 + i}", seconds=60.0, at=3.0))
+    s.finished(later_x.id)
+    (switch,) = s.schedule(4.0).assignments
+    assert switch.jobs == (small_y.id,) and switch.switch
 
 
 def test_a_switch_happens_when_nobody_holds_the_model_or_its_backlog_pays() -> None:
@@ -432,7 +453,7 @@ def test_a_cancelled_job_leaves_the_queue_and_a_lost_worker_returns_its_job() ->
     assert s.remove(a.id) == a
     (assigned,) = s.schedule(0.0).assignments
     assert assigned.jobs == (b.id,)
-    assert s.remove_worker("w") == b.id and s.running == {}
+    assert s.remove_worker("w") == (b.id,) and s.running == {}
 
 
 def test_decisions_are_the_same_for_the_same_inputs() -> None:

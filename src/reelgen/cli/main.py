@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from reelgen.cli import client
+from reelgen.cli import client, sim
 from reelgen.domain.jobs import Tier
 
 if TYPE_CHECKING:
@@ -20,6 +20,7 @@ keys_app = typer.Typer(no_args_is_help=True, help="API keys.")
 app.add_typer(db_app, name="db")
 app.add_typer(keys_app, name="keys")
 app.command("generate")(client.generate)
+app.command("sim")(sim.sim)
 
 DataDir = Annotated[
     Path | None, typer.Option("--data-dir", help="Overrides REELGEN_DATA_DIR.", show_default=False)
@@ -121,5 +122,11 @@ def keys_create(
     platform = build_api(settings)
     if settings.is_embedded_database:
         upgrade(platform.db.engine)
-    typer.echo(create_key(platform, user_name=user, tier=tier))
-    platform.close()
+    from reelgen.domain.errors import ReelgenError
+
+    try:
+        typer.echo(create_key(platform, user_name=user, tier=tier))
+    except ReelgenError as exc:
+        raise typer.BadParameter(exc.message, param_hint="--tier") from exc
+    finally:
+        platform.close()

@@ -30,7 +30,8 @@ How it orders work (`Order.FAIR`, the default):
   at least `min_batch_gain`; full-size clips have no key and run alone.
 - **Preemption.** When an overdue job finds no free worker, a running job of a strictly
   lower tier on a worker that could serve it is asked to checkpoint and yield; the victim
-  is the one that loses least (batch before free, least work since its checkpoint). A job
+  is the one that loses least (batch before free, least work since its checkpoint), and
+  its worker goes to the job it was preempted for. A job
   is preempted at most `max_preemptions` times and only after `min_run_s`; preemption only
   goes down the tier order, so two jobs can never keep preempting each other.
 
@@ -59,9 +60,10 @@ from reelgen.scheduler.view import (
 )
 
 INFINITY = float("inf")
-LOOKAHEAD_USERS = 32
+LOOKAHEAD_USERS = 8
 """How many users' heads a lane looks past for one that fits (backfill, unplaceable gangs)."""
 PREEMPT_PER_LANE = 16
+_RANK = {tier: rank for rank, tier in enumerate(TIER_ORDER)}
 """The most overdue jobs of one lane that may each ask for a preemption in one round."""
 
 
@@ -89,7 +91,12 @@ class PolicyConfig:
     user_running_cap: Mapping[Tier, int] = field(
         default_factory=lambda: {Tier.PAID: 16, Tier.FREE: 4, Tier.BATCH: 1_000_000}
     )
+    work_conserving_caps: bool = True
+    """A GPU that nobody under their cap wants may run an over-cap user's job; off: caps
+    are hard limits."""
     switch_payback: float = 10.0
+    preempt_every_s: float = 5.0
+    """How often the policy looks for jobs to preempt (wait targets are minutes)."""
     max_preemptions: int = 2
     min_run_s: float = 30.0
     """A job runs at least this long before it may be preempted."""
@@ -123,6 +130,34 @@ class _Lane:
         self.count = 0
 
 
+class _Idle:
+    """Idle workers, longest idle first, also by the model on their GPU and by the models
+    they can serve (so a round looks at groups, not at every idle worker)."""
+
+    __slots__ = ("all", "by_loaded", "by_models")
+
+    def __init__(self) -> None:
+        self.all: dict[str, None] = {}
+        self.by_loaded: dict[str | None, dict[str, None]] = defaultdict(dict)
+        self.by_models: dict[frozenset[str], dict[str, None]] = defaultdict(dict)
+
+    def add(self, worker: WorkerView) -> None:
+        self.all[worker.id] = None
+        self.by_loaded[worker.loaded][worker.id] = None
+        self.by_models[worker.models][worker.id] = None
+
+    def discard(self, worker: WorkerView) -> None:
+        if self.all.pop(worker.id, 0) is None:
+            self.by_loaded[worker.loaded].pop(worker.id, None)
+            self.by_models[worker.models].pop(worker.id, None)
+
+    def __contains__(self, worker_id: object) -> bool:
+        return worker_id in self.all
+
+    def __len__(self) -> int:
+        return len(self.all)
+
+
 @dataclass(slots=True)
 class _Reservation:
     job: QueuedJob
@@ -148,13 +183,16 @@ class Scheduler:
         self._user_running: dict[tuple[Tier, str], int] = defaultdict(int)
         self._parked: dict[tuple[Tier, str], set[tuple[Tier, str]]] = defaultdict(set)
         self._workers: dict[str, WorkerView] = {}
-        self._idle: dict[str, None] = {}
-        """Idle workers, longest idle first."""
-        self._busy: dict[str, str] = {}
+        self._idle = _Idle()
+        self._busy: dict[str, set[str]] = {}
+        """worker -> the jobs on it (several when batched); idle again when all end"""
         self._hosts: dict[str, dict[str, None]] = defaultdict(dict)
         self._holders: dict[str, int] = defaultdict(int)
         self._reservations: dict[str, _Reservation] = {}
         self._preempting: set[str] = set()
+        self._promised: dict[str, str] = {}
+        """worker -> the queued job its preempted job makes room for"""
+        self._last_preempt_check = -INFINITY
         self.decisions_made = 0
 
     # ---- what happened ----------------------------------------------------------------
@@ -162,23 +200,24 @@ class Scheduler:
         self.remove_worker(worker.id)
         self._workers[worker.id] = worker
         self._hosts[worker.host][worker.id] = None
-        self._idle[worker.id] = None
+        self._idle.add(worker)
         if worker.loaded is not None:
             self._holders[worker.loaded] += 1
 
-    def remove_worker(self, worker_id: str) -> str | None:
-        """Forgets a worker; returns the job it was running (the caller requeues it)."""
+    def remove_worker(self, worker_id: str) -> tuple[str, ...]:
+        """Forgets a worker; returns the jobs it was running (the caller requeues them;
+        a gang's other workers are free again)."""
         worker = self._workers.pop(worker_id, None)
         if worker is None:
-            return None
+            return ()
         self._hosts[worker.host].pop(worker_id, None)
-        self._idle.pop(worker_id, None)
+        self._idle.discard(worker)
         if worker.loaded is not None:
             self._holders[worker.loaded] -= 1
-        job_id = self._busy.pop(worker_id, None)
-        if job_id is not None:
+        jobs = tuple(sorted(self._busy.pop(worker_id, ())))
+        for job_id in jobs:
             self.finished(job_id)
-        return job_id
+        return jobs
 
     def submit(self, job: QueuedJob) -> None:
         """A job to queue: new, or handed back (preempted, its worker lost)."""
@@ -229,10 +268,14 @@ class Scheduler:
             return None
         self._preempting.discard(job_id)
         for worker_id in run.workers:
-            if self._busy.get(worker_id) == job_id:
+            on_worker = self._busy.get(worker_id)
+            if on_worker is not None and job_id in on_worker:
+                on_worker.discard(job_id)
+                if on_worker:
+                    continue
                 del self._busy[worker_id]
                 if worker_id in self._workers:
-                    self._idle[worker_id] = None
+                    self._idle.add(self._workers[worker_id])
         user_key = (run.tier, run.user)
         self._user_running[user_key] -= 1
         for lane_key in self._parked.pop(user_key, ()):
@@ -267,36 +310,61 @@ class Scheduler:
         decisions = Decisions()
         for reservation in list(self._reservations.values()):
             self._place_reserved(reservation, now, decisions)
+        for worker_id, job_id in list(self._promised.items()):
+            if worker_id in self._idle or worker_id not in self._workers:
+                del self._promised[worker_id]
+                job = self._queued.get(job_id)
+                if job is not None and worker_id in self._idle:
+                    self._start([job], [self._workers[worker_id]], now, decisions)
         if self._queued:
-            # Workers whose model has backlog go first, so that a job goes to a worker that
-            # holds its model before another worker switches to it.
-            idle = [self._workers[w] for w in self._idle]
-            has_work = {m for m in {w.loaded for w in idle} if m and self.backlog_seconds(m)}
-            for worker in sorted(idle, key=lambda w: w.loaded not in has_work):
-                if not self._queued:
-                    break
-                if worker.id in self._idle:  # not taken by a gang or a batch of this round
-                    self._assign_one(self._workers[worker.id], now, decisions)
-        if self.config.order is Order.FAIR and self._queued:
+            # Workers holding a model with backlog go first, so that a job goes to a worker
+            # that holds its model before another worker switches to it. A worker that
+            # finds nothing speaks for the rest of its group (same models, no reservation
+            # on its host): their candidates are the same.
+            with_backlog = [m for m, lanes in self._by_model.items() if any(x.count for x in lanes)]
+            groups = [self._idle.by_loaded.get(m, {}) for m in with_backlog]
+            groups += list(self._idle.by_models.values())
+            fruitless_hosts: set[str] = set()
+            for group in groups:
+                for worker_id in list(group):
+                    if not self._queued:
+                        break
+                    if worker_id not in self._idle:
+                        continue  # taken by a gang or a batch of this round
+                    worker = self._workers[worker_id]
+                    if worker.host in fruitless_hosts:
+                        continue
+                    if self._assign_one(worker, now, decisions):
+                        continue
+                    if worker.host not in self._reservations:
+                        break
+                    fruitless_hosts.add(worker.host)  # its other idle GPUs: the same answer
+        if (
+            self.config.order is Order.FAIR
+            and self._queued
+            and now >= self._last_preempt_check + self.config.preempt_every_s
+        ):
+            self._last_preempt_check = now
             self._preempt(now, decisions)
         decisions.reserved.update({h: r.job.id for h, r in self._reservations.items()})
         return decisions
 
-    def _assign_one(self, worker: WorkerView, now: float, decisions: Decisions) -> None:
+    def _assign_one(self, worker: WorkerView, now: float, decisions: Decisions) -> bool:
+        """Gives `worker` its next job (or a gang it completes); False if it found none."""
         reserved = self._reservations.get(worker.host)
         max_wall = INFINITY if reserved is None else reserved.start_by - now
         skip: set[str] = set()
         while True:
             job = self._pick(worker, now, max_wall, skip)
             if job is None:
-                return
+                return False
             if job.gpus <= 1:
                 self._start([job, *self._batch_mates(job)], [worker], now, decisions)
-                return
+                return True
             gang = self._free_gang(worker.host, job)
             if gang is not None:
                 self._start([job], gang, now, decisions)
-                return
+                return True
             if not self._reserve(job, now):
                 skip.add(job.id)  # no host can ever run it now; try the next job
                 continue
@@ -307,6 +375,14 @@ class Scheduler:
     def _pick(
         self, worker: WorkerView, now: float, max_wall: float, skip: set[str]
     ) -> QueuedJob | None:
+        job = self._pick_within(worker, now, max_wall, skip, over_cap=False)
+        if job is None and self.config.work_conserving_caps:
+            job = self._pick_within(worker, now, max_wall, skip, over_cap=True)
+        return job
+
+    def _pick_within(
+        self, worker: WorkerView, now: float, max_wall: float, skip: set[str], *, over_cap: bool
+    ) -> QueuedJob | None:
         cfg = self.config
         best: tuple[tuple[float, ...], QueuedJob] | None = None
         loaded_best: tuple[tuple[float, ...], QueuedJob] | None = None
@@ -314,7 +390,10 @@ class Scheduler:
             for lane in self._by_model.get(model, ()):
                 if lane.count == 0:
                     continue
-                job = self._lane_candidate(lane, now, max_wall, skip)
+                if over_cap:
+                    job = self._oldest_fitting(lane, max_wall, skip)
+                else:
+                    job = self._lane_candidate(lane, now, max_wall, skip)
                 if job is None:
                     continue
                 key = self._key(job, now)
@@ -340,7 +419,7 @@ class Scheduler:
         cfg = self.config
         if cfg.order is Order.FIFO:
             return (job.queued_at,)
-        rank = TIER_ORDER.index(job.tier)
+        rank = _RANK[job.tier]
         if cfg.order is Order.PRIORITY:
             return (rank, job.queued_at)
         overdue = self._aged(job, now)
@@ -407,6 +486,23 @@ class Scheduler:
             for entry in held:
                 heapq.heappush(lane.users, entry)
 
+    def _oldest_fitting(self, lane: _Lane, max_wall: float, skip: set[str]) -> QueuedJob | None:
+        """The lane's oldest job that fits, caps aside: what a worker nobody else needs
+        may run for a user who is at their cap."""
+        held: list[tuple[float, int, str]] = []
+        try:
+            while len(held) < LOOKAHEAD_USERS:
+                job = self._top(lane.oldest)
+                if job is None:
+                    return None
+                if self._fits(job, max_wall, skip):
+                    return job
+                held.append(heapq.heappop(lane.oldest))
+            return None
+        finally:
+            for entry in held:
+                heapq.heappush(lane.oldest, entry)
+
     def _fits(self, job: QueuedJob, max_wall: float, skip: set[str]) -> bool:
         return job.id not in skip and job.gpu_seconds / max(1, job.gpus) <= max_wall
 
@@ -415,11 +511,15 @@ class Scheduler:
         return self._user_running[(job.tier, job.user)] < cap
 
     def _switch_pays(self, model: str, worker: WorkerView) -> bool:
+        """Whether `model` is short of workers compared with the one `worker` holds: its
+        backlog per holder exceeds that of `worker`'s model by the switch's payback."""
         holders = self._holders[model]
         if holders <= 0:
             return True
-        backlog = self.backlog_seconds(model) / holders
-        return backlog >= self.config.switch_payback * worker.load_s
+        mine = worker.loaded
+        own = self.backlog_seconds(mine) / max(1, self._holders[mine]) if mine else 0.0
+        theirs = self.backlog_seconds(model) / holders
+        return theirs - own >= self.config.switch_payback * worker.load_s
 
     def _batch_mates(self, job: QueuedJob) -> list[QueuedJob]:
         cfg = self.config
@@ -463,9 +563,9 @@ class Scheduler:
             able = [w for w in members if job.model in self._workers[w].models]
             if len(able) < job.gpus:
                 continue
-            free_at = sorted(
-                now if w in self._idle else self._running[self._busy[w]].expected_end for w in able
-            )[job.gpus - 1]
+            free_at = sorted(now if w in self._idle else self._busy_until(w) for w in able)[
+                job.gpus - 1
+            ]
             if best is None or free_at < best[0]:
                 best = (free_at, host)
         if best is None:
@@ -477,11 +577,7 @@ class Scheduler:
     def _place_reserved(self, reservation: _Reservation, now: float, dec: Decisions) -> None:
         gang = self._free_gang(reservation.host, reservation.job)
         if gang is None:
-            busy = [
-                self._running[self._busy[w]].expected_end
-                for w in self._hosts[reservation.host]
-                if w in self._busy
-            ]
+            busy = [self._busy_until(w) for w in self._hosts[reservation.host] if w in self._busy]
             if busy:  # estimates run late: backfill must not push the gang further out
                 reservation.start_by = max(now, min(busy))
             return
@@ -519,8 +615,8 @@ class Scheduler:
             self._user_running[(job.tier, job.user)] += 1
             self._account(job)
         for worker in workers:
-            self._idle.pop(worker.id, None)
-            self._busy[worker.id] = jobs[0].id
+            self._idle.discard(worker)
+            self._busy[worker.id] = {j.id for j in jobs}
             if worker.loaded != model:
                 if worker.loaded is not None:
                     self._holders[worker.loaded] -= 1
@@ -528,6 +624,9 @@ class Scheduler:
                 self._workers[worker.id] = replace(worker, loaded=model)
         dec.assignments.append(Assignment(tuple(j.id for j in jobs), worker_ids, model, switch))
         self.decisions_made += 1
+
+    def _busy_until(self, worker_id: str) -> float:
+        return max(self._running[j].expected_end for j in self._busy[worker_id])
 
     def _take(self, job: QueuedJob) -> None:
         """Out of the queue, on its way to a worker (or a reservation)."""
@@ -553,14 +652,19 @@ class Scheduler:
         for lane in self._lanes.values():
             if lane.count == 0 or lane.tier is Tier.BATCH:
                 continue
-            self._top(lane.oldest)
-            for _, _, job_id in heapq.nsmallest(PREEMPT_PER_LANE, lane.oldest):
-                job = self._queued.get(job_id)
-                if job is None or job.gpus > 1:
-                    continue
+            held: list[tuple[float, int, str]] = []
+            while len(held) < PREEMPT_PER_LANE:
+                job = self._top(lane.oldest)
+                if job is None:
+                    break
+                held.append(heapq.heappop(lane.oldest))
                 overdue = self._overdue(job, now)
-                if overdue >= 1.0 and self._under_cap(job):
+                if overdue < 1.0:
+                    break  # younger ones are not overdue either
+                if job.gpus == 1 and self._under_cap(job):
                     wanting.append((-overdue, job))
+            for entry in held:
+                heapq.heappush(lane.oldest, entry)
         if not wanting:
             return
         wanting.sort(key=lambda pair: pair[0])
@@ -569,39 +673,47 @@ class Scheduler:
             run = self._running.get(run_id)
             if run is not None:
                 already[run.model] += 1
+        victims = self._victims(now)
         for _, job in wanting:
             if already[job.model] > 0:
                 already[job.model] -= 1
                 continue
-            victim = self._victim(job, now)
+            victim = self._victim(job, victims)
             if victim is None:
                 continue
             self._preempting.add(victim.id)
+            self._promised[victim.workers[0]] = job.id  # not for whoever comes next
             dec.preemptions.append(
                 Preemption(victim.id, f"{job.tier.value} job waited past its target", job.id)
             )
 
-    def _victim(self, job: QueuedJob, now: float) -> RunningJob | None:
+    def _victims(self, now: float) -> list[RunningJob]:
+        """Running jobs that may be preempted now, the one that loses least first: lowest
+        tier, least work since its checkpoint, most left to run."""
         cfg = self.config
-        rank = TIER_ORDER.index(job.tier)
-        best: tuple[tuple[float, ...], RunningJob] | None = None
+        found: list[tuple[tuple[float, ...], RunningJob]] = []
         for run in self._running.values():
-            victim_rank = TIER_ORDER.index(run.tier)
             if (
-                victim_rank <= rank
+                run.tier is TIER_ORDER[0]
                 or run.id in self._preempting
                 or run.preemptions >= cfg.max_preemptions
                 or now - run.started_at < cfg.min_run_s
                 or run.expected_end - now < cfg.min_remaining_s
                 or len(run.workers) > 1
-                or job.model not in self._workers[run.workers[0]].models
             ):
                 continue
             lost = now - (run.checkpoint_at if run.checkpoint_at is not None else run.started_at)
-            key = (-victim_rank, lost, -(run.expected_end - now))
-            if best is None or key < best[0]:
-                best = (key, run)
-        return None if best is None else best[1]
+            found.append(((-_RANK[run.tier], lost, -(run.expected_end - now)), run))
+        found.sort(key=lambda pair: pair[0])
+        return [run for _, run in found]
+
+    def _victim(self, job: QueuedJob, victims: list[RunningJob]) -> RunningJob | None:
+        rank = _RANK[job.tier]
+        for k, run in enumerate(victims):
+            if _RANK[run.tier] > rank and job.model in self._workers[run.workers[0]].models:
+                del victims[k]
+                return run
+        return None
 
     # ---- heap plumbing ----------------------------------------------------------------
     def _top(self, heap: list[tuple[float, int, str]]) -> QueuedJob | None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 
-from reelgen.domain.errors import Unauthorized
+from reelgen.domain.errors import InvalidRequest, Unauthorized
 from reelgen.domain.jobs import Tier, User
 from reelgen.platform import ApiContext
 
@@ -26,6 +26,10 @@ def create_key(
     """Creates (or reuses) the user and binds a new key to it; returns the plain key.
 
     `tier=None` keeps an existing user's tier (a new user starts free)."""
+    if tier is Tier.BATCH:
+        raise InvalidRequest(
+            "batch is a job's service tier, not a user's: a user is paid or free.", param="tier"
+        )
     now = platform.clock()
     user = platform.accounts.get_or_create_user(
         user_id=new_id("user"), name=user_name, tier=tier, now=now
