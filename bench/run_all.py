@@ -43,6 +43,8 @@ BENCHMARKS: list[tuple[str, int]] = [
     ("queue_throughput", 900),
     ("dispatch_latency", 480),
     ("crash_recovery", 300),
+    # Pure Python, no servers:
+    ("sim_day", 900),
 ]
 SECTION_MARK = "<!-- bench: {} @ {} -->"
 """Precedes each section: the benchmark's name and when it ran (for --keep-others)."""

@@ -131,3 +131,24 @@ def test_reelgen_sim_refuses_shares_that_do_not_add_up(tmp_path: Path) -> None:
         timeout=60,
     )
     assert done.returncode != 0 and "add up to more than 1" in done.stderr
+
+
+def test_the_autoscaler_sizes_the_fleet_to_the_day(costs) -> None:
+    """From a fleet far too small at the start: the autoscaler meets the waits a fixed
+    fleet of the same start size cannot, and uses fewer GPU-hours than a fleet sized for
+    the peak."""
+    from reelgen.scheduler.autoscale import AutoscaleConfig
+
+    trace = generate(TrafficConfig(jobs_per_day=6_000, users=500), costs, seed=2)
+    policy = PolicyConfig()
+    small = simulate(trace, FleetConfig(gpus=8), policy, costs)
+    auto = simulate(trace, FleetConfig(gpus=8, autoscale=AutoscaleConfig()), policy, costs)
+    peak = simulate(trace, FleetConfig(gpus=64), policy, costs)
+    fs, fa, fp = (report.figures(r) for r in (small, auto, peak))
+    assert not np.isnan(auto.end).any()
+    assert fa["tiers"]["paid"]["wait_p95_s"] <= 60.0 < fs["tiers"]["paid"]["wait_p95_s"]
+    assert fa["tiers"]["free"]["wait_p99_s"] <= 30 * 60.0
+    assert fa["gpu_hours"] < fp["gpu_hours"]
+    assert max(auto.samples["fleet"]) > 8 and min(auto.samples["fleet"][10:]) < max(
+        auto.samples["fleet"]
+    )

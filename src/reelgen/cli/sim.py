@@ -20,7 +20,15 @@ def sim(
     peak_factor: Annotated[
         float, typer.Option(min=1.0, help="Busiest minute's rate over the mean rate.")
     ] = 5.0,
-    gpus: Annotated[int, typer.Option(min=1, help="GPUs in the fleet (hosts of 8).")] = 8192,
+    gpus: Annotated[
+        int, typer.Option(min=1, help="GPUs in the fleet (hosts of 8); with --autoscale, at start.")
+    ] = 8192,
+    autoscale: Annotated[
+        bool, typer.Option(help="Let the autoscaler size the fleet (hosts take --provision-s).")
+    ] = False,
+    provision_s: Annotated[
+        float, typer.Option(min=0.0, help="Boot and first load of a new host, seconds.")
+    ] = 180.0,
     policy: Annotated[str, typer.Option(help="fifo, priority, reelgen or all.")] = "reelgen",
     seed: Annotated[int, typer.Option(help="Seed of the traffic and of crashes.")] = 0,
     paid_share: Annotated[float, typer.Option(min=0.0, help="Share of paid jobs.")] = 0.25,
@@ -36,6 +44,7 @@ def sim(
 ) -> None:
     """Simulate a day of traffic on a GPU fleet and report waits, utilization and cost."""
     from reelgen.domain.jobs import Tier
+    from reelgen.scheduler.autoscale import AutoscaleConfig
     from reelgen.scheduler.cost import measured_models
     from reelgen.scheduler.fairshare import Order, PolicyConfig
     from reelgen.sim import report
@@ -57,7 +66,13 @@ def sim(
         zipf=zipf,
     )
     trace = generate(traffic, costs, seed=seed)
-    fleet = FleetConfig(gpus=gpus, tick_s=tick, crashes_per_gpu_day=crashes_per_gpu_day)
+    fleet = FleetConfig(
+        gpus=gpus,
+        tick_s=tick,
+        crashes_per_gpu_day=crashes_per_gpu_day,
+        autoscale=AutoscaleConfig() if autoscale else None,
+        provision_s=provision_s,
+    )
     results = []
     for name in chosen:
         typer.echo(f"simulating {len(trace):,} jobs on {gpus:,} GPUs with {name} ...")

@@ -134,22 +134,25 @@ class _Idle:
     """Idle workers, longest idle first, also by the model on their GPU and by the models
     they can serve (so a round looks at groups, not at every idle worker)."""
 
-    __slots__ = ("all", "by_loaded", "by_models")
+    __slots__ = ("all", "by_host", "by_loaded", "by_models")
 
     def __init__(self) -> None:
         self.all: dict[str, None] = {}
         self.by_loaded: dict[str | None, dict[str, None]] = defaultdict(dict)
         self.by_models: dict[frozenset[str], dict[str, None]] = defaultdict(dict)
+        self.by_host: dict[str, dict[str, None]] = defaultdict(dict)
 
     def add(self, worker: WorkerView) -> None:
         self.all[worker.id] = None
         self.by_loaded[worker.loaded][worker.id] = None
         self.by_models[worker.models][worker.id] = None
+        self.by_host[worker.host][worker.id] = None
 
     def discard(self, worker: WorkerView) -> None:
         if self.all.pop(worker.id, 0) is None:
             self.by_loaded[worker.loaded].pop(worker.id, None)
             self.by_models[worker.models].pop(worker.id, None)
+            self.by_host[worker.host].pop(worker.id, None)
 
     def __contains__(self, worker_id: object) -> bool:
         return worker_id in self.all
@@ -172,6 +175,7 @@ class Scheduler:
     def __init__(self, config: PolicyConfig | None = None):
         self.config = config or PolicyConfig()
         self._queued: dict[str, QueuedJob] = {}
+        self._queued_by_gpus: dict[int, int] = defaultdict(int)
         self._lanes: dict[tuple[Tier, str], _Lane] = {}
         self._by_model: dict[str, list[_Lane]] = defaultdict(list)
         self._by_batch_key: dict[str, dict[str, None]] = defaultdict(dict)
@@ -240,6 +244,7 @@ class Scheduler:
             self._push_user(lane, job.user)
         lane.backlog_s += job.gpu_seconds
         lane.count += 1
+        self._queued_by_gpus[job.gpus] += 1
         self._tier_queued[job.tier] += 1
         if job.batch_key is not None:
             self._by_batch_key[job.batch_key][job.id] = None
@@ -256,6 +261,7 @@ class Scheduler:
         lane = self._lanes[(job.tier, job.model)]
         lane.backlog_s -= job.gpu_seconds
         lane.count -= 1
+        self._queued_by_gpus[job.gpus] -= 1
         self._tier_queued[job.tier] -= 1
         if job.batch_key is not None:
             self._by_batch_key[job.batch_key].pop(job.id, None)
@@ -302,8 +308,25 @@ class Scheduler:
         lanes = self._by_model.get(model, []) if model is not None else self._lanes.values()
         return sum(lane.backlog_s for lane in lanes)
 
+    def largest_queued_gang(self) -> int:
+        """GPUs of the widest job waiting (queued or holding a reservation); 0 if none."""
+        widest = max((g for g, n in self._queued_by_gpus.items() if n > 0), default=0)
+        reserved = max((r.job.gpus for r in self._reservations.values()), default=0)
+        return max(widest, reserved)
+
     def idle_workers(self) -> int:
         return len(self._idle)
+
+    def idle_hosts(self, limit: int) -> list[list[str]]:
+        """Up to `limit` hosts none of whose workers runs anything (the ones to scale away:
+        a whole host goes, so that gangs still find whole hosts), each as its workers."""
+        found: list[list[str]] = []
+        for host, idle in self._idle.by_host.items():
+            if len(found) >= limit:
+                break
+            if idle and len(idle) == len(self._hosts[host]) and host not in self._reservations:
+                found.append(list(idle))
+        return found
 
     # ---- deciding ---------------------------------------------------------------------
     def schedule(self, now: float) -> Decisions:
@@ -361,7 +384,7 @@ class Scheduler:
             if job.gpus <= 1:
                 self._start([job, *self._batch_mates(job)], [worker], now, decisions)
                 return True
-            gang = self._free_gang(worker.host, job)
+            gang = self._free_gang(worker.host, job) or self._free_gang_anywhere(job)
             if gang is not None:
                 self._start([job], gang, now, decisions)
                 return True
@@ -547,12 +570,26 @@ class Scheduler:
         return mates
 
     def _free_gang(self, host: str, job: QueuedJob) -> list[WorkerView] | None:
-        free = [
-            self._workers[w]
-            for w in self._hosts[host]
-            if w in self._idle and job.model in self._workers[w].models
-        ]
+        if host in self._reservations and self._reservations[host].job.id != job.id:
+            return None
+        idle = self._idle.by_host.get(host, {})
+        if len(idle) < job.gpus:
+            return None
+        free = [self._workers[w] for w in idle if job.model in self._workers[w].models]
         return free[: job.gpus] if len(free) >= job.gpus else None
+
+    def _free_gang_anywhere(self, job: QueuedJob) -> list[WorkerView] | None:
+        """A host with `job.gpus` idle GPUs that can serve it, holding its model if any."""
+        fallback: list[WorkerView] | None = None
+        for host, idle in self._idle.by_host.items():
+            if len(idle) < job.gpus:
+                continue
+            gang = self._free_gang(host, job)
+            if gang is not None:
+                if all(w.loaded == job.model for w in gang):
+                    return gang
+                fallback = fallback or gang
+        return fallback
 
     def _reserve(self, job: QueuedJob, now: float) -> bool:
         """Holds the host that frees `job.gpus` GPUs soonest for it; False if none can."""

@@ -19,12 +19,13 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from reelgen.domain.jobs import Tier
+from reelgen.scheduler.autoscale import AutoscaleConfig, Autoscaler, PoolLoad
 from reelgen.scheduler.cost import CostModel
 from reelgen.scheduler.fairshare import PolicyConfig, Scheduler
 from reelgen.scheduler.view import QueuedJob, WorkerView
 from reelgen.sim.traffic import TIERS, Trace
 
-END, RELEASE, CRASH, RESTART = range(4)
+END, RELEASE, CRASH, RESTART, ADD = range(5)
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +40,11 @@ class FleetConfig:
     restart_s: float = 180.0
     gpu_hour_usd: float = 3.5
     sample_every_s: float = 300.0
+    autoscale: AutoscaleConfig | None = None
+    """None: a fixed fleet of `gpus`; else `gpus` is the starting size."""
+    autoscale_every_s: float = 30.0
+    provision_s: float = 180.0
+    """From asking for a host to its GPUs taking work (boot, first model load)."""
     drain_s: float = 6 * 3600.0
     """How long after the last arrival the run may go on to finish the queue."""
 
@@ -94,6 +100,12 @@ class _Fleet:
         self.model_names = [m.name for m in trace.models]
         self.load_s = {m.name: costs[m.cost_class].load_s for m in trace.models}
         self.workers: dict[str, WorkerView] = {}
+        self.active: set[str] = set()
+        self.hosts_made = 0
+        self.pending = 0
+        """GPUs asked for and not yet up."""
+        self.arrived_gpu_s = 0.0
+        self.autoscaler = Autoscaler(fleet.autoscale) if fleet.autoscale is not None else None
         self.down = 0
         self.result = Result(
             policy=policy.order.value,
@@ -114,19 +126,48 @@ class _Fleet:
         demand = np.bincount(t.model, weights=t.gpu_seconds, minlength=len(t.models))
         share = demand / max(demand.sum(), 1e-9)
         hosts = math.ceil(self.cfg.gpus / self.cfg.gpus_per_host)
-        host_models = np.repeat(np.arange(len(t.models)), np.round(share * hosts).astype(int))
+        self._host_models = np.repeat(np.arange(len(t.models)), np.round(share * hosts).astype(int))
+        self._add_hosts(hosts, 0.0, limit=self.cfg.gpus)
+
+    def _add_hosts(self, hosts: int, now: float, limit: int | None = None) -> None:
         models = frozenset(self.model_names)
         made = 0
-        for h in range(hosts):
-            loaded = self.model_names[int(host_models[h]) if h < len(host_models) else 0]
+        for _ in range(hosts):
+            h = self.hosts_made
+            self.hosts_made += 1
+            pick = int(self._host_models[h % max(1, len(self._host_models))])
+            loaded = self.model_names[pick] if len(self._host_models) else self.model_names[0]
             for g in range(self.cfg.gpus_per_host):
-                if made == self.cfg.gpus:
-                    break
+                if limit is not None and made == limit:
+                    return
                 w = WorkerView(f"h{h}/{g}", f"h{h}", models, loaded, self.load_s[loaded])
                 self.workers[w.id] = w
+                self.active.add(w.id)
                 self.s.add_worker(w)
-                self._arm_crash(w.id, 0.0)
+                self._arm_crash(w.id, now)
                 made += 1
+
+    def _autoscale(self, now: float) -> None:
+        assert self.autoscaler is not None
+        up = len(self.active) - self.down
+        load = PoolLoad(
+            arrived_gpu_s=self.arrived_gpu_s,
+            backlog_gpu_s=self.s.backlog_seconds(),
+            busy_workers=up - self.s.idle_workers(),
+            largest_gang=self.s.largest_queued_gang(),
+        )
+        self.arrived_gpu_s = 0.0
+        desired = self.autoscaler.observe(now, load)
+        short = desired - up - self.pending
+        if short > 0:
+            hosts = math.ceil(short / self.cfg.gpus_per_host)
+            self.pending += hosts * self.cfg.gpus_per_host
+            self._push(now + self.cfg.provision_s, ADD, hosts, 0)
+        elif desired < up:
+            for host in self.s.idle_hosts((up - desired) // self.cfg.gpus_per_host):
+                for worker_id in host:
+                    self.s.remove_worker(worker_id)
+                    self.active.discard(worker_id)
 
     def _arm_crash(self, worker_id: str, now: float) -> None:
         rate = self.cfg.crashes_per_gpu_day / 86_400.0
@@ -160,13 +201,14 @@ class _Fleet:
 
     def arrive(self, i: int, now: float) -> None:
         job = self._queued(i, now)
+        self.arrived_gpu_s += job.gpu_seconds
         self.predicted[i] = self._predicted_wait(job)
         self.s.submit(job)
 
     def _predicted_wait(self, job: QueuedJob) -> float:
         """What the API would say at submit: the work queued ahead over the fleet."""
         ahead = self.s.backlog_seconds(job.model)
-        return ahead / max(1, len(self.workers) - self.down)
+        return ahead / max(1, len(self.active) - self.down)
 
     def apply(self, now: float) -> None:
         decisions = self.s.schedule(now)
@@ -225,7 +267,12 @@ class _Fleet:
             self.preemptions[i] += 1
             self.result.preempted_runs += 1
             self._hand_back(i, now, checkpointed_only=False)
+        elif kind == ADD:
+            self.pending -= i * self.cfg.gpus_per_host
+            self._add_hosts(i, now)
         elif kind == CRASH:
+            if worker_id not in self.active:
+                return  # scaled away meanwhile
             self.result.crashes += 1
             self.down += 1
             for job_id in self.s.remove_worker(worker_id):
@@ -233,6 +280,8 @@ class _Fleet:
             self._push(now + self.cfg.restart_s, RESTART, 0, 0, worker_id)
         elif kind == RESTART:
             self.down -= 1
+            if worker_id not in self.active:
+                return
             self.s.add_worker(self.workers[worker_id])
             self._arm_crash(worker_id, now)
 
@@ -246,7 +295,7 @@ class _Fleet:
         n = len(t)
         tick = self.cfg.tick_s
         r = self.result
-        total = len(self.workers)
+        next_scale = 0.0 if self.autoscaler is not None else math.inf
         next_sample = 0.0
         last = 0.0
         i = 0
@@ -257,10 +306,12 @@ class _Fleet:
             next_arrival = float(arrival[i]) if i < n else math.inf
             next_event = events[0][0] if events else math.inf
             upcoming = min(next_arrival, next_event)
+            if self.s.queued and next_scale < math.inf:
+                upcoming = min(upcoming, next_scale)  # the autoscaler may add capacity
             if upcoming == math.inf:
                 break
             if upcoming > now + tick:  # nothing until then: jump to that round
-                self._account(now, upcoming - upcoming % tick, total)
+                self._account(now, upcoming - upcoming % tick)
                 now = upcoming - upcoming % tick
             now += tick
             while i < n and arrival[i] <= now:
@@ -270,12 +321,16 @@ class _Fleet:
                 at, _, kind, job, attempt, worker_id = heapq.heappop(events)
                 self.handle(kind, job, attempt, worker_id, at)
             self.apply(now)
-            self._account(now - tick, now, total)
+            if now >= next_scale:
+                self._autoscale(now)
+                next_scale = now + self.cfg.autoscale_every_s
+            self._account(now - tick, now)
             if now >= next_sample:
                 r.samples["t"].append(now)
                 r.samples["queued"].append(self.s.queued)
-                r.samples["busy"].append(total - self.down - self.s.idle_workers())
-                r.samples["fleet"].append(total - self.down)
+                up = len(self.active) - self.down
+                r.samples["busy"].append(up - self.s.idle_workers())
+                r.samples["fleet"].append(up)
                 next_sample = now + self.cfg.sample_every_s
             last = now
             if i >= n and not events and self.s.queued == 0:
@@ -284,11 +339,11 @@ class _Fleet:
         r.wall_s = time.perf_counter() - started
         return r
 
-    def _account(self, start: float, stop: float, total: int) -> None:
+    def _account(self, start: float, stop: float) -> None:
         dt = stop - start
         if dt <= 0:
             return
-        up = total - self.down
+        up = len(self.active) - self.down
         busy = up - self.s.idle_workers()
         r = self.result
         r.busy_gpu_s += busy * dt

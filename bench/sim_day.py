@@ -1,0 +1,87 @@
+"""A full simulated day: how long `reelgen sim`'s engine takes for a 5,000,000-job day.
+
+Generates the default traffic (5x peak, 25/60/15 paid/free/batch, 1M Zipf users, the
+default model and size mix with 8-GPU gangs), then runs it through the Reelgen policy
+(`scheduler.fairshare.Scheduler`) on a fixed fleet, in this process, and reports the wall
+time of the generation and of the simulation, and the simulated jobs per wall second.
+"""
+
+from __future__ import annotations
+
+import resource
+import time
+
+from _common import Check, bench_args, check_max, checks_table, emit, fmt, log, table
+
+from reelgen.scheduler.cost import measured_models
+from reelgen.scheduler.fairshare import PolicyConfig
+from reelgen.sim import report
+from reelgen.sim.engine import FleetConfig, simulate
+from reelgen.sim.traffic import TrafficConfig, generate
+
+TARGET_S = 120.0
+
+
+def main() -> int:
+    parser = bench_args(__doc__ or "")
+    parser.add_argument("--jobs", type=int, default=5_000_000)
+    parser.add_argument("--gpus", type=int, default=16_384)
+    args = parser.parse_args()
+
+    costs = measured_models()
+    t0 = time.perf_counter()
+    trace = generate(TrafficConfig(jobs_per_day=args.jobs), costs, seed=0)
+    generated = time.perf_counter() - t0
+    log(f"generated {len(trace):,} jobs in {generated:.1f} s; simulating on {args.gpus:,} GPUs")
+    result = simulate(trace, FleetConfig(gpus=args.gpus), PolicyConfig(), costs)
+    total = generated + result.wall_s
+    peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    f = report.figures(result)
+    log(f"simulated in {result.wall_s:.1f} s")
+
+    checks = [
+        check_max(f"{args.jobs:,}-job day, generate + simulate", total, "s", TARGET_S),
+        Check("simulated jobs per wall second", len(trace) / result.wall_s, "jobs/s", "none", None),
+        Check("peak memory", peak_mib, "MiB", "none", None),
+    ]
+    rows = [
+        [
+            f"{len(trace):,}",
+            f"{args.gpus:,}",
+            fmt(generated, 1),
+            fmt(result.wall_s, 1),
+            f"{len(trace) / result.wall_s:,.0f}",
+            f"{f['gpu_utilization']:.1%}",
+            fmt(f["tiers"]["paid"]["wait_p95_s"], 1),
+            fmt(f["tiers"]["free"]["wait_p99_s"], 1),
+            fmt(peak_mib, 0),
+        ]
+    ]
+    md = [
+        "The default `reelgen sim` traffic for a whole day, generated and then simulated with "
+        "the Reelgen policy on a fixed fleet of hosts of 8 GPUs, in one process "
+        f"(`bench/sim_day.py --jobs {args.jobs} --gpus {args.gpus}`). The waits are there to "
+        "show the run did real work; sizing the fleet is the autoscaler's job.",
+        "",
+        table(
+            [
+                "jobs",
+                "GPUs",
+                "generate s",
+                "simulate s",
+                "jobs/s",
+                "GPU utilization",
+                "paid wait p95 s",
+                "free wait p99 s",
+                "peak MiB",
+            ],
+            rows,
+        ),
+        "",
+        checks_table(checks),
+    ]
+    return emit(args, "Fleet simulator: a 5M-job day", "\n".join(md), checks)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,53 @@
+"""The autoscaler: desired workers from demand in GPU-seconds, with hysteresis."""
+
+from __future__ import annotations
+
+import pytest
+
+from reelgen.scheduler.autoscale import AutoscaleConfig, Autoscaler, PoolLoad
+
+
+def _load(arrived: float = 0.0, backlog: float = 0.0, busy: int = 0, gang: int = 1) -> PoolLoad:
+    return PoolLoad(
+        arrived_gpu_s=arrived, backlog_gpu_s=backlog, busy_workers=busy, largest_gang=gang
+    )
+
+
+def test_steady_demand_settles_at_rate_times_headroom() -> None:
+    a = Autoscaler(AutoscaleConfig(headroom=1.1, half_life_s=60.0))
+    wanted = 0
+    for t in range(30, 3600, 30):
+        wanted = a.observe(float(t), _load(arrived=30 * 100.0))  # 100 GPU-s of work per s
+    assert a.rate_gpu_s_per_s == pytest.approx(100.0, rel=0.01)
+    assert wanted == 110
+
+
+def test_a_backlog_is_drained_within_its_target() -> None:
+    a = Autoscaler(AutoscaleConfig(drain_s=120.0, headroom=1.0))
+    assert a.observe(30.0, _load(backlog=120.0 * 50)) == 50
+
+
+def test_scale_up_is_at_once_and_scale_down_waits_then_steps() -> None:
+    cfg = AutoscaleConfig(
+        headroom=1.0, half_life_s=1.0, scale_down_after_s=600.0, scale_down_step=0.10
+    )
+    a = Autoscaler(cfg)
+    assert a.observe(30.0, _load(arrived=30 * 200.0)) >= 100
+    high = a.observe(60.0, _load(arrived=30 * 200.0))
+    assert high == 200
+    # Demand drops to a tenth: nothing happens for 10 minutes...
+    seen = [a.observe(60.0 + t, _load(arrived=30 * 20.0)) for t in range(30, 600, 30)]
+    assert set(seen) == {200}
+    # ...then the pool shrinks 10% per decision, not at once.
+    after = [a.observe(660.0 + t, _load(arrived=30 * 20.0)) for t in range(0, 300, 30)]
+    assert after[:3] == [200, 180, 162]  # the lower number first held at t=90
+    assert after == sorted(after, reverse=True) and after[-1] >= 20
+
+
+def test_busy_workers_and_waiting_gangs_set_a_floor() -> None:
+    a = Autoscaler(AutoscaleConfig(scale_down_after_s=0.0, scale_down_step=1.0))
+    assert a.observe(30.0, _load(busy=7)) == 7
+    b = Autoscaler()
+    assert b.observe(30.0, _load(backlog=1.0, gang=8)) == 8
+    assert Autoscaler(AutoscaleConfig(min_workers=3)).observe(30.0, _load()) == 3
+    assert Autoscaler(AutoscaleConfig(max_workers=5)).observe(30.0, _load(backlog=1e9)) == 5
