@@ -44,6 +44,7 @@ BENCHMARKS: list[tuple[str, int]] = [
     ("dispatch_latency", 480),
     ("crash_recovery", 300),
     # Pure Python, no servers:
+    ("policy_decisions", 300),
     ("sim_day", 900),
 ]
 SECTION_MARK = "<!-- bench: {} @ {} -->"

@@ -13,6 +13,7 @@ import time
 
 from _common import Check, bench_args, check_max, checks_table, emit, fmt, log, table
 
+from reelgen.scheduler.autoscale import AutoscaleConfig
 from reelgen.scheduler.cost import measured_models
 from reelgen.scheduler.fairshare import PolicyConfig
 from reelgen.sim import report
@@ -25,15 +26,24 @@ TARGET_S = 120.0
 def main() -> int:
     parser = bench_args(__doc__ or "")
     parser.add_argument("--jobs", type=int, default=5_000_000)
-    parser.add_argument("--gpus", type=int, default=16_384)
+    parser.add_argument(
+        "--gpus", type=int, default=0, help="a fixed fleet; 0: autoscaled from the lower bound"
+    )
     args = parser.parse_args()
 
     costs = measured_models()
     t0 = time.perf_counter()
     trace = generate(TrafficConfig(jobs_per_day=args.jobs), costs, seed=0)
     generated = time.perf_counter() - t0
-    log(f"generated {len(trace):,} jobs in {generated:.1f} s; simulating on {args.gpus:,} GPUs")
-    result = simulate(trace, FleetConfig(gpus=args.gpus), PolicyConfig(), costs)
+    lower_bound = int(trace.actual_seconds.sum() / 86_400)
+    fleet = (
+        FleetConfig(gpus=args.gpus)
+        if args.gpus
+        else FleetConfig(gpus=lower_bound, autoscale=AutoscaleConfig())
+    )
+    how = f"{args.gpus:,} GPUs" if args.gpus else f"an autoscaled fleet from {lower_bound:,} GPUs"
+    log(f"generated {len(trace):,} jobs in {generated:.1f} s; simulating on {how}")
+    result = simulate(trace, fleet, PolicyConfig(), costs)
     total = generated + result.wall_s
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     f = report.figures(result)
@@ -47,7 +57,7 @@ def main() -> int:
     rows = [
         [
             f"{len(trace):,}",
-            f"{args.gpus:,}",
+            how,
             fmt(generated, 1),
             fmt(result.wall_s, 1),
             f"{len(trace) / result.wall_s:,.0f}",
@@ -59,14 +69,14 @@ def main() -> int:
     ]
     md = [
         "The default `reelgen sim` traffic for a whole day, generated and then simulated with "
-        "the Reelgen policy on a fixed fleet of hosts of 8 GPUs, in one process "
-        f"(`bench/sim_day.py --jobs {args.jobs} --gpus {args.gpus}`). The waits are there to "
-        "show the run did real work; sizing the fleet is the autoscaler's job.",
+        "the Reelgen policy on hosts of 8 GPUs (autoscaled unless `--gpus` is given), in one "
+        f"process (`bench/sim_day.py --jobs {args.jobs} --gpus {args.gpus}`). The waits and "
+        "utilization show that the run did real work.",
         "",
         table(
             [
                 "jobs",
-                "GPUs",
+                "fleet",
                 "generate s",
                 "simulate s",
                 "jobs/s",

@@ -60,9 +60,11 @@ from reelgen.scheduler.view import (
 )
 
 INFINITY = float("inf")
-LOOKAHEAD_USERS = 8
+LOOKAHEAD_USERS = 4
 """How many users' heads a lane looks past for one that fits (backfill, unplaceable gangs)."""
 PREEMPT_PER_LANE = 16
+RESERVE_LOOKS = 64
+"""How many hosts a gang looks at for the one that frees its GPUs soonest."""
 _RANK = {tier: rank for rank, tier in enumerate(TIER_ORDER)}
 """The most overdue jobs of one lane that may each ask for a preemption in one round."""
 
@@ -399,7 +401,7 @@ class Scheduler:
         self, worker: WorkerView, now: float, max_wall: float, skip: set[str]
     ) -> QueuedJob | None:
         job = self._pick_within(worker, now, max_wall, skip, over_cap=False)
-        if job is None and self.config.work_conserving_caps:
+        if job is None and self.config.work_conserving_caps and max_wall == INFINITY:
             job = self._pick_within(worker, now, max_wall, skip, over_cap=True)
         return job
 
@@ -594,7 +596,18 @@ class Scheduler:
     def _reserve(self, job: QueuedJob, now: float) -> bool:
         """Holds the host that frees `job.gpus` GPUs soonest for it; False if none can."""
         best: tuple[float, str] | None = None
-        for host, members in self._hosts.items():
+        # Hosts with idle GPUs first; looking at a few is enough, and keeps this cheap on a
+        # fleet of thousands of hosts.
+        with_idle = (h for h, idle in self._idle.by_host.items() if idle)
+        candidates = itertools.chain(with_idle, self._hosts)
+        seen: set[str] = set()
+        for host in candidates:
+            if len(seen) >= RESERVE_LOOKS or host in seen:
+                if len(seen) >= RESERVE_LOOKS:
+                    break
+                continue
+            seen.add(host)
+            members = self._hosts[host]
             if host in self._reservations:
                 continue
             able = [w for w in members if job.model in self._workers[w].models]
