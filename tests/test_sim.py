@@ -76,6 +76,7 @@ def test_the_same_seed_gives_the_same_day(costs) -> None:
     assert a == b
 
 
+@pytest.mark.slow  # a subprocess
 def test_reelgen_sim_writes_its_report(tmp_path: Path) -> None:
     out = tmp_path / "sim"
     done = subprocess.run(

@@ -136,25 +136,39 @@ class _Idle:
     """Idle workers, longest idle first, also by the model on their GPU and by the models
     they can serve (so a round looks at groups, not at every idle worker)."""
 
-    __slots__ = ("all", "by_host", "by_loaded", "by_models")
+    __slots__ = ("all", "by_count", "by_host", "by_loaded", "by_models")
 
     def __init__(self) -> None:
         self.all: dict[str, None] = {}
         self.by_loaded: dict[str | None, dict[str, None]] = defaultdict(dict)
         self.by_models: dict[frozenset[str], dict[str, None]] = defaultdict(dict)
         self.by_host: dict[str, dict[str, None]] = defaultdict(dict)
+        self.by_count: dict[int, dict[str, None]] = defaultdict(dict)
+        """idle GPUs -> the hosts with that many (for gangs, without a walk over hosts)"""
 
     def add(self, worker: WorkerView) -> None:
         self.all[worker.id] = None
         self.by_loaded[worker.loaded][worker.id] = None
         self.by_models[worker.models][worker.id] = None
-        self.by_host[worker.host][worker.id] = None
+        self._recount(worker.host, +1, worker.id)
 
     def discard(self, worker: WorkerView) -> None:
         if self.all.pop(worker.id, 0) is None:
             self.by_loaded[worker.loaded].pop(worker.id, None)
             self.by_models[worker.models].pop(worker.id, None)
-            self.by_host[worker.host].pop(worker.id, None)
+            self._recount(worker.host, -1, worker.id)
+
+    def _recount(self, host: str, delta: int, worker_id: str) -> None:
+        idle = self.by_host[host]
+        self.by_count[len(idle)].pop(host, None)
+        if delta > 0:
+            idle[worker_id] = None
+        else:
+            idle.pop(worker_id, None)
+        if idle:
+            self.by_count[len(idle)][host] = None
+        else:
+            del self.by_host[host]
 
     def __contains__(self, worker_id: object) -> bool:
         return worker_id in self.all
@@ -583,9 +597,8 @@ class Scheduler:
     def _free_gang_anywhere(self, job: QueuedJob) -> list[WorkerView] | None:
         """A host with `job.gpus` idle GPUs that can serve it, holding its model if any."""
         fallback: list[WorkerView] | None = None
-        for host, idle in self._idle.by_host.items():
-            if len(idle) < job.gpus:
-                continue
+        counts = sorted((c for c, hosts in self._idle.by_count.items() if hosts), reverse=True)
+        for host in (h for c in counts if c >= job.gpus for h in self._idle.by_count[c]):
             gang = self._free_gang(host, job)
             if gang is not None:
                 if all(w.loaded == job.model for w in gang):
