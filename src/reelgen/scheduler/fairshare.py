@@ -365,7 +365,10 @@ class Scheduler:
             groups += list(self._idle.by_models.values())
             fruitless_hosts: set[str] = set()
             for group in groups:
-                for worker_id in list(group):
+                # Each useful worker takes a job: more than the queue's length (plus some
+                # room for reserved hosts) are never needed, however many are idle.
+                wanted = len(self._queued) + RESERVE_LOOKS
+                for worker_id in list(itertools.islice(group, wanted)):
                     if not self._queued:
                         break
                     if worker_id not in self._idle:
