@@ -153,3 +153,14 @@ def test_the_autoscaler_sizes_the_fleet_to_the_day(costs) -> None:
     assert max(auto.samples["fleet"]) > 8 and min(auto.samples["fleet"][10:]) < max(
         auto.samples["fleet"]
     )
+
+
+def test_a_one_host_fleet_serves_a_mix_of_equal_models(costs) -> None:
+    """No model gets a whole host by share (three at a third of one host): the host still
+    starts with a model loaded, and the day runs."""
+    from reelgen.sim.traffic import ModelMix, Shape
+
+    mix = tuple(ModelMix(f"m{i}", "1.3B", 1.0, (Shape(832, 480, 33, 1.0),)) for i in range(3))
+    trace = generate(TrafficConfig(jobs_per_day=300, users=50, models=mix), costs, seed=4)
+    r = simulate(trace, FleetConfig(gpus=8), PolicyConfig(), costs)
+    assert not np.isnan(r.end).any()

@@ -213,7 +213,6 @@ class Scheduler:
         self._promised: dict[str, str] = {}
         """worker -> the queued job its preempted job makes room for"""
         self._last_preempt_check = -INFINITY
-        self.decisions_made = 0
 
     # ---- what happened ----------------------------------------------------------------
     def add_worker(self, worker: WorkerView) -> None:
@@ -636,7 +635,7 @@ class Scheduler:
                 best = (free_at, host)
         if best is None:
             return False
-        self._take(job)
+        self.remove(job.id)
         self._reservations[best[1]] = _Reservation(job, best[1], max(best[0], now))
         return True
 
@@ -666,7 +665,7 @@ class Scheduler:
         worker_ids = tuple(w.id for w in workers)
         for job in jobs:
             if queued:
-                self._take(job)
+                self.remove(job.id)
             self._running[job.id] = RunningJob(
                 id=job.id,
                 user=job.user,
@@ -689,14 +688,9 @@ class Scheduler:
                 self._holders[model] += 1
                 self._workers[worker.id] = replace(worker, loaded=model)
         dec.assignments.append(Assignment(tuple(j.id for j in jobs), worker_ids, model, switch))
-        self.decisions_made += 1
 
     def _busy_until(self, worker_id: str) -> float:
         return max(self._running[j].expected_end for j in self._busy[worker_id])
-
-    def _take(self, job: QueuedJob) -> None:
-        """Out of the queue, on its way to a worker (or a reservation)."""
-        self.remove(job.id)
 
     def _account(self, job: QueuedJob) -> None:
         """Advances the virtual times the job's start uses up."""

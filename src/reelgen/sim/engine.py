@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import heapq
 import math
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -135,8 +136,8 @@ class _Fleet:
         for _ in range(hosts):
             h = self.hosts_made
             self.hosts_made += 1
-            pick = int(self._host_models[h % max(1, len(self._host_models))])
-            loaded = self.model_names[pick] if len(self._host_models) else self.model_names[0]
+            pick = self._host_models[h % len(self._host_models)] if len(self._host_models) else 0
+            loaded = self.model_names[int(pick)]
             for g in range(self.cfg.gpus_per_host):
                 if limit is not None and made == limit:
                     return
@@ -287,8 +288,6 @@ class _Fleet:
 
     # ---- the loop -----------------------------------------------------------------------
     def run(self) -> Result:
-        import time
-
         started = time.perf_counter()
         t = self.t
         arrival = t.arrival

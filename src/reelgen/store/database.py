@@ -112,6 +112,7 @@ class Database:
         self._committer_lock = threading.Lock()
         self._thread_conn = threading.local()
         self._held: list[Any] = []
+        self._held_lock = threading.Lock()
 
     @property
     def calls_are_inline(self) -> bool:
@@ -158,25 +159,13 @@ class Database:
         values = {**defaults, **params}
         args = [values[n] for n in names] if names is not None else values
         held = self._held_connection()
-        if held is not None:  # SQLite: no pool round, no errors to translate on reads
-            cur = held.cursor()
-            try:
-                cur.execute(sql, args)
-                columns = [d[0] for d in cur.description or ()]
-                return [dict(zip(columns, r, strict=True)) for r in cur.fetchall()]
-            finally:
-                cur.close()
-        engine = self._autocommit_engine if self.backend.autocommit_reads else self.engine
         with self._reachable():
+            if held is not None:  # SQLite: the thread's own connection, no pool round
+                return _dict_rows(held, sql, args)
+            engine = self._autocommit_engine if self.backend.autocommit_reads else self.engine
             raw = engine.raw_connection()
             try:
-                cur = raw.cursor()
-                try:
-                    cur.execute(sql, args)
-                    columns = [d[0] for d in cur.description or ()]
-                    return [dict(zip(columns, r, strict=True)) for r in cur.fetchall()]
-                finally:
-                    cur.close()
+                return _dict_rows(raw, sql, args)
             except Exception as error:
                 if self.backend.is_unavailable(error):
                     raw.invalidate(error)  # or the pool hands the dead connection out again
@@ -191,7 +180,7 @@ class Database:
             return None
         held = getattr(self._thread_conn, "raw", None)
         if held is None:
-            with self._committer_lock:
+            with self._held_lock:
                 if len(self._held) >= HELD_CONNECTIONS:
                     return None
                 held = self.engine.raw_connection()
@@ -296,13 +285,24 @@ class Database:
     def dispose(self) -> None:
         if self._committer is not None:
             self._committer.stop()
-        with self._committer_lock:
+        with self._held_lock:
             for held in self._held:
                 held.close()
             self._held.clear()
         if "_autocommit_engine" in self.__dict__:
             self._autocommit_engine.dispose()
         self.engine.dispose()
+
+
+def _dict_rows(raw: Any, sql: str, args: Any) -> list[dict[str, Any]]:
+    """Runs `sql` on a driver connection; its rows as dicts."""
+    cur = raw.cursor()
+    try:
+        cur.execute(sql, args)
+        columns = [d[0] for d in cur.description or ()]
+        return [dict(zip(columns, r, strict=True)) for r in cur.fetchall()]
+    finally:
+        cur.close()
 
 
 @dataclass(eq=False)
