@@ -184,7 +184,8 @@ def start_server(tmp_path: Path, sqlite_template: Path) -> Iterator:
         stop.set()
         for w in pool:
             w.stop.set()
-        platform.bus.work_available()
+        platform.bus.wake_workers_local()
+        platform.bus.wake_local()
     for _server, thread, _pool, _stop, platform in started:
         thread.join(timeout=10)
         platform.close()

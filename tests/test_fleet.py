@@ -126,9 +126,14 @@ def test_controller_failover_keeps_reaping(fleet: Fleet) -> None:
 
     job = fleet.submit("orphaned by a vanished worker")
     fleet.platform.jobs.register_worker("ghost", "reference", "nowhere", fleet.platform.clock())
+    # The new leader's dispatcher gives the job to the only worker it knows.
+    wait_until(
+        lambda: fleet.platform.jobs.scheduling_rows([job.id])[job.id].assigned_worker == "ghost",
+        15,
+        "the job assigned to the ghost",
+    )
     claimed = fleet.platform.jobs.claim(
         worker_id="ghost",
-        model="reference",
         now=fleet.platform.clock(),
         lease_seconds=1.0,
         lease_token="ghost-token",

@@ -62,24 +62,51 @@ def _submit(store: JobStore, row: dict) -> None:
     store.submit(row, admit=lambda _u: None, idempotency=None, request_hash="h")
 
 
-def _claim(store: JobStore, worker: str, now: float, token: str):
-    return store.claim(
-        worker_id=worker,
-        model="reference",
-        now=now,
-        lease_seconds=30,
-        lease_token=token,
-    )
+def _claim(store: JobStore, worker: str, now: float, token: str, job_id: str | None = None):
+    """Stands in for the dispatcher: assigns `job_id` (or the oldest ready job) to `worker`,
+    then claims as that worker."""
+    if job_id is None:
+        ready = sorted(
+            (r.created_at, r.id)
+            for r in store.active_rows()
+            if r.status == "queued" and r.not_before <= now and r.assigned_worker is None
+        )
+        job_id = ready[0][1] if ready else None
+    if job_id is not None:
+        store.assign([(job_id, worker)])
+    return store.claim(worker_id=worker, now=now, lease_seconds=30, lease_token=token)
 
 
-def test_each_job_is_claimed_once_in_policy_order(store: JobStore) -> None:
+def test_a_worker_claims_only_the_job_assigned_to_it_and_only_once(store: JobStore) -> None:
     _submit(store, _row("free1", now=0.0))
     _submit(store, _row("paid1", user="u_paid", tier=Tier.PAID, now=10.0))
-    first = _claim(store, "w1", 11.0, "t1")
-    second = _claim(store, "w2", 11.0, "t2")
+    assert store.claim(worker_id="w1", now=11.0, lease_seconds=30, lease_token="t0") is None
+    assert store.assign([("paid1", "w1"), ("free1", "w2")]) == {"paid1", "free1"}
+    assert store.assign([("paid1", "w3")]) == set()  # taken: the first assignment stands
+    assert store.claim(worker_id="w3", now=11.0, lease_seconds=30, lease_token="t3") is None
+    first = store.claim(worker_id="w1", now=11.0, lease_seconds=30, lease_token="t1")
+    second = store.claim(worker_id="w2", now=11.0, lease_seconds=30, lease_token="t2")
     assert (first.id, second.id) == ("paid1", "free1")
-    assert _claim(store, "w3", 11.0, "t3") is None
+    assert store.claim(worker_id="w1", now=11.0, lease_seconds=30, lease_token="t4") is None
     assert first.attempt == 1 and first.status is Status.IN_PROGRESS
+    assert {r.id: r.assigned_worker for r in store.active_rows()} == {
+        "paid1": None,
+        "free1": None,
+    }
+
+
+def test_an_unclaimed_assignment_can_be_taken_back_and_a_new_leader_voids_all(
+    store: JobStore,
+) -> None:
+    for i in range(3):
+        _submit(store, _row(f"j{i}", now=float(i)))
+    store.assign([("j0", "w1"), ("j1", "w2"), ("j2", "w3")])
+    assert store.unassign("j0", "w1")
+    assert not store.unassign("j1", "w9")  # not that worker's
+    _claim(store, "w2", 5.0, "t", job_id="j1")
+    assert not store.unassign("j1", "w2")  # claimed already
+    assert store.clear_assignments() == 1  # j2's
+    assert store.claim(worker_id="w3", now=6.0, lease_seconds=30, lease_token="t3") is None
 
 
 def test_fencing_rejects_a_stale_token(store: JobStore) -> None:

@@ -99,7 +99,8 @@ def _shutdown(
     stop.set()
     for w in pool:
         w.stop.set()
-    core.bus.work_available()
+    core.bus.wake_workers_local()
+    core.bus.wake_local()
     for t in threads:
         t.join(timeout=60)
     core.close()

@@ -54,6 +54,24 @@ class Settings(BaseSettings):
     max_attempts: int = Field(3, ge=1)
     worker_poll_seconds: float = Field(0.5, gt=0)
     controller_interval_seconds: float = Field(1.0, gt=0)
+    dispatch_interval_seconds: float = Field(0.25, gt=0)
+    """The dispatcher's longest pause between rounds; new work wakes it at once."""
+    claim_timeout_seconds: float = Field(15.0, gt=0)
+    """An assignment its worker has not claimed within this is given to another worker."""
+
+    paid_weight: float = Field(4.0, gt=0)
+    free_weight: float = Field(1.0, gt=0)
+    """GPU-second shares of paid and free work while both have backlog."""
+    paid_wait_target_seconds: float = Field(60.0, gt=0)
+    """A paid job waiting longer may preempt free and batch work."""
+    free_wait_target_seconds: float = Field(20 * 60.0, gt=0)
+    """A free job waiting longer goes before anything else (the starvation bound)."""
+    batch_deadline_seconds: float = Field(24 * 3600.0, gt=0)
+    """How long a batch job may take from submit to done."""
+    paid_running_per_user: int = Field(16, ge=1)
+    free_running_per_user: int = Field(4, ge=1)
+    """GPUs one user's jobs of the tier hold at once while others wait."""
+    max_preemptions: int = Field(2, ge=0)
 
     retention_days: int = Field(7, ge=1)
     """How long finished videos stay downloadable (`expires_at`)."""

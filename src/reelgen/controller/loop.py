@@ -1,7 +1,9 @@
-"""Housekeeping no worker can do for itself: reap lost leases, expire content, prune keys.
+"""The leading controller: the dispatcher (`controller.dispatch`: who runs where) and the
+housekeeping no worker can do for itself (reap lost leases, expire content, prune keys).
 
-Exactly one controller acts at a time (see `store.election`); the work is idempotent,
-so a brief overlap during failover is harmless.
+Exactly one controller acts at a time (see `store.election`); housekeeping is idempotent,
+and a new leader's dispatcher voids its predecessor's unclaimed assignments, so a brief
+overlap during failover is harmless.
 """
 
 from __future__ import annotations
@@ -9,7 +11,9 @@ from __future__ import annotations
 import logging
 import random
 import threading
+import time
 
+from reelgen.controller.dispatch import Dispatcher
 from reelgen.domain.errors import Unavailable
 from reelgen.platform import Core
 from reelgen.scheduler.policy import retry_backoff
@@ -110,6 +114,7 @@ class Elected:
         self.outage = False
         self.reap_from = 0.0
         self.sessions = SessionWatch()
+        self.dispatcher: Dispatcher | None = None
 
     def step(self) -> bool:
         """One round; True when this process led it."""
@@ -122,12 +127,12 @@ class Elected:
             acquired, self.outage = False, True
         if not acquired:
             if self.leading:
-                self.leading = False
+                self.leading, self.dispatcher = False, None
                 p.metrics.is_leader.set(0)
                 log.warning("no longer the leader")
             return False
         if self.outage:
-            self.outage, self.sessions = False, SessionWatch()
+            self.outage, self.sessions, self.dispatcher = False, SessionWatch(), None
             self.reap_from = p.clock() + p.settings.lease_seconds
             log.info("database reachable again; reaping resumes after one lease")
         if not self.leading:
@@ -143,15 +148,46 @@ class Elected:
             log.exception("controller tick failed")
         return True
 
+    def dispatch(self) -> None:
+        """One dispatcher round while leading; a failed round rebuilds the dispatcher from
+        the store next time."""
+        if not self.leading or self.outage:
+            return
+        p = self.platform
+        try:
+            if self.dispatcher is None:
+                self.dispatcher = Dispatcher(p)
+            self.dispatcher.step(p.clock())
+        except Unavailable as exc:
+            log.warning("database unreachable during dispatch (%s)", exc)
+            self.outage, self.dispatcher = True, None
+        except Exception:
+            log.exception("dispatch round failed; rebuilding the dispatcher")
+            self.dispatcher = None
+
 
 def run_elected(
     platform: Core, stop: threading.Event, leadership: Leadership, retry_s: float = 1.0
 ) -> None:
-    """Standby until the lock is ours, then lead; step down if the lock is lost."""
+    """Standby until the lock is ours, then lead: dispatch whenever work is announced (and
+    every `dispatch_interval_seconds`), housekeep every `controller_interval_seconds`; step
+    down if the lock is lost. Stopping: set `stop`, then `bus.wake_local()`."""
+    settings = platform.settings
     elected = Elected(platform, leadership)
+    housekeep_at = 0.0
     try:
         while not stop.is_set():
-            led = elected.step()
-            stop.wait(platform.settings.controller_interval_seconds if led else retry_s)
+            if time.monotonic() >= housekeep_at:
+                led = elected.step()
+                housekeep_at = time.monotonic() + (
+                    settings.controller_interval_seconds if led else retry_s
+                )
+            mark = platform.bus.work_mark()
+            elected.dispatch()
+            pause = min(settings.dispatch_interval_seconds, housekeep_at - time.monotonic())
+            if not elected.leading:
+                stop.wait(max(0.0, housekeep_at - time.monotonic()))
+            elif pause > 0:
+                platform.bus.wait_for_work(pause, since=mark)
     finally:
         leadership.release()

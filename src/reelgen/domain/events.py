@@ -70,6 +70,11 @@ class PreemptRequested:
     kind: ClassVar[EventKind] = EventKind.PREEMPT_REQUESTED
 
 
+PREEMPTED = "preempted"
+SHUTDOWN = "worker_shutdown"
+"""The reasons a worker hands a job back (`Released.reason`)."""
+
+
 @dataclass(frozen=True, slots=True)
 class Released:
     kind: ClassVar[EventKind] = EventKind.RELEASED

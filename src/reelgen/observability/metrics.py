@@ -46,6 +46,22 @@ class Metrics:
             ["worker", "model"],
             registry=self.registry,
         )
+        self.assignments = Counter(
+            "reelgen_dispatch_assignments_total",
+            "Jobs the dispatcher gave to a worker.",
+            registry=self.registry,
+        )
+        self.preemptions = Counter(
+            "reelgen_preemptions_total",
+            "Running jobs the dispatcher asked to checkpoint and yield.",
+            registry=self.registry,
+        )
+        self.desired_workers = Gauge(
+            "reelgen_desired_workers",
+            "Workers the leading controller wants in each model pool (the autoscaling signal).",
+            ["model"],
+            registry=self.registry,
+        )
         self.is_leader = Gauge(
             "reelgen_controller_leader",
             "1 while this controller holds the leader lock.",

@@ -305,6 +305,16 @@ class Scheduler:
                 self._push_user(lane, run.user)
         return run
 
+    def adopt(self, job: QueuedJob, worker_ids: Iterable[str], now: float) -> bool:
+        """Counts a job as running that started without this object's decision (a new
+        leader takes over the fleet as it finds it); False if a worker is unknown or busy."""
+        workers = [self._workers.get(w) for w in worker_ids]
+        if not workers or any(w is None or w.id not in self._idle for w in workers):
+            return False
+        self.remove(job.id)
+        self._start([job], [w for w in workers if w is not None], now, Decisions(), queued=False)
+        return True
+
     def checkpointed(self, job_id: str, now: float) -> None:
         run = self._running.get(job_id)
         if run is not None:
@@ -314,6 +324,19 @@ class Scheduler:
     @property
     def queued(self) -> int:
         return len(self._queued)
+
+    def queued_job(self, job_id: str) -> QueuedJob | None:
+        """The job if it waits here (queued, or holding a gang reservation)."""
+        job = self._queued.get(job_id)
+        if job is None:
+            for reservation in self._reservations.values():
+                if reservation.job.id == job_id:
+                    return reservation.job
+        return job
+
+    @property
+    def workers(self) -> Mapping[str, WorkerView]:
+        return self._workers
 
     @property
     def running(self) -> Mapping[str, RunningJob]:
@@ -328,6 +351,15 @@ class Scheduler:
         widest = max((g for g, n in self._queued_by_gpus.items() if n > 0), default=0)
         reserved = max((r.job.gpus for r in self._reservations.values()), default=0)
         return max(widest, reserved)
+
+    def queued_count(self, model: str) -> int:
+        return sum(lane.count for lane in self._by_model.get(model, []))
+
+    def queued_models(self) -> set[str]:
+        return {m for m, lanes in self._by_model.items() if any(x.count for x in lanes)}
+
+    def is_idle(self, worker_id: str) -> bool:
+        return worker_id in self._idle
 
     def idle_workers(self) -> int:
         return len(self._idle)

@@ -23,7 +23,7 @@ from reelgen.domain.jobs import Tier
 from reelgen.scheduler.autoscale import AutoscaleConfig, Autoscaler, PoolLoad
 from reelgen.scheduler.cost import CostModel
 from reelgen.scheduler.fairshare import PolicyConfig, Scheduler
-from reelgen.scheduler.view import QueuedJob, WorkerView
+from reelgen.scheduler.view import Decisions, QueuedJob, WorkerView
 from reelgen.sim.traffic import TIERS, Trace
 
 END, RELEASE, CRASH, RESTART, ADD = range(5)
@@ -48,6 +48,8 @@ class FleetConfig:
     """From asking for a host to its GPUs taking work (boot, first model load)."""
     drain_s: float = 6 * 3600.0
     """How long after the last arrival the run may go on to finish the queue."""
+    record: bool = False
+    """Keep every round's time and decisions in `Result.rounds` (small scenarios)."""
 
 
 @dataclass(slots=True)
@@ -71,6 +73,7 @@ class Result:
     switches: int = 0
     horizon_s: float = 0.0
     wall_s: float = 0.0
+    rounds: list[tuple[float, Decisions]] = field(default_factory=list)
 
 
 class _Fleet:
@@ -213,6 +216,8 @@ class _Fleet:
 
     def apply(self, now: float) -> None:
         decisions = self.s.schedule(now)
+        if self.cfg.record:
+            self.result.rounds.append((now, decisions))
         for a in decisions.assignments:
             jobs = [int(j) for j in a.jobs]
             load = self.load_s[a.model] if a.switch else 0.0

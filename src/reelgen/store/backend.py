@@ -51,7 +51,7 @@ class Backend(Protocol):
         ...
 
     def claim(self, db: Database, params: dict[str, Any]) -> Job | None:
-        """Leases the first ready job for a model, writes its `started` event and marks the
+        """Leases the job assigned to the worker, writes its `started` event and marks the
         worker seen, in one transaction (see `JobStore.claim`)."""
         ...
 
@@ -103,7 +103,7 @@ class SqliteBackend:
     def claim(self, db: Database, params: dict[str, Any]) -> Job | None:
         worker_id, now = params["worker_id"], params["now"]
         with db.write() as conn:
-            chosen = conn.execute(q.next_queued(), params).scalar()
+            chosen = conn.execute(q.assigned_job(), params).scalar()
             if chosen is None:
                 conn.execute(q.worker_seen(), {"w_id": worker_id, "w_now": now, "w_job": None})
                 return None

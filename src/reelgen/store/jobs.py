@@ -7,13 +7,14 @@ heartbeat, checkpoint or publish.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from sqlalchemy import Connection, and_, func, insert, select, update
+from sqlalchemy import Connection, and_, case, delete, func, insert, select, update
 
 from reelgen.domain import events as ev
 from reelgen.domain.errors import Conflict, LeaseLost, ReelgenError
@@ -21,7 +22,7 @@ from reelgen.domain.events import EventCursor, JobEvent
 from reelgen.domain.jobs import DAY_S, Job, Stage, Status
 from reelgen.store import queries as q
 from reelgen.store.database import Database
-from reelgen.store.schema import event_cursors, job_events, jobs, workers
+from reelgen.store.schema import event_cursors, job_events, jobs, pool_targets, workers
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +114,50 @@ class QueueSnapshot:
     """(model, status, count) for queued and in_progress"""
     workers: list[tuple[str, int, int]]
     """(model, live, busy)"""
+
+
+class SchedulingRow(NamedTuple):
+    """A queued or running job as the dispatcher sees it."""
+
+    id: str
+    user_id: str
+    tier: str
+    model: str
+    status: str
+    estimated_seconds: float
+    created_at: float
+    not_before: float
+    preemptions: int
+    assigned_worker: str | None
+    worker_id: str | None
+    started_at: float | None
+    checkpoint_step: int
+    total_steps: int
+
+
+_SCHEDULING_COLUMNS = tuple(getattr(jobs.c, name) for name in SchedulingRow._fields)
+
+
+class WorkerRow(NamedTuple):
+    id: str
+    model: str
+    hostname: str
+    heartbeat_at: float
+    current_job_id: str | None
+    session_key: int | None
+    holds: tuple[str, ...]
+
+
+class PoolTarget(NamedTuple):
+    """One model pool's desired size and the load it was computed from."""
+
+    model: str
+    desired: int
+    live: int
+    busy: int
+    queued: int
+    backlog_gpu_s: float
+    arrival_gpu_s_per_s: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -476,8 +521,10 @@ class JobStore:
         now: float,
         *,
         session_key: int | None = None,
+        holds: Sequence[str] = (),
     ) -> None:
-        """`session_key`: the advisory lock the worker's session holds (see `WorkerSession`)."""
+        """`session_key`: the advisory lock the worker's session holds (see `WorkerSession`);
+        `holds`: the models on its accelerator."""
         with self.db.write() as conn:
             conn.execute(
                 insert(workers).values(
@@ -487,6 +534,7 @@ class JobStore:
                     started_at=now,
                     heartbeat_at=now,
                     session_key=session_key,
+                    holds=json.dumps(list(holds)),
                 )
             )
 
@@ -502,25 +550,141 @@ class JobStore:
         self,
         *,
         worker_id: str,
-        model: str,
         now: float,
         lease_seconds: float,
         lease_token: str,
     ) -> Job | None:
-        """Takes the lowest-ranked ready job for `model` in one transaction; either way the
-        worker's row is marked as seen (its idle heartbeat).
+        """Takes the job the dispatcher assigned to this worker, if any, in one transaction;
+        either way the worker's row is marked as seen (its idle heartbeat). Which job a
+        worker runs is the policy's decision (`controller.dispatch`), never the claim's.
 
         Claims are not flushed to disk before the answer (PostgreSQL `synchronous_commit=off`):
         a claim lost in a server crash leaves the job queued, and its worker is fenced out.
         """
         params = {
-            "model": model,
             "now": now,
             "worker_id": worker_id,
             "token": lease_token,
             "expires": now + lease_seconds,
         }
         return self.db.backend.claim(self.db, params)
+
+    # ---- dispatching --------------------------------------------------------------------
+    def scheduling_rows(self, job_ids: Sequence[str]) -> dict[str, SchedulingRow]:
+        """What the dispatcher needs of these jobs, by id (deleted or unknown ones absent)."""
+        found: dict[str, SchedulingRow] = {}
+        ids = list(job_ids)
+        for start in range(0, len(ids), 500):
+            query = select(*_SCHEDULING_COLUMNS).where(
+                jobs.c.id.in_(ids[start : start + 500]), jobs.c.deleted_at.is_(None)
+            )
+            with self.db.read() as conn:
+                for row in conn.execute(query):
+                    found[row.id] = SchedulingRow(*row)
+        return found
+
+    def active_rows(self) -> list[SchedulingRow]:
+        """Every queued and running job: the dispatcher's starting point."""
+        query = select(*_SCHEDULING_COLUMNS).where(
+            jobs.c.status.in_(q.ACTIVE_VALUES), jobs.c.deleted_at.is_(None)
+        )
+        with self.db.read() as conn:
+            return [SchedulingRow(*row) for row in conn.execute(query)]
+
+    def live_workers(self) -> list[WorkerRow]:
+        """Workers that have not stopped, with what they last reported."""
+        query = (
+            select(
+                workers.c.id,
+                workers.c.model,
+                workers.c.hostname,
+                workers.c.heartbeat_at,
+                workers.c.current_job_id,
+                workers.c.session_key,
+                workers.c.holds,
+            )
+            .where(workers.c.stopped_at.is_(None))
+            .order_by(workers.c.started_at, workers.c.id)
+        )
+        with self.db.read() as conn:
+            rows = conn.execute(query).all()
+        return [
+            WorkerRow(r[0], r[1], r[2], float(r[3]), r[4], r[5], tuple(json.loads(r[6] or "[]")))
+            for r in rows
+        ]
+
+    def assign(self, pairs: Sequence[tuple[str, str]]) -> set[str]:
+        """Gives each queued job (id, worker) to its worker; returns the jobs that were still
+        queued and unassigned (the others were cancelled or assigned meanwhile)."""
+        done: set[str] = set()
+        with self.db.write() as conn:
+            for start in range(0, len(pairs), 500):
+                chunk = dict(pairs[start : start + 500])
+                result = conn.execute(
+                    update(jobs)
+                    .where(
+                        jobs.c.id.in_(list(chunk)),
+                        jobs.c.status == Status.QUEUED.value,
+                        jobs.c.assigned_worker.is_(None),
+                    )
+                    .values(assigned_worker=case(chunk, value=jobs.c.id))
+                    .returning(jobs.c.id)
+                )
+                done.update(r[0] for r in result)
+        return done
+
+    def unassign(self, job_id: str, worker_id: str) -> bool:
+        """Takes an unclaimed assignment back; False when the worker claimed it already."""
+        with self.db.write() as conn:
+            result = conn.execute(
+                update(jobs)
+                .where(
+                    jobs.c.id == job_id,
+                    jobs.c.assigned_worker == worker_id,
+                    jobs.c.status == Status.QUEUED.value,
+                )
+                .values(assigned_worker=None)
+            )
+        return bool(result.rowcount)
+
+    def clear_assignments(self) -> int:
+        """A new dispatcher starts from no assignments: those of its predecessor are void."""
+        with self.db.write() as conn:
+            result = conn.execute(
+                update(jobs)
+                .where(jobs.c.assigned_worker.is_not(None), jobs.c.status == Status.QUEUED.value)
+                .values(assigned_worker=None)
+            )
+        return int(result.rowcount)
+
+    def save_pool_targets(self, targets: Sequence[PoolTarget], now: float) -> None:
+        with self.db.write() as conn:
+            conn.execute(delete(pool_targets))
+            if targets:
+                conn.execute(
+                    insert(pool_targets),
+                    [{**t._asdict(), "updated_at": now} for t in targets],
+                )
+
+    def pool_targets(self) -> list[tuple[PoolTarget, float]]:
+        """The leading controller's latest autoscaling answer per pool, with its time."""
+        with self.db.read() as conn:
+            rows = conn.execute(select(pool_targets).order_by(pool_targets.c.model)).all()
+        return [
+            (
+                PoolTarget(
+                    r.model,
+                    int(r.desired),
+                    int(r.live),
+                    int(r.busy),
+                    int(r.queued),
+                    float(r.backlog_gpu_s),
+                    float(r.arrival_gpu_s_per_s),
+                ),
+                float(r.updated_at),
+            )
+            for r in rows
+        ]
 
     def leased_with(self, worker_id: str, lease_token: str) -> Job | None:
         """The job a claim with this token took, if that claim committed although its
@@ -663,7 +827,8 @@ class JobStore:
             q.record_event(conn, job_id, payload, now)
 
     def release(self, job_id: str, token: str, *, now: float, reason: str) -> None:
-        """Hands a running job back to the queue (drain); the attempt is not held against it."""
+        """Hands a running job back to the queue (drain, preemption); the attempt is not held
+        against it, a preemption is counted (the policy limits them per job)."""
         with self.db.write() as conn:
             row = self._fenced_values(
                 conn,
@@ -677,6 +842,7 @@ class JobStore:
                 lease_expires_at=None,
                 not_before=now,
                 preempt_requested=False,
+                preemptions=jobs.c.preemptions + int(reason == ev.PREEMPTED),
             )
             q.record_event(conn, job_id, ev.Released(reason=reason, step=row.checkpoint_step), now)
 

@@ -1,10 +1,10 @@
 """Wake-ups and progress between processes: PostgreSQL LISTEN/NOTIFY, or in-process only.
 
-Two channels: `work` (a job became claimable for a model; idle workers wake at once) and
-`progress` (a running job's status, stage and progress; API replicas fan it out to SSE
-clients). With SQLite there is no cross-process channel: processes that share a SQLite
-file fall back to polling, while everything inside one process (`reelgen serve`) is told
-directly.
+Three channels: `work` (a job became queued: the dispatcher wakes at once), `assigned`
+(the dispatcher gave jobs to these workers: they wake and claim) and `progress` (a running
+job's status, stage and progress; API replicas fan it out to SSE clients). With SQLite
+there is no cross-process channel: processes that share a SQLite file fall back to
+polling, while everything inside one process (`reelgen serve`) is told directly.
 """
 
 from __future__ import annotations
@@ -18,7 +18,10 @@ from typing import Any
 log = logging.getLogger("reelgen.notify")
 
 WORK_CHANNEL = "reelgen_work"
+ASSIGNED_CHANNEL = "reelgen_assigned"
 PROGRESS_CHANNEL = "reelgen_progress"
+PAYLOAD_LIMIT = 7000
+"""Bytes of worker ids per `assigned` notification (PostgreSQL allows 8000)."""
 LISTEN_POLL_S = 0.2
 """How often the listener looks up from its connection, so that `close` returns quickly."""
 
@@ -31,17 +34,19 @@ class Bus:
     def __init__(self) -> None:
         self._work = threading.Condition()
         self._work_seq = 0
+        self._assigned = threading.Condition()
+        self._assigned_seq: dict[str, int] = {}
         self._listeners: list[ProgressListener] = []
         self._lock = threading.Lock()
 
     # work
     def work_available(self, model: str | None = None) -> None:
-        """After a commit that made work claimable: wakes the idle workers of every process
-        (a hint; they poll the queue anyway)."""
+        """After a commit that queued work: wakes the dispatcher, in whichever process leads
+        (a hint; it looks every round anyway)."""
         self.wake_local()
 
     def wake_local(self) -> None:
-        """Wakes this process's waiting workers only (safe from a signal handler)."""
+        """Wakes this process's waiters for work only (safe from a signal handler)."""
         with self._work:
             self._work_seq += 1
             self._work.notify_all()
@@ -55,6 +60,42 @@ class Bus:
         """Blocks until work is announced after `since` or `timeout` passes; True if announced."""
         with self._work:
             return self._work.wait_for(lambda: self._work_seq != since, timeout)
+
+    # assignments
+    def assigned(self, worker_ids: list[str]) -> None:
+        """After the commit that gave jobs to these workers: wakes them (a hint; idle
+        workers also claim on a timer)."""
+        self._wake_workers(worker_ids)
+
+    def _wake_workers(self, worker_ids: list[str]) -> None:
+        with self._assigned:
+            for worker_id in worker_ids:
+                if worker_id in self._assigned_seq:
+                    self._assigned_seq[worker_id] += 1
+            self._assigned.notify_all()
+
+    def wake_workers_local(self) -> None:
+        """Wakes every waiting worker of this process (shutdown)."""
+        with self._assigned:
+            for worker_id in self._assigned_seq:
+                self._assigned_seq[worker_id] += 1
+            self._assigned.notify_all()
+
+    def assignment_mark(self, worker_id: str) -> int:
+        """Taken before claiming, so an assignment announced meanwhile is not missed."""
+        with self._assigned:
+            return self._assigned_seq.setdefault(worker_id, 0)
+
+    def wait_for_assignment(self, worker_id: str, timeout: float, since: int) -> bool:
+        """Blocks until `worker_id` is named after `since`, or `timeout`; True if named."""
+        with self._assigned:
+            return self._assigned.wait_for(
+                lambda: self._assigned_seq.get(worker_id, 0) != since, timeout
+            )
+
+    def forget_worker(self, worker_id: str) -> None:
+        with self._assigned:
+            self._assigned_seq.pop(worker_id, None)
 
     # progress
     def add_progress_listener(self, listener: ProgressListener) -> None:
@@ -98,6 +139,7 @@ class PostgresBus(Bus):
         self._publish_lock = threading.Lock()
         self._announce = threading.Condition()
         self._pending: set[str] = set()
+        self._pending_workers: dict[str, None] = {}
         self._thread = threading.Thread(target=self._listen, name="pg-listener", daemon=True)
         self._thread.start()
         self._announcer = threading.Thread(
@@ -112,13 +154,17 @@ class PostgresBus(Bus):
             try:
                 with psycopg.connect(self._dsn, autocommit=True, connect_timeout=5) as conn:
                     conn.execute(f"LISTEN {WORK_CHANNEL}")
+                    conn.execute(f"LISTEN {ASSIGNED_CHANNEL}")
                     conn.execute(f"LISTEN {PROGRESS_CHANNEL}")
                     # Anything announced while we were not listening is found by polling.
                     self.wake_local()
+                    self.wake_workers_local()
                     while not self._stop.is_set():
                         for note in conn.notifies(timeout=LISTEN_POLL_S):
                             if note.channel == WORK_CHANNEL:
                                 self.wake_local()
+                            elif note.channel == ASSIGNED_CHANNEL:
+                                self._wake_workers(note.payload.split(","))
                             else:
                                 self._deliver(json.loads(note.payload))
             except Exception as exc:
@@ -149,16 +195,27 @@ class PostgresBus(Bus):
             self._pending.add(model or "")
             self._announce.notify()
 
+    def assigned(self, worker_ids: list[str]) -> None:
+        self._wake_workers(worker_ids)
+        with self._announce:
+            self._pending_workers.update(dict.fromkeys(worker_ids))
+            self._announce.notify()
+
     def _announce_loop(self) -> None:
         while True:
             with self._announce:
-                self._announce.wait_for(lambda: self._pending or self._stop.is_set())
+                self._announce.wait_for(
+                    lambda: self._pending or self._pending_workers or self._stop.is_set()
+                )
                 models, self._pending = sorted(self._pending), set()
-            for model in models:
+                named, self._pending_workers = list(self._pending_workers), {}
+            notes = [(WORK_CHANNEL, m) for m in models]
+            notes += [(ASSIGNED_CHANNEL, p) for p in _chunks(named, PAYLOAD_LIMIT)]
+            for channel, payload in notes:
                 try:
-                    self._notify(WORK_CHANNEL, model)
-                except Exception as exc:  # a hint: idle workers poll the queue anyway
-                    log.warning("could not announce work: %s", exc)
+                    self._notify(channel, payload)
+                except Exception as exc:  # a hint: waiters look on a timer anyway
+                    log.warning("could not announce on %s: %s", channel, exc)
             if self._stop.is_set():
                 return
 
@@ -177,6 +234,22 @@ class PostgresBus(Bus):
             if self._publish_conn is not None:
                 self._publish_conn.close()
         self._thread.join(timeout=3)
+
+
+def _chunks(names: list[str], limit: int) -> list[str]:
+    """Comma-joined runs of `names`, each at most `limit` bytes."""
+    out: list[str] = []
+    run: list[str] = []
+    size = 0
+    for name in names:
+        if run and size + len(name) + 1 > limit:
+            out.append(",".join(run))
+            run, size = [], 0
+        run.append(name)
+        size += len(name) + 1
+    if run:
+        out.append(",".join(run))
+    return out
 
 
 def open_bus(database_url: str) -> Bus:

@@ -140,15 +140,14 @@ def user_for_key() -> Select[Any]:
 
 
 @cache
-def next_queued() -> Select[Any]:
+def assigned_job() -> Select[Any]:
+    """The queued job the dispatcher gave `worker_id` (one at a time)."""
     return (
         select(jobs.c.id)
         .where(
+            jobs.c.assigned_worker == bindparam("worker_id"),
             jobs.c.status == Status.QUEUED.value,
-            jobs.c.model == bindparam("model"),
-            jobs.c.not_before <= bindparam("now"),
         )
-        .order_by(jobs.c.rank_at)
         .limit(1)
         .with_for_update(skip_locked=True)
     )
@@ -222,6 +221,7 @@ def claim_row() -> ReturningUpdate[Any]:
             started_at=func.coalesce(jobs.c.started_at, bindparam("claim_now")),
             preempt_requested=False,
             attempt_start_step=jobs.c.checkpoint_step,
+            assigned_worker=None,
         )
         .returning(*jobs.c)
     )
@@ -243,8 +243,7 @@ def worker_seen() -> Update:
 PG_CLAIM = """
 WITH next AS (
     SELECT id FROM jobs
-    WHERE status = 'queued' AND model = %(model)s AND not_before <= %(now)s
-    ORDER BY rank_at
+    WHERE assigned_worker = %(worker_id)s AND status = 'queued'
     LIMIT 1
     FOR UPDATE SKIP LOCKED
 ), claimed AS (
@@ -252,7 +251,7 @@ WITH next AS (
         status = 'in_progress', stage = 'generating', attempt = jobs.attempt + 1,
         worker_id = %(worker_id)s, lease_token = %(token)s, lease_expires_at = %(expires)s,
         started_at = COALESCE(jobs.started_at, %(now)s), preempt_requested = false,
-        attempt_start_step = jobs.checkpoint_step
+        attempt_start_step = jobs.checkpoint_step, assigned_worker = NULL
     FROM next WHERE jobs.id = next.id
     RETURNING jobs.*
 ), started AS (
@@ -271,8 +270,8 @@ WITH next AS (
 )
 SELECT claimed.* FROM claimed CROSS JOIN lazy_commit
 """
-"""The whole claim in one statement, run in autocommit: pick, lease, record `started`,
-mark the worker."""
+"""The whole claim in one statement, run in autocommit: take the job the dispatcher assigned
+to this worker, lease it, record `started`, mark the worker."""
 
 PG_COMPLETE = """
 WITH done AS (

@@ -87,12 +87,17 @@ jobs = Table(
     Column("error_code", String(64)),
     Column("error_message", Text),
     Column("deleted_at", Float),
+    Column("assigned_worker", String(64)),
+    Column("preemptions", Integer, nullable=False, default=0, server_default="0"),
     Index("ix_jobs_queue", "status", "model", "rank_at", "estimated_seconds"),
     Index("ix_jobs_user", "user_id", "seq"),
     Index("ix_jobs_user_status", "user_id", "status"),
     Index("ix_jobs_user_created", "user_id", "created_at", "quota_refunded"),
     Index("ix_jobs_lease", "status", "lease_expires_at"),
+    Index("ix_jobs_assigned", "assigned_worker", "status"),
 )
+"""`assigned_worker`: the worker the dispatcher gave this queued job to; only that worker
+claims it (see `controller.dispatch`)."""
 
 job_events = Table(
     "job_events",
@@ -140,6 +145,22 @@ workers = Table(
     Column("current_job_id", String(64)),
     Column("stopped_at", Float),
     Column("session_key", BigInteger),
+    Column("holds", Text),
 )
 """`session_key`: the PostgreSQL advisory lock the worker's own session holds while it lives;
-when the process dies the lock goes with its connection and the controller notices at once."""
+when the process dies the lock goes with its connection and the controller notices at once.
+`holds`: JSON list of the models on its accelerator, as the worker reported them."""
+
+pool_targets = Table(
+    "pool_targets",
+    metadata,
+    Column("model", String(64), primary_key=True),
+    Column("desired", Integer, nullable=False),
+    Column("live", Integer, nullable=False),
+    Column("busy", Integer, nullable=False),
+    Column("queued", Integer, nullable=False),
+    Column("backlog_gpu_s", Float, nullable=False),
+    Column("arrival_gpu_s_per_s", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+)
+"""The leading controller's autoscaling answer per model pool, for the admin endpoint."""

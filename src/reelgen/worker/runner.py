@@ -20,6 +20,7 @@ from typing import TypeVar
 
 import numpy as np
 
+from reelgen.domain import events as ev
 from reelgen.domain.errors import LeaseLost, Unavailable
 from reelgen.domain.jobs import (
     DAY_S,
@@ -106,19 +107,25 @@ class Worker:
         ctx: dict[str, object] = {"worker_id": self.id, "model": self.model_name}
         patiently(
             lambda: p.jobs.register_worker(
-                self.id, self.model_name, socket.gethostname(), p.clock(), session_key=marker.key
+                self.id,
+                self.model_name,
+                socket.gethostname(),
+                p.clock(),
+                session_key=marker.key,
+                holds=(self.model_name,),
             ),
             what="registering",
             ctx=ctx,
             stop=self.stop,
             patience_s=float("inf"),
         )
+        p.bus.work_available(self.model_name)  # the dispatcher learns of a new worker
         log.info("worker ready", extra=ctx)
         idle_wait = p.settings.worker_poll_seconds
         try:
             unanswered: str | None = None  # the token of a claim whose answer was lost
             while not self.stop.is_set():
-                mark = p.bus.work_mark()
+                mark = p.bus.assignment_mark(self.id)
                 try:
                     job = None
                     if unanswered is not None:
@@ -129,7 +136,6 @@ class Worker:
                         unanswered = token
                         job = p.jobs.claim(
                             worker_id=self.id,
-                            model=self.model_name,
                             now=p.clock(),
                             lease_seconds=p.settings.lease_seconds,
                             lease_token=token,
@@ -142,7 +148,7 @@ class Worker:
                     continue
                 if job is None:
                     # Woken at once by the bus; the growing timeout is only the fallback.
-                    if p.bus.wait_for_work(idle_wait, since=mark):
+                    if p.bus.wait_for_assignment(self.id, idle_wait, since=mark):
                         idle_wait = p.settings.worker_poll_seconds
                     else:
                         idle_wait = min(IDLE_POLL_MAX_S, idle_wait * 2)
@@ -163,6 +169,7 @@ class Worker:
             except Unavailable as exc:
                 log.warning("could not record the stop: %s", exc.message, extra=ctx)
             marker.stop()
+            p.bus.forget_worker(self.id)
             log.info("worker stopped", extra=ctx)
 
     def process(self, job: Job) -> None:
@@ -407,9 +414,9 @@ class _JobRun:
         )
         reason = None
         if self.keeper.preempt.is_set() and info.step < info.total:
-            reason = "preempted"
+            reason = ev.PREEMPTED
         elif self.worker.stop.is_set() and info.step < FINISH_ON_DRAIN * info.total:
-            reason = "worker_shutdown"
+            reason = ev.SHUTDOWN
         if (checkpoint or reason) and info.step < info.total:
             self.save_checkpoint(info)
         if reason:

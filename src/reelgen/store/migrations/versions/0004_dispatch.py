@@ -1,0 +1,44 @@
+"""dispatcher assignments, preemption counts, the models a worker holds
+
+Revision ID: 0004
+Revises: 0003
+"""
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0004"
+down_revision = "0003"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    with op.batch_alter_table("jobs") as batch:
+        batch.add_column(sa.Column("assigned_worker", sa.String(64), nullable=True))
+        batch.add_column(sa.Column("preemptions", sa.Integer(), nullable=False, server_default="0"))
+        batch.create_index("ix_jobs_assigned", ["assigned_worker", "status"], unique=False)
+    with op.batch_alter_table("workers") as batch:
+        batch.add_column(sa.Column("holds", sa.Text(), nullable=True))
+    op.create_table(
+        "pool_targets",
+        sa.Column("model", sa.String(64), nullable=False),
+        sa.Column("desired", sa.Integer(), nullable=False),
+        sa.Column("live", sa.Integer(), nullable=False),
+        sa.Column("busy", sa.Integer(), nullable=False),
+        sa.Column("queued", sa.Integer(), nullable=False),
+        sa.Column("backlog_gpu_s", sa.Float(), nullable=False),
+        sa.Column("arrival_gpu_s_per_s", sa.Float(), nullable=False),
+        sa.Column("updated_at", sa.Float(), nullable=False),
+        sa.PrimaryKeyConstraint("model"),
+    )
+
+
+def downgrade() -> None:
+    op.drop_table("pool_targets")
+    with op.batch_alter_table("workers") as batch:
+        batch.drop_column("holds")
+    with op.batch_alter_table("jobs") as batch:
+        batch.drop_index("ix_jobs_assigned")
+        batch.drop_column("preemptions")
+        batch.drop_column("assigned_worker")
