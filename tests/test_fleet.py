@@ -146,6 +146,7 @@ def test_controller_failover_keeps_reaping(fleet: Fleet) -> None:
 
 
 def test_sigterm_drains_a_worker_without_losing_work(fleet: Fleet) -> None:
+    fleet.spawn("controller")  # dispatches
     worker = fleet.spawn("worker", REELGEN_REFERENCE_STEPS="400")
     job = fleet.submit("drain me", size="256x144", seconds=2)
     wait_until(lambda: _step(fleet, job.id) >= 20, 60, "step 20")
@@ -199,6 +200,7 @@ def test_stale_worker_is_fenced(fleet: Fleet) -> None:
 
 
 def test_cancel_reaches_a_worker_in_another_process(fleet: Fleet) -> None:
+    fleet.spawn("controller")  # dispatches
     fleet.spawn("worker", REELGEN_REFERENCE_STEPS="2000")
     job = fleet.submit("cancel me", size="256x144", seconds=2)
     wait_until(lambda: _step(fleet, job.id) >= 5, 60, "step 5")
@@ -212,6 +214,7 @@ def test_cancel_reaches_a_worker_in_another_process(fleet: Fleet) -> None:
 
 def test_progress_reaches_sse_on_another_api_replica(fleet: Fleet) -> None:
     port = free_port()
+    fleet.spawn("controller")  # dispatches
     api = fleet.spawn("api", "--port", str(port), REELGEN_BOOTSTRAP_API_KEY="rg_fleet_sse")
     fleet.spawn("worker", REELGEN_REFERENCE_STEPS="400")
     url = f"http://127.0.0.1:{port}"
@@ -248,6 +251,7 @@ def _ready(url: str) -> bool:
 
 
 def test_worker_logs_are_json_with_job_and_attempt(fleet: Fleet) -> None:
+    fleet.spawn("controller")  # dispatches
     worker = fleet.spawn("worker")
     job = fleet.submit("log me")
     wait_until(lambda: fleet.job(job.id).status is Status.COMPLETED, 60, "done")

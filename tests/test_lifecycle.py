@@ -8,6 +8,7 @@ import time
 import httpx
 from sqlalchemy import select
 
+from reelgen.domain.jobs import Tier
 from reelgen.store.schema import jobs
 
 SMALL = {"size": "64x64", "seconds": "1"}
@@ -141,6 +142,42 @@ def test_daily_limit(start_server_any) -> None:
     assert r.status_code == 429
     assert r.json()["error"]["code"] == "daily_limit_exceeded"
     assert 86_000 < int(r.headers["Retry-After"]) <= 86_400
+
+
+def test_a_daily_budget_of_gpu_seconds_is_kept_per_tier(start_server) -> None:
+    live = start_server(workers=0, free_gpu_seconds_per_day=1.0, free_max_concurrent=5)
+    with live.client(live.free_key) as http:
+        first = _create(http)  # well under a second of estimated work
+        big = {"prompt": "over budget", "size": "1280x720", "seconds": "8"}
+        r = http.post("/v1/videos", json=big)
+        assert r.status_code == 429
+        err = r.json()["error"]
+        assert err["code"] == "daily_limit_exceeded" and "GPU-seconds" in err["message"]
+        assert 86_000 < int(r.headers["Retry-After"]) <= 86_400
+    job = live.platform.jobs.get(first["id"])
+    assert job is not None and 0 < job.estimated_seconds <= 1.0
+
+
+def test_service_tier_batch_queues_apart_from_the_keys_own_limits(start_server) -> None:
+    live = start_server(workers=0, free_max_concurrent=1)
+    with live.client(live.free_key) as http:
+        interactive = _create(http)
+        batch = [_create(http, service_tier="batch")["id"] for _ in range(3)]
+        flex = http.post("/v1/videos", json={"prompt": "f", "service_tier": "flex", **SMALL})
+        assert flex.status_code == 200
+        refused = http.post("/v1/videos", json={"prompt": "again", **SMALL})
+        assert refused.json()["error"]["code"] == "concurrency_limit_exceeded"
+        bad = http.post("/v1/videos", json={"prompt": "x", "service_tier": "priority", **SMALL})
+        assert bad.status_code == 400
+        assert bad.json()["error"]["param"] == "service_tier"
+        assert "batch" in bad.json()["error"]["message"]
+        form = http.post(
+            "/v1/videos", files={"prompt": (None, "as a form"), "service_tier": (None, "batch")}
+        )
+        assert form.status_code == 200
+    tiers = {i: live.platform.jobs.get(i).tier for i in [*batch, form.json()["id"]]}
+    assert set(tiers.values()) == {Tier.BATCH}
+    assert live.platform.jobs.get(interactive["id"]).tier is Tier.FREE
 
 
 def test_sse_streams_until_the_job_ends(live) -> None:

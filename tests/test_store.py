@@ -229,7 +229,7 @@ def test_admission_sees_usage_inside_the_transaction(store: JobStore) -> None:
 
     with pytest.raises(RateLimited):
         store.submit(_row("b", now=5.0), admit=admit, idempotency=None, request_hash="h")
-    assert seen == [UsageView(active=1, today=1, oldest_today=0.0)]
+    assert seen == [UsageView(active=1, today=1, oldest_today=0.0, today_gpu_s=1.0)]
     assert store.get("b") is None
 
 
@@ -619,8 +619,8 @@ def test_one_batch_keeps_refusals_and_conflicts_to_themselves(store: JobStore) -
     assert landed.created is True
     assert store.queue_stats(landed.job, now=3.0).ahead == 2  # "first" and "a"
     assert seen == [
-        UsageView(active=1, today=1, oldest_today=0.0),  # "a": sees "first"
-        UsageView(active=2, today=2, oldest_today=0.0),  # "b": and "a", not the refused
+        UsageView(active=1, today=1, oldest_today=0.0, today_gpu_s=1.0),  # "a": sees "first"
+        UsageView(active=2, today=2, oldest_today=0.0, today_gpu_s=2.0),  # "b": and "a" only
     ]
     assert [j for j in ("first", "a", "no", "clash", "b") if store.get(j) is not None] == [
         "first",

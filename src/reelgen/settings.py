@@ -41,6 +41,13 @@ class Settings(BaseSettings):
     free_max_per_day: int = Field(50, ge=1)
     paid_max_concurrent: int = Field(10, ge=1)
     paid_max_per_day: int = Field(1000, ge=1)
+    free_gpu_seconds_per_day: float = Field(2 * 3600.0, gt=0)
+    paid_gpu_seconds_per_day: float = Field(100 * 3600.0, gt=0)
+    """Each user's daily budget of estimated GPU-seconds (the cost model's unit) per tier."""
+    batch_max_concurrent: int = Field(10_000, ge=1)
+    batch_max_per_day: int = Field(100_000, ge=1)
+    batch_gpu_seconds_per_day: float = Field(1000 * 3600.0, gt=0)
+    """Batch jobs (`service_tier=batch`, any key) count apart from a user's other jobs."""
 
     max_prompt_chars: int = Field(4000, ge=1)
     max_reference_bytes: int = Field(10 * 1024 * 1024, ge=1024)

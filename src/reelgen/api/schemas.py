@@ -98,6 +98,9 @@ class VideoCreateBody(BaseModel):
     style: str | None = None
     seed: int | None = None
     input_reference: ImageReference | None = None
+    service_tier: str | None = None
+    """"batch" (or "flex"): lower priority, done within the batch deadline; "auto" or
+    "default": the key's tier."""
 
 
 class RemixBody(BaseModel):

@@ -173,6 +173,17 @@ class User:
 class TierLimits:
     max_concurrent: int
     max_per_day: int
+    gpu_seconds_per_day: float
+    """The day's budget of estimated GPU-seconds (`scheduler.cost`'s unit)."""
+
+
+QUOTA_CLASSES = {Tier.PAID: (Tier.PAID, Tier.FREE), Tier.FREE: (Tier.PAID, Tier.FREE)}
+"""Whose jobs count toward a submit's limits: interactive jobs share one count, batch jobs
+(`service_tier=batch`) have their own (they may wait hours, so users queue many)."""
+
+
+def quota_class(tier: Tier) -> tuple[Tier, ...]:
+    return QUOTA_CLASSES.get(tier, (tier,))
 
 
 DAY_S = 86_400.0

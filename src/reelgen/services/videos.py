@@ -57,6 +57,7 @@ class CreateVideo:
     seed: int | None = None
     reference_image: bytes | None = None
     reference_url: str | None = None
+    service_tier: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,8 +70,27 @@ class VideoView:
 def tier_limits(platform: ApiContext, tier: Tier) -> TierLimits:
     s = platform.settings
     if tier is Tier.PAID:
-        return TierLimits(s.paid_max_concurrent, s.paid_max_per_day)
-    return TierLimits(s.free_max_concurrent, s.free_max_per_day)
+        return TierLimits(s.paid_max_concurrent, s.paid_max_per_day, s.paid_gpu_seconds_per_day)
+    if tier is Tier.BATCH:
+        return TierLimits(s.batch_max_concurrent, s.batch_max_per_day, s.batch_gpu_seconds_per_day)
+    return TierLimits(s.free_max_concurrent, s.free_max_per_day, s.free_gpu_seconds_per_day)
+
+
+SERVICE_TIERS = {"auto": None, "default": None, "flex": Tier.BATCH, "batch": Tier.BATCH}
+"""A request may lower its key's tier to batch (hours, the fleet's spare capacity), never
+raise it: "auto" and "default" keep the key's tier."""
+
+
+def service_tier(user: User, requested: str | None) -> Tier:
+    if requested is None:
+        return user.tier
+    if requested not in SERVICE_TIERS:
+        raise InvalidRequest(
+            f"Unknown service_tier {requested[:32]!r}; use one of "
+            f"{', '.join(SERVICE_TIERS)} (batch runs within hours at lower priority).",
+            param="service_tier",
+        )
+    return SERVICE_TIERS[requested] or user.tier
 
 
 def _decode_data_url(url: str) -> bytes:
@@ -172,7 +192,7 @@ def _request_hash(req: CreateVideo, spec: JobSpec, image: bytes | None) -> str:
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
 
 
-def _admit(limits: TierLimits, tier: Tier, now: float) -> Callable[[UsageView], None]:
+def _admit(limits: TierLimits, tier: Tier, now: float, gpu_s: float) -> Callable[[UsageView], None]:
     def admit(usage: UsageView) -> None:
         if usage.active >= limits.max_concurrent:
             raise RateLimited(
@@ -186,6 +206,16 @@ def _admit(limits: TierLimits, tier: Tier, now: float) -> Callable[[UsageView], 
             raise RateLimited(
                 f"The {tier.value} tier allows {limits.max_per_day} jobs per 24 hours and you "
                 f"have used them all; retry in {math.ceil(wait)} s.",
+                retry_after=math.ceil(wait),
+                code="daily_limit_exceeded",
+            )
+        if usage.today_gpu_s + gpu_s > limits.gpu_seconds_per_day:
+            wait = (usage.oldest_today or now) + DAY_S - now
+            raise RateLimited(
+                f"The {tier.value} tier allows {limits.gpu_seconds_per_day:.0f} GPU-seconds per "
+                f"24 hours; you have used {usage.today_gpu_s:.0f} and this video needs "
+                f"{gpu_s:.0f}. Retry in {math.ceil(wait)} s, or ask for a shorter or smaller "
+                "video.",
                 retry_after=math.ceil(wait),
                 code="daily_limit_exceeded",
             )
@@ -233,22 +263,24 @@ def _prepare(
     # Only a replay under the same Idempotency-Key compares it.
     request_hash = _request_hash(req, spec, image) if idempotency_key else ""
     now = platform.clock()
+    tier = service_tier(user, req.service_tier)
     model = platform.model(spec.model)
     cost_view = GenerationSpec.of(spec)
+    estimated_s = model.estimate_seconds(cost_view)
     row = dict(
         spec.columns(),
         id=job_id,
         user_id=user.id,
-        tier=user.tier.value,
+        tier=tier.value,
         status=Status.QUEUED.value,
         stage=Stage.WAITING_FOR_GPU.value,
         progress=0,
         step=0,
         total_steps=model.num_steps(cost_view),
-        estimated_seconds=model.estimate_seconds(cost_view),
+        estimated_seconds=estimated_s,
         created_at=now,
         not_before=now,
-        rank_at=platform.policy.rank(user.tier, now),
+        rank_at=platform.policy.rank(tier, now),
         attempt=0,
         max_attempts=platform.settings.max_attempts,
         strikes=0,
@@ -258,7 +290,7 @@ def _prepare(
     )
     return _Submission(
         row=row,
-        admit=_admit(tier_limits(platform, user.tier), user.tier, now),
+        admit=_admit(tier_limits(platform, tier), tier, now, estimated_s),
         idempotency=(user.id, idempotency_key) if idempotency_key else None,
         request_hash=request_hash,
         job_id=job_id,

@@ -19,7 +19,7 @@ from sqlalchemy import Connection, and_, case, delete, func, insert, select, upd
 from reelgen.domain import events as ev
 from reelgen.domain.errors import Conflict, LeaseLost, ReelgenError
 from reelgen.domain.events import EventCursor, JobEvent
-from reelgen.domain.jobs import DAY_S, Job, Stage, Status
+from reelgen.domain.jobs import DAY_S, Job, Stage, Status, Tier, quota_class
 from reelgen.store import queries as q
 from reelgen.store.database import Database
 from reelgen.store.schema import event_cursors, job_events, jobs, pool_targets, workers
@@ -32,6 +32,8 @@ class UsageView:
     active: int
     today: int
     oldest_today: float | None
+    today_gpu_s: float = 0.0
+    """Estimated GPU-seconds of the jobs counted in `today`."""
 
 
 class QueueStats(NamedTuple):
@@ -60,19 +62,24 @@ class _Submit:
     def user_id(self) -> str:
         return str(self.row["user_id"])
 
+    @property
+    def quota_key(self) -> tuple[str, tuple[str, ...]]:
+        """(user, the tiers whose jobs count toward this one's limits)."""
+        return self.user_id, tuple(t.value for t in quota_class(Tier(self.row["tier"])))
+
 
 class _Window:
     """A user's usage inside one submit batch: read once under the user's row lock, then
     counted forward as the batch admits jobs."""
 
-    def __init__(self, conn: Connection, user_id: str, since: float):
-        self._conn, self._user_id = conn, user_id
+    def __init__(self, conn: Connection, user_id: str, tiers: tuple[str, ...], since: float):
+        self._conn, self._user_id, self._tiers = conn, user_id, list(tiers)
         self._read(since)
 
     def _read(self, since: float) -> None:
-        params = {"user_id": self._user_id, "since": since}
-        active, today, oldest = self._conn.execute(q.user_usage(), params).one()
-        self.since, self.usage = since, UsageView(active, today, oldest)
+        params = {"user_id": self._user_id, "tiers": self._tiers, "since": since}
+        active, today, gpu_s, oldest = self._conn.execute(q.user_usage(), params).one()
+        self.since, self.usage = since, UsageView(active, today, oldest, float(gpu_s))
 
     def at(self, since: float) -> UsageView:
         """The usage for a window starting at `since` (never before the one read). Only the
@@ -82,10 +89,10 @@ class _Window:
             self._read(since)
         return self.usage
 
-    def admitted(self, now: float) -> None:
+    def admitted(self, now: float, gpu_s: float) -> None:
         u = self.usage
         oldest = now if u.oldest_today is None else min(u.oldest_today, now)
-        self.usage = UsageView(u.active + 1, u.today + 1, oldest)
+        self.usage = UsageView(u.active + 1, u.today + 1, oldest, u.today_gpu_s + gpu_s)
 
 
 class QueueRows(NamedTuple):
@@ -247,11 +254,16 @@ class JobStore:
         Each user's row is locked (in user order, as every batch does) before their usage
         is read, so quota checks across API replicas see each other's jobs; inside the
         batch, each check sees the batch's earlier jobs of the same user."""
-        windows: dict[str, _Window] = {}
+        windows: dict[tuple[str, tuple[str, ...]], _Window] = {}
+        locked: set[str] = set()
         for s in sorted(batch, key=lambda s: (s.user_id, s.row["created_at"])):
-            if s.user_id not in windows:
+            if s.user_id not in locked:
                 self.db.backend.lock_user(conn, s.user_id)
-                windows[s.user_id] = _Window(conn, s.user_id, s.row["created_at"] - DAY_S)
+                locked.add(s.user_id)
+            if s.quota_key not in windows:
+                windows[s.quota_key] = _Window(
+                    conn, s.user_id, s.quota_key[1], s.row["created_at"] - DAY_S
+                )
         answers: list[Submitted | ReelgenError | int | None] = [None] * len(batch)
         """A Submitted or refusal, or the index of the earlier item whose job this one is."""
         keyed: dict[tuple[str, str], int] = {}
@@ -263,12 +275,12 @@ class JobStore:
                     if answers[i] is not None:
                         continue
                     keyed[(s.user_id, s.idempotency[1])] = i
-                window = windows[s.user_id]
+                window = windows[s.quota_key]
                 s.admit(window.at(s.row["created_at"] - DAY_S))
             except ReelgenError as refusal:
                 answers[i] = refusal
                 continue
-            window.admitted(s.row["created_at"])
+            window.admitted(s.row["created_at"], float(s.row["estimated_seconds"]))
             new.append(i)
         if new:
             rows = conn.execute(q.insert_jobs(), [batch[i].row for i in new]).all()

@@ -75,11 +75,19 @@ def lock_user() -> Select[Any]:
 
 @cache
 def user_usage() -> Select[Any]:
-    mine = jobs.c.user_id == bindparam("user_id")
+    """(active jobs, jobs and estimated GPU-seconds in the window, its oldest job) of one
+    user's jobs in the tiers `tiers` (one quota class)."""
+    mine = and_(
+        jobs.c.user_id == bindparam("user_id"),
+        jobs.c.tier.in_(bindparam("tiers", expanding=True)),
+    )
     window = and_(mine, jobs.c.created_at > bindparam("since"), jobs.c.quota_refunded.is_(False))
     return select(
         select(func.count()).where(mine, jobs.c.status.in_(ACTIVE_VALUES)).scalar_subquery(),
         select(func.count()).where(window).scalar_subquery(),
+        select(func.coalesce(func.sum(jobs.c.estimated_seconds), 0.0))
+        .where(window)
+        .scalar_subquery(),
         select(func.min(jobs.c.created_at)).where(window).scalar_subquery(),
     )
 

@@ -91,8 +91,15 @@ jobs = Table(
     Column("preemptions", Integer, nullable=False, default=0, server_default="0"),
     Index("ix_jobs_queue", "status", "model", "rank_at", "estimated_seconds"),
     Index("ix_jobs_user", "user_id", "seq"),
-    Index("ix_jobs_user_status", "user_id", "status"),
-    Index("ix_jobs_user_created", "user_id", "created_at", "quota_refunded"),
+    Index("ix_jobs_user_status", "user_id", "status", "tier"),
+    Index(
+        "ix_jobs_user_created",
+        "user_id",
+        "tier",
+        "created_at",
+        "quota_refunded",
+        "estimated_seconds",
+    ),
     Index("ix_jobs_lease", "status", "lease_expires_at"),
     Index("ix_jobs_assigned", "assigned_worker", "status"),
 )

@@ -33,7 +33,7 @@ from reelgen.services.videos import CreateVideo
 
 router = APIRouter(prefix="/v1/videos", tags=["videos"])
 
-FORM_FIELDS = {"prompt", "model", "seconds", "size", "style", "seed"}
+FORM_FIELDS = {"prompt", "model", "seconds", "size", "style", "seed", "service_tier"}
 REFERENCE_URL_FIELD = "input_reference[image_url]"
 REFERENCE_FILE_ID_FIELD = "input_reference[file_id]"
 SSE_MIN_INTERVAL_S = 1.0
@@ -118,6 +118,7 @@ def _from_json(raw: bytes) -> CreateVideo:
         style=body.style,
         seed=body.seed,
         reference_url=ref.image_url if ref is not None else None,
+        service_tier=body.service_tier,
     )
 
 
@@ -162,6 +163,7 @@ async def _from_form(request: Request, max_bytes: int) -> CreateVideo:
         seed=int(seed) if seed is not None else None,
         reference_image=image,
         reference_url=values.get(REFERENCE_URL_FIELD),
+        service_tier=values.get("service_tier"),
     )
 
 

@@ -1,4 +1,5 @@
-"""dispatcher assignments, preemption counts, the models a worker holds
+"""dispatcher assignments, preemption counts, the models a worker holds, quotas per
+quota class in GPU-seconds
 
 Revision ID: 0004
 Revises: 0003
@@ -18,6 +19,15 @@ def upgrade() -> None:
         batch.add_column(sa.Column("assigned_worker", sa.String(64), nullable=True))
         batch.add_column(sa.Column("preemptions", sa.Integer(), nullable=False, server_default="0"))
         batch.create_index("ix_jobs_assigned", ["assigned_worker", "status"], unique=False)
+    # Quota reads count and sum one quota class (tiers) from the index alone.
+    op.drop_index("ix_jobs_user_status", table_name="jobs")
+    op.create_index("ix_jobs_user_status", "jobs", ["user_id", "status", "tier"])
+    op.drop_index("ix_jobs_user_created", table_name="jobs")
+    op.create_index(
+        "ix_jobs_user_created",
+        "jobs",
+        ["user_id", "tier", "created_at", "quota_refunded", "estimated_seconds"],
+    )
     with op.batch_alter_table("workers") as batch:
         batch.add_column(sa.Column("holds", sa.Text(), nullable=True))
     op.create_table(
@@ -38,6 +48,10 @@ def downgrade() -> None:
     op.drop_table("pool_targets")
     with op.batch_alter_table("workers") as batch:
         batch.drop_column("holds")
+    op.drop_index("ix_jobs_user_created", table_name="jobs")
+    op.create_index("ix_jobs_user_created", "jobs", ["user_id", "created_at", "quota_refunded"])
+    op.drop_index("ix_jobs_user_status", table_name="jobs")
+    op.create_index("ix_jobs_user_status", "jobs", ["user_id", "status"])
     with op.batch_alter_table("jobs") as batch:
         batch.drop_index("ix_jobs_assigned")
         batch.drop_column("preemptions")
