@@ -3,6 +3,7 @@ simulator's on the same scenario, and through the API."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -298,3 +299,36 @@ def test_the_live_policy_takes_its_parameters_from_the_settings(tmp_path: Path) 
     config = DispatchConfig.of(settings)
     assert config.policy.weights[Tier.PAID] == 3.0 and config.policy.max_preemptions == 1
     assert config.policy.target(Tier.FREE) == 600 and config.policy.max_batch == 1
+
+
+def test_the_dispatcher_publishes_desired_workers_per_pool(tmp_path: Path) -> None:
+    platform = _platform(tmp_path, f"sqlite:///{tmp_path / 'r.db'}")
+    try:
+        jobs = platform.jobs
+        jobs.register_worker("w1", MODEL, "h", 1000.0, holds=(MODEL,))
+        for i in range(10):
+            jobs.submit(_row(f"j{i}", "user1", Tier.FREE, 1000.0, 100.0, 100),
+                        admit=lambda _u: None, idempotency=None, request_hash="h")  # fmt: skip
+        Dispatcher(platform).step(1001.0)
+        [(target, updated_at)] = jobs.pool_targets()
+        assert updated_at == 1001.0
+        assert (target.model, target.live, target.busy, target.queued) == (MODEL, 1, 1, 9)
+        assert target.backlog_gpu_s == 900.0
+        assert target.desired >= 900.0 / 120.0  # the backlog drained within two minutes
+    finally:
+        platform.close()
+
+
+def test_admin_pools_and_metrics_show_the_autoscaling_signal(live) -> None:
+    with live.client() as http:
+        http.post("/v1/videos", json={"prompt": "p", "seconds": "1", "size": "64x64"})
+        deadline = time.monotonic() + 15
+        pools: list[dict] = []
+        while not pools and time.monotonic() < deadline:
+            pools = http.get("/admin/pools").json()["data"]
+            time.sleep(0.1)
+        metrics = http.get("/metrics").text
+    [pool] = pools
+    assert pool["model"] == MODEL and pool["live_workers"] == 1 and pool["age_seconds"] < 15
+    assert pool["desired_workers"] >= 0
+    assert f'reelgen_desired_workers{{model="{MODEL}"}}' in metrics

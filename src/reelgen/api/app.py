@@ -13,7 +13,7 @@ from fastapi import FastAPI
 
 from reelgen.api import errors
 from reelgen.api.progress import ProgressHub
-from reelgen.api.routes import files, health, metrics, videos
+from reelgen.api.routes import admin, files, health, metrics, videos
 from reelgen.domain.errors import Unavailable
 from reelgen.platform import ApiContext
 from reelgen.services import queue
@@ -51,6 +51,7 @@ def create_app(platform: ApiContext) -> FastAPI:
     app.include_router(files.router)
     app.include_router(health.router)
     app.include_router(metrics.router)
+    app.include_router(admin.router)
     app.openapi = _without_422(app)  # type: ignore[method-assign]
     return app
 

@@ -350,6 +350,5 @@ class Dispatcher:
                     scaler.rate_gpu_s_per_s,
                 )
             )
-            self.platform.metrics.desired_workers.labels(model).set(desired)
         self._arrived.clear()
         self.platform.jobs.save_pool_targets(targets, now)

@@ -56,12 +56,6 @@ class Metrics:
             "Running jobs the dispatcher asked to checkpoint and yield.",
             registry=self.registry,
         )
-        self.desired_workers = Gauge(
-            "reelgen_desired_workers",
-            "Workers the leading controller wants in each model pool (the autoscaling signal).",
-            ["model"],
-            registry=self.registry,
-        )
         self.is_leader = Gauge(
             "reelgen_controller_leader",
             "1 while this controller holds the leader lock.",
@@ -110,4 +104,17 @@ class _QueueCollector(Collector):
         for model, live, busy in snap.workers:
             workers.add_metric([model, "live"], live)
             workers.add_metric([model, "busy"], busy)
-        yield from (depth, oldest, by_status, workers)
+        desired = GaugeMetricFamily(
+            "reelgen_desired_workers",
+            "Workers the leading controller wants in each model pool (the autoscaling signal).",
+            labels=["model"],
+        )
+        age = GaugeMetricFamily(
+            "reelgen_desired_workers_age_seconds",
+            "How long ago the leading controller computed reelgen_desired_workers.",
+            labels=["model"],
+        )
+        for target, updated_at in snap.pools:
+            desired.add_metric([target.model], target.desired)
+            age.add_metric([target.model], max(0.0, now - updated_at))
+        yield from (depth, oldest, by_status, workers, desired, age)

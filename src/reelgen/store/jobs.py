@@ -121,6 +121,8 @@ class QueueSnapshot:
     """(model, status, count) for queued and in_progress"""
     workers: list[tuple[str, int, int]]
     """(model, live, busy)"""
+    pools: list[tuple[PoolTarget, float]]
+    """The dispatcher's desired workers per pool, with when it computed them."""
 
 
 class SchedulingRow(NamedTuple):
@@ -411,6 +413,7 @@ class JobStore:
             queued=[(r[0], r[1], int(r[2]), float(r[3])) for r in q_rows],
             active=[(r[0], r[1], int(r[2])) for r in a_rows],
             workers=[(r[0], int(r[1]), int(r[2])) for r in w_rows],
+            pools=self.pool_targets(),
         )
 
     def job_states(self, job_ids: list[str]) -> list[tuple[str, str, str, int]]:
