@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from reelgen.controller.dispatch import DispatchConfig, Dispatcher
 from reelgen.domain.jobs import Stage, Status, Tier
@@ -144,7 +145,7 @@ def _row(
         prompt="p", seconds=1, width=64, height=64, fps=24, seed=1, style=None,
         reference_key=None, parent_id=None, operation="create", status=Status.QUEUED.value,
         stage=Stage.WAITING_FOR_GPU.value, progress=0, step=0, total_steps=steps,
-        estimated_seconds=seconds, created_at=now, not_before=now, rank_at=now, attempt=0,
+        estimated_seconds=seconds, created_at=now, not_before=now, attempt=0,
         max_attempts=3, strikes=0, attempt_start_step=0, cancel_requested=False,
         checkpoint_step=0,
     )  # fmt: skip
@@ -260,6 +261,7 @@ def test_a_cancelled_assignment_frees_its_worker(tmp_path: Path) -> None:
         platform.close()
 
 
+@pytest.mark.slow  # 22 real jobs through one worker
 def test_through_the_api_a_paid_job_and_a_new_users_first_job_go_ahead_of_a_backlog(
     start_server,
 ) -> None:

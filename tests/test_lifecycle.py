@@ -24,13 +24,29 @@ def _events(live, video_id: str) -> list[str]:
     return [e.kind for e in live.platform.jobs.events_after(video_id)]
 
 
+def _placed(http: httpx.Client, video_id: str, *, with_eta: bool = False) -> dict:
+    """The video once the dispatcher's forecast has placed it (within a second or so)."""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        video = http.get(f"/v1/videos/{video_id}").json()
+        if video["queue_position"] is not None and (video["eta_seconds"] or not with_eta):
+            return video
+        time.sleep(0.05)
+    raise AssertionError(f"{video_id} was never placed: {video}")
+
+
 def test_queued_job_reports_position_eta_and_poll_header(start_server) -> None:
     live = start_server(workers=0)
     with live.client() as http:
-        first = _create(http)
-        second = _create(http)
-        assert (first["queue_position"], second["queue_position"]) == (0, 1)
-        assert second["eta_seconds"] >= first["eta_seconds"] > 0
+        first, second = _create(http), _create(http)
+        placed = [_placed(http, v["id"]) for v in (first, second)]
+        assert [v["queue_position"] for v in placed] == [0, 1]
+        assert [v["eta_seconds"] for v in placed] == [None, None]  # no worker serves them
+        # A worker that takes the first job and never finishes: the second waits for it.
+        live.platform.jobs.register_worker("w", "reference", "h", live.platform.clock())
+        second = _placed(http, second["id"], with_eta=True)
+        assert second["queue_position"] == 0
+        assert second["eta_seconds"] >= live.platform.jobs.get(second["id"]).estimated_seconds
         r = http.get(f"/v1/videos/{second['id']}")
         assert r.headers["openai-poll-after-ms"] == "100"
         assert r.json()["stage"] == "waiting_for_gpu"
@@ -41,8 +57,8 @@ def test_paid_jobs_queue_ahead_of_free_ones(start_server) -> None:
     with live.client(live.free_key) as free, live.client() as paid:
         f = _create(free)
         p = _create(paid)
-        assert free.get(f"/v1/videos/{f['id']}").json()["queue_position"] == 1
-        assert paid.get(f"/v1/videos/{p['id']}").json()["queue_position"] == 0
+        assert _placed(free, f["id"])["queue_position"] == 1
+        assert _placed(paid, p["id"])["queue_position"] == 0
 
 
 def test_cancel_queued_job_at_once(start_server_any) -> None:

@@ -479,3 +479,47 @@ def test_every_tier_gets_work_done_in_a_mixed_stream() -> None:
     for job_id in d.order:
         by_tier[d.jobs[job_id].tier] += 1
     assert by_tier == {Tier.PAID: 134, Tier.FREE: 133, Tier.BATCH: 133}
+
+
+def test_the_forecast_is_the_order_and_the_starts_the_policy_then_keeps() -> None:
+    s = Scheduler()
+    for name in ("w1", "w2"):
+        s.add_worker(worker(name))
+    heavy = [job("heavy", seconds=30.0, at=float(i)) for i in range(6)]
+    light = job("light", seconds=20.0, at=10.0)
+    paid = job("payer", Tier.PAID, seconds=40.0, at=11.0)
+    batch = job("night", Tier.BATCH, seconds=50.0, at=0.0)
+    drive = Drive(s)
+    drive.submit(*heavy, light, paid, batch)
+    forecast = s.forecast(0.0)
+    assert set(forecast) == {j.id for j in [*heavy, light, paid, batch]}
+    predicted = sorted(forecast, key=lambda j: forecast[j][0])
+    assert [forecast[j][0] for j in predicted] == list(range(9))
+    assert predicted[0] == paid.id and predicted[-1] == batch.id
+    assert predicted.index(light.id) <= 2  # the newcomer's first job, not behind the six
+    drive.run()
+    assert sorted(drive.order, key=drive.order.index) == drive.order
+    assert drive.order == predicted
+    for job_id, (_position, start) in forecast.items():
+        assert start == pytest.approx(drive.started_at[job_id]), job_id
+
+
+def test_the_forecast_has_no_start_where_no_worker_serves_the_model() -> None:
+    s = Scheduler()
+    s.add_worker(worker("w1", models=("other",), loaded="other"))
+    queued = job(model="m")
+    s.submit(queued)
+    assert s.forecast(5.0) == {queued.id: (0, None)}
+
+
+def test_a_job_handed_back_is_forecast_once() -> None:
+    s = Scheduler()
+    s.add_worker(worker("w1"))
+    first, second = job(at=0.0), job(at=1.0)
+    s.submit(first)
+    s.submit(second)
+    s.schedule(2.0)  # the first starts
+    s.finished(first.id)
+    s.submit(first)  # handed back: its old heap entries are stale now
+    forecast = s.forecast(3.0)
+    assert sorted(p for p, _ in forecast.values()) == [0, 1]

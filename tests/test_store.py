@@ -6,7 +6,6 @@ import pytest
 
 from reelgen.domain.errors import Conflict, LeaseLost, RateLimited
 from reelgen.domain.jobs import Stage, Status, Tier
-from reelgen.scheduler.policy import Policy
 from reelgen.store.accounts import AccountStore
 from reelgen.store.database import Database, make_engine, upgrade
 from reelgen.store.jobs import JobStore, UsageView, WorkerFlags
@@ -48,7 +47,6 @@ def _row(job_id: str, user: str = "u_free", tier: Tier = Tier.FREE, now: float =
         estimated_seconds=1.0,
         created_at=now,
         not_before=now,
-        rank_at=Policy().rank(tier, now),
         attempt=0,
         max_attempts=2,
         strikes=0,
@@ -366,36 +364,19 @@ def test_the_bus_announces_work_to_other_processes_after_the_commit(pg_url: str)
         bus.close()
 
 
-def test_queue_board_answers_as_the_exact_count_does(
-    store: JobStore, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    from reelgen.services import queue
-
-    for i, now in enumerate((5.0, 1.0, 3.0, 2.0, 4.0)):
-        row = _row(f"j{i}", now=now)
-        row.update(rank_at=now, estimated_seconds=10.0 * (i + 1))
-        _submit(store, row)
-    store.register_worker("w1", "reference", "host", 4.0)
-    _claim(store, "w1", 4.0, "t")  # the lowest rank starts: its remaining seconds count
-    board = queue.QueueBoard(["reference"])
-    board.refresh(store, now=5.0)
-    for i in range(5):
-        job = store.get(f"j{i}")
-        if job.status is Status.QUEUED:
-            assert board.stats(job) == store.queue_stats(job, now=5.0), job.id
-
-    late = _row("late", now=2.5)
-    late.update(rank_at=2.5, estimated_seconds=7.0)
-    _submit(store, late)
-    board.add(store.get("late"))  # accepted by this process: counted before any refresh
-    for job_id in ("j0", "j2", "j4", "late"):
-        job = store.get(job_id)
-        assert board.stats(job) == store.queue_stats(job, now=5.0), job_id
-
-    monkeypatch.setattr(queue, "MAX_ROWS", 2)
-    board.refresh(store, now=5.0)
-    assert board.stats(store.get("j3")) == store.queue_stats(store.get("j3"), now=5.0)
-    assert board.stats(store.get("j0")) is None  # behind the part held: counted exactly
+def test_forecasts_are_kept_for_queued_jobs_and_cleared_by_the_claim(store: JobStore) -> None:
+    for i in range(3):
+        _submit(store, _row(f"j{i}", now=float(i)))
+    store.save_forecasts([("j0", 0, 10.0), ("j1", 1, None), ("j2", 2, 30.5)])
+    assert [(store.get(j).queue_position, store.get(j).eta_at) for j in ("j0", "j1", "j2")] == [
+        (0, 10.0),
+        (1, None),
+        (2, 30.5),
+    ]
+    running = _claim(store, "w1", 3.0, "t", job_id="j0")
+    assert (running.queue_position, running.eta_at) == (None, None)
+    store.save_forecasts([("j0", 5, 50.0), ("j2", 0, 40.0)])  # j0 is running: left alone
+    assert store.get("j0").queue_position is None and store.get("j2").queue_position == 0
 
 
 def test_a_batch_item_failing_in_the_database_fails_alone(store: JobStore) -> None:
@@ -497,8 +478,6 @@ def test_reads_for_listing_positions_and_progress(store: JobStore) -> None:
     assert [j.id for j in after] == ["j1"]
     desc = store.list_for_user("u_free", after_seq=None, limit=10, descending=True)
     assert [j.id for j in desc] == ["j2", "j1", "j0"]
-    ahead, seconds, live = store.queue_stats(asc[2], now=3.0)
-    assert (ahead, seconds, live) == (2, 2.0, 1)
     snap = store.queue_snapshot(now=3.0)
     assert snap.queued == [("reference", "free", 3, 0.0)]
     assert snap.workers == [("reference", 1, 0)]
@@ -617,7 +596,6 @@ def test_one_batch_keeps_refusals_and_conflicts_to_themselves(store: JobStore) -
         futures[2].result(10)
     landed = futures[3].result(10)
     assert landed.created is True
-    assert store.queue_stats(landed.job, now=3.0).ahead == 2  # "first" and "a"
     assert seen == [
         UsageView(active=1, today=1, oldest_today=0.0, today_gpu_s=1.0),  # "a": sees "first"
         UsageView(active=2, today=2, oldest_today=0.0, today_gpu_s=2.0),  # "b": and "a" only

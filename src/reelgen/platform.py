@@ -12,8 +12,6 @@ from reelgen.domain.jobs import User
 from reelgen.models.base import VideoModel
 from reelgen.models.registry import AVAILABLE, build_model
 from reelgen.observability.metrics import Metrics
-from reelgen.scheduler.policy import Policy
-from reelgen.services.queue import QueueBoard
 from reelgen.settings import Settings
 from reelgen.storage.base import ObjectStore, open_store
 from reelgen.store.accounts import AccountStore
@@ -65,16 +63,13 @@ class Core:
 @dataclass(kw_only=True)
 class ApiContext(Core):
     """An API replica: accounts and their key cache, the adapter catalogue (styles, cost
-    estimates; nothing loaded), the URL signing secret and the ranking policy."""
+    estimates; nothing loaded) and the URL signing secret."""
 
     accounts: AccountStore
     models: dict[str, VideoModel]
     signing_secret: bytes
-    policy: Policy = field(default_factory=Policy)
     key_cache: TTLCache[str, User] = field(default_factory=lambda: TTLCache(ttl_s=30.0))
     """API key hash -> user; a revoked key may keep working for up to `ttl_s`."""
-    queue_board: QueueBoard
-    """Queue positions from memory, refreshed by the app (see `services.queue`)."""
 
     def model(self, name: str) -> VideoModel:
         return self.models[name]
@@ -140,7 +135,6 @@ def api_context(core: Core, catalog: dict[str, VideoModel] | None = None) -> Api
         accounts=AccountStore(core.db),
         models=catalog if catalog is not None else build_catalog(core.settings),
         signing_secret=load_signing_secret(core.settings),
-        queue_board=QueueBoard(list(AVAILABLE)),
     )
 
 

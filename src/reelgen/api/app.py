@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -14,9 +12,7 @@ from fastapi import FastAPI
 from reelgen.api import errors
 from reelgen.api.progress import ProgressHub
 from reelgen.api.routes import admin, files, health, metrics, videos
-from reelgen.domain.errors import Unavailable
 from reelgen.platform import ApiContext
-from reelgen.services import queue
 
 log = logging.getLogger("reelgen.api")
 
@@ -27,14 +23,9 @@ def create_app(platform: ApiContext) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         await hub.start()
-        await _refresh_board(platform)
-        board = asyncio.create_task(_keep_board(platform))
         try:
             yield
         finally:
-            board.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await board
             await hub.stop()
 
     app = FastAPI(
@@ -54,20 +45,6 @@ def create_app(platform: ApiContext) -> FastAPI:
     app.include_router(admin.router)
     app.openapi = _without_422(app)  # type: ignore[method-assign]
     return app
-
-
-async def _refresh_board(platform: ApiContext) -> None:
-    try:
-        # Off the event loop even on SQLite: it reads the whole queue head at once.
-        await asyncio.to_thread(platform.queue_board.refresh, platform.jobs, platform.clock())
-    except Unavailable as exc:  # positions are then counted exactly until it is back
-        log.warning("queue board not refreshed: %s", exc.message)
-
-
-async def _keep_board(platform: ApiContext) -> None:
-    while True:
-        await asyncio.sleep(queue.REFRESH_S)
-        await _refresh_board(platform)
 
 
 def _without_422(app: FastAPI) -> Callable[[], dict[str, Any]]:

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import heapq
 import logging
+import math
+import time
 from dataclasses import dataclass, field
 
 from reelgen.domain import events as ev
@@ -68,6 +70,11 @@ class DispatchConfig:
     batch_deadline_s: float = 24 * 3600.0
     pools_every_s: float = 5.0
     """How often the autoscaling answer is computed and stored."""
+    forecast_every_s: float = 1.0
+    """How often queued jobs' positions and ETAs are forecast (at least ten times as long
+    as a forecast takes, so a huge queue cannot eat the dispatcher's time)."""
+    forecast_writes: int = 2000
+    """Forecasts stored per round: new jobs first, then the ones that moved most."""
     autoscale: AutoscaleConfig = field(default_factory=AutoscaleConfig)
 
     @classmethod
@@ -130,6 +137,9 @@ class Dispatcher:
         """worker -> when it was left out (an unclaimed assignment); back once seen after"""
         self._workers_at = -float("inf")
         self._pools_at = -float("inf")
+        self._forecast_at = -float("inf")
+        self._told: dict[str, tuple[int, float | None]] = {}
+        """job -> the forecast last stored for it"""
         self._autoscalers: dict[str, Autoscaler] = {}
         self._arrived: dict[str, float] = {}
         self.started = False
@@ -168,6 +178,8 @@ class Dispatcher:
         self._apply(decisions, now)
         if now >= self._pools_at + self.config.pools_every_s:
             self._publish_pools(now)
+        if now >= self._forecast_at:
+            self._publish_forecast(now)
         return decisions
 
     def _follow_events(self, now: float) -> None:
@@ -318,6 +330,35 @@ class Dispatcher:
                     preemption.reason,
                     extra={"job_id": preemption.job},
                 )
+
+    def _publish_forecast(self, now: float) -> None:
+        began = time.perf_counter()
+        forecast = self.policy.forecast(now)
+        told = self._told
+        for job_id in [j for j in told if j not in forecast]:
+            del told[job_id]
+
+        def moved(item: tuple[str, tuple[int, float | None]]) -> float:
+            job_id, (position, start) = item
+            before = told.get(job_id)
+            if before is None:
+                return math.inf
+            old_position, old_start = before
+            if (start is None) != (old_start is None):
+                return math.inf
+            drift = abs(position - old_position) / (old_position + 1)
+            if start is not None and old_start is not None:
+                drift += abs(start - old_start) / max(60.0, old_start - now)
+            return drift
+
+        changed = [item for item in forecast.items() if told.get(item[0]) != item[1]]
+        changed.sort(key=moved, reverse=True)
+        chosen = changed[: self.config.forecast_writes]
+        if chosen:
+            self.platform.jobs.save_forecasts([(j, p, s) for j, (p, s) in chosen])
+            told.update(chosen)
+        took = time.perf_counter() - began
+        self._forecast_at = now + max(self.config.forecast_every_s, 10 * took)
 
     def _publish_pools(self, now: float) -> None:
         self._pools_at = now

@@ -16,7 +16,7 @@ import time
 from reelgen.controller.dispatch import Dispatcher
 from reelgen.domain.errors import Unavailable
 from reelgen.platform import Core
-from reelgen.scheduler.policy import retry_backoff
+from reelgen.scheduler.backoff import retry_backoff
 from reelgen.storage import keys
 from reelgen.store.election import Leadership
 from reelgen.store.jobs import Reaped

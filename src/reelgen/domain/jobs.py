@@ -109,7 +109,6 @@ class Job:
     completed_at: float | None
     expires_at: float | None
     not_before: float
-    rank_at: float
     attempt: int
     max_attempts: int
     strikes: int
@@ -130,6 +129,11 @@ class Job:
     error_code: str | None
     error_message: str | None
     deleted_at: float | None
+    preemptions: int = 0
+    queue_position: int | None = None
+    """Queued jobs of its model the dispatcher's last forecast put before it."""
+    eta_at: float | None = None
+    """When that forecast expects it to start (None: not forecast yet, or no worker)."""
 
     @classmethod
     def from_row(cls, row: Any) -> Self:

@@ -375,6 +375,83 @@ class Scheduler:
                 found.append(list(idle))
         return found
 
+    def forecast(self, now: float) -> dict[str, tuple[int, float | None]]:
+        """Where each queued job stands: (queued jobs of its model predicted to start
+        before it, predicted start; None when no worker serves its model).
+
+        The policy's own order with nothing more arriving: inside a lane users by fair
+        share (a job's tag is its user's virtual time plus the user's work queued before
+        it), across tiers by weight over the same tags, batch after both (FIFO and strict
+        priority: their own orders); then the jobs are laid out on the model's workers as
+        those free up. Aging, caps and gang placement are left out: an estimate for the
+        API's `queue_position` and `eta_seconds`, not a plan."""
+        out: dict[str, tuple[int, float | None]] = {}
+        for model, lanes in self._by_model.items():
+            order: list[tuple[tuple[float, ...], QueuedJob]] = []
+            for lane in lanes:
+                if lane.count:
+                    order += self._lane_order(lane)
+            if not order:
+                continue
+            order.sort(key=lambda item: item[0])
+            free = [
+                now if w.id in self._idle else max(now, self._busy_until(w.id))
+                for w in self._workers.values()
+                if model in w.models
+            ]
+            heapq.heapify(free)
+            for position, (_key, job) in enumerate(order):
+                if len(free) < job.gpus:
+                    out[job.id] = (position, None)
+                    continue
+                taken = [heapq.heappop(free) for _ in range(job.gpus)]
+                start = taken[-1]
+                for _ in taken:
+                    heapq.heappush(free, start + job.gpu_seconds / job.gpus)
+                out[job.id] = (position, start)
+        return out
+
+    def _lane_order(self, lane: _Lane) -> list[tuple[tuple[float, ...], QueuedJob]]:
+        """(sort key, job) for one lane's queued jobs, keyed as `_key` picks; see `forecast`."""
+        tier = lane.tier
+        seen: set[str] = set()
+
+        def live(job_id: str) -> QueuedJob | None:
+            """The job if this entry is current (heaps keep stale entries until popped)."""
+            job = self._queued.get(job_id)
+            if job is None or job_id in seen or job.tier is not tier or job.model != lane.model:
+                return None
+            seen.add(job_id)
+            return job
+
+        rank = float(_RANK[tier])
+        if self.config.order is not Order.FAIR:
+            first = 0.0 if self.config.order is Order.FIFO else rank
+            return [
+                ((first, job.queued_at, float(seq)), job)
+                for _at, seq, job_id in sorted(lane.oldest)
+                if (job := live(job_id)) is not None
+            ]
+        tagged: list[tuple[float, float, int, QueuedJob]] = []
+        floor = self._user_floor[tier]
+        for user, heap in lane.jobs.items():
+            tag = max(self._user_vt[(tier, user)], floor)
+            for _at, seq, job_id in sorted(heap):
+                job = live(job_id)
+                if job is None:
+                    continue
+                tagged.append((tag, job.queued_at, seq, job))
+                tag += job.gpu_seconds
+        tagged.sort(key=lambda item: item[:3])
+        weight = self.config.weights.get(tier, 1.0)
+        klass = 1.0 if tier is Tier.BATCH else 0.0
+        tier_tag = self._tier_vt[tier]
+        out: list[tuple[tuple[float, ...], QueuedJob]] = []
+        for user_tag, at, seq, job in tagged:
+            out.append(((klass, tier_tag, rank, user_tag, at, float(seq)), job))
+            tier_tag += job.gpu_seconds / weight
+        return out
+
     # ---- deciding ---------------------------------------------------------------------
     def schedule(self, now: float) -> Decisions:
         decisions = Decisions()

@@ -280,7 +280,6 @@ def _prepare(
         estimated_seconds=estimated_s,
         created_at=now,
         not_before=now,
-        rank_at=platform.policy.rank(tier, now),
         attempt=0,
         max_attempts=platform.settings.max_attempts,
         strikes=0,
@@ -322,7 +321,6 @@ def _settle(platform: ApiContext, sub: _Submission, outcome: Future[Submitted]) 
     if not done.created and sub.reference_key is not None:
         platform.objects.delete_prefix(keys.inputs_prefix(sub.job_id))
     if done.created:
-        platform.queue_board.add(done.job)
         platform.bus.work_available(done.job.model)
     return done
 
@@ -352,8 +350,7 @@ async def submit_async(
 ) -> tuple[VideoView, bool]:
     """`submit` for an event loop: waits for the commit without blocking the loop.
 
-    Returns the new job's view (its queue place as its transaction saw it) and whether it
-    was created."""
+    Returns the new job's view and whether it was created."""
     sub = _prepare(
         platform,
         user,
@@ -367,18 +364,10 @@ async def submit_async(
     outcome = _enqueue(platform, sub)
     with contextlib.suppress(Exception):  # _settle re-raises it
         await asyncio.wrap_future(outcome)
-    if sub.reference_key is None and (platform.db.calls_are_inline or _complete(platform, outcome)):
+    if sub.reference_key is None:
         return _finish(platform, sub, outcome)
-    # file deletes, or a replayed job's queue read on a networked database: off the loop
+    # file deletes: off the loop
     return await asyncio.to_thread(_finish, platform, sub, outcome)
-
-
-def _complete(platform: ApiContext, outcome: Future[Submitted]) -> bool:
-    """Whether the outcome needs no further read to be answered."""
-    if outcome.exception() is not None:
-        return True
-    job = outcome.result().job
-    return job.status is not Status.QUEUED or platform.queue_board.stats(job) is not None
 
 
 def _finish(
@@ -404,11 +393,13 @@ def get_view(platform: ApiContext, user: User, video_id: str) -> VideoView:
 
 
 def view(platform: ApiContext, job: Job) -> VideoView:
+    """A queued job's place and ETA are the dispatcher's latest forecast (`None` until its
+    first, within a second or so of the submit; the ETA also while no worker serves it)."""
     if job.status is Status.QUEUED:
-        queue = platform.queue_board.stats(job) or platform.jobs.queue_stats(job, platform.clock())
-        ahead, ahead_seconds, live = queue
-        eta = ahead_seconds / max(1, live) + job.estimated_seconds
-        return VideoView(job, ahead, math.ceil(eta))
+        if job.eta_at is None:
+            return VideoView(job, job.queue_position, None)
+        wait = max(0.0, job.eta_at - platform.clock())
+        return VideoView(job, job.queue_position, math.ceil(wait + job.estimated_seconds))
     if job.status is Status.IN_PROGRESS:
         return VideoView(job, 0, math.ceil(job.estimated_seconds * (100 - job.progress) / 100))
     return VideoView(job, None, None)

@@ -8,13 +8,24 @@ heartbeat, checkpoint or publish.
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from sqlalchemy import Connection, and_, case, delete, func, insert, select, update
+from sqlalchemy import (
+    Connection,
+    Float,
+    Integer,
+    and_,
+    case,
+    delete,
+    func,
+    insert,
+    literal,
+    select,
+    update,
+)
 
 from reelgen.domain import events as ev
 from reelgen.domain.errors import Conflict, LeaseLost, ReelgenError
@@ -34,16 +45,6 @@ class UsageView:
     oldest_today: float | None
     today_gpu_s: float = 0.0
     """Estimated GPU-seconds of the jobs counted in `today`."""
-
-
-class QueueStats(NamedTuple):
-    """Where a queued job stands: what `JobStore.queue_stats` answers."""
-
-    ahead: int
-    """Queued jobs of its model ranked ahead of it."""
-    ahead_seconds: float
-    """Their estimated seconds plus the remaining seconds of the model's running jobs."""
-    live_workers: int
 
 
 class Submitted(NamedTuple):
@@ -93,18 +94,6 @@ class _Window:
         u = self.usage
         oldest = now if u.oldest_today is None else min(u.oldest_today, now)
         self.usage = UsageView(u.active + 1, u.today + 1, oldest, u.today_gpu_s + gpu_s)
-
-
-class QueueRows(NamedTuple):
-    """One model's queue as `JobStore.queue_rows` read it."""
-
-    ranked: list[tuple[float, float]]
-    """(rank_at, estimated_seconds) of its queued jobs, lowest rank first."""
-    complete: bool
-    """False when the queue was longer than the limit and `ranked` holds only its head."""
-    running_seconds: float
-    """Remaining estimated seconds of the model's running jobs."""
-    live_workers: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -341,17 +330,6 @@ class JobStore:
         rows = self.db.fetch(q.job_by_id(), {"id": job_id})
         return Job.from_mapping(rows[0]) if rows else None
 
-    def queue_rows(self, model: str, now: float, limit: int) -> QueueRows:
-        """The head of `model`'s queue (at most `limit` jobs) with its running seconds and
-        live workers, for `services.queue.QueueBoard`."""
-        ranked = [
-            (float(r["rank_at"]), float(r["estimated_seconds"]))
-            for r in self.db.fetch(q.queued_ranks(), {"model": model, "limit": limit + 1})
-        ]
-        params = {"model": model, "rank_from": 0.0, "rank_at": 0.0, "alive_since": now - 60}
-        _n, _s, running_s, live = self.db.fetch(q.queue_stats(), params)[0].values()
-        return QueueRows(ranked[:limit], len(ranked) <= limit, float(running_s), int(live))
-
     def seq_for_user(self, user_id: str, job_id: str) -> int | None:
         """The list position of one of the user's jobs, deleted ones included, so that a
         pagination cursor stays valid when its video is deleted in between."""
@@ -369,18 +347,6 @@ class JobStore:
         query = query.order_by(jobs.c.seq.desc() if descending else jobs.c.seq.asc()).limit(limit)
         with self.db.read() as conn:
             return [Job.from_row(r) for r in conn.execute(query)]
-
-    def queue_stats(self, job: Job, now: float) -> QueueStats:
-        """Exactly where `job` stands in its model's queue (a scan of the jobs ahead)."""
-        params = {
-            "model": job.model,
-            "rank_from": -math.inf,
-            "rank_at": job.rank_at,
-            "alive_since": now - 60,
-        }
-        with self.db.read() as conn:
-            count, queued_s, running_s, live = conn.execute(q.queue_stats(), params).one()
-        return QueueStats(int(count), float(queued_s) + float(running_s), int(live))
 
     def queue_snapshot(self, now: float, worker_alive_s: float = 60.0) -> QueueSnapshot:
         queued = jobs.c.status == Status.QUEUED.value
@@ -647,6 +613,23 @@ class JobStore:
                 )
                 done.update(r[0] for r in result)
         return done
+
+    def save_forecasts(self, forecasts: Sequence[tuple[str, int, float | None]]) -> None:
+        """Stores (job, queue position, predicted start) for jobs still queued."""
+        with self.db.write() as conn:
+            for start in range(0, len(forecasts), 500):
+                chunk = forecasts[start : start + 500]
+                ids = [job_id for job_id, _, _ in chunk]
+                conn.execute(
+                    update(jobs)
+                    .where(jobs.c.id.in_(ids), jobs.c.status == Status.QUEUED.value)
+                    .values(
+                        queue_position=case(
+                            *((jobs.c.id == j, literal(p, Integer())) for j, p, _ in chunk)
+                        ),
+                        eta_at=case(*((jobs.c.id == j, literal(e, Float())) for j, _, e in chunk)),
+                    )
+                )
 
     def unassign(self, job_id: str, worker_id: str) -> bool:
         """Takes an unclaimed assignment back; False when the worker claimed it already."""

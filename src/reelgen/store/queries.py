@@ -93,52 +93,6 @@ def user_usage() -> Select[Any]:
 
 
 @cache
-def queue_stats() -> Select[Any]:
-    """(queued jobs of `model` ranked in [`rank_from`, `rank_at`), their estimated seconds,
-    remaining seconds of its running jobs, its live workers). The first two come from one
-    pass over the covering `ix_jobs_queue` index."""
-    ahead = (
-        select(
-            func.count().label("n"),
-            func.coalesce(func.sum(jobs.c.estimated_seconds), 0.0).label("s"),
-        )
-        .where(
-            jobs.c.status == Status.QUEUED.value,
-            jobs.c.model == bindparam("model"),
-            jobs.c.rank_at >= bindparam("rank_from"),
-            jobs.c.rank_at < bindparam("rank_at"),
-        )
-        .subquery()
-    )
-    remaining = jobs.c.estimated_seconds * (100 - jobs.c.progress) / 100.0
-    return select(
-        ahead.c.n,
-        ahead.c.s,
-        select(func.coalesce(func.sum(remaining), 0.0))
-        .where(jobs.c.status == Status.IN_PROGRESS.value, jobs.c.model == bindparam("model"))
-        .scalar_subquery(),
-        select(func.count())
-        .where(
-            workers.c.model == bindparam("model"),
-            workers.c.stopped_at.is_(None),
-            workers.c.heartbeat_at > bindparam("alive_since"),
-        )
-        .scalar_subquery(),
-    ).select_from(ahead)
-
-
-@cache
-def queued_ranks() -> Select[Any]:
-    """The queued jobs of `model` by rank, from the covering `ix_jobs_queue` index."""
-    return (
-        select(jobs.c.rank_at, jobs.c.estimated_seconds)
-        .where(jobs.c.status == Status.QUEUED.value, jobs.c.model == bindparam("model"))
-        .order_by(jobs.c.rank_at)
-        .limit(bindparam("limit"))
-    )
-
-
-@cache
 def user_for_key() -> Select[Any]:
     return (
         select(users.c.id, users.c.name, users.c.tier)
@@ -230,6 +184,8 @@ def claim_row() -> ReturningUpdate[Any]:
             preempt_requested=False,
             attempt_start_step=jobs.c.checkpoint_step,
             assigned_worker=None,
+            queue_position=None,
+            eta_at=None,
         )
         .returning(*jobs.c)
     )
@@ -259,7 +215,8 @@ WITH next AS (
         status = 'in_progress', stage = 'generating', attempt = jobs.attempt + 1,
         worker_id = %(worker_id)s, lease_token = %(token)s, lease_expires_at = %(expires)s,
         started_at = COALESCE(jobs.started_at, %(now)s), preempt_requested = false,
-        attempt_start_step = jobs.checkpoint_step, assigned_worker = NULL
+        attempt_start_step = jobs.checkpoint_step, assigned_worker = NULL,
+        queue_position = NULL, eta_at = NULL
     FROM next WHERE jobs.id = next.id
     RETURNING jobs.*
 ), started AS (

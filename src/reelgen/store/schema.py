@@ -68,7 +68,6 @@ jobs = Table(
     Column("completed_at", Float),
     Column("expires_at", Float),
     Column("not_before", Float, nullable=False),
-    Column("rank_at", Float, nullable=False),
     Column("attempt", Integer, nullable=False, default=0),
     Column("max_attempts", Integer, nullable=False),
     Column("strikes", Integer, nullable=False, default=0),
@@ -89,7 +88,8 @@ jobs = Table(
     Column("deleted_at", Float),
     Column("assigned_worker", String(64)),
     Column("preemptions", Integer, nullable=False, default=0, server_default="0"),
-    Index("ix_jobs_queue", "status", "model", "rank_at", "estimated_seconds"),
+    Column("queue_position", Integer),
+    Column("eta_at", Float),
     Index("ix_jobs_user", "user_id", "seq"),
     Index("ix_jobs_user_status", "user_id", "status", "tier"),
     Index(
@@ -104,7 +104,8 @@ jobs = Table(
     Index("ix_jobs_assigned", "assigned_worker", "status"),
 )
 """`assigned_worker`: the worker the dispatcher gave this queued job to; only that worker
-claims it (see `controller.dispatch`)."""
+claims it (see `controller.dispatch`). `queue_position` and `eta_at`: the dispatcher's
+latest forecast for a queued job (`Scheduler.forecast`)."""
 
 job_events = Table(
     "job_events",

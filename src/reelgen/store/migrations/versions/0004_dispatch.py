@@ -1,5 +1,5 @@
-"""dispatcher assignments, preemption counts, the models a worker holds, quotas per
-quota class in GPU-seconds
+"""dispatcher assignments and forecasts instead of a rank, preemption counts, the models a
+worker holds, quotas per quota class in GPU-seconds
 
 Revision ID: 0004
 Revises: 0003
@@ -18,7 +18,13 @@ def upgrade() -> None:
     with op.batch_alter_table("jobs") as batch:
         batch.add_column(sa.Column("assigned_worker", sa.String(64), nullable=True))
         batch.add_column(sa.Column("preemptions", sa.Integer(), nullable=False, server_default="0"))
+        batch.add_column(sa.Column("queue_position", sa.Integer(), nullable=True))
+        batch.add_column(sa.Column("eta_at", sa.Float(), nullable=True))
         batch.create_index("ix_jobs_assigned", ["assigned_worker", "status"], unique=False)
+    # Who runs next is the dispatcher's decision now, not an order in SQL.
+    op.drop_index("ix_jobs_queue", table_name="jobs")
+    with op.batch_alter_table("jobs") as batch:
+        batch.drop_column("rank_at")
     # Quota reads count and sum one quota class (tiers) from the index alone.
     op.drop_index("ix_jobs_user_status", table_name="jobs")
     op.create_index("ix_jobs_user_status", "jobs", ["user_id", "status", "tier"])
@@ -53,6 +59,12 @@ def downgrade() -> None:
     op.drop_index("ix_jobs_user_status", table_name="jobs")
     op.create_index("ix_jobs_user_status", "jobs", ["user_id", "status"])
     with op.batch_alter_table("jobs") as batch:
+        batch.add_column(sa.Column("rank_at", sa.Float(), nullable=False, server_default="0"))
+    op.execute("UPDATE jobs SET rank_at = created_at")
+    op.create_index("ix_jobs_queue", "jobs", ["status", "model", "rank_at", "estimated_seconds"])
+    with op.batch_alter_table("jobs") as batch:
         batch.drop_index("ix_jobs_assigned")
+        batch.drop_column("eta_at")
+        batch.drop_column("queue_position")
         batch.drop_column("preemptions")
         batch.drop_column("assigned_worker")
