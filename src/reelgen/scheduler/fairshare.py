@@ -47,6 +47,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
+from operator import itemgetter
 
 from reelgen.domain.jobs import Tier
 from reelgen.scheduler.view import (
@@ -393,56 +394,58 @@ class Scheduler:
                     order += self._lane_order(lane)
             if not order:
                 continue
-            order.sort(key=lambda item: item[0])
+            order.sort(key=itemgetter(0))
             free = [
                 now if w.id in self._idle else max(now, self._busy_until(w.id))
                 for w in self._workers.values()
                 if model in w.models
             ]
             heapq.heapify(free)
+            replace_top, pop, push = heapq.heapreplace, heapq.heappop, heapq.heappush
             for position, (_key, job) in enumerate(order):
-                if len(free) < job.gpus:
+                if job.gpus == 1 and free:
+                    start = free[0]
+                    replace_top(free, start + job.gpu_seconds)
+                elif len(free) < job.gpus:
                     out[job.id] = (position, None)
                     continue
-                taken = [heapq.heappop(free) for _ in range(job.gpus)]
-                start = taken[-1]
-                for _ in taken:
-                    heapq.heappush(free, start + job.gpu_seconds / job.gpus)
+                else:
+                    taken = [pop(free) for _ in range(job.gpus)]
+                    start = taken[-1]
+                    for _ in taken:
+                        push(free, start + job.gpu_seconds / job.gpus)
                 out[job.id] = (position, start)
         return out
 
     def _lane_order(self, lane: _Lane) -> list[tuple[tuple[float, ...], QueuedJob]]:
         """(sort key, job) for one lane's queued jobs, keyed as `_key` picks; see `forecast`."""
-        tier = lane.tier
+        tier, model = lane.tier, lane.model
+        queued = self._queued
         seen: set[str] = set()
-
-        def live(job_id: str) -> QueuedJob | None:
-            """The job if this entry is current (heaps keep stale entries until popped)."""
-            job = self._queued.get(job_id)
-            if job is None or job_id in seen or job.tier is not tier or job.model != lane.model:
-                return None
-            seen.add(job_id)
-            return job
-
+        # Heaps keep stale entries until they are popped: only a job's current one counts.
         rank = float(_RANK[tier])
         if self.config.order is not Order.FAIR:
             first = 0.0 if self.config.order is Order.FIFO else rank
-            return [
-                ((first, job.queued_at, float(seq)), job)
-                for _at, seq, job_id in sorted(lane.oldest)
-                if (job := live(job_id)) is not None
-            ]
+            picked: list[tuple[tuple[float, ...], QueuedJob]] = []
+            for _at, seq, job_id in sorted(lane.oldest):
+                job = queued.get(job_id)
+                if job is None or job_id in seen or job.tier is not tier or job.model != model:
+                    continue
+                seen.add(job_id)
+                picked.append(((first, job.queued_at, float(seq)), job))
+            return picked
         tagged: list[tuple[float, float, int, QueuedJob]] = []
         floor = self._user_floor[tier]
         for user, heap in lane.jobs.items():
             tag = max(self._user_vt[(tier, user)], floor)
             for _at, seq, job_id in sorted(heap):
-                job = live(job_id)
-                if job is None:
+                job = queued.get(job_id)
+                if job is None or job_id in seen or job.tier is not tier or job.model != model:
                     continue
+                seen.add(job_id)
                 tagged.append((tag, job.queued_at, seq, job))
                 tag += job.gpu_seconds
-        tagged.sort(key=lambda item: item[:3])
+        tagged.sort(key=itemgetter(0, 1, 2))
         weight = self.config.weights.get(tier, 1.0)
         klass = 1.0 if tier is Tier.BATCH else 0.0
         tier_tag = self._tier_vt[tier]

@@ -48,6 +48,9 @@ class FleetConfig:
     """From asking for a host to its GPUs taking work (boot, first model load)."""
     drain_s: float = 6 * 3600.0
     """How long after the last arrival the run may go on to finish the queue."""
+    forecast_every_s: float = 60.0
+    """How often queued jobs are forecast (`Scheduler.forecast`, what the API reports); a
+    job's predicted wait is its first forecast's."""
     record: bool = False
     """Keep every round's time and decisions in `Result.rounds` (small scenarios)."""
 
@@ -94,6 +97,7 @@ class _Fleet:
         self.end = np.full(n, np.nan)
         self.preemptions = np.zeros(n, dtype=np.int16)
         self.predicted = np.full(n, np.nan)
+        self.unforecast = 0
         self.remaining = np.ones(n)
         """Share of each job's work still to do."""
         self.attempt = np.zeros(n, dtype=np.int32)
@@ -206,13 +210,17 @@ class _Fleet:
     def arrive(self, i: int, now: float) -> None:
         job = self._queued(i, now)
         self.arrived_gpu_s += job.gpu_seconds
-        self.predicted[i] = self._predicted_wait(job)
+        self.unforecast += 1
         self.s.submit(job)
 
-    def _predicted_wait(self, job: QueuedJob) -> float:
-        """What the API would say at submit: the work queued ahead over the fleet."""
-        ahead = self.s.backlog_seconds(job.model)
-        return ahead / max(1, len(self.active) - self.down)
+    def forecast(self, now: float) -> None:
+        """What the API would tell the jobs that arrived since the last forecast."""
+        arrival, predicted = self.t.arrival, self.predicted
+        for job_id, (_position, start) in self.s.forecast(now).items():
+            i = int(job_id)
+            if start is not None and math.isnan(predicted[i]):
+                predicted[i] = start - float(arrival[i])
+        self.unforecast = 0
 
     def apply(self, now: float) -> None:
         decisions = self.s.schedule(now)
@@ -301,6 +309,7 @@ class _Fleet:
         r = self.result
         next_scale = 0.0 if self.autoscaler is not None else math.inf
         next_sample = 0.0
+        next_forecast = 0.0
         last = 0.0
         i = 0
         now = 0.0
@@ -325,6 +334,9 @@ class _Fleet:
                 at, _, kind, job, attempt, worker_id = heapq.heappop(events)
                 self.handle(kind, job, attempt, worker_id, at)
             self.apply(now)
+            if self.unforecast and now >= next_forecast:
+                self.forecast(now)
+                next_forecast = now + self.cfg.forecast_every_s
             if now >= next_scale:
                 self._autoscale(now)
                 next_scale = now + self.cfg.autoscale_every_s

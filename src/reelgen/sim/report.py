@@ -38,7 +38,8 @@ def figures(r: Result) -> dict[str, Any]:
         }
     batch = t.tier == TIERS.index(Tier.BATCH)
     on_time = batch & (r.end <= t.arrival + t.deadline_s)
-    eta_error = np.abs(r.predicted_wait - wait)[started]
+    forecast = started & ~np.isnan(r.predicted_wait)
+    eta_error = np.abs(r.predicted_wait - wait)[forecast]
     gpu_hours = r.capacity_gpu_s / 3600.0
     demanded = float(t.actual_seconds.sum())
     return {
@@ -68,6 +69,7 @@ def figures(r: Result) -> dict[str, Any]:
         "batch_late": int(batch.sum() - on_time.sum()),
         "eta_error_p50_s": _pct(eta_error, 50),
         "eta_error_p90_s": _pct(eta_error, 90),
+        "eta_forecast_share": float(forecast.sum() / started.sum()) if started.any() else math.nan,
     }
 
 
@@ -133,6 +135,10 @@ def markdown(all_figures: Sequence[dict[str, Any]], command: str) -> str:
             f"{_fmt(f['eta_error_p50_s'], ' s')} / {_fmt(f['eta_error_p90_s'], ' s')}"
             for f in all_figures
         ],
+    )
+    row(
+        "jobs forecast while queued",
+        [f"{f['eta_forecast_share']:.1%}" for f in all_figures],
     )
     row("simulated hours", [_fmt(f["simulated_hours"]) for f in all_figures])
     row("wall time", [_fmt(f["wall_seconds"], " s") for f in all_figures])
