@@ -207,7 +207,6 @@ def _job_rows(n: int, now: float) -> Iterator[dict[str, Any]]:
             estimated_seconds=1.0,
             created_at=created,
             not_before=created,
-            rank_at=created - 120.0,
             attempt=0,
             max_attempts=3,
             strikes=0,
@@ -286,6 +285,38 @@ class _WaitCounter:
         psycopg.Connection.wait = self._original  # type: ignore[method-assign]
 
 
+def reelgen_dispatcher(url: str, go: Any, stop: Any, out: Any) -> None:
+    """The leading controller's dispatcher (`controller.dispatch`), as `reelgen controller`
+    runs it: a round whenever work is announced (a worker free), else every 0.25 s."""
+    try:
+        import tempfile
+
+        from reelgen.controller.dispatch import Dispatcher
+        from reelgen.platform import build_core
+        from reelgen.settings import Settings
+        from reelgen.store.notify import WORK_CHANNEL
+
+        with tempfile.TemporaryDirectory() as data_dir:
+            platform = build_core(
+                Settings(database_url=url, data_dir=Path(data_dir)),
+                listen=frozenset({WORK_CHANNEL}),
+            )
+            dispatcher = Dispatcher(platform)
+            go.wait()
+            cpu0 = time.process_time()
+            rounds = 0
+            while not stop.is_set():
+                mark = platform.bus.work_mark()
+                dispatcher.step(time.time())
+                rounds += 1
+                platform.bus.wait_for_work(0.25, since=mark)
+            out.put({"dispatcher_cpu_s": time.process_time() - cpu0, "rounds": rounds})
+            platform.close()
+    except BaseException as exc:
+        out.put({"error": repr(exc)})
+        raise
+
+
 def reelgen_consumer(
     url: str,
     index: int,
@@ -296,27 +327,24 @@ def reelgen_consumer(
     deadline_s: float,
     profile: bool,
     cprofile: bool = False,
+    remaining: Any = None,
 ) -> None:
     try:
         import cProfile
 
         from reelgen.store.database import Database, make_engine
         from reelgen.store.jobs import JobStore
+        from reelgen.store.notify import ASSIGNED_CHANNEL, open_bus
 
         counter = _WaitCounter() if profile else None
         engine = make_engine(f"{url}?application_name={APP_NAME}")
         db = Database(engine)
         store = JobStore(db)
+        bus = open_bus(url, frozenset({ASSIGNED_CHANNEL}))
         worker_id = f"worker_bench{index}"
-        store.register_worker(worker_id, MODEL, "bench", time.time())
-        # Warm every pool and statement the claim path uses (no job has this model).
-        store.claim(
-            worker_id=worker_id,
-            model="bench_warmup",
-            now=time.time(),
-            lease_seconds=30.0,
-            lease_token="warmup",
-        )
+        store.register_worker(worker_id, MODEL, "bench", time.time(), holds=(MODEL,))
+        # Warm every pool and statement the claim path uses (nothing is assigned yet).
+        store.claim(worker_id=worker_id, now=time.time(), lease_seconds=30.0, lease_token="warm")
         ready.put(os.getpid())
         go.wait()
         if counter is not None:
@@ -330,11 +358,12 @@ def reelgen_consumer(
         tracer = cProfile.Profile() if cprofile else None
         if tracer is not None:
             tracer.enable()
+        waited_s = 0.0
         while time.time() < deadline:
+            mark = bus.assignment_mark(worker_id)
             t0 = time.perf_counter()
             job = store.claim(
                 worker_id=worker_id,
-                model=MODEL,
                 now=time.time(),
                 lease_seconds=30.0,
                 lease_token=secrets.token_hex(16),
@@ -342,7 +371,11 @@ def reelgen_consumer(
             t1 = time.perf_counter()
             claim_s += t1 - t0
             if job is None:
-                break
+                if remaining.value <= 0:
+                    break
+                bus.wait_for_assignment(worker_id, 0.25, since=mark)
+                waited_s += time.perf_counter() - t1
+                continue
             assert job.lease_token is not None
             now = time.time()
             prefix = f"videos/{job.id}/a{job.attempt}"
@@ -357,7 +390,16 @@ def reelgen_consumer(
                 first_step=1,
             )
             complete_s += time.perf_counter() - t1
+            with remaining.get_lock():
+                remaining.value -= 1
             done += 1
+            # Free again, as `reelgen worker` does: announce, then wait for the assignment.
+            mark = bus.assignment_mark(worker_id)
+            bus.work_available(MODEL)
+            if remaining.value > 0:
+                t2 = time.perf_counter()
+                bus.wait_for_assignment(worker_id, 0.25, since=mark)
+                waited_s += time.perf_counter() - t2
         end = time.time()
         if tracer is not None:
             tracer.disable()
@@ -369,6 +411,7 @@ def reelgen_consumer(
             "cpu_s": time.process_time() - cpu0,
             "claim_s": claim_s,
             "complete_s": complete_s,
+            "assignment_wait_s": waited_s,
         }
         if counter is not None:
             result.update(waits=counter.calls, wait_s=counter.seconds)
@@ -377,6 +420,7 @@ def reelgen_consumer(
             result["trips"] = dict(trips)
         out.put(result)
         release.wait(60)
+        bus.close()
         db.dispose()
     except BaseException as exc:
         out.put({"error": repr(exc)})
@@ -513,19 +557,25 @@ def run_reelgen(
     log(f"reelgen: {jobs} jobs inserted in {enqueue_s:.1f} s; {consumers} consumer(s)")
     ctx = mp.get_context("spawn")
     go, release, ready, out = ctx.Event(), ctx.Event(), ctx.Queue(), ctx.Queue()
+    remaining = ctx.Value("i", jobs)
+    stop_dispatch, dispatch_out = ctx.Event(), ctx.Queue()
     procs = [
         ctx.Process(
             target=reelgen_consumer,
-            args=(url, i, go, ready, out, release, max_seconds, profile, cprofile),
+            args=(url, i, go, ready, out, release, max_seconds, profile, cprofile, remaining),
             daemon=True,
         )
         for i in range(consumers)
     ]
     for p in procs:
         p.start()
+    dispatcher = ctx.Process(
+        target=reelgen_dispatcher, args=(url, go, stop_dispatch, dispatch_out), daemon=True
+    )
     try:
         for _ in procs:
             ready.get(timeout=120)
+        dispatcher.start()  # after the workers registered: it starts from the store
         with ActivitySampler(url, APP_NAME) as sampler:
             j0 = _jiffies()
             t0 = time.time()
@@ -534,13 +584,17 @@ def run_reelgen(
             results = [out.get(timeout=max_seconds + 120) for _ in procs]
             b1 = backends_cpu(url)
             j1 = _jiffies()
+        stop_dispatch.set()
+        dispatched = dispatch_out.get(timeout=30)
     finally:
+        stop_dispatch.set()
+        dispatcher.join(timeout=30)
         release.set()
         for p in procs:
             p.join(timeout=30)
             if p.is_alive():
                 p.kill()
-    errors = [r["error"] for r in results if "error" in r]
+    errors = [r["error"] for r in [*results, dispatched] if "error" in r]
     if errors:
         raise RuntimeError(f"reelgen consumer failed: {errors}")
     done = sum(r["done"] for r in results)
@@ -548,8 +602,10 @@ def run_reelgen(
     # Backends that connected after the start began at zero CPU time.
     backend = sum(cpu - b0.get(pid, 0.0) for pid, cpu in b1.items())
     extra = {
-        k: float(sum(r.get(k, 0) for r in results)) for k in ("claim_s", "complete_s", "wait_s")
+        k: float(sum(r.get(k, 0) for r in results))
+        for k in ("claim_s", "complete_s", "wait_s", "assignment_wait_s")
     }
+    extra.update(dispatcher_cpu_s=dispatched["dispatcher_cpu_s"], rounds=dispatched["rounds"])
     run = Run(
         system="reelgen `JobStore`",
         consumers=consumers,

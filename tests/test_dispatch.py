@@ -271,8 +271,12 @@ def test_through_the_api_a_paid_job_and_a_new_users_first_job_go_ahead_of_a_back
     platform = live.platform
     carol = create_key(platform, user_name="carol", tier=Tier.FREE)
     body = {"prompt": "a slow pan", "seconds": "1", "size": "64x64"}
+    # The first job keeps the worker busy while the others arrive, so no decision is made
+    # while the newcomer's and the paid job's submits are on their way.
+    first = {**body, "seconds": "4", "size": "256x144"}
     with live.client(live.free_key) as bob:
-        backlog = [bob.post("/v1/videos", json=body).json()["id"] for _ in range(20)]
+        backlog = [bob.post("/v1/videos", json=first).json()["id"]]
+        backlog += [bob.post("/v1/videos", json=body).json()["id"] for _ in range(19)]
     with live.client(carol) as http:
         newcomer = http.post("/v1/videos", json=body).json()["id"]
     with live.client(live.paid_key) as http:

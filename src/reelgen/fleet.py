@@ -22,6 +22,7 @@ from reelgen.platform import Core, build_api, build_core, worker_context
 from reelgen.services.accounts import ensure_bootstrap_key
 from reelgen.settings import Settings
 from reelgen.store.election import leadership_for
+from reelgen.store.notify import ASSIGNED_CHANNEL, PROGRESS_CHANNEL, WORK_CHANNEL
 from reelgen.worker.runner import Worker
 
 log = logging.getLogger("reelgen.fleet")
@@ -42,7 +43,7 @@ def _serve_metrics(core: Core, port: int | None) -> None:
 
 
 def run_api(settings: Settings, *, host: str, port: int) -> None:
-    platform = build_api(settings)
+    platform = build_api(settings, listen=frozenset({PROGRESS_CHANNEL}))
     ensure_bootstrap_key(platform, create_if_empty=False)
     app = create_app(platform)
     heap.settle()
@@ -53,7 +54,7 @@ def run_api(settings: Settings, *, host: str, port: int) -> None:
 
 
 def run_controller(settings: Settings, *, metrics_port: int | None) -> None:
-    platform = build_core(settings)
+    platform = build_core(settings, listen=frozenset({WORK_CHANNEL}))
     platform.metrics.watch_queue(platform.jobs, platform.clock)
     _serve_metrics(platform, metrics_port)
     stop = threading.Event()
@@ -71,7 +72,8 @@ def run_worker(
     """One worker per accelerator; SIGTERM drains (checkpoint and hand back, or finish)."""
     if gpu is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = gpu
-    platform = worker_context(build_core(settings), build_model(model, settings))
+    core = build_core(settings, listen=frozenset({ASSIGNED_CHANNEL, PROGRESS_CHANNEL}))
+    platform = worker_context(core, build_model(model, settings))
     _serve_metrics(platform, metrics_port)
     worker = Worker(platform)
 

@@ -17,7 +17,7 @@ from reelgen.storage.base import ObjectStore, open_store
 from reelgen.store.accounts import AccountStore
 from reelgen.store.database import Database, make_engine
 from reelgen.store.jobs import JobStore
-from reelgen.store.notify import Bus, open_bus
+from reelgen.store.notify import ALL_CHANNELS, Bus, open_bus
 
 K = TypeVar("K")
 V = TypeVar("V")
@@ -98,7 +98,9 @@ def load_signing_secret(settings: Settings) -> bytes:
     return path.read_text().strip().encode()
 
 
-def build_core(settings: Settings) -> Core:
+def build_core(settings: Settings, *, listen: frozenset[str] = ALL_CHANNELS) -> Core:
+    """`listen`: the bus channels the process's role uses (all for one process that is
+    every role)."""
     engine = make_engine(
         settings.resolved_database_url(), sqlite_synchronous=settings.sqlite_synchronous
     )
@@ -110,7 +112,7 @@ def build_core(settings: Settings) -> Core:
         objects=open_store(
             settings.resolved_storage_url(), signing_secret=load_signing_secret(settings)
         ),
-        bus=open_bus(settings.resolved_database_url()),
+        bus=open_bus(settings.resolved_database_url(), listen),
         metrics=Metrics(),
     )
 
@@ -142,7 +144,7 @@ def worker_context(core: Core, model: VideoModel) -> WorkerContext:
     return WorkerContext(**_core_fields(core), model=model)
 
 
-def build_api(settings: Settings) -> ApiContext:
+def build_api(settings: Settings, *, listen: frozenset[str] = ALL_CHANNELS) -> ApiContext:
     """An API context over a core of its own (`reelgen api`, tools, tests)."""
     catalog = build_catalog(settings)  # first: a bad configuration stops before connecting
-    return api_context(build_core(settings), catalog)
+    return api_context(build_core(settings, listen=listen), catalog)

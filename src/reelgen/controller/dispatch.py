@@ -38,6 +38,16 @@ QUIET_KINDS = frozenset(
     {ev.EventKind.STAGE, ev.EventKind.CANCEL_REQUESTED, ev.EventKind.PREEMPT_REQUESTED}
 )
 """Events that change nothing the policy sees."""
+FINAL_KINDS = frozenset(
+    {
+        ev.EventKind.COMPLETED,
+        ev.EventKind.FAILED,
+        ev.EventKind.CANCELLED,
+        ev.EventKind.DELETED,
+        ev.EventKind.EXPIRED,
+    }
+)
+"""After these a job never runs again: no need to read its row."""
 
 
 def policy_config(settings: Settings) -> PolicyConfig:
@@ -188,11 +198,16 @@ class Dispatcher:
         while True:
             page = jobs.read_events(self._cursor, limit=1000)
             for event in page:
-                kind = event.kind
+                kind, job_id = event.kind, event.job_id
                 if kind is ev.EventKind.CHECKPOINT:
-                    self.policy.checkpointed(event.job_id, event.at)
+                    self.policy.checkpointed(job_id, event.at)
+                elif kind in FINAL_KINDS:
+                    self._reconcile(job_id, None, now)
+                elif kind is ev.EventKind.STARTED and job_id not in touched:
+                    if not self._claimed_as_assigned(job_id, event.payload):
+                        touched[job_id] = None
                 elif kind not in QUIET_KINDS:
-                    touched[event.job_id] = None
+                    touched[job_id] = None
             if page:
                 self._cursor = page[-1].cursor
             if len(page) < 1000:
@@ -202,6 +217,20 @@ class Dispatcher:
         rows = jobs.scheduling_rows(list(touched))
         for job_id in touched:
             self._reconcile(job_id, rows.get(job_id), now)
+
+    def _claimed_as_assigned(self, job_id: str, started: ev.Payload) -> bool:
+        """A `started` event that only confirms this dispatcher's assignment."""
+        pending = self._pending.get(job_id)
+        run = self.policy.running.get(job_id)
+        if (
+            pending is None
+            or run is None
+            or not isinstance(started, ev.Started)
+            or run.workers != (started.worker_id,)
+        ):
+            return False
+        del self._pending[job_id]
+        return True
 
     def _reconcile(self, job_id: str, row: SchedulingRow | None, now: float) -> None:
         """Makes the policy's view of one job agree with its row."""

@@ -9,8 +9,10 @@ keeps a session-held advisory lock per worker. SQLite serialises writers with
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import threading
+from collections.abc import Sequence
 from contextlib import AbstractContextManager, nullcontext
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -60,6 +62,16 @@ class Backend(Protocol):
         False when the fence refused (see `JobStore.complete`)."""
         ...
 
+    def rows_of(self, columns: str) -> str:
+        """A FROM source `r` with `columns` ("name type, ...") over rows bound by
+        `rows_params`: bulk updates with one statement text whatever their size (nothing
+        to compile per batch)."""
+        ...
+
+    def rows_params(self, columns: str, rows: Sequence[Sequence[Any]]) -> dict[str, Any]:
+        """The parameters `rows_of(columns)` reads `rows` from."""
+        ...
+
     def events_page(self) -> Any:
         """SELECT of events after (`tx`, `id`) that no open transaction can still precede."""
 
@@ -74,6 +86,11 @@ class Backend(Protocol):
         """Whether `error` says the database is away or busy (retry later), not that the
         statement was wrong."""
         ...
+
+
+def _cols(columns: str) -> list[tuple[str, str]]:
+    """ "id text, eta double precision" -> [("id", "text"), ("eta", "double precision")]"""
+    return [tuple(c.strip().split(None, 1)) for c in columns.split(",")]  # type: ignore[misc]
 
 
 def _driver_error(error: BaseException) -> BaseException:
@@ -137,6 +154,15 @@ class SqliteBackend:
             done = ev.Completed(attempt=row.attempt, first_step=params["first_step"])
             q.record_event(conn, params["fence_id"], done, params["now"])
         return True
+
+    def rows_of(self, columns: str) -> str:
+        picks = ", ".join(
+            f"json_extract(value, '$[{i}]') AS {name}" for i, (name, _) in enumerate(_cols(columns))
+        )
+        return f"(SELECT {picks} FROM json_each(:rows)) AS r"
+
+    def rows_params(self, columns: str, rows: Sequence[Sequence[Any]]) -> dict[str, Any]:
+        return {"rows": json.dumps([list(row) for row in rows])}
 
     def events_page(self) -> Any:
         return text(
@@ -203,6 +229,16 @@ class PostgresBackend:
             if driver.closed or driver.broken:
                 conn.invalidate(error)  # the pool would hand the dead connection out again
             raise
+
+    def rows_of(self, columns: str) -> str:
+        # unnest over one array per column: the planner sees how many rows come, and looks
+        # the jobs up by index instead of scanning the table.
+        cols = _cols(columns)
+        arrays = ", ".join(f"CAST(:c_{name} AS {kind}[])" for name, kind in cols)
+        return f"unnest({arrays}) AS r({', '.join(name for name, _ in cols)})"
+
+    def rows_params(self, columns: str, rows: Sequence[Sequence[Any]]) -> dict[str, Any]:
+        return {f"c_{name}": [row[i] for row in rows] for i, (name, _) in enumerate(_cols(columns))}
 
     def events_page(self) -> Any:
         # Below the snapshot's xmin every transaction has ended, so no event can still

@@ -15,15 +15,12 @@ from typing import Any, NamedTuple
 
 from sqlalchemy import (
     Connection,
-    Float,
-    Integer,
     and_,
-    case,
     delete,
     func,
     insert,
-    literal,
     select,
+    text,
     update,
 )
 
@@ -198,9 +195,25 @@ def _event_from_row(row: Any) -> JobEvent:
     )
 
 
+_ASSIGN_ROWS = "id text, worker text"
+_FORECAST_ROWS = "id text, position integer, eta double precision"
+
+
 class JobStore:
     def __init__(self, db: Database):
         self.db = db
+        rows_of = db.backend.rows_of
+        self._assign = text(
+            "UPDATE jobs SET assigned_worker = r.worker "
+            f"FROM {rows_of(_ASSIGN_ROWS)} "
+            "WHERE jobs.id = r.id AND jobs.status = 'queued' AND jobs.assigned_worker IS NULL "
+            "RETURNING jobs.id"
+        )
+        self._forecast = text(
+            "UPDATE jobs SET queue_position = r.position, eta_at = r.eta "
+            f"FROM {rows_of(_FORECAST_ROWS)} "
+            "WHERE jobs.id = r.id AND jobs.status = 'queued'"
+        )
 
     # ---- submission -------------------------------------------------------------------
     def submit(
@@ -596,44 +609,26 @@ class JobStore:
 
     def assign(self, pairs: Sequence[tuple[str, str]]) -> set[str]:
         """Gives each queued job (id, worker) to its worker; returns the jobs that were still
-        queued and unassigned (the others were cancelled or assigned meanwhile)."""
-        done: set[str] = set()
-        with self.db.write() as conn:
-            for start in range(0, len(pairs), 500):
-                chunk = dict(pairs[start : start + 500])
-                result = conn.execute(
-                    update(jobs)
-                    .where(
-                        jobs.c.id.in_(list(chunk)),
-                        jobs.c.status == Status.QUEUED.value,
-                        jobs.c.assigned_worker.is_(None),
-                    )
-                    .values(assigned_worker=case(chunk, value=jobs.c.id))
-                    .returning(jobs.c.id)
-                )
-                done.update(r[0] for r in result)
-        return done
+        queued and unassigned (the others were cancelled or assigned meanwhile). Not flushed
+        before the answer: an assignment lost in a server crash leaves its job queued, and the
+        next dispatcher gives it out again."""
+        if not pairs:
+            return set()
+        params = self.db.backend.rows_params(_ASSIGN_ROWS, pairs)
+        with self.db.write(durable=False) as conn:
+            return {r[0] for r in conn.execute(self._assign, params)}
 
     def save_forecasts(self, forecasts: Sequence[tuple[str, int, float | None]]) -> None:
         """Stores (job, queue position, predicted start) for jobs still queued."""
-        with self.db.write() as conn:
-            for start in range(0, len(forecasts), 500):
-                chunk = forecasts[start : start + 500]
-                ids = [job_id for job_id, _, _ in chunk]
-                conn.execute(
-                    update(jobs)
-                    .where(jobs.c.id.in_(ids), jobs.c.status == Status.QUEUED.value)
-                    .values(
-                        queue_position=case(
-                            *((jobs.c.id == j, literal(p, Integer())) for j, p, _ in chunk)
-                        ),
-                        eta_at=case(*((jobs.c.id == j, literal(e, Float())) for j, _, e in chunk)),
-                    )
-                )
+        if not forecasts:
+            return
+        params = self.db.backend.rows_params(_FORECAST_ROWS, forecasts)
+        with self.db.write(durable=False) as conn:
+            conn.execute(self._forecast, params)
 
     def unassign(self, job_id: str, worker_id: str) -> bool:
         """Takes an unclaimed assignment back; False when the worker claimed it already."""
-        with self.db.write() as conn:
+        with self.db.write(durable=False) as conn:
             result = conn.execute(
                 update(jobs)
                 .where(
@@ -647,7 +642,7 @@ class JobStore:
 
     def clear_assignments(self) -> int:
         """A new dispatcher starts from no assignments: those of its predecessor are void."""
-        with self.db.write() as conn:
+        with self.db.write(durable=False) as conn:
             result = conn.execute(
                 update(jobs)
                 .where(jobs.c.assigned_worker.is_not(None), jobs.c.status == Status.QUEUED.value)
@@ -656,7 +651,7 @@ class JobStore:
         return int(result.rowcount)
 
     def save_pool_targets(self, targets: Sequence[PoolTarget], now: float) -> None:
-        with self.db.write() as conn:
+        with self.db.write(durable=False) as conn:
             conn.execute(delete(pool_targets))
             if targets:
                 conn.execute(

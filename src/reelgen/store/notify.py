@@ -1,10 +1,11 @@
 """Wake-ups and progress between processes: PostgreSQL LISTEN/NOTIFY, or in-process only.
 
-Three channels: `work` (a job became queued: the dispatcher wakes at once), `assigned`
-(the dispatcher gave jobs to these workers: they wake and claim) and `progress` (a running
-job's status, stage and progress; API replicas fan it out to SSE clients). With SQLite
-there is no cross-process channel: processes that share a SQLite file fall back to
-polling, while everything inside one process (`reelgen serve`) is told directly.
+Three channels: `work` (a job became queued or a worker free: the dispatcher wakes at
+once), `assigned` (the dispatcher gave jobs to these workers: they wake and claim) and
+`progress` (a running job's status, stage and progress; API replicas fan it out to SSE
+clients). With SQLite there is no cross-process channel: processes that share a SQLite
+file fall back to polling, while everything inside one process (`reelgen serve`) is told
+directly.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ log = logging.getLogger("reelgen.notify")
 WORK_CHANNEL = "reelgen_work"
 ASSIGNED_CHANNEL = "reelgen_assigned"
 PROGRESS_CHANNEL = "reelgen_progress"
+ALL_CHANNELS = frozenset({WORK_CHANNEL, ASSIGNED_CHANNEL, PROGRESS_CHANNEL})
 PAYLOAD_LIMIT = 7000
 """Bytes of worker ids per `assigned` notification (PostgreSQL allows 8000)."""
 LISTEN_POLL_S = 0.2
@@ -41,8 +43,8 @@ class Bus:
 
     # work
     def work_available(self, model: str | None = None) -> None:
-        """After a commit that queued work: wakes the dispatcher, in whichever process leads
-        (a hint; it looks every round anyway)."""
+        """After a commit that queued work or freed a worker: wakes the dispatcher, in
+        whichever process leads (a hint; it looks every round anyway)."""
         self.wake_local()
 
     def wake_local(self) -> None:
@@ -131,9 +133,12 @@ class PostgresBus(Bus):
     would hold PostgreSQL's cluster-wide notify lock through that commit's fsync,
     serialising every replica's submit commits."""
 
-    def __init__(self, dsn: str):
+    def __init__(self, dsn: str, listen: frozenset[str] = ALL_CHANNELS):
+        """`listen`: the channels this process needs; PostgreSQL sends every LISTENing
+        connection every notification of its channels, so roles listen to theirs only."""
         super().__init__()
         self._dsn = dsn
+        self._channels = sorted(listen)
         self._stop = threading.Event()
         self._publish_conn: Any = None
         self._publish_lock = threading.Lock()
@@ -153,9 +158,8 @@ class PostgresBus(Bus):
         while not self._stop.is_set():
             try:
                 with psycopg.connect(self._dsn, autocommit=True, connect_timeout=5) as conn:
-                    conn.execute(f"LISTEN {WORK_CHANNEL}")
-                    conn.execute(f"LISTEN {ASSIGNED_CHANNEL}")
-                    conn.execute(f"LISTEN {PROGRESS_CHANNEL}")
+                    for channel in self._channels:
+                        conn.execute(f"LISTEN {channel}")
                     # Anything announced while we were not listening is found by polling.
                     self.wake_local()
                     self.wake_workers_local()
@@ -252,7 +256,8 @@ def _chunks(names: list[str], limit: int) -> list[str]:
     return out
 
 
-def open_bus(database_url: str) -> Bus:
+def open_bus(database_url: str, listen: frozenset[str] = ALL_CHANNELS) -> Bus:
     if database_url.startswith(("postgresql://", "postgresql+psycopg://")):
-        return PostgresBus(database_url.replace("postgresql+psycopg://", "postgresql://", 1))
+        dsn = database_url.replace("postgresql+psycopg://", "postgresql://", 1)
+        return PostgresBus(dsn, listen)
     return Bus()

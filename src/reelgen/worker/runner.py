@@ -163,6 +163,11 @@ class Worker:
                 p.metrics.worker_busy.labels(self.id, self.model_name).set(
                     self._busy_s / max(1e-9, time.monotonic() - self._born)
                 )
+                # Free again: the dispatcher looks, and its answer comes on the bus; claiming
+                # before it came would only find nothing.
+                mark = p.bus.assignment_mark(self.id)
+                p.bus.work_available(self.model_name)
+                p.bus.wait_for_assignment(self.id, idle_wait, since=mark)
         finally:
             try:
                 p.jobs.stop_worker(self.id, p.clock())
@@ -217,7 +222,6 @@ class Worker:
         except (LeaseLost, Unavailable) as exc:
             log.warning("could not hand the job back (%s); its lease will expire", exc, extra=ctx)
             return
-        self.platform.bus.work_available(job.model)
         log.info("job handed back (%s)", reason, extra=ctx)
 
     def _end(
