@@ -1,6 +1,7 @@
 """Dispatch latency on the PostgreSQL fleet: submit -> an idle worker starts the job.
 
-A scratch database, one `reelgen api` and one `reelgen worker` (reference model). Once the
+A scratch database, one `reelgen api`, one `reelgen controller` (its dispatcher decides
+which worker takes each job) and one `reelgen worker` (reference model). Once the
 worker is idle, jobs (`{"seconds": "1", "size": "64x64"}`) are submitted one at a time over
 HTTP; each is polled until it ends, then the next is submitted after a random idle gap
 (`--gap-min`..`--gap-max` s), so the worker is idle at every submit but found in every
@@ -111,6 +112,7 @@ def main() -> int:
         platform = build_api(fleet.platform_settings())
         try:
             _api, api_url = fleet.api()
+            fleet.controller()
             worker = fleet.worker()
             wait_for(lambda: worker.find("worker ready"), 60, "the worker to be ready")
             headers = {"Authorization": f"Bearer {API_KEY}"}
@@ -212,9 +214,10 @@ def main() -> int:
     ]
     markdown = "\n".join(
         [
-            f"{server}. `reelgen api` and one `reelgen worker` (reference model, default "
-            "settings: 30 steps, heartbeat 5 s, idle poll 0.5 s doubling to 5 s, woken by "
-            "`LISTEN/NOTIFY`) on a scratch database; "
+            f"{server}. `reelgen api`, `reelgen controller` (its dispatcher wakes on the "
+            "submit's NOTIFY, runs the policy and assigns the job) and one `reelgen worker` "
+            "(reference model, default settings: 30 steps, heartbeat 5 s, idle poll 0.5 s "
+            "doubling to 5 s, woken by its assignment's NOTIFY) on a scratch database; "
             f"{args.warmup} uncounted warm-up jobs, then {args.jobs} jobs "
             '`{"seconds": "1", "size": "64x64"}` submitted one at a time over HTTP, '
             f"each polled every {POLL_S * 1000:.0f} ms until it ended; before each submit "
@@ -222,7 +225,8 @@ def main() -> int:
             "worker was caught at every point of its idle loop. Dispatch latency = `started` "
             "event `.at` - `created` event `.at` (`JobStore.events_after`), both written with "
             "the platform clock of processes on this machine: the API's commit and NOTIFY, "
-            "the worker's wake-up and the start of its claim.",
+            "the dispatcher's round (event log read, policy, assignment, NOTIFY), the "
+            "worker's wake-up and the start of its claim.",
             "",
             table(["latency", "n", "p50 ms", "p90 ms", "p99 ms", "max ms"], rows),
             "",
@@ -234,7 +238,7 @@ def main() -> int:
             "timed from the previous job's `completed` event): a NOTIFY that arrives while "
             "the worker is inside that claim must still end "
             "the wait that follows, or the job waits out the next, doubled, idle timeout "
-            "(about 1 s): earlier code lost such wake-ups, as `Bus.wait_for_work` counted "
+            "(about 1 s): earlier code lost such wake-ups, as the bus's wait counted "
             "only those after it was entered. Slowest dispatches:",
             "",
             table(["job", "run", "dispatch ms", "gap before submit ms (see above)"], worst_rows),

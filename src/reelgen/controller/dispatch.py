@@ -293,8 +293,10 @@ class Dispatcher:
                 if row.heartbeat_at <= silent_since:
                     continue
                 del self._silent[row.id]
+            # A busy worker stays until its job's end or loss reaches the event log (the
+            # reaper decides about losses, with its grace for reconnecting sessions).
             busy = row.id in self.policy.workers and not self.policy.is_idle(row.id)
-            if gone or (not busy and row.heartbeat_at < now - self.config.worker_alive_s):
+            if not busy and (gone or row.heartbeat_at < now - self.config.worker_alive_s):
                 continue
             seen.add(row.id)
             if row.id not in self.policy.workers:
