@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from prometheus_client import generate_latest
 
 from reelgen.controller.dispatch import DispatchConfig, Dispatcher
 from reelgen.domain.jobs import Stage, Status, Tier
@@ -338,3 +339,20 @@ def test_admin_pools_and_metrics_show_the_autoscaling_signal(live) -> None:
     assert pool["model"] == MODEL and pool["live_workers"] == 1 and pool["age_seconds"] < 15
     assert pool["desired_workers"] >= 0
     assert f'reelgen_desired_workers{{model="{MODEL}"}}' in metrics
+
+
+def test_batch_jobs_past_their_deadline_are_reported_late(tmp_path: Path) -> None:
+    platform = _platform(tmp_path, f"sqlite:///{tmp_path / 'r.db'}")
+    try:
+        jobs = platform.jobs
+        for i in range(3):
+            jobs.submit(_row(f"b{i}", "user7", Tier.BATCH, 0.0, 50.0, 50),
+                        admit=lambda _u: None, idempotency=None, request_hash="h")  # fmt: skip
+        Dispatcher(platform, DispatchConfig(batch_deadline_s=100.0)).step(150.0)
+        [(target, _at)] = jobs.pool_targets()
+        assert target.late == 3  # no worker: all three wait past the deadline
+        platform.metrics.watch_queue(platform.jobs, lambda: 151.0)
+        scraped = generate_latest(platform.metrics.registry).decode()
+        assert f'reelgen_jobs_late{{model="{MODEL}"}} 3.0' in scraped
+    finally:
+        platform.close()

@@ -63,6 +63,9 @@ class Settings(BaseSettings):
     controller_interval_seconds: float = Field(1.0, gt=0)
     dispatch_interval_seconds: float = Field(0.25, gt=0)
     """The dispatcher's longest pause between rounds; new work wakes it at once."""
+    dispatch_min_gap_seconds: float = Field(0.02, ge=0)
+    """The shortest pause between rounds: under a flood of submits one round takes many
+    (what a round costs is paid per round, not per job)."""
     claim_timeout_seconds: float = Field(15.0, gt=0)
     """An assignment its worker has not claimed within this is given to another worker."""
 

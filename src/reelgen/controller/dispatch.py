@@ -398,6 +398,7 @@ class Dispatcher:
         models |= set(self._arrived) | {r.model for r in policy.running.values()}
         models |= policy.queued_models()
         targets: list[PoolTarget] = []
+        late = policy.late(now)
         for model in sorted(m for m in models if m):
             scaler = self._autoscalers.setdefault(model, Autoscaler(self.config.autoscale))
             busy = sum(1 for r in policy.running.values() if r.model == model)
@@ -420,6 +421,7 @@ class Dispatcher:
                     policy.queued_count(model),
                     backlog,
                     scaler.rate_gpu_s_per_s,
+                    late.get(model, 0),
                 )
             )
         self._arrived.clear()

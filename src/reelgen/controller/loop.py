@@ -183,11 +183,13 @@ def run_elected(
                     settings.controller_interval_seconds if led else retry_s
                 )
             mark = platform.bus.work_mark()
+            began = time.monotonic()
             elected.dispatch()
             pause = min(settings.dispatch_interval_seconds, housekeep_at - time.monotonic())
             if not elected.leading:
                 stop.wait(max(0.0, housekeep_at - time.monotonic()))
             elif pause > 0:
                 platform.bus.wait_for_work(pause, since=mark)
+                stop.wait(max(0.0, began + settings.dispatch_min_gap_seconds - time.monotonic()))
     finally:
         leadership.release()

@@ -114,7 +114,13 @@ class _QueueCollector(Collector):
             "How long ago the leading controller computed reelgen_desired_workers.",
             labels=["model"],
         )
+        late = GaugeMetricFamily(
+            "reelgen_jobs_late",
+            "Queued jobs waiting past their deadline (batch), as the dispatcher last counted.",
+            labels=["model"],
+        )
         for target, updated_at in snap.pools:
             desired.add_metric([target.model], target.desired)
             age.add_metric([target.model], max(0.0, now - updated_at))
-        yield from (depth, oldest, by_status, workers, desired, age)
+            late.add_metric([target.model], target.late)
+        yield from (depth, oldest, by_status, workers, desired, age, late)

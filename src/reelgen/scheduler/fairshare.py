@@ -353,6 +353,14 @@ class Scheduler:
         reserved = max((r.job.gpus for r in self._reservations.values()), default=0)
         return max(widest, reserved)
 
+    def late(self, now: float) -> dict[str, int]:
+        """Per model, the jobs waiting past their deadline (batch jobs that will be late)."""
+        out: dict[str, int] = defaultdict(int)
+        for job in self._queued.values():
+            if job.deadline is not None and job.deadline < now:
+                out[job.model] += 1
+        return dict(out)
+
     def queued_count(self, model: str) -> int:
         return sum(lane.count for lane in self._by_model.get(model, []))
 

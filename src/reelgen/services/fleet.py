@@ -8,7 +8,8 @@ from reelgen.platform import Core
 
 
 def pool_report(platform: Core) -> dict[str, Any]:
-    """Per model pool: the desired workers and the load they were computed from."""
+    """Per model pool: the desired workers and the load they were computed from, and the
+    batch jobs waiting past their deadline."""
     now = platform.clock()
     pools = [
         {
@@ -19,6 +20,7 @@ def pool_report(platform: Core) -> dict[str, Any]:
             "queued_jobs": t.queued,
             "backlog_gpu_seconds": round(t.backlog_gpu_s, 3),
             "arrival_gpu_seconds_per_second": round(t.arrival_gpu_s_per_s, 4),
+            "late_jobs": t.late,
             "updated_at": updated_at,
             "age_seconds": round(max(0.0, now - updated_at), 3),
         }

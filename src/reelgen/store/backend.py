@@ -9,7 +9,6 @@ keeps a session-held advisory lock per worker. SQLite serialises writers with
 
 from __future__ import annotations
 
-import json
 import sqlite3
 import threading
 from collections.abc import Sequence
@@ -62,14 +61,14 @@ class Backend(Protocol):
         False when the fence refused (see `JobStore.complete`)."""
         ...
 
-    def rows_of(self, columns: str) -> str:
-        """A FROM source `r` with `columns` ("name type, ...") over rows bound by
-        `rows_params`: bulk updates with one statement text whatever their size (nothing
-        to compile per batch)."""
-        ...
+    def bulk_update(self, update: q.BulkUpdate) -> Any:
+        """The statement that applies `update` to many jobs at once (`run_bulk`)."""
 
-    def rows_params(self, columns: str, rows: Sequence[Sequence[Any]]) -> dict[str, Any]:
-        """The parameters `rows_of(columns)` reads `rows` from."""
+    def run_bulk(
+        self, conn: Connection, update: q.BulkUpdate, statement: Any, rows: Sequence[Sequence[Any]]
+    ) -> list[str]:
+        """Applies `update` to `rows` (one tuple per job, in `update.columns` order); returns
+        the ids of the jobs it changed."""
         ...
 
     def events_page(self) -> Any:
@@ -86,11 +85,6 @@ class Backend(Protocol):
         """Whether `error` says the database is away or busy (retry later), not that the
         statement was wrong."""
         ...
-
-
-def _cols(columns: str) -> list[tuple[str, str]]:
-    """ "id text, eta double precision" -> [("id", "text"), ("eta", "double precision")]"""
-    return [tuple(c.strip().split(None, 1)) for c in columns.split(",")]  # type: ignore[misc]
 
 
 def _driver_error(error: BaseException) -> BaseException:
@@ -155,14 +149,21 @@ class SqliteBackend:
             q.record_event(conn, params["fence_id"], done, params["now"])
         return True
 
-    def rows_of(self, columns: str) -> str:
-        picks = ", ".join(
-            f"json_extract(value, '$[{i}]') AS {name}" for i, (name, _) in enumerate(_cols(columns))
-        )
-        return f"(SELECT {picks} FROM json_each(:rows)) AS r"
+    def bulk_update(self, update: q.BulkUpdate) -> Any:
+        sets = ", ".join(f"{col} = :{name}" for col, name in update.sets)
+        return text(f"UPDATE jobs SET {sets} WHERE jobs.id = :id AND {update.where} RETURNING id")
 
-    def rows_params(self, columns: str, rows: Sequence[Sequence[Any]]) -> dict[str, Any]:
-        return {"rows": json.dumps([list(row) for row in rows])}
+    def run_bulk(
+        self, conn: Connection, update: q.BulkUpdate, statement: Any, rows: Sequence[Sequence[Any]]
+    ) -> list[str]:
+        # In-process: one short statement per job, each finding it by its unique index,
+        # costs microseconds; a join against a JSON list would scan the table per row.
+        names = [name for name, _ in update.columns]
+        changed = []
+        for row in rows:
+            if conn.execute(statement, dict(zip(names, row, strict=True))).first():
+                changed.append(str(row[0]))
+        return changed
 
     def events_page(self) -> Any:
         return text(
@@ -230,15 +231,24 @@ class PostgresBackend:
                 conn.invalidate(error)  # the pool would hand the dead connection out again
             raise
 
-    def rows_of(self, columns: str) -> str:
-        # unnest over one array per column: the planner sees how many rows come, and looks
-        # the jobs up by index instead of scanning the table.
-        cols = _cols(columns)
-        arrays = ", ".join(f"CAST(:c_{name} AS {kind}[])" for name, kind in cols)
-        return f"unnest({arrays}) AS r({', '.join(name for name, _ in cols)})"
+    def bulk_update(self, update: q.BulkUpdate) -> Any:
+        # unnest over one array per column: the planner sees how many rows come and looks
+        # the jobs up by index instead of scanning the table (json_to_recordset would not).
+        arrays = ", ".join(f"CAST(:c_{name} AS {kind}[])" for name, kind in update.columns)
+        names = ", ".join(name for name, _ in update.columns)
+        sets = ", ".join(f"{col} = r.{name}" for col, name in update.sets)
+        return text(
+            f"UPDATE jobs SET {sets} FROM unnest({arrays}) AS r({names}) "
+            f"WHERE jobs.id = r.id AND {update.where} RETURNING jobs.id"
+        )
 
-    def rows_params(self, columns: str, rows: Sequence[Sequence[Any]]) -> dict[str, Any]:
-        return {f"c_{name}": [row[i] for row in rows] for i, (name, _) in enumerate(_cols(columns))}
+    def run_bulk(
+        self, conn: Connection, update: q.BulkUpdate, statement: Any, rows: Sequence[Sequence[Any]]
+    ) -> list[str]:
+        params = {
+            f"c_{name}": [row[i] for row in rows] for i, (name, _) in enumerate(update.columns)
+        }
+        return [str(r[0]) for r in conn.execute(statement, params)]
 
     def events_page(self) -> Any:
         # Below the snapshot's xmin every transaction has ended, so no event can still

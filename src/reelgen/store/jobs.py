@@ -20,7 +20,6 @@ from sqlalchemy import (
     func,
     insert,
     select,
-    text,
     update,
 )
 
@@ -153,6 +152,8 @@ class PoolTarget(NamedTuple):
     queued: int
     backlog_gpu_s: float
     arrival_gpu_s_per_s: float
+    late: int = 0
+    """Queued jobs past their deadline (batch)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,25 +196,11 @@ def _event_from_row(row: Any) -> JobEvent:
     )
 
 
-_ASSIGN_ROWS = "id text, worker text"
-_FORECAST_ROWS = "id text, position integer, eta double precision"
-
-
 class JobStore:
     def __init__(self, db: Database):
         self.db = db
-        rows_of = db.backend.rows_of
-        self._assign = text(
-            "UPDATE jobs SET assigned_worker = r.worker "
-            f"FROM {rows_of(_ASSIGN_ROWS)} "
-            "WHERE jobs.id = r.id AND jobs.status = 'queued' AND jobs.assigned_worker IS NULL "
-            "RETURNING jobs.id"
-        )
-        self._forecast = text(
-            "UPDATE jobs SET queue_position = r.position, eta_at = r.eta "
-            f"FROM {rows_of(_FORECAST_ROWS)} "
-            "WHERE jobs.id = r.id AND jobs.status = 'queued'"
-        )
+        self._assign = db.backend.bulk_update(q.ASSIGN)
+        self._forecast = db.backend.bulk_update(q.FORECAST)
 
     # ---- submission -------------------------------------------------------------------
     def submit(
@@ -614,17 +601,15 @@ class JobStore:
         next dispatcher gives it out again."""
         if not pairs:
             return set()
-        params = self.db.backend.rows_params(_ASSIGN_ROWS, pairs)
         with self.db.write(durable=False) as conn:
-            return {r[0] for r in conn.execute(self._assign, params)}
+            return set(self.db.backend.run_bulk(conn, q.ASSIGN, self._assign, pairs))
 
     def save_forecasts(self, forecasts: Sequence[tuple[str, int, float | None]]) -> None:
         """Stores (job, queue position, predicted start) for jobs still queued."""
         if not forecasts:
             return
-        params = self.db.backend.rows_params(_FORECAST_ROWS, forecasts)
         with self.db.write(durable=False) as conn:
-            conn.execute(self._forecast, params)
+            self.db.backend.run_bulk(conn, q.FORECAST, self._forecast, forecasts)
 
     def unassign(self, job_id: str, worker_id: str) -> bool:
         """Takes an unclaimed assignment back; False when the worker claimed it already."""
@@ -673,6 +658,7 @@ class JobStore:
                     int(r.queued),
                     float(r.backlog_gpu_s),
                     float(r.arrival_gpu_s_per_s),
+                    int(r.late),
                 ),
                 float(r.updated_at),
             )

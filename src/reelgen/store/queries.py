@@ -6,6 +6,7 @@ every submit, poll, claim and heartbeat, so they are built once and reused.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
@@ -82,14 +83,21 @@ def user_usage() -> Select[Any]:
         jobs.c.tier.in_(bindparam("tiers", expanding=True)),
     )
     window = and_(mine, jobs.c.created_at > bindparam("since"), jobs.c.quota_refunded.is_(False))
+    day = (
+        select(
+            func.count().label("n"),
+            func.coalesce(func.sum(jobs.c.estimated_seconds), 0.0).label("gpu_s"),
+            func.min(jobs.c.created_at).label("oldest"),
+        )
+        .where(window)
+        .subquery()
+    )
     return select(
         select(func.count()).where(mine, jobs.c.status.in_(ACTIVE_VALUES)).scalar_subquery(),
-        select(func.count()).where(window).scalar_subquery(),
-        select(func.coalesce(func.sum(jobs.c.estimated_seconds), 0.0))
-        .where(window)
-        .scalar_subquery(),
-        select(func.min(jobs.c.created_at)).where(window).scalar_subquery(),
-    )
+        day.c.n,
+        day.c.gpu_s,
+        day.c.oldest,
+    ).select_from(day)
 
 
 @cache
@@ -256,6 +264,32 @@ WITH done AS (
 SELECT attempt FROM done
 """
 """Fenced completion and its `completed` event in one statement."""
+
+
+@dataclass(frozen=True, slots=True)
+class BulkUpdate:
+    """One UPDATE applied to many jobs, each with its own values: `columns` are the values
+    per job (the first is the job id), `sets` assigns columns from them, `where` guards each
+    row (columns qualified with `jobs.`). Each backend turns it into its fastest form
+    (`Backend.bulk_update`)."""
+
+    columns: tuple[tuple[str, str], ...]
+    """(name, PostgreSQL type)"""
+    sets: tuple[tuple[str, str], ...]
+    """(jobs column, value name)"""
+    where: str
+
+
+ASSIGN = BulkUpdate(
+    columns=(("id", "text"), ("worker", "text")),
+    sets=(("assigned_worker", "worker"),),
+    where="jobs.status = 'queued' AND jobs.assigned_worker IS NULL",
+)
+FORECAST = BulkUpdate(
+    columns=(("id", "text"), ("position", "integer"), ("eta", "double precision")),
+    sets=(("queue_position", "position"), ("eta_at", "eta")),
+    where="jobs.status = 'queued'",
+)
 
 
 def event_params(job_id: str, payload: ev.Payload, now: float) -> dict[str, Any]:

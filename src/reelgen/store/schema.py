@@ -169,6 +169,7 @@ pool_targets = Table(
     Column("queued", Integer, nullable=False),
     Column("backlog_gpu_s", Float, nullable=False),
     Column("arrival_gpu_s_per_s", Float, nullable=False),
+    Column("late", Integer, nullable=False),
     Column("updated_at", Float, nullable=False),
 )
 """The leading controller's autoscaling answer per model pool, for the admin endpoint."""

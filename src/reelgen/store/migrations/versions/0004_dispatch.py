@@ -45,6 +45,7 @@ def upgrade() -> None:
         sa.Column("queued", sa.Integer(), nullable=False),
         sa.Column("backlog_gpu_s", sa.Float(), nullable=False),
         sa.Column("arrival_gpu_s_per_s", sa.Float(), nullable=False),
+        sa.Column("late", sa.Integer(), nullable=False),
         sa.Column("updated_at", sa.Float(), nullable=False),
         sa.PrimaryKeyConstraint("model"),
     )
