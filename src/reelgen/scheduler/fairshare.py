@@ -487,7 +487,7 @@ class Scheduler:
                 # Each useful worker takes a job: more than the queue's length (plus some
                 # room for reserved hosts) are never needed, however many are idle.
                 wanted = len(self._queued) + RESERVE_LOOKS
-                for worker_id in list(itertools.islice(group, wanted)):
+                for worker_id in self._packed(group, wanted):
                     if not self._queued:
                         break
                     if worker_id not in self._idle:
@@ -509,6 +509,20 @@ class Scheduler:
             self._preempt(now, decisions)
         decisions.reserved.update({h: r.job.id for h, r in self._reservations.items()})
         return decisions
+
+    def _packed(self, group: Mapping[str, None], wanted: int) -> list[str]:
+        """Up to `wanted` of a group's idle workers, those on the busiest hosts first (then
+        the longest idle): work packs onto hosts already in use, so that whole hosts fall
+        idle for the autoscaler to remove and for gangs to start on."""
+        idle_on = self._idle.by_host
+        workers = self._workers
+
+        def idle_gpus(worker_id: str) -> int:
+            return len(idle_on[workers[worker_id].host])
+
+        if len(group) <= wanted:
+            return sorted(group, key=idle_gpus)
+        return heapq.nsmallest(wanted, group, key=idle_gpus)
 
     def _assign_one(self, worker: WorkerView, now: float, decisions: Decisions) -> bool:
         """Gives `worker` its next job (or a gang it completes); False if it found none."""

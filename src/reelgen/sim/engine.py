@@ -27,6 +27,7 @@ from reelgen.scheduler.view import Decisions, QueuedJob, WorkerView
 from reelgen.sim.traffic import TIERS, Trace
 
 END, RELEASE, CRASH, RESTART, ADD = range(5)
+FORECAST_JOBS_PER_S = 20.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,7 +51,9 @@ class FleetConfig:
     """How long after the last arrival the run may go on to finish the queue."""
     forecast_every_s: float = 60.0
     """How often queued jobs are forecast (`Scheduler.forecast`, what the API reports); a
-    job's predicted wait is its first forecast's."""
+    job's predicted wait is its first forecast's. A long queue is forecast less often
+    (every `queued / FORECAST_JOBS_PER_S` seconds at least): a forecast costs time per
+    queued job, as the live dispatcher's does, which spaces them by their cost too."""
     record: bool = False
     """Keep every round's time and decisions in `Result.rounds` (small scenarios)."""
 
@@ -336,7 +339,8 @@ class _Fleet:
             self.apply(now)
             if self.unforecast and now >= next_forecast:
                 self.forecast(now)
-                next_forecast = now + self.cfg.forecast_every_s
+                spacing = max(self.cfg.forecast_every_s, self.s.queued / FORECAST_JOBS_PER_S)
+                next_forecast = now + spacing
             if now >= next_scale:
                 self._autoscale(now)
                 next_scale = now + self.cfg.autoscale_every_s
