@@ -512,17 +512,21 @@ class Scheduler:
 
     def _packed(self, group: Mapping[str, None], wanted: int) -> list[str]:
         """Up to `wanted` of a group's idle workers, those on the busiest hosts first (then
-        the longest idle): work packs onto hosts already in use, so that whole hosts fall
-        idle for the autoscaler to remove and for gangs to start on."""
-        idle_on = self._idle.by_host
-        workers = self._workers
-
-        def idle_gpus(worker_id: str) -> int:
-            return len(idle_on[workers[worker_id].host])
-
-        if len(group) <= wanted:
-            return sorted(group, key=idle_gpus)
-        return heapq.nsmallest(wanted, group, key=idle_gpus)
+        in the order they fell idle): work packs onto hosts already in use, so that whole
+        hosts fall idle for the autoscaler to remove and for gangs to start on."""
+        idle = self._idle
+        if len(group) * 4 < len(idle):  # a small group: rank its own members
+            workers = self._workers
+            return heapq.nsmallest(wanted, group, key=lambda w: len(idle.by_host[workers[w].host]))
+        out: list[str] = []
+        for count in sorted(c for c, hosts in idle.by_count.items() if hosts):
+            for host in idle.by_count[count]:
+                for worker_id in idle.by_host[host]:
+                    if worker_id in group:
+                        out.append(worker_id)
+                        if len(out) >= wanted:
+                            return out
+        return out
 
     def _assign_one(self, worker: WorkerView, now: float, decisions: Decisions) -> bool:
         """Gives `worker` its next job (or a gang it completes); False if it found none."""
