@@ -24,7 +24,7 @@ lint: setup
 test: setup lint
 	$(BIN)/pytest -q
 
-test-fast: setup   # pure and in-process tests only, well under a minute
+test-fast: setup   # pure and in-process tests only, about a minute and a half on 2 cores
 	$(BIN)/pytest -q -m "not slow"
 
 bench: setup
