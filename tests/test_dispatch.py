@@ -20,6 +20,7 @@ from reelgen.sim.engine import FleetConfig, simulate
 from reelgen.sim.traffic import TIERS, ModelMix, Shape, Trace
 from reelgen.store.accounts import AccountStore
 from reelgen.store.database import upgrade
+from reelgen.store.jobs import JobStore
 from tests.conftest import make_settings
 
 MODEL = "reference"
@@ -86,12 +87,7 @@ class _LiveFleet:
 
     def submit(self, i: int, arrival: float, tier: Tier, user: int, seconds: float) -> None:
         steps = int(seconds * STEPS_PER_SECOND)
-        self.p.jobs.submit(
-            _row(str(i), f"user{user}", tier, arrival, seconds, steps),
-            admit=lambda _u: None,
-            idempotency=None,
-            request_hash="h",
-        )
+        _queue(self.p.jobs, str(i), f"user{user}", tier, arrival, seconds, steps)
 
     def round(self, now: float) -> None:
         decisions = self.dispatcher.step(now)
@@ -138,10 +134,11 @@ class _LiveFleet:
                 self.ends = [e for e in self.ends if e[2] != job_id]
 
 
-def _row(
-    job_id: str, user: str, tier: Tier, now: float, seconds: float, steps: int
-) -> dict[str, object]:
-    return dict(
+def _queue(
+    jobs: JobStore, job_id: str, user: str, tier: Tier, now: float, seconds: float, steps: int
+) -> None:
+    """Submits a queued job of `seconds` estimated GPU-seconds as the API's rows look."""
+    row = dict(
         id=job_id, user_id=user, tier=tier.value, model=MODEL, requested_model=MODEL,
         prompt="p", seconds=1, width=64, height=64, fps=24, seed=1, style=None,
         reference_key=None, parent_id=None, operation="create", status=Status.QUEUED.value,
@@ -150,6 +147,7 @@ def _row(
         max_attempts=3, strikes=0, attempt_start_step=0, cancel_requested=False,
         checkpoint_step=0,
     )  # fmt: skip
+    jobs.submit(row, admit=lambda _u: None, idempotency=None, request_hash="h")
 
 
 def _platform(tmp_path: Path, database_url: str) -> Core:
@@ -205,8 +203,7 @@ def test_an_unclaimed_assignment_goes_to_another_worker(tmp_path: Path, database
         jobs = platform.jobs
         jobs.register_worker("w1", MODEL, "h", 0.0, holds=(MODEL,))
         dispatcher = Dispatcher(platform, DispatchConfig(claim_timeout_s=10.0))
-        jobs.submit(_row("a", "user1", Tier.FREE, 0.0, 5.0, 5), admit=lambda _u: None,
-                    idempotency=None, request_hash="h")  # fmt: skip
+        _queue(jobs, "a", "user1", Tier.FREE, 0.0, 5.0, 5)
         first = dispatcher.step(1.0)
         assert [(a.jobs, a.workers) for a in first.assignments] == [(("a",), ("w1",))]
         jobs.register_worker("w2", MODEL, "h", 2.0, holds=(MODEL,))
@@ -229,8 +226,7 @@ def test_a_new_leader_voids_old_assignments_and_keeps_running_jobs(
         for w in ("w1", "w2"):
             jobs.register_worker(w, MODEL, "h", 0.0, holds=(MODEL,))
         for i in range(3):
-            jobs.submit(_row(f"j{i}", "user1", Tier.FREE, float(i), 5.0, 5),
-                        admit=lambda _u: None, idempotency=None, request_hash="h")  # fmt: skip
+            _queue(jobs, f"j{i}", "user1", Tier.FREE, float(i), 5.0, 5)
         old = Dispatcher(platform)
         assert len(old.step(3.0).assignments) == 2
         running = jobs.claim(worker_id="w1", now=3.1, lease_seconds=30, lease_token="t")
@@ -250,8 +246,7 @@ def test_a_cancelled_assignment_frees_its_worker(tmp_path: Path) -> None:
         jobs = platform.jobs
         jobs.register_worker("w1", MODEL, "h", 0.0, holds=(MODEL,))
         for i in range(2):
-            jobs.submit(_row(f"j{i}", "user1", Tier.FREE, float(i), 5.0, 5),
-                        admit=lambda _u: None, idempotency=None, request_hash="h")  # fmt: skip
+            _queue(jobs, f"j{i}", "user1", Tier.FREE, float(i), 5.0, 5)
         dispatcher = Dispatcher(platform)
         assert [a.jobs for a in dispatcher.step(2.0).assignments] == [("j0",)]
         jobs.request_cancel("j0", 2.1)
@@ -314,8 +309,7 @@ def test_the_dispatcher_publishes_desired_workers_per_pool(tmp_path: Path) -> No
         jobs = platform.jobs
         jobs.register_worker("w1", MODEL, "h", 1000.0, holds=(MODEL,))
         for i in range(10):
-            jobs.submit(_row(f"j{i}", "user1", Tier.FREE, 1000.0, 100.0, 100),
-                        admit=lambda _u: None, idempotency=None, request_hash="h")  # fmt: skip
+            _queue(jobs, f"j{i}", "user1", Tier.FREE, 1000.0, 100.0, 100)
         Dispatcher(platform).step(1001.0)
         [(target, updated_at)] = jobs.pool_targets()
         assert updated_at == 1001.0
@@ -346,8 +340,7 @@ def test_batch_jobs_past_their_deadline_are_reported_late(tmp_path: Path) -> Non
     try:
         jobs = platform.jobs
         for i in range(3):
-            jobs.submit(_row(f"b{i}", "user7", Tier.BATCH, 0.0, 50.0, 50),
-                        admit=lambda _u: None, idempotency=None, request_hash="h")  # fmt: skip
+            _queue(jobs, f"b{i}", "user7", Tier.BATCH, 0.0, 50.0, 50)
         Dispatcher(platform, DispatchConfig(batch_deadline_s=100.0)).step(150.0)
         [(target, _at)] = jobs.pool_targets()
         assert target.late == 3  # no worker: all three wait past the deadline

@@ -2,9 +2,10 @@
 store and applies its decisions there, as the simulator does from its own state.
 
 It runs in the leading controller. It starts from the store's queued and running jobs and
-its live workers, then follows the event log: each round it re-reads the rows of the jobs
-whose events it read and makes the policy agree with them (a replayed event or a leader's
-stale view cannot mislead it), refreshes the workers, runs the policy and applies its
+its live workers, then follows the event log: each round it applies final events and the
+`started` events that confirm its own assignments, re-reads the rows of the other jobs whose
+events it read and makes the policy agree with them (a replayed event or a leader's stale
+view cannot mislead it), refreshes the workers, runs the policy and applies its
 `Decisions`: an assignment becomes `jobs.assigned_worker` (the claim takes only the job
 assigned to the claiming worker) and wakes that worker; a preemption becomes
 `preempt_requested`. An assignment not claimed within `claim_timeout_s` goes back to the
@@ -21,6 +22,7 @@ import heapq
 import logging
 import math
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 
 from reelgen.domain import events as ev
@@ -399,9 +401,11 @@ class Dispatcher:
         models |= policy.queued_models()
         targets: list[PoolTarget] = []
         late = policy.late(now)
+        running = Counter(r.model for r in policy.running.values())
+        serving = Counter(m for w in policy.workers.values() for m in w.models)
         for model in sorted(m for m in models if m):
             scaler = self._autoscalers.setdefault(model, Autoscaler(self.config.autoscale))
-            busy = sum(1 for r in policy.running.values() if r.model == model)
+            busy = running[model]
             backlog = policy.backlog_seconds(model)
             desired = scaler.observe(
                 now,
@@ -411,12 +415,11 @@ class Dispatcher:
                     busy_workers=busy,
                 ),
             )
-            live = sum(1 for w in policy.workers.values() if model in w.models)
             targets.append(
                 PoolTarget(
                     model,
                     desired,
-                    live,
+                    serving[model],
                     busy,
                     policy.queued_count(model),
                     backlog,

@@ -44,7 +44,7 @@ from __future__ import annotations
 import heapq
 import itertools
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from operator import itemgetter
@@ -427,30 +427,20 @@ class Scheduler:
 
     def _lane_order(self, lane: _Lane) -> list[tuple[tuple[float, ...], QueuedJob]]:
         """(sort key, job) for one lane's queued jobs, keyed as `_key` picks; see `forecast`."""
-        tier, model = lane.tier, lane.model
-        queued = self._queued
+        tier = lane.tier
         seen: set[str] = set()
-        # Heaps keep stale entries until they are popped: only a job's current one counts.
         rank = float(_RANK[tier])
         if self.config.order is not Order.FAIR:
             first = 0.0 if self.config.order is Order.FIFO else rank
-            picked: list[tuple[tuple[float, ...], QueuedJob]] = []
-            for _at, seq, job_id in sorted(lane.oldest):
-                job = queued.get(job_id)
-                if job is None or job_id in seen or job.tier is not tier or job.model != model:
-                    continue
-                seen.add(job_id)
-                picked.append(((first, job.queued_at, float(seq)), job))
-            return picked
+            return [
+                ((first, job.queued_at, float(seq)), job)
+                for seq, job in self._current(lane.oldest, seen)
+            ]
         tagged: list[tuple[float, float, int, QueuedJob]] = []
         floor = self._user_floor[tier]
         for user, heap in lane.jobs.items():
             tag = max(self._user_vt[(tier, user)], floor)
-            for _at, seq, job_id in sorted(heap):
-                job = queued.get(job_id)
-                if job is None or job_id in seen or job.tier is not tier or job.model != model:
-                    continue
-                seen.add(job_id)
+            for seq, job in self._current(heap, seen):
                 tagged.append((tag, job.queued_at, seq, job))
                 tag += job.gpu_seconds
         tagged.sort(key=itemgetter(0, 1, 2))
@@ -914,6 +904,18 @@ class Scheduler:
         return None
 
     # ---- heap plumbing ----------------------------------------------------------------
+    def _current(
+        self, heap: list[tuple[float, int, str]], seen: set[str]
+    ) -> Iterator[tuple[int, QueuedJob]]:
+        """A heap's entries in order, as (seq, job), skipping what `_top` would drop (jobs no
+        longer queued) and the older entries of a job handed back and queued again."""
+        queued = self._queued
+        for _at, seq, job_id in sorted(heap):
+            job = queued.get(job_id)
+            if job is not None and job_id not in seen:
+                seen.add(job_id)
+                yield seq, job
+
     def _top(self, heap: list[tuple[float, int, str]]) -> QueuedJob | None:
         while heap:
             job = self._queued.get(heap[0][2])
