@@ -64,8 +64,9 @@ INFINITY = float("inf")
 LOOKAHEAD_USERS = 4
 """How many users' heads a lane looks past for one that fits (backfill, unplaceable gangs)."""
 PREEMPT_PER_LANE = 16
-RESERVE_LOOKS = 64
-"""How many hosts a gang looks at for the one that frees its GPUs soonest."""
+RESERVE_LOOKS = 16
+"""How many hosts a gang looks at for the one that frees its GPUs soonest (those with the
+most idle GPUs first)."""
 _RANK = {tier: rank for rank, tier in enumerate(TIER_ORDER)}
 """The most overdue jobs of one lane that may each ask for a preemption in one round."""
 
@@ -207,6 +208,8 @@ class Scheduler:
         self._idle = _Idle()
         self._busy: dict[str, set[str]] = {}
         """worker -> the jobs on it (several when batched); idle again when all end"""
+        self._busy_end: dict[str, float] = {}
+        """worker -> when its jobs are expected to end (one start put them all there)"""
         self._hosts: dict[str, dict[str, None]] = defaultdict(dict)
         self._holders: dict[str, int] = defaultdict(int)
         self._reservations: dict[str, _Reservation] = {}
@@ -214,6 +217,11 @@ class Scheduler:
         self._promised: dict[str, str] = {}
         """worker -> the queued job its preempted job makes room for"""
         self._last_preempt_check = -INFINITY
+        cfg = self.config
+        self._weights = {t: cfg.weights.get(t, 1.0) for t in Tier}
+        self._caps = {t: cfg.user_running_cap.get(t, 1_000_000) for t in Tier}
+        self._targets = {t: cfg.target(t) for t in Tier}
+        """The config's per-tier numbers, looked up on every decision."""
 
     # ---- what happened ----------------------------------------------------------------
     def add_worker(self, worker: WorkerView) -> None:
@@ -235,6 +243,7 @@ class Scheduler:
         if worker.loaded is not None:
             self._holders[worker.loaded] -= 1
         jobs = tuple(sorted(self._busy.pop(worker_id, ())))
+        self._busy_end.pop(worker_id, None)
         for job_id in jobs:
             self.finished(job_id)
         return jobs
@@ -296,6 +305,7 @@ class Scheduler:
                 if on_worker:
                     continue
                 del self._busy[worker_id]
+                del self._busy_end[worker_id]
                 if worker_id in self._workers:
                     self._idle.add(self._workers[worker_id])
         user_key = (run.tier, run.user)
@@ -395,6 +405,7 @@ class Scheduler:
         those free up. Aging, caps and gang placement are left out: an estimate for the
         API's `queue_position` and `eta_seconds`, not a plan."""
         out: dict[str, tuple[int, float | None]] = {}
+        busy_end = self._busy_end
         for model, lanes in self._by_model.items():
             order: list[tuple[tuple[float, ...], QueuedJob]] = []
             for lane in lanes:
@@ -404,7 +415,7 @@ class Scheduler:
                 continue
             order.sort(key=itemgetter(0))
             free = [
-                now if w.id in self._idle else max(now, self._busy_until(w.id))
+                max(now, busy_end.get(w.id, now))
                 for w in self._workers.values()
                 if model in w.models
             ]
@@ -474,10 +485,7 @@ class Scheduler:
             groups += list(self._idle.by_models.values())
             fruitless_hosts: set[str] = set()
             for group in groups:
-                # Each useful worker takes a job: more than the queue's length (plus some
-                # room for reserved hosts) are never needed, however many are idle.
-                wanted = len(self._queued) + RESERVE_LOOKS
-                for worker_id in self._packed(group, wanted):
+                for worker_id in self._packed(group):
                     if not self._queued:
                         break
                     if worker_id not in self._idle:
@@ -500,23 +508,21 @@ class Scheduler:
         decisions.reserved.update({h: r.job.id for h, r in self._reservations.items()})
         return decisions
 
-    def _packed(self, group: Mapping[str, None], wanted: int) -> list[str]:
-        """Up to `wanted` of a group's idle workers, those on the busiest hosts first (then
-        in the order they fell idle): work packs onto hosts already in use, so that whole
-        hosts fall idle for the autoscaler to remove and for gangs to start on."""
+    def _packed(self, group: Mapping[str, None]) -> Iterator[str]:
+        """A group's idle workers, those on the busiest hosts first (then in the order they
+        fell idle): work packs onto hosts already in use, so that whole hosts fall idle for
+        the autoscaler to remove and for gangs to start on. Lazy: a round usually stops
+        after a few, and the caller starts jobs (changing the idle sets) as it goes."""
         idle = self._idle
-        if len(group) * 4 < len(idle):  # a small group: rank its own members
+        if len(group) ** 2 < 8 * len(idle):  # too few to find by walking all idle hosts
             workers = self._workers
-            return heapq.nsmallest(wanted, group, key=lambda w: len(idle.by_host[workers[w].host]))
-        out: list[str] = []
+            yield from sorted(group, key=lambda w: len(idle.by_host[workers[w].host]))
+            return
         for count in sorted(c for c, hosts in idle.by_count.items() if hosts):
-            for host in idle.by_count[count]:
-                for worker_id in idle.by_host[host]:
+            for host in list(idle.by_count[count]):
+                for worker_id in list(idle.by_host.get(host, ())):
                     if worker_id in group:
-                        out.append(worker_id)
-                        if len(out) >= wanted:
-                            return out
-        return out
+                        yield worker_id
 
     def _assign_one(self, worker: WorkerView, now: float, decisions: Decisions) -> bool:
         """Gives `worker` its next job (or a gang it completes); False if it found none."""
@@ -613,7 +619,7 @@ class Scheduler:
             margin = self.config.batch_slack_s
             slack = job.deadline - now - job.gpu_seconds / max(1, job.gpus)
             return 0.0 if slack > margin else 1.0 + (margin - slack) / margin
-        return (now - job.queued_at) / self.config.target(job.tier)
+        return (now - job.queued_at) / self._targets[job.tier]
 
     def _lane_candidate(
         self, lane: _Lane, now: float, max_wall: float, skip: set[str]
@@ -676,8 +682,7 @@ class Scheduler:
         return job.id not in skip and job.gpu_seconds / max(1, job.gpus) <= max_wall
 
     def _under_cap(self, job: QueuedJob) -> bool:
-        cap = self.config.user_running_cap.get(job.tier, 1_000_000)
-        return self._user_running[(job.tier, job.user)] < cap
+        return self._user_running[(job.tier, job.user)] < self._caps[job.tier]
 
     def _switch_pays(self, model: str, worker: WorkerView) -> bool:
         """Whether `model` is short of workers compared with the one `worker` holds: its
@@ -725,8 +730,10 @@ class Scheduler:
         return free[: job.gpus] if len(free) >= job.gpus else None
 
     def _free_gang_anywhere(self, job: QueuedJob) -> list[WorkerView] | None:
-        """A host with `job.gpus` idle GPUs that can serve it, holding its model if any."""
+        """A host with `job.gpus` idle GPUs that can serve it, holding its model if one of
+        the first few that can does."""
         fallback: list[WorkerView] | None = None
+        looked = 0
         counts = sorted((c for c, hosts in self._idle.by_count.items() if hosts), reverse=True)
         for host in (h for c in counts if c >= job.gpus for h in self._idle.by_count[c]):
             gang = self._free_gang(host, job)
@@ -734,33 +741,31 @@ class Scheduler:
                 if all(w.loaded == job.model for w in gang):
                     return gang
                 fallback = fallback or gang
+                looked += 1
+                if looked >= RESERVE_LOOKS:
+                    break
         return fallback
 
     def _reserve(self, job: QueuedJob, now: float) -> bool:
         """Holds the host that frees `job.gpus` GPUs soonest for it; False if none can."""
         best: tuple[float, str] | None = None
-        # Hosts with idle GPUs first; looking at a few is enough, and keeps this cheap on a
-        # fleet of thousands of hosts.
-        with_idle = (h for h, idle in self._idle.by_host.items() if idle)
-        candidates = itertools.chain(with_idle, self._hosts)
+        # Hosts with the most idle GPUs first; looking at a few is enough, and keeps this
+        # cheap on a fleet of thousands of hosts. Reserved hosts do not count as looked at.
+        reservations, idle, workers = self._reservations, self._idle, self._workers
+        counts = sorted((c for c, hosts in idle.by_count.items() if hosts), reverse=True)
+        candidates = itertools.chain((h for c in counts for h in idle.by_count[c]), self._hosts)
         seen: set[str] = set()
         for host in candidates:
-            if len(seen) >= RESERVE_LOOKS or host in seen:
-                if len(seen) >= RESERVE_LOOKS:
-                    break
+            if host in reservations or host in seen:
                 continue
             seen.add(host)
-            members = self._hosts[host]
-            if host in self._reservations:
-                continue
-            able = [w for w in members if job.model in self._workers[w].models]
-            if len(able) < job.gpus:
-                continue
-            free_at = sorted(now if w in self._idle else self._busy_until(w) for w in able)[
-                job.gpus - 1
-            ]
-            if best is None or free_at < best[0]:
-                best = (free_at, host)
+            able = [w for w in self._hosts[host] if job.model in workers[w].models]
+            if len(able) >= job.gpus:
+                ends = sorted(now if w in idle else self._busy_end[w] for w in able)
+                if best is None or ends[job.gpus - 1] < best[0]:
+                    best = (ends[job.gpus - 1], host)
+            if len(seen) >= RESERVE_LOOKS:
+                break
         if best is None:
             return False
         self.remove(job.id)
@@ -770,10 +775,7 @@ class Scheduler:
     def _place_reserved(self, reservation: _Reservation, now: float, dec: Decisions) -> None:
         gang = self._free_gang(reservation.host, reservation.job)
         if gang is None:
-            busy = [self._busy_until(w) for w in self._hosts[reservation.host] if w in self._busy]
-            if busy:  # estimates run late: backfill must not push the gang further out
-                reservation.start_by = max(now, min(busy))
-            return
+            return  # past `start_by` (estimates ran over) nothing fits as backfill any more
         del self._reservations[reservation.host]
         self._start([reservation.job], gang, now, dec, queued=False)
 
@@ -787,38 +789,37 @@ class Scheduler:
         queued: bool = True,
     ) -> None:
         model = jobs[0].model
-        switch = any(w.loaded != model for w in workers)
-        load_s = max((w.load_s for w in workers if w.loaded != model), default=0.0)
-        wall = load_s + sum(j.gpu_seconds for j in jobs) / len(workers) / _gain(jobs)
-        worker_ids = tuple(w.id for w in workers)
+        load_s = 0.0
+        switch = False
+        for w in workers:
+            if w.loaded != model:
+                switch = True
+                load_s = max(load_s, w.load_s)
+        work = jobs[0].gpu_seconds if len(jobs) == 1 else sum(j.gpu_seconds for j in jobs)
+        end = now + load_s + work / len(workers) / _gain(jobs)
+        worker_ids = tuple([w.id for w in workers])
+        job_ids = tuple([j.id for j in jobs])
+        running, user_running = self._running, self._user_running
         for job in jobs:
             if queued:
                 self.remove(job.id)
-            self._running[job.id] = RunningJob(
-                id=job.id,
-                user=job.user,
-                tier=job.tier,
-                model=model,
-                workers=worker_ids,
-                started_at=now,
-                expected_end=now + wall,
-                gpu_seconds=job.gpu_seconds,
-                preemptions=job.preemptions,
-            )
-            self._user_running[(job.tier, job.user)] += 1
+            running[job.id] = RunningJob(
+                job.id, job.user, job.tier, model, worker_ids, now, end, job.gpu_seconds,
+                job.preemptions,
+            )  # fmt: skip
+            user_running[(job.tier, job.user)] += 1
             self._account(job)
+        idle, busy, busy_end = self._idle, self._busy, self._busy_end
         for worker in workers:
-            self._idle.discard(worker)
-            self._busy[worker.id] = {j.id for j in jobs}
+            idle.discard(worker)
+            busy[worker.id] = set(job_ids)
+            busy_end[worker.id] = end
             if worker.loaded != model:
                 if worker.loaded is not None:
                     self._holders[worker.loaded] -= 1
                 self._holders[model] += 1
                 self._workers[worker.id] = replace(worker, loaded=model)
-        dec.assignments.append(Assignment(tuple(j.id for j in jobs), worker_ids, model, switch))
-
-    def _busy_until(self, worker_id: str) -> float:
-        return max(self._running[j].expected_end for j in self._busy[worker_id])
+        dec.assignments.append(Assignment(job_ids, worker_ids, model, switch))
 
     def _account(self, job: QueuedJob) -> None:
         """Advances the virtual times the job's start uses up."""
@@ -826,8 +827,7 @@ class Scheduler:
         start = max(self._user_vt[user_key], self._user_floor[job.tier])
         self._user_floor[job.tier] = start
         self._user_vt[user_key] = start + job.gpu_seconds
-        weight = self.config.weights.get(job.tier, 1.0)
-        self._tier_vt[job.tier] += job.gpu_seconds / weight
+        self._tier_vt[job.tier] += job.gpu_seconds / self._weights[job.tier]
 
     def _rejoin_tier(self, tier: Tier) -> None:
         others = [self._tier_vt[t] for t in (Tier.PAID, Tier.FREE) if self._tier_queued[t] > 0]

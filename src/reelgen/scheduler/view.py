@@ -1,4 +1,6 @@
-"""What the scheduling policy sees and what it answers: plain, frozen data.
+"""What the scheduling policy sees and what it answers: plain data, never changed once
+made. The ones made per job (`QueuedJob`, `RunningJob`, `Assignment`) are not frozen: a
+frozen dataclass costs five times as much to build, and a simulated day builds millions.
 
 The live dispatcher builds these from the store, the simulator from its own state; the
 policy (`scheduler.fairshare`) never learns which.
@@ -14,7 +16,7 @@ TIER_ORDER = (Tier.PAID, Tier.FREE, Tier.BATCH)
 """Most urgent first: a tier may preempt only tiers after it."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class QueuedJob:
     id: str
     user: str
@@ -37,7 +39,7 @@ class QueuedJob:
     """The cost model's GPU-second gain of running it in a batch of `max_batch`."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class RunningJob:
     id: str
     user: str
@@ -64,7 +66,7 @@ class WorkerView:
     """What switching to another model costs it (weights pinned in host memory: ~0.5 s)."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Assignment:
     """Run `jobs` (several only when batched) on `workers` (several only for a gang)."""
 

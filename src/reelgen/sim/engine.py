@@ -11,11 +11,12 @@ their last checkpoint and come back after a restart.
 
 from __future__ import annotations
 
+import gc
 import heapq
 import math
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -28,6 +29,8 @@ from reelgen.sim.traffic import TIERS, Trace
 
 END, RELEASE, CRASH, RESTART, ADD = range(5)
 FORECAST_JOBS_PER_S = 20.0
+CHUNK = 1 << 16
+"""Arrivals are read from the trace's columns this many at a time, as Python values."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +85,28 @@ class Result:
     rounds: list[tuple[float, Decisions]] = field(default_factory=list)
 
 
+@dataclass(slots=True)
+class _Flight:
+    """A job from its arrival to its end: what the policy is told about it, and how far
+    its real run (the trace's, not the estimate) has got."""
+
+    index: int
+    job: QueuedJob
+    """As first submitted; a handed-back job is submitted again from this."""
+    actual_s: float
+    remaining: float = 1.0
+    """Share of the work still to do."""
+    attempt: int = 0
+    """Bumped by each start and hand-back: an event of an older attempt is stale."""
+    started: float = 0.0
+    """When this attempt's work began (after any model load)."""
+    wall: float = 0.0
+    """This attempt's run time, model load excluded."""
+    preemptions: int = 0
+    forecast: bool = False
+    ran: bool = False
+
+
 class _Fleet:
     def __init__(
         self,
@@ -101,12 +126,9 @@ class _Fleet:
         self.preemptions = np.zeros(n, dtype=np.int16)
         self.predicted = np.full(n, np.nan)
         self.unforecast = 0
-        self.remaining = np.ones(n)
-        """Share of each job's work still to do."""
-        self.attempt = np.zeros(n, dtype=np.int32)
-        self.started = np.zeros(n)
-        self.wall = np.zeros(n)
-        self.events: list[tuple[float, int, int, int, int, str]] = []
+        self.flights: dict[str, _Flight] = {}
+        """Jobs that arrived and have not ended, by id."""
+        self.events: list[tuple[float, int, int, _Flight | None, int, str]] = []
         self.seq = 0
         self.model_names = [m.name for m in trace.models]
         self.load_s = {m.name: costs[m.cost_class].load_s for m in trace.models}
@@ -173,7 +195,7 @@ class _Fleet:
         if short > 0:
             hosts = math.ceil(short / self.cfg.gpus_per_host)
             self.pending += hosts * self.cfg.gpus_per_host
-            self._push(now + self.cfg.provision_s, ADD, hosts, 0)
+            self._push(now + self.cfg.provision_s, ADD, None, hosts)
         elif desired < up:
             for host in self.s.idle_hosts((up - desired) // self.cfg.gpus_per_host):
                 for worker_id in host:
@@ -183,118 +205,163 @@ class _Fleet:
     def _arm_crash(self, worker_id: str, now: float) -> None:
         rate = self.cfg.crashes_per_gpu_day / 86_400.0
         if rate > 0:
-            self._push(now + self.rng.exponential(1 / rate), CRASH, 0, 0, worker_id)
+            self._push(now + self.rng.exponential(1 / rate), CRASH, None, 0, worker_id)
 
-    def _push(self, at: float, kind: int, job: int, attempt: int, worker: str = "") -> None:
+    def _push(
+        self, at: float, kind: int, job: _Flight | None, attempt: int, worker: str = ""
+    ) -> None:
         self.seq += 1
         heapq.heappush(self.events, (at, self.seq, kind, job, attempt, worker))
 
     # ---- jobs ---------------------------------------------------------------------------
-    def _queued(self, i: int, now: float) -> QueuedJob:
+    def _arrivals(self, start: int) -> list[_Flight]:
+        """The trace's jobs `start` to `start + CHUNK` as flights: one pass over the columns
+        as Python values (numpy's per-element reads cost more than the rest of a submit)."""
         t = self.t
-        tier = TIERS[t.tier[i]]
-        model = self.model_names[t.model[i]]
-        batchable = bool(t.batchable[i]) and self.remaining[i] == 1.0
-        return QueuedJob(
-            id=str(i),
-            user=str(t.user[i]),
-            tier=tier,
-            model=model,
-            gpu_seconds=float(t.gpu_seconds[i] * self.remaining[i]),
-            queued_at=now,
-            created_at=float(t.arrival[i]),
-            gpus=int(t.gpus[i]),
-            deadline=float(t.arrival[i] + t.deadline_s) if tier is Tier.BATCH else None,
-            preemptions=int(self.preemptions[i]),
-            batch_key=f"{model}:{t.shape[i]}" if batchable else None,
-            batch_gain=float(t.batch_gain[i]),
-        )
+        stop = min(start + CHUNK, len(t))
+        rows = slice(start, stop)
+        tiers = [TIERS[k] for k in t.tier[rows].tolist()]
+        models = [self.model_names[k] for k in t.model[rows].tolist()]
+        keys = [
+            f"{model}:{shape}" if ok else None
+            for model, shape, ok in zip(
+                models, t.shape[rows].tolist(), t.batchable[rows].tolist(), strict=True
+            )
+        ]
+        deadline_s = t.deadline_s
+        out: list[_Flight] = []
+        for k, (arrival, user, gpu_s, gpus, gain, actual) in enumerate(
+            zip(
+                t.arrival[rows].tolist(),
+                t.user[rows].tolist(),
+                t.gpu_seconds[rows].tolist(),
+                t.gpus[rows].tolist(),
+                t.batch_gain[rows].tolist(),
+                t.actual_seconds[rows].tolist(),
+                strict=True,
+            )
+        ):
+            tier = tiers[k]
+            job = QueuedJob(
+                id=str(start + k),
+                user=str(user),
+                tier=tier,
+                model=models[k],
+                gpu_seconds=gpu_s,
+                queued_at=arrival,
+                created_at=arrival,
+                gpus=gpus,
+                deadline=arrival + deadline_s if tier is Tier.BATCH else None,
+                batch_key=keys[k],
+                batch_gain=gain,
+            )
+            out.append(_Flight(start + k, job, actual))
+        return out
 
-    def arrive(self, i: int, now: float) -> None:
-        job = self._queued(i, now)
-        self.arrived_gpu_s += job.gpu_seconds
+    def arrive(self, flight: _Flight) -> None:
+        self.flights[flight.job.id] = flight
+        self.arrived_gpu_s += flight.job.gpu_seconds
         self.unforecast += 1
-        self.s.submit(job)
+        self.s.submit(flight.job)
 
     def forecast(self, now: float) -> None:
         """What the API would tell the jobs that arrived since the last forecast."""
-        arrival, predicted = self.t.arrival, self.predicted
+        flights, predicted = self.flights, self.predicted
         for job_id, (_position, start) in self.s.forecast(now).items():
-            i = int(job_id)
-            if start is not None and math.isnan(predicted[i]):
-                predicted[i] = start - float(arrival[i])
+            f = flights[job_id]
+            if start is not None and not f.forecast:
+                f.forecast = True
+                predicted[f.index] = start - f.job.created_at
         self.unforecast = 0
 
     def apply(self, now: float) -> None:
         decisions = self.s.schedule(now)
         if self.cfg.record:
             self.result.rounds.append((now, decisions))
+        flights, first_start, load_s = self.flights, self.first_start, self.load_s
+        r = self.result
         for a in decisions.assignments:
-            jobs = [int(j) for j in a.jobs]
-            load = self.load_s[a.model] if a.switch else 0.0
+            jobs = [flights[j] for j in a.jobs]
+            load = load_s[a.model] if a.switch else 0.0
             if a.switch:
-                self.result.switches += len(a.workers)
-            gain = float(self.t.batch_gain[jobs[0]]) if len(jobs) > 1 else 1.0
-            work = sum(float(self.t.actual_seconds[i] * self.remaining[i]) for i in jobs)
+                r.switches += len(a.workers)
+                for worker_id in a.workers:
+                    w = self.workers[worker_id]
+                    if w.loaded != a.model:
+                        self.workers[worker_id] = WorkerView(
+                            w.id, w.host, w.models, a.model, load_s[a.model]
+                        )
+            gain = jobs[0].job.batch_gain if len(jobs) > 1 else 1.0
+            work = sum(f.actual_s * f.remaining for f in jobs)
             wall = load + work / len(a.workers) / gain
-            for worker_id in a.workers:
-                w = self.workers[worker_id]
-                if w.loaded != a.model:
-                    self.workers[worker_id] = WorkerView(
-                        w.id, w.host, w.models, a.model, self.load_s[a.model]
-                    )
-            for i in jobs:
-                if math.isnan(self.first_start[i]):
-                    self.first_start[i] = now
+            for f in jobs:
+                if not f.ran:
+                    f.ran = True
+                    first_start[f.index] = now
                 elif load:
-                    self.result.lost_gpu_s += load * len(a.workers)
-                self.attempt[i] += 1
-                self.started[i] = now + load
-                self.wall[i] = wall - load
-                self._push(now + wall, END, i, int(self.attempt[i]))
+                    r.lost_gpu_s += load * len(a.workers)
+                f.attempt += 1
+                f.started = now + load
+                f.wall = wall - load
+                self._push(now + wall, END, f, f.attempt)
         for p in decisions.preemptions:
-            i = int(p.job)
-            self._push(now + self.cfg.preempt_delay_s, RELEASE, i, int(self.attempt[i]))
+            f = flights[p.job]
+            self._push(now + self.cfg.preempt_delay_s, RELEASE, f, f.attempt)
 
-    def _progress(self, i: int, now: float, *, checkpointed_only: bool) -> float:
+    def _progress(self, f: _Flight, now: float, *, checkpointed_only: bool) -> float:
         """Share of this attempt's work done by `now` (to the last periodic checkpoint)."""
-        if self.wall[i] <= 0:
+        if f.wall <= 0:
             return 1.0
-        ran = max(0.0, now - float(self.started[i]))
+        ran = max(0.0, now - f.started)
         if checkpointed_only:
             ran = math.floor(ran / self.cfg.checkpoint_every_s) * self.cfg.checkpoint_every_s
-        return min(1.0, ran / float(self.wall[i]))
+        return min(1.0, ran / f.wall)
 
-    def _hand_back(self, i: int, now: float, *, checkpointed_only: bool) -> None:
-        done = self._progress(i, now, checkpointed_only=checkpointed_only)
+    def _hand_back(self, f: _Flight, now: float, *, checkpointed_only: bool) -> None:
+        done = self._progress(f, now, checkpointed_only=checkpointed_only)
         if checkpointed_only:
-            lost = (self._progress(i, now, checkpointed_only=False) - done) * self.wall[i]
-            self.result.lost_gpu_s += lost * int(self.t.gpus[i])
-        self.remaining[i] *= 1.0 - done
-        self.attempt[i] += 1  # its pending END no longer counts
-        self.s.submit(self._queued(i, now))
+            lost = (self._progress(f, now, checkpointed_only=False) - done) * f.wall
+            self.result.lost_gpu_s += lost * f.job.gpus
+        f.remaining *= 1.0 - done
+        f.attempt += 1  # its pending END no longer counts
+        job = f.job
+        self.s.submit(
+            replace(
+                job,
+                gpu_seconds=job.gpu_seconds * f.remaining,
+                queued_at=now,
+                preemptions=f.preemptions,
+                batch_key=job.batch_key if f.remaining == 1.0 else None,  # resumed: alone
+            )
+        )
 
-    def handle(self, kind: int, i: int, attempt: int, worker_id: str, now: float) -> None:
+    def handle(
+        self, kind: int, f: _Flight | None, attempt: int, worker_id: str, now: float
+    ) -> None:
         if kind == END:
-            if attempt == self.attempt[i] and self.s.finished(str(i)) is not None:
-                self.end[i] = now
+            assert f is not None
+            if attempt == f.attempt and self.s.finished(f.job.id) is not None:
+                self.end[f.index] = now
+                del self.flights[f.job.id]
         elif kind == RELEASE:
-            if attempt != self.attempt[i] or self.s.finished(str(i)) is None:
+            assert f is not None
+            if attempt != f.attempt or self.s.finished(f.job.id) is None:
                 return  # it ended (or was lost) first
-            self.preemptions[i] += 1
+            f.preemptions += 1
+            self.preemptions[f.index] = f.preemptions
             self.result.preempted_runs += 1
-            self._hand_back(i, now, checkpointed_only=False)
+            self._hand_back(f, now, checkpointed_only=False)
         elif kind == ADD:
-            self.pending -= i * self.cfg.gpus_per_host
-            self._add_hosts(i, now)
+            self.pending -= attempt * self.cfg.gpus_per_host
+            self._add_hosts(attempt, now)
         elif kind == CRASH:
             if worker_id not in self.active:
                 return  # scaled away meanwhile
             self.result.crashes += 1
             self.down += 1
             for job_id in self.s.remove_worker(worker_id):
-                self._hand_back(int(job_id), now, checkpointed_only=True)
-            self._push(now + self.cfg.restart_s, RESTART, 0, 0, worker_id)
+                self._hand_back(self.flights[job_id], now, checkpointed_only=True)
+            self._push(now + self.cfg.restart_s, RESTART, None, 0, worker_id)
         elif kind == RESTART:
             self.down -= 1
             if worker_id not in self.active:
@@ -315,11 +382,16 @@ class _Fleet:
         next_forecast = 0.0
         last = 0.0
         i = 0
+        chunk: list[_Flight] = []
+        chunk_start = chunk_end = 0
         now = 0.0
         horizon = (float(arrival[-1]) if n else 0.0) + self.cfg.drain_s
         events = self.events
         while now <= horizon:
-            next_arrival = float(arrival[i]) if i < n else math.inf
+            if i >= chunk_end and i < n:
+                chunk, chunk_start = self._arrivals(i), i
+                chunk_end = i + len(chunk)
+            next_arrival = chunk[i - chunk_start].job.created_at if i < n else math.inf
             next_event = events[0][0] if events else math.inf
             upcoming = min(next_arrival, next_event)
             if self.s.queued and next_scale < math.inf:
@@ -330,8 +402,14 @@ class _Fleet:
                 self._account(now, upcoming - upcoming % tick)
                 now = upcoming - upcoming % tick
             now += tick
-            while i < n and arrival[i] <= now:
-                self.arrive(i, float(arrival[i]))
+            while i < n:
+                if i >= chunk_end:
+                    chunk, chunk_start = self._arrivals(i), i
+                    chunk_end = i + len(chunk)
+                flight = chunk[i - chunk_start]
+                if flight.job.created_at > now:
+                    break
+                self.arrive(flight)
                 i += 1
             while events and events[0][0] <= now:
                 at, _, kind, job, attempt, worker_id = heapq.heappop(events)
@@ -381,4 +459,13 @@ def simulate(
     *,
     seed: int = 0,
 ) -> Result:
-    return _Fleet(trace, fleet, policy, costs, seed).run()
+    """Runs the trace through the fleet. The cyclic garbage collector is off meanwhile:
+    the run holds millions of long-lived objects (queued jobs, heap entries) that each
+    full collection would walk, and it makes no reference cycles worth collecting."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return _Fleet(trace, fleet, policy, costs, seed).run()
+    finally:
+        if enabled:
+            gc.enable()
