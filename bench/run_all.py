@@ -46,7 +46,7 @@ BENCHMARKS: list[tuple[str, int]] = [
     # Pure Python, no servers:
     ("policy_decisions", 300),
     ("sim_day", 900),
-    ("fleet_size", 900),
+    ("fleet_size", 1800),
 ]
 SECTION_MARK = "<!-- bench: {} @ {} -->"
 """Precedes each section: the benchmark's name and when it ran (for --keep-others)."""

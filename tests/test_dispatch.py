@@ -309,13 +309,13 @@ def test_the_dispatcher_publishes_desired_workers_per_pool(tmp_path: Path) -> No
         jobs = platform.jobs
         jobs.register_worker("w1", MODEL, "h", 1000.0, holds=(MODEL,))
         for i in range(10):
-            _queue(jobs, f"j{i}", "user1", Tier.FREE, 1000.0, 100.0, 100)
+            _queue(jobs, f"j{i}", "user1", Tier.PAID, 1000.0, 100.0, 100)
         Dispatcher(platform).step(1001.0)
         [(target, updated_at)] = jobs.pool_targets()
         assert updated_at == 1001.0
         assert (target.model, target.live, target.busy, target.queued) == (MODEL, 1, 1, 9)
         assert target.backlog_gpu_s == 900.0
-        assert target.desired >= 900.0 / 120.0  # the backlog drained within two minutes
+        assert target.desired >= 900.0 / 120.0  # paid backlog drained within two minutes
     finally:
         platform.close()
 

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from reelgen.domain import events as ev
 from reelgen.domain.jobs import Status, Tier
 from reelgen.platform import Core
-from reelgen.scheduler.autoscale import AutoscaleConfig, Autoscaler, PoolLoad
+from reelgen.scheduler.autoscale import AutoscaleConfig, Autoscaler
 from reelgen.scheduler.fairshare import PolicyConfig, Scheduler
 from reelgen.scheduler.view import Decisions, QueuedJob, WorkerView
 from reelgen.settings import Settings
@@ -254,7 +254,8 @@ class Dispatcher:
             if policy.queued_job(job_id) is not None or job_id in self._later_jobs:
                 return
             job = queued_job(row, self.config.batch_deadline_s)
-            if job.queued_at == job.created_at and job.preemptions == 0 and row.started_at is None:
+            new = job.queued_at == job.created_at and job.preemptions == 0 and not row.started_at
+            if new and job.tier is not Tier.BATCH:  # batch work counts by its deadline
                 self._arrived[row.model] = self._arrived.get(row.model, 0.0) + job.gpu_seconds
             if row.not_before > now:
                 self._later_jobs[job_id] = job
@@ -408,12 +409,7 @@ class Dispatcher:
             busy = running[model]
             backlog = policy.backlog_seconds(model)
             desired = scaler.observe(
-                now,
-                PoolLoad(
-                    arrived_gpu_s=self._arrived.pop(model, 0.0),
-                    backlog_gpu_s=backlog,
-                    busy_workers=busy,
-                ),
+                now, policy.pool_load(self._arrived.pop(model, 0.0), now, model)
             )
             targets.append(
                 PoolTarget(

@@ -1,10 +1,15 @@
 """How many workers a model pool should have: pure, time passed in.
 
-Demand is measured in GPU-seconds, the cost model's unit: the arrival rate of new work
-(an exponentially weighted moving average) says how many GPUs keep up, the backlog says
-how many more drain it within the wait target, and the running work is what is on the
-GPUs now. Scale-up is immediate (new workers take minutes to boot and load, so late is
-expensive); scale-down waits until the lower number has held for `scale_down_after_s`
+Demand is measured in GPU-seconds, the cost model's unit, and each tier asks for what its
+promise needs, no more: the arrival rate of paid and free work (an exponentially weighted
+moving average) says how many GPUs keep up; their backlogs say how many more drain them,
+paid's within about its wait target, free's within minutes; batch work asks only for what
+finishes it by its deadline, and otherwise runs on what the others leave idle (the
+troughs), so it fills the fleet instead of growing it. The running paid and free work is
+what is on the GPUs now (a batch job can be handed back).
+
+Scale-up is immediate (new workers take minutes to boot and load, so late is expensive);
+scale-down waits until the lower number has held for `scale_down_after_s`
 and then steps down gradually, so a dip between two bursts does not throw away warm
 workers (hysteresis).
 """
@@ -22,7 +27,11 @@ class AutoscaleConfig:
     headroom: float = 1.10
     """Workers per GPU-second per second of demand: spare for bursts inside one interval."""
     drain_s: float = 120.0
-    """The backlog should be gone within this (below the paid wait target plus boot)."""
+    """Paid backlog should be gone within this (its wait target plus boot)."""
+    free_drain_s: float = 600.0
+    """Free backlog should be gone within this (well inside its wait target)."""
+    batch_margin_s: float = 3600.0
+    """Batch work is planned to finish this long before its deadline."""
     half_life_s: float = 120.0
     """Of the arrival-rate average."""
     scale_down_after_s: float = 600.0
@@ -36,12 +45,22 @@ class PoolLoad:
     """What the pool looks like at one moment."""
 
     arrived_gpu_s: float
-    """GPU-seconds of work submitted since the last observation."""
+    """GPU-seconds of paid and free work submitted since the last observation (batch work
+    counts by its deadline instead)."""
     backlog_gpu_s: float
+    """Paid work waiting."""
     busy_workers: int
-    """Workers running a job now: never fewer than these are wanted (they cannot go)."""
+    """Workers running paid or free work now: never fewer than these are wanted."""
     largest_gang: int = 1
     """GPUs of the largest queued job: never fewer than these are wanted."""
+    free_backlog_gpu_s: float = 0.0
+    batch_backlog_gpu_s: float = 0.0
+    batch_due_in_s: float = float("inf")
+    """Until the earliest deadline of the waiting batch work."""
+
+    @property
+    def waiting(self) -> bool:
+        return self.backlog_gpu_s + self.free_backlog_gpu_s + self.batch_backlog_gpu_s > 0
 
 
 class Autoscaler:
@@ -68,10 +87,16 @@ class Autoscaler:
             alpha = 1.0 - 0.5 ** (dt / cfg.half_life_s)
             self._rate += alpha * (load.arrived_gpu_s / dt - self._rate)
         self._last = now
-        gpus = self._rate * cfg.headroom + load.backlog_gpu_s / cfg.drain_s
+        batch_window = max(load.batch_due_in_s - cfg.batch_margin_s, cfg.drain_s)
+        gpus = (
+            self._rate * cfg.headroom
+            + load.backlog_gpu_s / cfg.drain_s
+            + load.free_backlog_gpu_s / cfg.free_drain_s
+            + load.batch_backlog_gpu_s / batch_window
+        )
         wanted = max(
             load.busy_workers,
-            load.largest_gang if load.backlog_gpu_s > 0 else 0,
+            load.largest_gang if load.waiting else 0,
             math.ceil(gpus / cfg.gpus_per_worker - 1e-9),
         )
         wanted = min(cfg.max_workers, max(cfg.min_workers, wanted))

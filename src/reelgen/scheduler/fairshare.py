@@ -50,6 +50,7 @@ from enum import StrEnum
 from operator import itemgetter
 
 from reelgen.domain.jobs import Tier
+from reelgen.scheduler.autoscale import PoolLoad
 from reelgen.scheduler.view import (
     TIER_ORDER,
     Assignment,
@@ -208,6 +209,8 @@ class Scheduler:
         self._idle = _Idle()
         self._busy: dict[str, set[str]] = {}
         """worker -> the jobs on it (several when batched); idle again when all end"""
+        self._busy_gpus: dict[tuple[str, Tier], int] = defaultdict(int)
+        """(model, tier) -> workers running such work"""
         self._busy_end: dict[str, float] = {}
         """worker -> when its jobs are expected to end (one start put them all there)"""
         self._hosts: dict[str, dict[str, None]] = defaultdict(dict)
@@ -243,6 +246,9 @@ class Scheduler:
         if worker.loaded is not None:
             self._holders[worker.loaded] -= 1
         jobs = tuple(sorted(self._busy.pop(worker_id, ())))
+        if jobs:
+            run = self._running[jobs[0]]
+            self._busy_gpus[(run.model, run.tier)] -= 1
         self._busy_end.pop(worker_id, None)
         for job_id in jobs:
             self.finished(job_id)
@@ -306,6 +312,7 @@ class Scheduler:
                     continue
                 del self._busy[worker_id]
                 del self._busy_end[worker_id]
+                self._busy_gpus[(run.model, run.tier)] -= 1
                 if worker_id in self._workers:
                     self._idle.add(self._workers[worker_id])
         user_key = (run.tier, run.user)
@@ -353,9 +360,36 @@ class Scheduler:
     def running(self) -> Mapping[str, RunningJob]:
         return self._running
 
-    def backlog_seconds(self, model: str | None = None) -> float:
+    def backlog_seconds(self, model: str | None = None, tier: Tier | None = None) -> float:
         lanes = self._by_model.get(model, []) if model is not None else self._lanes.values()
-        return sum(lane.backlog_s for lane in lanes)
+        return sum(lane.backlog_s for lane in lanes if tier is None or lane.tier is tier)
+
+    def pool_load(self, arrived_gpu_s: float, now: float, model: str | None = None) -> PoolLoad:
+        """What the autoscaler sees of one model's pool (None: of the whole fleet), given
+        the paid and free GPU-seconds that arrived since it last looked."""
+        lanes = self._by_model.get(model, []) if model is not None else self._lanes.values()
+        backlog: dict[Tier, float] = defaultdict(float)
+        due = INFINITY
+        for lane in lanes:
+            backlog[lane.tier] += lane.backlog_s
+            if lane.tier is Tier.BATCH and lane.count:
+                oldest = self._top(lane.oldest)  # deadlines follow submit order
+                if oldest is not None and oldest.deadline is not None:
+                    due = min(due, oldest.deadline - now)
+        busy = sum(
+            n
+            for (m, tier), n in self._busy_gpus.items()
+            if tier is not Tier.BATCH and (model is None or m == model)
+        )
+        return PoolLoad(
+            arrived_gpu_s=arrived_gpu_s,
+            backlog_gpu_s=backlog[Tier.PAID],
+            busy_workers=busy,
+            largest_gang=self.largest_queued_gang(),
+            free_backlog_gpu_s=backlog[Tier.FREE],
+            batch_backlog_gpu_s=backlog[Tier.BATCH],
+            batch_due_in_s=due,
+        )
 
     def largest_queued_gang(self) -> int:
         """GPUs of the widest job waiting (queued or holding a reservation); 0 if none."""
@@ -814,6 +848,7 @@ class Scheduler:
             idle.discard(worker)
             busy[worker.id] = set(job_ids)
             busy_end[worker.id] = end
+            self._busy_gpus[(model, jobs[0].tier)] += 1
             if worker.loaded != model:
                 if worker.loaded is not None:
                     self._holders[worker.loaded] -= 1

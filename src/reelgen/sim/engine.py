@@ -21,7 +21,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from reelgen.domain.jobs import Tier
-from reelgen.scheduler.autoscale import AutoscaleConfig, Autoscaler, PoolLoad
+from reelgen.scheduler.autoscale import AutoscaleConfig, Autoscaler
 from reelgen.scheduler.cost import CostModel
 from reelgen.scheduler.fairshare import PolicyConfig, Scheduler
 from reelgen.scheduler.view import Decisions, QueuedJob, WorkerView
@@ -183,12 +183,7 @@ class _Fleet:
     def _autoscale(self, now: float) -> None:
         assert self.autoscaler is not None
         up = len(self.active) - self.down
-        load = PoolLoad(
-            arrived_gpu_s=self.arrived_gpu_s,
-            backlog_gpu_s=self.s.backlog_seconds(),
-            busy_workers=up - self.s.idle_workers(),
-            largest_gang=self.s.largest_queued_gang(),
-        )
+        load = self.s.pool_load(self.arrived_gpu_s, now)
         self.arrived_gpu_s = 0.0
         desired = self.autoscaler.observe(now, load)
         short = desired - up - self.pending
@@ -260,7 +255,8 @@ class _Fleet:
 
     def arrive(self, flight: _Flight) -> None:
         self.flights[flight.job.id] = flight
-        self.arrived_gpu_s += flight.job.gpu_seconds
+        if flight.job.tier is not Tier.BATCH:
+            self.arrived_gpu_s += flight.job.gpu_seconds
         self.unforecast += 1
         self.s.submit(flight.job)
 
