@@ -45,6 +45,7 @@ import heapq
 import itertools
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from operator import itemgetter
@@ -68,6 +69,7 @@ PREEMPT_PER_LANE = 16
 RESERVE_LOOKS = 16
 """How many hosts a gang looks at for the one that frees its GPUs soonest (those with the
 most idle GPUs first)."""
+_NO_SKIP: frozenset[str] = frozenset()
 _RANK = {tier: rank for rank, tier in enumerate(TIER_ORDER)}
 """The most overdue jobs of one lane that may each ask for a preemption in one round."""
 
@@ -197,7 +199,8 @@ class Scheduler:
         self._queued_by_gpus: dict[int, int] = defaultdict(int)
         self._lanes: dict[tuple[Tier, str], _Lane] = {}
         self._by_model: dict[str, list[_Lane]] = defaultdict(list)
-        self._by_batch_key: dict[str, dict[str, None]] = defaultdict(dict)
+        self._by_batch_key: dict[tuple[Tier, str], dict[str, None]] = defaultdict(dict)
+        """(tier, batch key) -> its queued jobs, oldest first"""
         self._user_vt: dict[tuple[Tier, str], float] = defaultdict(float)
         self._user_floor: dict[Tier, float] = defaultdict(float)
         self._tier_vt: dict[Tier, float] = defaultdict(float)
@@ -220,6 +223,8 @@ class Scheduler:
         self._promised: dict[str, str] = {}
         """worker -> the queued job its preempted job makes room for"""
         self._last_preempt_check = -INFINITY
+        self._picks: dict[Tier, dict[_Lane, tuple[QueuedJob, tuple[float, ...]] | None]] = {}
+        """This round's lane candidates (`_candidate`), by tier."""
         cfg = self.config
         self._weights = {t: cfg.weights.get(t, 1.0) for t in Tier}
         self._caps = {t: cfg.user_running_cap.get(t, 1_000_000) for t in Tier}
@@ -278,7 +283,7 @@ class Scheduler:
         self._queued_by_gpus[job.gpus] += 1
         self._tier_queued[job.tier] += 1
         if job.batch_key is not None:
-            self._by_batch_key[job.batch_key][job.id] = None
+            self._by_batch_key[(job.tier, job.batch_key)][job.id] = None
 
     def remove(self, job_id: str) -> QueuedJob | None:
         """Takes a queued job out (cancelled, deleted, expired)."""
@@ -289,13 +294,14 @@ class Scheduler:
                     del self._reservations[reservation.host]
                     return reservation.job
             return None
+        self._picks.pop(job.tier, None)
         lane = self._lanes[(job.tier, job.model)]
         lane.backlog_s -= job.gpu_seconds
         lane.count -= 1
         self._queued_by_gpus[job.gpus] -= 1
         self._tier_queued[job.tier] -= 1
         if job.batch_key is not None:
-            self._by_batch_key[job.batch_key].pop(job.id, None)
+            self._by_batch_key[(job.tier, job.batch_key)].pop(job.id, None)
         return job
 
     def finished(self, job_id: str) -> RunningJob | None:
@@ -501,6 +507,7 @@ class Scheduler:
     # ---- deciding ---------------------------------------------------------------------
     def schedule(self, now: float) -> Decisions:
         decisions = Decisions()
+        self._picks.clear()
         for reservation in list(self._reservations.values()):
             self._place_reserved(reservation, now, decisions)
         for worker_id, job_id in list(self._promised.items()):
@@ -513,11 +520,14 @@ class Scheduler:
             # Workers holding a model with backlog go first, so that a job goes to a worker
             # that holds its model before another worker switches to it. A worker that
             # finds nothing speaks for the rest of its group (same models, no reservation
-            # on its host): their candidates are the same.
+            # on its host): their candidates are the same. Until the next start, so does
+            # one with the same models whose backfill limit was no shorter (`failed`).
             with_backlog = [m for m, lanes in self._by_model.items() if any(x.count for x in lanes)]
             groups = [self._idle.by_loaded.get(m, {}) for m in with_backlog]
             groups += list(self._idle.by_models.values())
             fruitless_hosts: set[str] = set()
+            failed: dict[frozenset[str], float] = {}
+            starts = 0
             for group in groups:
                 for worker_id in self._packed(group):
                     if not self._queued:
@@ -527,8 +537,15 @@ class Scheduler:
                     worker = self._workers[worker_id]
                     if worker.host in fruitless_hosts:
                         continue
-                    if self._assign_one(worker, now, decisions):
-                        continue
+                    if starts != len(decisions.assignments):
+                        failed.clear()
+                        starts = len(decisions.assignments)
+                    max_wall = self._max_wall(worker, now)
+                    if max_wall > failed.get(worker.models, -INFINITY):
+                        if self._assign_one(worker, now, decisions):
+                            continue
+                        if starts == len(decisions.assignments):
+                            failed[worker.models] = max_wall
                     if worker.host not in self._reservations:
                         break
                     fruitless_hosts.add(worker.host)  # its other idle GPUs: the same answer
@@ -548,7 +565,10 @@ class Scheduler:
         the autoscaler to remove and for gangs to start on. Lazy: a round usually stops
         after a few, and the caller starts jobs (changing the idle sets) as it goes."""
         idle = self._idle
-        if len(group) ** 2 < 8 * len(idle):  # too few to find by walking all idle hosts
+        # Walking all idle workers visits len(idle) / len(group) per member found; sorting
+        # the group costs about two visits per member. Few are wanted when few jobs wait.
+        wanted = min(len(group), len(self._queued))
+        if 2 * len(group) < wanted * len(idle) / max(1, len(group)):
             workers = self._workers
             yield from sorted(group, key=lambda w: len(idle.by_host[workers[w].host]))
             return
@@ -560,8 +580,7 @@ class Scheduler:
 
     def _assign_one(self, worker: WorkerView, now: float, decisions: Decisions) -> bool:
         """Gives `worker` its next job (or a gang it completes); False if it found none."""
-        reserved = self._reservations.get(worker.host)
-        max_wall = INFINITY if reserved is None else reserved.start_by - now
+        max_wall = self._max_wall(worker, now)
         skip: set[str] = set()
         while True:
             job = self._pick(worker, now, max_wall, skip)
@@ -578,8 +597,12 @@ class Scheduler:
                 skip.add(job.id)  # no host can ever run it now; try the next job
                 continue
             # The gang waits for its host; this worker may still take other work.
-            reserved = self._reservations.get(worker.host)
-            max_wall = INFINITY if reserved is None else reserved.start_by - now
+            max_wall = self._max_wall(worker, now)
+
+    def _max_wall(self, worker: WorkerView, now: float) -> float:
+        """How long a job on `worker` may run: until a gang reserved on its host starts."""
+        reserved = self._reservations.get(worker.host)
+        return INFINITY if reserved is None else reserved.start_by - now
 
     def _pick(
         self, worker: WorkerView, now: float, max_wall: float, skip: set[str]
@@ -601,11 +624,19 @@ class Scheduler:
                     continue
                 if over_cap:
                     job = self._oldest_fitting(lane, max_wall, skip)
+                    if job is None:
+                        continue
+                    key = self._key(job, now)
+                elif max_wall == INFINITY and not skip:
+                    found = self._candidate(lane, now)
+                    if found is None:
+                        continue
+                    job, key = found
                 else:
                     job = self._lane_candidate(lane, now, max_wall, skip)
-                if job is None:
-                    continue
-                key = self._key(job, now)
+                    if job is None:
+                        continue
+                    key = self._key(job, now)
                 if best is None or key < best[0]:
                     best = (key, job)
                 if model == worker.loaded and (loaded_best is None or key < loaded_best[0]):
@@ -623,6 +654,19 @@ class Scheduler:
         ):
             return loaded_best[1]
         return job
+
+    def _candidate(self, lane: _Lane, now: float) -> tuple[QueuedJob, tuple[float, ...]] | None:
+        """`_lane_candidate` with its key, for a worker with no limit, kept for the rest of
+        the round until a job of the lane's tier starts or leaves the queue: nothing else
+        changes the answer (it depends only on the tier's queue, virtual times and running
+        counts), and every idle worker of a round asks the same lanes."""
+        picks = self._picks.setdefault(lane.tier, {})
+        if lane in picks:
+            return picks[lane]
+        job = self._lane_candidate(lane, now, INFINITY, _NO_SKIP)
+        found = None if job is None else (job, self._key(job, now))
+        picks[lane] = found
+        return found
 
     def _key(self, job: QueuedJob, now: float) -> tuple[float, ...]:
         cfg = self.config
@@ -656,7 +700,7 @@ class Scheduler:
         return (now - job.queued_at) / self._targets[job.tier]
 
     def _lane_candidate(
-        self, lane: _Lane, now: float, max_wall: float, skip: set[str]
+        self, lane: _Lane, now: float, max_wall: float, skip: AbstractSet[str]
     ) -> QueuedJob | None:
         """The lane's next job: its oldest if that is overdue (or the order is not fair),
         otherwise the head of the user with the lowest virtual time under their cap."""
@@ -712,7 +756,7 @@ class Scheduler:
             for entry in held:
                 heapq.heappush(lane.oldest, entry)
 
-    def _fits(self, job: QueuedJob, max_wall: float, skip: set[str]) -> bool:
+    def _fits(self, job: QueuedJob, max_wall: float, skip: AbstractSet[str]) -> bool:
         return job.id not in skip and job.gpu_seconds / max(1, job.gpus) <= max_wall
 
     def _under_cap(self, job: QueuedJob) -> bool:
@@ -740,12 +784,16 @@ class Scheduler:
             return []
         mates: list[QueuedJob] = []
         taken = {(job.tier, job.user): 1}
-        for other_id in self._by_batch_key[job.batch_key]:
-            other = self._queued.get(other_id)
-            if other is None or other.id == job.id or other.tier is not job.tier:
+        cap = self._caps[job.tier]
+        # The oldest few compatible jobs are enough: looking further (past users at their
+        # cap) would make every start cost as much as the queue is long.
+        for looked, other_id in enumerate(self._by_batch_key[(job.tier, job.batch_key)]):
+            if looked >= 4 * cfg.max_batch:
+                break
+            other = self._queued[other_id]
+            if other_id == job.id:
                 continue
             key = (other.tier, other.user)
-            cap = cfg.user_running_cap.get(other.tier, 1_000_000)
             if self._user_running[key] + taken.get(key, 0) >= cap:
                 continue
             taken[key] = taken.get(key, 0) + 1
@@ -858,6 +906,7 @@ class Scheduler:
 
     def _account(self, job: QueuedJob) -> None:
         """Advances the virtual times the job's start uses up."""
+        self._picks.pop(job.tier, None)
         user_key = (job.tier, job.user)
         start = max(self._user_vt[user_key], self._user_floor[job.tier])
         self._user_floor[job.tier] = start
