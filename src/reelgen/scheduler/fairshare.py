@@ -529,7 +529,7 @@ class Scheduler:
             failed: dict[frozenset[str], float] = {}
             starts = 0
             for group in groups:
-                for worker_id in self._packed(group):
+                for worker_id in self._packed(group, fruitless_hosts):
                     if not self._queued:
                         break
                     if worker_id not in self._idle:
@@ -559,11 +559,12 @@ class Scheduler:
         decisions.reserved.update({h: r.job.id for h, r in self._reservations.items()})
         return decisions
 
-    def _packed(self, group: Mapping[str, None]) -> Iterator[str]:
+    def _packed(self, group: Mapping[str, None], skip_hosts: AbstractSet[str]) -> Iterator[str]:
         """A group's idle workers, those on the busiest hosts first (then in the order they
         fell idle): work packs onto hosts already in use, so that whole hosts fall idle for
         the autoscaler to remove and for gangs to start on. Lazy: a round usually stops
-        after a few, and the caller starts jobs (changing the idle sets) as it goes."""
+        after a few, and the caller starts jobs (changing the idle sets) and adds to
+        `skip_hosts` (hosts whose idle GPUs found nothing) as it goes."""
         idle = self._idle
         # Walking all idle workers visits len(idle) / len(group) per member found; sorting
         # the group costs about two visits per member. Few are wanted when few jobs wait.
@@ -574,6 +575,8 @@ class Scheduler:
             return
         for count in sorted(c for c, hosts in idle.by_count.items() if hosts):
             for host in list(idle.by_count[count]):
+                if host in skip_hosts:
+                    continue
                 for worker_id in list(idle.by_host.get(host, ())):
                     if worker_id in group:
                         yield worker_id
