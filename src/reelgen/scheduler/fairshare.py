@@ -366,9 +366,9 @@ class Scheduler:
     def running(self) -> Mapping[str, RunningJob]:
         return self._running
 
-    def backlog_seconds(self, model: str | None = None, tier: Tier | None = None) -> float:
+    def backlog_seconds(self, model: str | None = None) -> float:
         lanes = self._by_model.get(model, []) if model is not None else self._lanes.values()
-        return sum(lane.backlog_s for lane in lanes if tier is None or lane.tier is tier)
+        return sum(lane.backlog_s for lane in lanes)
 
     def pool_load(self, arrived_gpu_s: float, now: float, model: str | None = None) -> PoolLoad:
         """What the autoscaler sees of one model's pool (None: of the whole fleet), given
