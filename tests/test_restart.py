@@ -74,7 +74,9 @@ class ServeProcess:
 
 @pytest.fixture
 def serve(tmp_path: Path) -> Iterator[ServeProcess]:
-    proc = ServeProcess(tmp_path / "data", free_port(), steps=80)
+    # Enough steps that the signal lands mid-run: progress reaches the client with a lag,
+    # and at 80 steps a fast machine could finish the clip inside it.
+    proc = ServeProcess(tmp_path / "data", free_port(), steps=240)
     yield proc
     if proc.proc is not None and proc.proc.poll() is None:
         proc.proc.kill()
