@@ -407,10 +407,9 @@ class Dispatcher:
         for model in sorted(m for m in models if m):
             scaler = self._autoscalers.setdefault(model, Autoscaler(self.config.autoscale))
             busy = running[model]
-            backlog = policy.backlog_seconds(model)
-            desired = scaler.observe(
-                now, policy.pool_load(self._arrived.pop(model, 0.0), now, model)
-            )
+            load = policy.pool_load(self._arrived.pop(model, 0.0), now, model)
+            desired = scaler.observe(now, load)
+            backlog = load.total_backlog_gpu_s
             targets.append(
                 PoolTarget(
                     model,

@@ -59,8 +59,8 @@ class PoolLoad:
     """Until the earliest deadline of the waiting batch work."""
 
     @property
-    def waiting(self) -> bool:
-        return self.backlog_gpu_s + self.free_backlog_gpu_s + self.batch_backlog_gpu_s > 0
+    def total_backlog_gpu_s(self) -> float:
+        return self.backlog_gpu_s + self.free_backlog_gpu_s + self.batch_backlog_gpu_s
 
 
 class Autoscaler:
@@ -96,7 +96,7 @@ class Autoscaler:
         )
         wanted = max(
             load.busy_workers,
-            load.largest_gang if load.waiting else 0,
+            load.largest_gang if load.total_backlog_gpu_s > 0 else 0,
             math.ceil(gpus / cfg.gpus_per_worker - 1e-9),
         )
         wanted = min(cfg.max_workers, max(cfg.min_workers, wanted))

@@ -66,12 +66,12 @@ INFINITY = float("inf")
 LOOKAHEAD_USERS = 4
 """How many users' heads a lane looks past for one that fits (backfill, unplaceable gangs)."""
 PREEMPT_PER_LANE = 16
+"""The most overdue jobs of one lane that may each ask for a preemption in one round."""
 RESERVE_LOOKS = 16
 """How many hosts a gang looks at for the one that frees its GPUs soonest (those with the
 most idle GPUs first)."""
 _NO_SKIP: frozenset[str] = frozenset()
 _RANK = {tier: rank for rank, tier in enumerate(TIER_ORDER)}
-"""The most overdue jobs of one lane that may each ask for a preemption in one round."""
 
 
 class Order(StrEnum):
@@ -495,7 +495,7 @@ class Scheduler:
                 tagged.append((tag, job.queued_at, seq, job))
                 tag += job.gpu_seconds
         tagged.sort(key=itemgetter(0, 1, 2))
-        weight = self.config.weights.get(tier, 1.0)
+        weight = self._weights[tier]
         klass = 1.0 if tier is Tier.BATCH else 0.0
         tier_tag = self._tier_vt[tier]
         out: list[tuple[tuple[float, ...], QueuedJob]] = []

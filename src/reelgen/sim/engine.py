@@ -15,7 +15,7 @@ import gc
 import heapq
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -209,7 +209,12 @@ class _Fleet:
         heapq.heappush(self.events, (at, self.seq, kind, job, attempt, worker))
 
     # ---- jobs ---------------------------------------------------------------------------
-    def _arrivals(self, start: int) -> list[_Flight]:
+    def _arrivals(self) -> Iterator[_Flight]:
+        """The trace's jobs in arrival order, as flights."""
+        for start in range(0, len(self.t), CHUNK):
+            yield from self._chunk(start)
+
+    def _chunk(self, start: int) -> list[_Flight]:
         """The trace's jobs `start` to `start + CHUNK` as flights: one pass over the columns
         as Python values (numpy's per-element reads cost more than the rest of a submit)."""
         t = self.t
@@ -368,26 +373,20 @@ class _Fleet:
     # ---- the loop -----------------------------------------------------------------------
     def run(self) -> Result:
         started = time.perf_counter()
-        t = self.t
-        arrival = t.arrival
-        n = len(t)
+        arrival = self.t.arrival
         tick = self.cfg.tick_s
         r = self.result
         next_scale = 0.0 if self.autoscaler is not None else math.inf
         next_sample = 0.0
         next_forecast = 0.0
         last = 0.0
-        i = 0
-        chunk: list[_Flight] = []
-        chunk_start = chunk_end = 0
+        arrivals = self._arrivals()
+        coming = next(arrivals, None)  # the next job to arrive (None: all have)
         now = 0.0
-        horizon = (float(arrival[-1]) if n else 0.0) + self.cfg.drain_s
+        horizon = (float(arrival[-1]) if len(arrival) else 0.0) + self.cfg.drain_s
         events = self.events
         while now <= horizon:
-            if i >= chunk_end and i < n:
-                chunk, chunk_start = self._arrivals(i), i
-                chunk_end = i + len(chunk)
-            next_arrival = chunk[i - chunk_start].job.created_at if i < n else math.inf
+            next_arrival = coming.job.created_at if coming is not None else math.inf
             next_event = events[0][0] if events else math.inf
             upcoming = min(next_arrival, next_event)
             if self.s.queued and next_scale < math.inf:
@@ -398,15 +397,9 @@ class _Fleet:
                 self._account(now, upcoming - upcoming % tick)
                 now = upcoming - upcoming % tick
             now += tick
-            while i < n:
-                if i >= chunk_end:
-                    chunk, chunk_start = self._arrivals(i), i
-                    chunk_end = i + len(chunk)
-                flight = chunk[i - chunk_start]
-                if flight.job.created_at > now:
-                    break
-                self.arrive(flight)
-                i += 1
+            while coming is not None and coming.job.created_at <= now:
+                self.arrive(coming)
+                coming = next(arrivals, None)
             while events and events[0][0] <= now:
                 at, _, kind, job, attempt, worker_id = heapq.heappop(events)
                 self.handle(kind, job, attempt, worker_id, at)
@@ -427,7 +420,7 @@ class _Fleet:
                 r.samples["fleet"].append(up)
                 next_sample = now + self.cfg.sample_every_s
             last = now
-            if i >= n and not events and self.s.queued == 0:
+            if coming is None and not events and self.s.queued == 0:
                 break
         r.horizon_s = last
         r.wall_s = time.perf_counter() - started
