@@ -22,7 +22,7 @@ from reelgen.scheduler.cost import CostModel, measured_models
 from reelgen.scheduler.fairshare import PolicyConfig
 from reelgen.sim import report
 from reelgen.sim.engine import FleetConfig, Result, simulate
-from reelgen.sim.traffic import TrafficConfig, generate
+from reelgen.sim.traffic import Trace, TrafficConfig, generate
 
 PAID_P95_S = 60.0
 FREE_P99_S = 30 * 60.0
@@ -51,9 +51,9 @@ HEADERS = [
 
 
 def _run(
-    jobs: int, setting: dict[str, float], costs: dict[str, CostModel]
+    trace: Trace, setting: dict[str, float], costs: dict[str, CostModel]
 ) -> tuple[bool, dict[str, Any], list[str]]:
-    trace = generate(TrafficConfig(jobs_per_day=jobs), costs, seed=0)
+    jobs = len(trace)
     start = max(8, int(trace.actual_seconds.sum() / 86_400))
     config = AutoscaleConfig(**setting)  # type: ignore[arg-type]
     result: Result = simulate(
@@ -93,18 +93,20 @@ def main() -> int:
     args = parser.parse_args()
 
     costs = measured_models()
+    trace = generate(TrafficConfig(jobs_per_day=args.jobs), costs, seed=0)
     rows: list[list[str]] = []
     runs: list[tuple[float, dict[str, float], dict[str, Any]]] = []
     for values in itertools.product(*GRID.values()):
         setting = dict(zip(GRID, values, strict=True))
-        ok, f, row = _run(args.jobs, setting, costs)
+        ok, f, row = _run(trace, setting, costs)
         runs.append((f["gpu_hours"] if ok else float("inf"), setting, f))
         rows.append(row)
     hours, best, figures = min(runs, key=lambda r: r[0])
     found = hours < float("inf")
     answer_jobs = args.jobs
     if found and args.confirm_jobs:
-        ok, figures, row = _run(args.confirm_jobs, best, costs)
+        full = generate(TrafficConfig(jobs_per_day=args.confirm_jobs), costs, seed=0)
+        ok, figures, row = _run(full, best, costs)
         rows.append(row)
         hours = figures["gpu_hours"] if ok else float("inf")
         answer_jobs = args.confirm_jobs
