@@ -394,7 +394,7 @@ def test_a_gang_reserves_a_host_and_backfill_only_takes_jobs_that_end_in_time() 
     d.now = 5.0
     d.submit(gang, too_long, fits)
     decisions = d.step()
-    assert decisions.reserved == {"h0": gang.id}
+    assert s.reserved == {"h0": gang.id}
     assert [a.jobs for a in decisions.assignments] == [(fits.id,)]  # backfill
     d.run()
     assert d.started_at[gang.id] == pytest.approx(100.0)

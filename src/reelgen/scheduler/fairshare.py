@@ -182,6 +182,28 @@ class _Idle:
         return len(self.all)
 
 
+class _Choice:
+    __slots__ = ("id", "job", "key", "wall")
+
+    def __init__(self, job: QueuedJob):
+        self.job, self.id = job, job.id
+        self.wall = job.gpu_seconds / max(1, job.gpus)
+        self.key: tuple[float, ...] | None = None
+
+
+class _Options:
+    """What a lane offers the workers of a round: its overdue oldest job (under its
+    user's cap), then the heads of the users next by fair share (under their caps)."""
+
+    __slots__ = ("aged", "complete", "heads")
+
+    def __init__(self) -> None:
+        self.aged: _Choice | None = None
+        self.heads: list[_Choice] = []
+        self.complete = True
+        """False: the lane has more users than `heads` holds (it was asked for fewer)."""
+
+
 @dataclass(slots=True)
 class _Reservation:
     job: QueuedJob
@@ -223,8 +245,8 @@ class Scheduler:
         self._promised: dict[str, str] = {}
         """worker -> the queued job its preempted job makes room for"""
         self._last_preempt_check = -INFINITY
-        self._picks: dict[Tier, dict[_Lane, tuple[QueuedJob, tuple[float, ...]] | None]] = {}
-        """This round's lane candidates (`_candidate`), by tier."""
+        self._picks: dict[Tier, dict[_Lane, _Options]] = {}
+        """This round's lane choices (`_options`), by tier."""
         cfg = self.config
         self._weights = {t: cfg.weights.get(t, 1.0) for t in Tier}
         self._caps = {t: cfg.user_running_cap.get(t, 1_000_000) for t in Tier}
@@ -357,6 +379,11 @@ class Scheduler:
                 if reservation.job.id == job_id:
                     return reservation.job
         return job
+
+    @property
+    def reserved(self) -> dict[str, str]:
+        """host -> the gang job its idle GPUs are held for."""
+        return {host: r.job.id for host, r in self._reservations.items()}
 
     @property
     def workers(self) -> Mapping[str, WorkerView]:
@@ -508,7 +535,10 @@ class Scheduler:
     def schedule(self, now: float) -> Decisions:
         decisions = Decisions()
         self._picks.clear()
-        for reservation in list(self._reservations.values()):
+        by_host = self._idle.by_host
+        for reservation in [
+            r for r in self._reservations.values() if len(by_host.get(r.host, ())) >= r.job.gpus
+        ]:
             self._place_reserved(reservation, now, decisions)
         for worker_id, job_id in list(self._promised.items()):
             if worker_id in self._idle or worker_id not in self._workers:
@@ -556,7 +586,6 @@ class Scheduler:
         ):
             self._last_preempt_check = now
             self._preempt(now, decisions)
-        decisions.reserved.update({h: r.job.id for h, r in self._reservations.items()})
         return decisions
 
     def _packed(self, group: Mapping[str, None], skip_hosts: AbstractSet[str]) -> Iterator[str]:
@@ -580,6 +609,8 @@ class Scheduler:
                 for worker_id in list(idle.by_host.get(host, ())):
                     if worker_id in group:
                         yield worker_id
+                        if host in skip_hosts:
+                            break
 
     def _assign_one(self, worker: WorkerView, now: float, decisions: Decisions) -> bool:
         """Gives `worker` its next job (or a gang it completes); False if it found none."""
@@ -630,16 +661,13 @@ class Scheduler:
                     if job is None:
                         continue
                     key = self._key(job, now)
-                elif max_wall == INFINITY and not skip:
-                    found = self._candidate(lane, now)
-                    if found is None:
-                        continue
-                    job, key = found
                 else:
-                    job = self._lane_candidate(lane, now, max_wall, skip)
-                    if job is None:
+                    choice = self._lane_candidate(lane, now, max_wall, skip)
+                    if choice is None:
                         continue
-                    key = self._key(job, now)
+                    job, key = choice.job, choice.key
+                    if key is None:
+                        key = choice.key = self._key(job, now)
                 if best is None or key < best[0]:
                     best = (key, job)
                 if model == worker.loaded and (loaded_best is None or key < loaded_best[0]):
@@ -657,19 +685,6 @@ class Scheduler:
         ):
             return loaded_best[1]
         return job
-
-    def _candidate(self, lane: _Lane, now: float) -> tuple[QueuedJob, tuple[float, ...]] | None:
-        """`_lane_candidate` with its key, for a worker with no limit, kept for the rest of
-        the round until a job of the lane's tier starts or leaves the queue: nothing else
-        changes the answer (it depends only on the tier's queue, virtual times and running
-        counts), and every idle worker of a round asks the same lanes."""
-        picks = self._picks.setdefault(lane.tier, {})
-        if lane in picks:
-            return picks[lane]
-        job = self._lane_candidate(lane, now, INFINITY, _NO_SKIP)
-        found = None if job is None else (job, self._key(job, now))
-        picks[lane] = found
-        return found
 
     def _key(self, job: QueuedJob, now: float) -> tuple[float, ...]:
         cfg = self.config
@@ -704,43 +719,69 @@ class Scheduler:
 
     def _lane_candidate(
         self, lane: _Lane, now: float, max_wall: float, skip: AbstractSet[str]
-    ) -> QueuedJob | None:
-        """The lane's next job: its oldest if that is overdue (or the order is not fair),
-        otherwise the head of the user with the lowest virtual time under their cap."""
+    ) -> _Choice | None:
+        """The lane's next job that fits: its oldest if that is overdue (or the order is not
+        fair), otherwise the first of the `LOOKAHEAD_USERS` lowest-virtual-time users under
+        their cap whose head fits.
+
+        A lane's choices are kept for the rest of the round until a job of the lane's tier
+        starts or leaves the queue: nothing else changes them (they depend only on the
+        tier's queue, virtual times and running counts), and every idle worker of a round
+        asks the same lanes."""
+        unlimited = max_wall == INFINITY and not skip
+        options = self._options(lane, now, 1 if unlimited else LOOKAHEAD_USERS)
+        aged = options.aged
+        if aged is not None and aged.id not in skip and aged.wall <= max_wall:
+            return aged
+        for head in options.heads:
+            if head.id not in skip and head.wall <= max_wall:
+                return head
+        return None
+
+    def _options(self, lane: _Lane, now: float, heads: int) -> _Options:
+        """The lane's choices for this round, with at least `heads` users' heads where it
+        has them."""
+        picks = self._picks.setdefault(lane.tier, {})
+        options = picks.get(lane)
+        if options is None or (len(options.heads) < heads and not options.complete):
+            options = picks[lane] = self._walk(lane, now, heads)
+        return options
+
+    def _walk(self, lane: _Lane, now: float, limit: int) -> _Options:
         cfg = self.config
+        options = _Options()
         oldest = self._top(lane.oldest)
         if oldest is None:
-            return None
+            return options
         if cfg.order is not Order.FAIR or self._aged(oldest, now) >= 1.0:
-            if self._fits(oldest, max_wall, skip) and self._under_cap(oldest):
-                return oldest
+            if self._under_cap(oldest):
+                options.aged = _Choice(oldest)
             if cfg.order is not Order.FAIR:
-                return None
+                return options
+        heads = options.heads
         held: list[tuple[float, float, int, str]] = []
-        """Users passed over (their head does not fit here): back in the heap afterwards."""
-        try:
-            while lane.users and len(held) < LOOKAHEAD_USERS:
-                vt, head_at, _, user = lane.users[0]
-                head = self._user_head(lane, user)
-                if head is None:
-                    heapq.heappop(lane.users)
-                    continue
-                current = self._user_vt[(lane.tier, user)]
-                if vt != current or head_at != head.queued_at:
-                    heapq.heapreplace(lane.users, (current, head.queued_at, next(_seq), user))
-                    continue
-                if not self._under_cap(head):
-                    heapq.heappop(lane.users)
-                    self._parked[(lane.tier, user)].add((lane.tier, lane.model))
-                    continue
-                if not self._fits(head, max_wall, skip):
-                    held.append(heapq.heappop(lane.users))
-                    continue
-                return head
-            return None
-        finally:
-            for entry in held:
-                heapq.heappush(lane.users, entry)
+        """Users looked at: back in the heap afterwards."""
+        users = lane.users
+        while users and len(heads) < limit:
+            vt, head_at, _, user = users[0]
+            head = self._user_head(lane, user)
+            if head is None:
+                heapq.heappop(users)
+                continue
+            current = self._user_vt[(lane.tier, user)]
+            if vt != current or head_at != head.queued_at:
+                heapq.heapreplace(users, (current, head.queued_at, next(_seq), user))
+                continue
+            if not self._under_cap(head):
+                heapq.heappop(users)
+                self._parked[(lane.tier, user)].add((lane.tier, lane.model))
+                continue
+            held.append(heapq.heappop(users))
+            heads.append(_Choice(head))
+        for entry in held:
+            heapq.heappush(users, entry)
+        options.complete = len(heads) < limit or limit >= LOOKAHEAD_USERS
+        return options
 
     def _oldest_fitting(self, lane: _Lane, max_wall: float, skip: set[str]) -> QueuedJob | None:
         """The lane's oldest job that fits, caps aside: what a worker nobody else needs

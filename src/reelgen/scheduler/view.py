@@ -88,5 +88,3 @@ class Preemption:
 class Decisions:
     assignments: list[Assignment] = field(default_factory=list)
     preemptions: list[Preemption] = field(default_factory=list)
-    reserved: dict[str, str] = field(default_factory=dict)
-    """host -> the gang job its idle GPUs are held for."""
