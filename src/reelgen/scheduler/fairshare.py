@@ -665,9 +665,10 @@ class Scheduler:
                     choice = self._lane_candidate(lane, now, max_wall, skip)
                     if choice is None:
                         continue
-                    job, key = choice.job, choice.key
-                    if key is None:
-                        key = choice.key = self._key(job, now)
+                    job = choice.job
+                    if choice.key is None:
+                        choice.key = self._key(job, now)
+                    key = choice.key
                 if best is None or key < best[0]:
                     best = (key, job)
                 if model == worker.loaded and (loaded_best is None or key < loaded_best[0]):
