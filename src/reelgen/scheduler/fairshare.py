@@ -203,6 +203,18 @@ class _Options:
         self.complete = True
         """False: the lane has more users than `heads` holds (it was asked for fewer)."""
 
+    def offers(self, user: str) -> bool:
+        aged = self.aged
+        return (aged is not None and aged.job.user == user) or any(
+            head.job.user == user for head in self.heads
+        )
+
+    def rekey(self) -> None:
+        if self.aged is not None:
+            self.aged.key = None
+        for head in self.heads:
+            head.key = None
+
 
 @dataclass(slots=True)
 class _Reservation:
@@ -245,6 +257,12 @@ class Scheduler:
         self._promised: dict[str, str] = {}
         """worker -> the queued job its preempted job makes room for"""
         self._last_preempt_check = -INFINITY
+        self._gang_ready: set[str] = set()
+        """Reserved hosts where a GPU fell idle since the last round."""
+        self._backfills: list[tuple[float, int, str]] = []
+        """heap of (-start_by, seq, host): reserved hosts with idle GPUs, longest limit first"""
+        self._backfill_hosts: dict[str, tuple[float, int, str]] = {}
+        """host -> its current entry in `_backfills` (the others are stale)"""
         self._picks: dict[Tier, dict[_Lane, _Options]] = {}
         """This round's lane choices (`_options`), by tier."""
         cfg = self.config
@@ -259,6 +277,7 @@ class Scheduler:
         self._workers[worker.id] = worker
         self._hosts[worker.host][worker.id] = None
         self._idle.add(worker)
+        self._gpu_freed(worker)
         if worker.loaded is not None:
             self._holders[worker.loaded] += 1
 
@@ -316,8 +335,10 @@ class Scheduler:
                     del self._reservations[reservation.host]
                     return reservation.job
             return None
-        self._picks.pop(job.tier, None)
         lane = self._lanes[(job.tier, job.model)]
+        picks = self._picks.get(job.tier)
+        if picks:
+            picks.pop(lane, None)
         lane.backlog_s -= job.gpu_seconds
         lane.count -= 1
         self._queued_by_gpus[job.gpus] -= 1
@@ -341,8 +362,10 @@ class Scheduler:
                 del self._busy[worker_id]
                 del self._busy_end[worker_id]
                 self._busy_gpus[(run.model, run.tier)] -= 1
-                if worker_id in self._workers:
-                    self._idle.add(self._workers[worker_id])
+                worker = self._workers.get(worker_id)
+                if worker is not None:
+                    self._idle.add(worker)
+                    self._gpu_freed(worker)
         user_key = (run.tier, run.user)
         self._user_running[user_key] -= 1
         for lane_key in self._parked.pop(user_key, ()):
@@ -535,11 +558,7 @@ class Scheduler:
     def schedule(self, now: float) -> Decisions:
         decisions = Decisions()
         self._picks.clear()
-        by_host = self._idle.by_host
-        for reservation in [
-            r for r in self._reservations.values() if len(by_host.get(r.host, ())) >= r.job.gpus
-        ]:
-            self._place_reserved(reservation, now, decisions)
+        self._place_gangs(now, decisions)
         for worker_id, job_id in list(self._promised.items()):
             if worker_id in self._idle or worker_id not in self._workers:
                 del self._promised[worker_id]
@@ -547,38 +566,33 @@ class Scheduler:
                 if job is not None and worker_id in self._idle:
                     self._start([job], [self._workers[worker_id]], now, decisions)
         if self._queued:
+            self._backfill(now, decisions)
             # Workers holding a model with backlog go first, so that a job goes to a worker
             # that holds its model before another worker switches to it. A worker that
-            # finds nothing speaks for the rest of its group (same models, no reservation
-            # on its host): their candidates are the same. Until the next start, so does
-            # one with the same models whose backfill limit was no shorter (`failed`).
+            # finds nothing speaks for the rest of its group (same models): their
+            # candidates are the same.
             with_backlog = [m for m, lanes in self._by_model.items() if any(x.count for x in lanes)]
             groups = [self._idle.by_loaded.get(m, {}) for m in with_backlog]
             groups += list(self._idle.by_models.values())
-            fruitless_hosts: set[str] = set()
-            failed: dict[frozenset[str], float] = {}
-            starts = 0
+            reserved = self._reservations.keys()
+            failed: set[frozenset[str]] = set()
+            starts = len(decisions.assignments)
             for group in groups:
-                for worker_id in self._packed(group, fruitless_hosts):
+                for worker_id in self._packed(group, reserved):
                     if not self._queued:
                         break
                     if worker_id not in self._idle:
                         continue  # taken by a gang or a batch of this round
                     worker = self._workers[worker_id]
-                    if worker.host in fruitless_hosts:
-                        continue
+                    if worker.host in reserved:
+                        continue  # reserved by a gang of this round: backfill below
                     if starts != len(decisions.assignments):
                         failed.clear()
                         starts = len(decisions.assignments)
-                    max_wall = self._max_wall(worker, now)
-                    if max_wall > failed.get(worker.models, -INFINITY):
-                        if self._assign_one(worker, now, decisions):
-                            continue
+                    if worker.models in failed or not self._assign_one(worker, now, decisions):
                         if starts == len(decisions.assignments):
-                            failed[worker.models] = max_wall
-                    if worker.host not in self._reservations:
+                            failed.add(worker.models)
                         break
-                    fruitless_hosts.add(worker.host)  # its other idle GPUs: the same answer
         if (
             self.config.order is Order.FAIR
             and self._queued
@@ -587,6 +601,62 @@ class Scheduler:
             self._last_preempt_check = now
             self._preempt(now, decisions)
         return decisions
+
+    def _place_gangs(self, now: float, decisions: Decisions) -> None:
+        """Starts the gangs whose reserved hosts have had GPUs freed since the last round
+        and now have enough idle."""
+        ready, self._gang_ready = self._gang_ready, set()
+        by_host = self._idle.by_host
+        for host in ready:
+            reservation = self._reservations.get(host)
+            if reservation is not None and len(by_host.get(host, ())) >= reservation.job.gpus:
+                self._place_reserved(reservation, now, decisions)
+
+    def _backfill(self, now: float, decisions: Decisions) -> None:
+        """Gives the idle GPUs of reserved hosts jobs that end before the gang starts: the
+        hosts whose gang starts last (the longest limit) first. A host that finds nothing
+        speaks for every later host with the same models (their limits are no longer), until
+        the next start; so a round looks at few reserved hosts, however many there are."""
+        heap, idle, workers = self._backfills, self._idle, self._workers
+        reservations, current = self._reservations, self._backfill_hosts
+        held: list[tuple[float, int, str]] = []
+        failed: set[frozenset[str]] = set()
+        present = [models for models, group in idle.by_models.items() if group]
+        starts = len(decisions.assignments)
+        while heap and self._queued and len(failed) < len(present):
+            entry = heapq.heappop(heap)
+            host = entry[2]
+            if current.get(host) is not entry:
+                continue
+            if host not in reservations or host not in idle.by_host:
+                del current[host]
+                continue
+            held.append(entry)
+            for worker_id in list(idle.by_host.get(host, ())):
+                worker = workers[worker_id]
+                if worker.models in failed or worker_id not in idle:
+                    continue
+                if self._assign_one(worker, now, decisions):
+                    if starts != len(decisions.assignments):
+                        failed.clear()
+                        starts = len(decisions.assignments)
+                    continue
+                if starts == len(decisions.assignments):
+                    failed.add(worker.models)
+                break  # its other idle GPUs: the same answer
+        for entry in held:
+            heapq.heappush(heap, entry)
+
+    def _gpu_freed(self, worker: WorkerView) -> None:
+        """A worker fell idle: if its host is reserved, the gang may start or backfill."""
+        host = worker.host
+        reservation = self._reservations.get(host)
+        if reservation is not None:
+            self._gang_ready.add(host)
+            if host not in self._backfill_hosts:
+                entry = (-reservation.start_by, next(_seq), host)
+                self._backfill_hosts[host] = entry
+                heapq.heappush(self._backfills, entry)
 
     def _packed(self, group: Mapping[str, None], skip_hosts: AbstractSet[str]) -> Iterator[str]:
         """A group's idle workers, those on the busiest hosts first (then in the order they
@@ -600,7 +670,10 @@ class Scheduler:
         wanted = min(len(group), len(self._queued))
         if 2 * len(group) < wanted * len(idle) / max(1, len(group)):
             workers = self._workers
-            yield from sorted(group, key=lambda w: len(idle.by_host[workers[w].host]))
+            yield from sorted(
+                (w for w in group if workers[w].host not in skip_hosts),
+                key=lambda w: len(idle.by_host[workers[w].host]),
+            )
             return
         for count in sorted(c for c, hosts in idle.by_count.items() if hosts):
             for host in list(idle.by_count[count]):
@@ -896,7 +969,12 @@ class Scheduler:
         if best is None:
             return False
         self.remove(job.id)
-        self._reservations[best[1]] = _Reservation(job, best[1], max(best[0], now))
+        host = best[1]
+        self._reservations[host] = _Reservation(job, host, max(best[0], now))
+        self._backfill_hosts.pop(host, None)  # an entry of an earlier reservation is stale
+        for worker_id in idle.by_host.get(host, ()):
+            self._gpu_freed(workers[worker_id])
+            break
         return True
 
     def _place_reserved(self, reservation: _Reservation, now: float, dec: Decisions) -> None:
@@ -950,8 +1028,16 @@ class Scheduler:
         dec.assignments.append(Assignment(job_ids, worker_ids, model, switch))
 
     def _account(self, job: QueuedJob) -> None:
-        """Advances the virtual times the job's start uses up."""
-        self._picks.pop(job.tier, None)
+        """Advances the virtual times the job's start uses up. The tier's other lanes keep
+        their choices unless the job's user is among them (that user's virtual time and
+        running count changed); the rest only need new keys (the tier's time moved)."""
+        picks = self._picks.get(job.tier)
+        if picks:
+            for lane, options in list(picks.items()):
+                if options.offers(job.user):
+                    del picks[lane]
+                else:
+                    options.rekey()
         user_key = (job.tier, job.user)
         start = max(self._user_vt[user_key], self._user_floor[job.tier])
         self._user_floor[job.tier] = start
