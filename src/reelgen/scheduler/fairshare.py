@@ -257,7 +257,7 @@ class Scheduler:
         self._promised: dict[str, str] = {}
         """worker -> the queued job its preempted job makes room for"""
         self._last_preempt_check = -INFINITY
-        self._gang_ready: set[str] = set()
+        self._gang_ready: dict[str, None] = {}
         """Reserved hosts where a GPU fell idle since the last round."""
         self._backfills: list[tuple[float, int, str]] = []
         """heap of (-start_by, seq, host): reserved hosts with idle GPUs, longest limit first"""
@@ -605,7 +605,7 @@ class Scheduler:
     def _place_gangs(self, now: float, decisions: Decisions) -> None:
         """Starts the gangs whose reserved hosts have had GPUs freed since the last round
         and now have enough idle."""
-        ready, self._gang_ready = self._gang_ready, set()
+        ready, self._gang_ready = self._gang_ready, {}
         by_host = self._idle.by_host
         for host in ready:
             reservation = self._reservations.get(host)
@@ -652,7 +652,7 @@ class Scheduler:
         host = worker.host
         reservation = self._reservations.get(host)
         if reservation is not None:
-            self._gang_ready.add(host)
+            self._gang_ready[host] = None
             if host not in self._backfill_hosts:
                 entry = (-reservation.start_by, next(_seq), host)
                 self._backfill_hosts[host] = entry

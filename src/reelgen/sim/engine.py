@@ -85,6 +85,10 @@ class Result:
     rounds: list[tuple[float, Decisions]] = field(default_factory=list)
 
 
+_Event = tuple[float, int, int, "_Flight | None", int, str]
+"""(at, seq, kind, flight, attempt, worker)"""
+
+
 @dataclass(slots=True)
 class _Flight:
     """A job from its arrival to its end: what the policy is told about it, and how far
@@ -128,7 +132,10 @@ class _Fleet:
         self.unforecast = 0
         self.flights: dict[str, _Flight] = {}
         """Jobs that arrived and have not ended, by id."""
-        self.events: list[tuple[float, int, int, _Flight | None, int, str]] = []
+        self.events: dict[int, list[_Event]] = {}
+        """Pending events by round (`at // tick_s`): a calendar, cheaper than one heap of
+        all of them; `event_rounds` is the heap of its keys."""
+        self.event_rounds: list[int] = []
         self.seq = 0
         self.model_names = [m.name for m in trace.models]
         self.load_s = {m.name: costs[m.cost_class].load_s for m in trace.models}
@@ -206,7 +213,33 @@ class _Fleet:
         self, at: float, kind: int, job: _Flight | None, attempt: int, worker: str = ""
     ) -> None:
         self.seq += 1
-        heapq.heappush(self.events, (at, self.seq, kind, job, attempt, worker))
+        self._file((at, self.seq, kind, job, attempt, worker))
+
+    def _next_event(self) -> float:
+        return min(self.events[self.event_rounds[0]])[0] if self.event_rounds else math.inf
+
+    def _due(self, now: float) -> list[_Event]:
+        """The events at or before `now`, in time order, taken off the calendar."""
+        rounds, events = self.event_rounds, self.events
+        due: list[_Event] = []
+        while rounds and rounds[0] * self.cfg.tick_s <= now:
+            due += events.pop(heapq.heappop(rounds))
+        if not due:
+            return due
+        due.sort()
+        if due[-1][0] > now:
+            for event in [e for e in due if e[0] > now]:
+                self._file(event)
+            due = [e for e in due if e[0] <= now]
+        return due
+
+    def _file(self, event: _Event) -> None:
+        key = int(event[0] // self.cfg.tick_s)
+        bucket = self.events.get(key)
+        if bucket is None:
+            bucket = self.events[key] = []
+            heapq.heappush(self.event_rounds, key)
+        bucket.append(event)
 
     # ---- jobs ---------------------------------------------------------------------------
     def _arrivals(self) -> Iterator[_Flight]:
@@ -384,10 +417,9 @@ class _Fleet:
         coming = next(arrivals, None)  # the next job to arrive (None: all have)
         now = 0.0
         horizon = (float(arrival[-1]) if len(arrival) else 0.0) + self.cfg.drain_s
-        events = self.events
         while now <= horizon:
             next_arrival = coming.job.created_at if coming is not None else math.inf
-            next_event = events[0][0] if events else math.inf
+            next_event = self._next_event()
             upcoming = min(next_arrival, next_event)
             if self.s.queued and next_scale < math.inf:
                 upcoming = min(upcoming, next_scale)  # the autoscaler may add capacity
@@ -400,8 +432,7 @@ class _Fleet:
             while coming is not None and coming.job.created_at <= now:
                 self.arrive(coming)
                 coming = next(arrivals, None)
-            while events and events[0][0] <= now:
-                at, _, kind, job, attempt, worker_id = heapq.heappop(events)
+            for at, _, kind, job, attempt, worker_id in self._due(now):
                 self.handle(kind, job, attempt, worker_id, at)
             self.apply(now)
             if self.unforecast and now >= next_forecast:
@@ -420,7 +451,7 @@ class _Fleet:
                 r.samples["fleet"].append(up)
                 next_sample = now + self.cfg.sample_every_s
             last = now
-            if coming is None and not events and self.s.queued == 0:
+            if coming is None and not self.event_rounds and self.s.queued == 0:
                 break
         r.horizon_s = last
         r.wall_s = time.perf_counter() - started
