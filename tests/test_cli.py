@@ -46,6 +46,22 @@ def test_keys_create_without_tier_leaves_the_tier_alone(tmp_path: Path) -> None:
         platform.close()
 
 
+def test_keys_create_no_batch_makes_a_key_that_may_not_ask_for_batch(tmp_path: Path) -> None:
+    from reelgen.platform import build_api
+    from reelgen.services.accounts import authenticate
+    from reelgen.settings import Settings
+
+    args = ["keys", "create", "--user", "fay", "--data-dir", str(tmp_path)]
+    plain = runner.invoke(app, args).output.strip()
+    no_batch = runner.invoke(app, [*args, "--no-batch"]).output.strip()
+    platform = build_api(Settings(data_dir=tmp_path))
+    try:
+        assert authenticate(platform, plain).allow_batch
+        assert not authenticate(platform, no_batch).allow_batch
+    finally:
+        platform.close()
+
+
 def test_generate_writes_a_playable_mp4(live, tmp_path: Path) -> None:
     out = tmp_path / "clip.mp4"
     result = runner.invoke(

@@ -9,6 +9,7 @@ import httpx
 from sqlalchemy import select
 
 from reelgen.domain.jobs import Tier
+from reelgen.services.accounts import create_key
 from reelgen.store.schema import jobs
 
 SMALL = {"size": "64x64", "seconds": "1"}
@@ -194,6 +195,22 @@ def test_service_tier_batch_queues_apart_from_the_keys_own_limits(start_server) 
     tiers = {i: live.platform.jobs.get(i).tier for i in [*batch, form.json()["id"]]}
     assert set(tiers.values()) == {Tier.BATCH}
     assert live.platform.jobs.get(interactive["id"]).tier is Tier.FREE
+
+
+def test_a_key_without_batch_may_not_ask_for_it(start_server) -> None:
+    live = start_server(workers=0)
+    key = create_key(live.platform, user_name="erin", tier=Tier.FREE, allow_batch=False)
+    with live.client(key) as http:
+        for tier in ("batch", "flex"):
+            r = http.post("/v1/videos", json={"prompt": "x", "service_tier": tier, **SMALL})
+            assert r.status_code == 403
+            err = r.json()["error"]
+            assert err["type"] == "permission_error" and err["param"] == "service_tier"
+            assert "may not use service_tier" in err["message"]
+        kept = _create(http, service_tier="default")
+    assert live.platform.jobs.get(kept["id"]).tier is Tier.FREE
+    with live.platform.db.read() as conn:
+        assert [row.id for row in conn.execute(select(jobs.c.id))] == [kept["id"]]
 
 
 def test_sse_streams_until_the_job_ends(live) -> None:

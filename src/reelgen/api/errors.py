@@ -9,6 +9,7 @@ from starlette.exceptions import HTTPException
 
 from reelgen.domain.errors import (
     Conflict,
+    Forbidden,
     InvalidRequest,
     LeaseLost,
     NotFound,
@@ -21,6 +22,7 @@ from reelgen.domain.errors import (
 STATUS = {
     InvalidRequest: (400, "invalid_request_error"),
     Unauthorized: (401, "authentication_error"),
+    Forbidden: (403, "permission_error"),
     NotFound: (404, "invalid_request_error"),
     Conflict: (409, "invalid_request_error"),
     RateLimited: (429, "rate_limit_error"),

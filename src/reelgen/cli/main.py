@@ -111,6 +111,9 @@ def keys_create(
         Tier | None,
         typer.Option(help="Tier of the user; a new user starts free, an existing one keeps its."),
     ] = None,
+    batch: Annotated[
+        bool, typer.Option(help="Whether the key's requests may ask for service_tier=batch.")
+    ] = True,
     data_dir: DataDir = None,
 ) -> None:
     """Create an API key for a user and print it (shown only once)."""
@@ -125,7 +128,7 @@ def keys_create(
     from reelgen.domain.errors import ReelgenError
 
     try:
-        typer.echo(create_key(platform, user_name=user, tier=tier))
+        typer.echo(create_key(platform, user_name=user, tier=tier, allow_batch=batch))
     except ReelgenError as exc:
         raise typer.BadParameter(exc.message, param_hint="--tier") from exc
     finally:

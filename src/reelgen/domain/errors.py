@@ -22,6 +22,10 @@ class Unauthorized(ReelgenError):
     code = "invalid_api_key"
 
 
+class Forbidden(ReelgenError):
+    code = "permission_denied"
+
+
 class NotFound(ReelgenError):
     code = "not_found"
 

@@ -168,9 +168,13 @@ _JOB_FIELDS = tuple(f.name for f in dataclasses.fields(Job))
 
 @dataclass(frozen=True, slots=True)
 class User:
+    """Who a request is for, as its API key says."""
+
     id: str
     name: str
     tier: Tier
+    allow_batch: bool = True
+    """Whether the key may lower a request to the batch tier (`service_tier`)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,11 +21,17 @@ def new_id(prefix: str) -> str:
 
 
 def create_key(
-    platform: ApiContext, *, user_name: str, tier: Tier | None, key: str | None = None
+    platform: ApiContext,
+    *,
+    user_name: str,
+    tier: Tier | None,
+    key: str | None = None,
+    allow_batch: bool = True,
 ) -> str:
     """Creates (or reuses) the user and binds a new key to it; returns the plain key.
 
-    `tier=None` keeps an existing user's tier (a new user starts free)."""
+    `tier=None` keeps an existing user's tier (a new user starts free). `allow_batch`: whether
+    the key's requests may ask for the batch tier."""
     if tier is Tier.BATCH:
         raise InvalidRequest(
             "batch is a job's service tier, not a user's: a user is paid or free.", param="tier"
@@ -36,7 +42,12 @@ def create_key(
     )
     key = key or KEY_PREFIX + secrets.token_urlsafe(32)
     platform.accounts.add_key(
-        key_id=new_id("key"), user_id=user.id, key_hash=hash_key(key), prefix=key[:8], now=now
+        key_id=new_id("key"),
+        user_id=user.id,
+        key_hash=hash_key(key),
+        prefix=key[:8],
+        now=now,
+        allow_batch=allow_batch,
     )
     return key
 

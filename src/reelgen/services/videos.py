@@ -17,7 +17,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
-from reelgen.domain.errors import Conflict, InvalidRequest, NotFound, RateLimited
+from reelgen.domain.errors import Conflict, Forbidden, InvalidRequest, NotFound, RateLimited
 from reelgen.domain.jobs import (
     DAY_S,
     DEFAULT_SECONDS,
@@ -90,7 +90,14 @@ def service_tier(user: User, requested: str | None) -> Tier:
             f"{', '.join(SERVICE_TIERS)} (batch runs within hours at lower priority).",
             param="service_tier",
         )
-    return SERVICE_TIERS[requested] or user.tier
+    tier = SERVICE_TIERS[requested] or user.tier
+    if tier is Tier.BATCH and not user.allow_batch:
+        raise Forbidden(
+            f"This API key may not use service_tier={requested!r}; send 'default' (or leave "
+            "it out), or ask the operator for a key that allows batch.",
+            param="service_tier",
+        )
+    return tier
 
 
 def _decode_data_url(url: str) -> bytes:

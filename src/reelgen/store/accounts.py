@@ -29,12 +29,26 @@ class AccountStore:
                 return User(id=row.id, name=row.name, tier=tier)
             return User(id=row.id, name=row.name, tier=Tier(row.tier))
 
-    def add_key(self, *, key_id: str, user_id: str, key_hash: str, prefix: str, now: float) -> None:
+    def add_key(
+        self,
+        *,
+        key_id: str,
+        user_id: str,
+        key_hash: str,
+        prefix: str,
+        now: float,
+        allow_batch: bool = True,
+    ) -> None:
         """Adding a key that exists already is a no-op (replicas bootstrapping at once)."""
         with self.db.write() as conn:
             conn.execute(
                 self.db.backend.insert_ignoring_conflicts(api_keys).values(
-                    id=key_id, user_id=user_id, key_hash=key_hash, prefix=prefix, created_at=now
+                    id=key_id,
+                    user_id=user_id,
+                    key_hash=key_hash,
+                    prefix=prefix,
+                    created_at=now,
+                    allow_batch=allow_batch,
                 )
             )
 
@@ -45,4 +59,6 @@ class AccountStore:
     def user_for_key(self, key_hash: str) -> User | None:
         with self.db.read() as conn:
             row = conn.execute(q.user_for_key(), {"key_hash": key_hash}).first()
-        return None if row is None else User(id=row.id, name=row.name, tier=Tier(row.tier))
+        if row is None:
+            return None
+        return User(id=row.id, name=row.name, tier=Tier(row.tier), allow_batch=row.allow_batch)

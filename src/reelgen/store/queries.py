@@ -103,7 +103,7 @@ def user_usage() -> Select[Any]:
 @cache
 def user_for_key() -> Select[Any]:
     return (
-        select(users.c.id, users.c.name, users.c.tier)
+        select(users.c.id, users.c.name, users.c.tier, api_keys.c.allow_batch)
         .join(api_keys, api_keys.c.user_id == users.c.id)
         .where(api_keys.c.key_hash == bindparam("key_hash"), api_keys.c.revoked_at.is_(None))
     )
