@@ -646,6 +646,11 @@ class Scheduler:
                 break  # its other idle GPUs: the same answer
         for entry in held:
             heapq.heappush(heap, entry)
+        if len(heap) > 2 * len(reservations) + 64:  # entries of gangs placed since
+            for host in [h for h in current if h not in reservations]:
+                del current[host]
+            heap[:] = current.values()
+            heapq.heapify(heap)
 
     def _gpu_freed(self, worker: WorkerView) -> None:
         """A worker fell idle: if its host is reserved, the gang may start or backfill."""
