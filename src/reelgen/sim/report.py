@@ -23,10 +23,13 @@ def figures(r: Result) -> dict[str, Any]:
     t = r.trace
     wait = r.first_start - t.arrival
     started = ~np.isnan(r.first_start)
+    forecast = started & ~np.isnan(r.predicted_wait)
+    error = np.abs(r.predicted_wait - wait)
     tiers: dict[str, Any] = {}
     for k, tier in enumerate(TIERS):
         mine = t.tier == k
         w = wait[mine & started]
+        e = error[mine & forecast]
         tiers[tier.value] = {
             "jobs": int(mine.sum()),
             "started": int((mine & started).sum()),
@@ -35,11 +38,12 @@ def figures(r: Result) -> dict[str, Any]:
             "wait_p95_s": _pct(w, 95),
             "wait_p99_s": _pct(w, 99),
             "wait_max_s": float(w.max()) if w.size else math.nan,
+            "eta_error_p50_s": _pct(e, 50),
+            "eta_error_p90_s": _pct(e, 90),
         }
     batch = t.tier == TIERS.index(Tier.BATCH)
     on_time = batch & (r.end <= t.arrival + t.deadline_s)
-    forecast = started & ~np.isnan(r.predicted_wait)
-    eta_error = np.abs(r.predicted_wait - wait)[forecast]
+    eta_error = error[forecast]
     gpu_hours = r.capacity_gpu_s / 3600.0
     demanded = float(t.actual_seconds.sum())
     return {
@@ -105,6 +109,14 @@ def markdown(all_figures: Sequence[dict[str, Any]], command: str) -> str:
                 f"{tier} wait {q}",
                 [_fmt(f["tiers"][tier][f"wait_{q}_s"], " s") for f in all_figures],
             )
+        row(
+            f"{tier} ETA error p50 / p90",
+            [
+                f"{_fmt(f['tiers'][tier]['eta_error_p50_s'], ' s')} / "
+                f"{_fmt(f['tiers'][tier]['eta_error_p90_s'], ' s')}"
+                for f in all_figures
+            ],
+        )
         row(
             f"{tier} started / jobs",
             [
