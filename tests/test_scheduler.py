@@ -504,6 +504,19 @@ def test_the_forecast_is_the_order_and_the_starts_the_policy_then_keeps() -> Non
         assert start == pytest.approx(drive.started_at[job_id]), job_id
 
 
+def test_the_forecast_holds_a_user_at_their_running_cap() -> None:
+    caps = {Tier.PAID: 16, Tier.FREE: 1, Tier.BATCH: 1000}
+    s = build([], [worker("w1"), worker("w2")], user_running_cap=caps, work_conserving_caps=False)
+    drive = Drive(s)
+    first, second = job("heavy", seconds=30.0, at=0.0), job("heavy", seconds=30.0, at=1.0)
+    drive.submit(first, second)
+    forecast = s.forecast(0.0)
+    assert forecast[second.id][1] == pytest.approx(30.0)  # not at once on the idle GPU
+    drive.run()
+    for job_id, (_position, start) in forecast.items():
+        assert start == pytest.approx(drive.started_at[job_id]), job_id
+
+
 def test_the_forecast_has_no_start_where_no_worker_serves_the_model() -> None:
     s = Scheduler()
     s.add_worker(worker("w1", models=("other",), loaded="other"))

@@ -492,10 +492,18 @@ class Scheduler:
         share (a job's tag is its user's virtual time plus the user's work queued before
         it), across tiers by weight over the same tags, batch after both (FIFO and strict
         priority: their own orders); then the jobs are laid out on the model's workers as
-        those free up. Aging, caps and gang placement are left out: an estimate for the
-        API's `queue_position` and `eta_seconds`, not a plan."""
+        those free up, a user at their running cap waiting for one of their own to end
+        (as if caps were hard: under load they are). Aging and gang placement are left
+        out: an estimate for the API's `queue_position` and `eta_seconds`, not a plan."""
         out: dict[str, tuple[int, float | None]] = {}
         busy_end = self._busy_end
+        slots: dict[tuple[Tier, str], list[float]] = defaultdict(list)
+        """(tier, user) -> when their running jobs end: the user's cap holds the next back"""
+        for run in self._running.values():
+            slots[(run.tier, run.user)].append(max(now, run.expected_end))
+        for ends in slots.values():
+            heapq.heapify(ends)
+        caps = self._caps
         for model, lanes in self._by_model.items():
             order: list[tuple[tuple[float, ...], QueuedJob]] = []
             for lane in lanes:
@@ -513,8 +521,12 @@ class Scheduler:
             replace_top, pop, push = heapq.heapreplace, heapq.heappop, heapq.heappush
             for position, (_key, job) in enumerate(order):
                 if job.gpus == 1 and free:
+                    mine = slots[(job.tier, job.user)]
                     start = free[0]
+                    if len(mine) >= caps[job.tier]:
+                        start = max(start, pop(mine))
                     replace_top(free, start + job.gpu_seconds)
+                    push(mine, start + job.gpu_seconds)
                 elif len(free) < job.gpus:
                     out[job.id] = (position, None)
                     continue
