@@ -70,7 +70,6 @@ PREEMPT_PER_LANE = 16
 RESERVE_LOOKS = 16
 """How many hosts a gang looks at for the one that frees its GPUs soonest (those with the
 most idle GPUs first)."""
-_NO_SKIP: frozenset[str] = frozenset()
 _RANK = {tier: rank for rank, tier in enumerate(TIER_ORDER)}
 
 
@@ -277,7 +276,7 @@ class Scheduler:
         self._workers[worker.id] = worker
         self._hosts[worker.host][worker.id] = None
         self._idle.add(worker)
-        self._gpu_freed(worker)
+        self._gpu_freed(worker.host)
         if worker.loaded is not None:
             self._holders[worker.loaded] += 1
 
@@ -365,7 +364,7 @@ class Scheduler:
                 worker = self._workers.get(worker_id)
                 if worker is not None:
                     self._idle.add(worker)
-                    self._gpu_freed(worker)
+                    self._gpu_freed(worker.host)
         user_key = (run.tier, run.user)
         self._user_running[user_key] -= 1
         for lane_key in self._parked.pop(user_key, ()):
@@ -597,7 +596,7 @@ class Scheduler:
                         continue  # taken by a gang or a batch of this round
                     worker = self._workers[worker_id]
                     if worker.host in reserved:
-                        continue  # reserved by a gang of this round: backfill below
+                        continue  # reserved by a gang during this round: backfill only
                     if starts != len(decisions.assignments):
                         failed.clear()
                         starts = len(decisions.assignments)
@@ -664,9 +663,9 @@ class Scheduler:
             heap[:] = current.values()
             heapq.heapify(heap)
 
-    def _gpu_freed(self, worker: WorkerView) -> None:
-        """A worker fell idle: if its host is reserved, the gang may start or backfill."""
-        host = worker.host
+    def _gpu_freed(self, host: str) -> None:
+        """A GPU of `host` fell idle: if the host is reserved, the gang may start or
+        backfill."""
         reservation = self._reservations.get(host)
         if reservation is not None:
             self._gang_ready[host] = None
@@ -989,9 +988,8 @@ class Scheduler:
         host = best[1]
         self._reservations[host] = _Reservation(job, host, max(best[0], now))
         self._backfill_hosts.pop(host, None)  # an entry of an earlier reservation is stale
-        for worker_id in idle.by_host.get(host, ()):
-            self._gpu_freed(workers[worker_id])
-            break
+        if host in idle.by_host:
+            self._gpu_freed(host)
         return True
 
     def _place_reserved(self, reservation: _Reservation, now: float, dec: Decisions) -> None:
