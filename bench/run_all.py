@@ -45,6 +45,7 @@ BENCHMARKS: list[tuple[str, int]] = [
     ("crash_recovery", 300),
     # Pure Python, no servers:
     ("policy_decisions", 300),
+    ("text_moderation", 300),
     ("sim_day", 900),
     ("fleet_size", 1800),
 ]

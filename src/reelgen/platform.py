@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import secrets
+import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, fields
 from typing import Any, Generic, TypeVar
 
@@ -12,9 +14,12 @@ from reelgen.domain.jobs import User
 from reelgen.models.base import VideoModel
 from reelgen.models.registry import AVAILABLE, build_model
 from reelgen.observability.metrics import Metrics
+from reelgen.safety.text import SafetyPolicy, TextModerator
+from reelgen.safety.verdict import MANDATORY, Category, Thresholds
 from reelgen.settings import Settings
 from reelgen.storage.base import ObjectStore, open_store
 from reelgen.store.accounts import AccountStore
+from reelgen.store.audit import AuditStore
 from reelgen.store.database import Database, make_engine
 from reelgen.store.jobs import JobStore
 from reelgen.store.notify import ALL_CHANNELS, Bus, open_bus
@@ -50,6 +55,8 @@ class Core:
     settings: Settings
     db: Database
     jobs: JobStore
+    audit: AuditStore
+    """The moderation audit log (input checks on the API, output checks on workers)."""
     objects: ObjectStore
     bus: Bus
     metrics: Metrics
@@ -63,16 +70,23 @@ class Core:
 @dataclass(kw_only=True)
 class ApiContext(Core):
     """An API replica: accounts and their key cache, the adapter catalogue (styles, cost
-    estimates; nothing loaded) and the URL signing secret."""
+    estimates; nothing loaded), the URL signing secret, and the input safety check with the
+    threads it runs on (off the event loop)."""
 
     accounts: AccountStore
     models: dict[str, VideoModel]
     signing_secret: bytes
+    moderator: TextModerator
+    safety_pool: ThreadPoolExecutor
     key_cache: TTLCache[str, User] = field(default_factory=lambda: TTLCache(ttl_s=30.0))
     """API key hash -> user; a revoked key may keep working for up to `ttl_s`."""
 
     def model(self, name: str) -> VideoModel:
         return self.models[name]
+
+    def close(self) -> None:
+        self.safety_pool.shutdown(wait=False, cancel_futures=True)
+        super().close()
 
 
 @dataclass(kw_only=True)
@@ -109,6 +123,7 @@ def build_core(settings: Settings, *, listen: frozenset[str] = ALL_CHANNELS) -> 
         settings=settings,
         db=db,
         jobs=JobStore(db),
+        audit=AuditStore(db),
         objects=open_store(
             settings.resolved_storage_url(), signing_secret=load_signing_secret(settings)
         ),
@@ -129,14 +144,61 @@ def build_catalog(settings: Settings) -> dict[str, VideoModel]:
     return {name: build_model(name, settings) for name in AVAILABLE}
 
 
+def safety_policy(settings: Settings) -> SafetyPolicy:
+    """The deployment's safety choices; a bad threshold or category name stops the start."""
+    optional = {
+        Category.SEXUAL: settings.safety_block_sexual,
+        Category.HATE: settings.safety_block_hate,
+        Category.SELF_HARM: settings.safety_block_self_harm,
+    }
+    enabled = frozenset(MANDATORY) | {c for c, on in optional.items() if on}
+    thresholds = dict.fromkeys(Category, Thresholds())
+    for name, values in settings.safety_thresholds.items():
+        try:
+            category = Category(name)
+        except ValueError:
+            raise ValueError(
+                f"REELGEN_SAFETY_THRESHOLDS names unknown category {name!r}; "
+                f"categories: {', '.join(c.value for c in Category)}"
+            ) from None
+        unknown = set(values) - {"block", "review"}
+        if unknown:
+            raise ValueError(f"REELGEN_SAFETY_THRESHOLDS[{name!r}] takes block and review only")
+        t = Thresholds(**{**{"block": 0.5, "review": 0.35}, **values})
+        if not 0.0 < t.review <= t.block <= 1.0:
+            raise ValueError(f"REELGEN_SAFETY_THRESHOLDS[{name!r}]: need 0 < review <= block <= 1")
+        thresholds[category] = t
+    return SafetyPolicy(enabled=enabled, thresholds=thresholds)
+
+
+_moderators: dict[str, TextModerator] = {}
+_moderators_lock = threading.Lock()
+
+
+def build_moderator(settings: Settings) -> TextModerator:
+    """The prompt check, trained once per process and policy (API replicas in one process,
+    as in tests, share it)."""
+    policy = safety_policy(settings)
+    with _moderators_lock:
+        moderator = _moderators.get(policy.key())
+        if moderator is None:
+            moderator = _moderators[policy.key()] = TextModerator(policy)
+        return moderator
+
+
 def api_context(core: Core, catalog: dict[str, VideoModel] | None = None) -> ApiContext:
     """The API's view of `core` (shared with other roles in `reelgen serve`)."""
+    moderator = build_moderator(core.settings)
     core.db.start_group_commit()
     return ApiContext(
         **_core_fields(core),
         accounts=AccountStore(core.db),
         models=catalog if catalog is not None else build_catalog(core.settings),
         signing_secret=load_signing_secret(core.settings),
+        moderator=moderator,
+        safety_pool=ThreadPoolExecutor(
+            core.settings.safety_threads, thread_name_prefix="reelgen-safety"
+        ),
     )
 
 

@@ -53,6 +53,18 @@ class Settings(BaseSettings):
     max_reference_bytes: int = Field(10 * 1024 * 1024, ge=1024)
     max_reference_pixels: int = Field(4096 * 4096, ge=64 * 64)
 
+    safety_block_sexual: bool = True
+    """Block sexual content of adults (the mandatory categories cannot be switched off)."""
+    safety_block_hate: bool = True
+    safety_block_self_harm: bool = True
+    safety_thresholds: dict[str, dict[str, float]] = Field(default_factory=dict)
+    """Per category, `block` and/or `review` score thresholds (JSON in
+    `REELGEN_SAFETY_THRESHOLDS`, e.g. `{"sexual": {"block": 0.6}}`); defaults 0.5 and 0.35."""
+    safety_prompt_retention_days: int = Field(30, ge=0)
+    """How long the moderation audit log keeps a prompt's text (0: only its hash)."""
+    safety_threads: int = Field(4, ge=1)
+    """Threads that run the input checks, off the API's event loop."""
+
     lease_seconds: float = Field(30.0, gt=0)
     heartbeat_seconds: float = Field(5.0, gt=0)
     """Lease renewal and cancel/preempt checks; progress travels on the bus more often."""

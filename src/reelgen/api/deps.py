@@ -8,6 +8,7 @@ from typing import Annotated, ParamSpec, TypeVar
 from fastapi import Depends, Request
 from fastapi.concurrency import run_in_threadpool
 
+from reelgen.domain.errors import Forbidden
 from reelgen.domain.jobs import User
 from reelgen.platform import ApiContext
 from reelgen.services import accounts
@@ -49,3 +50,16 @@ async def get_user(request: Request) -> User:
 
 
 CurrentUser = Annotated[User, Depends(get_user)]
+
+
+async def get_admin(request: Request) -> User:
+    user = await get_user(request)
+    if not user.admin:
+        raise Forbidden(
+            "This endpoint needs an admin key (`reelgen keys create --admin`).",
+            code="admin_required",
+        )
+    return user
+
+
+AdminUser = Annotated[User, Depends(get_admin)]

@@ -48,7 +48,9 @@ def error_response(
 
 async def _reelgen_error(_request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ReelgenError)
-    status, type_ = STATUS.get(type(exc), (500, "server_error"))
+    status, type_ = next(
+        (STATUS[k] for k in type(exc).__mro__ if k in STATUS), (500, "server_error")
+    )
     response = error_response(status, exc.message, type_=type_, param=exc.param, code=exc.code)
     if isinstance(exc, RateLimited | Unavailable):
         response.headers["Retry-After"] = str(exc.retry_after)

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from reelgen.cli import client, sim
+from reelgen.cli import client, safety, sim
 from reelgen.domain.jobs import Tier
 
 if TYPE_CHECKING:
@@ -19,6 +19,7 @@ db_app = typer.Typer(no_args_is_help=True, help="Database schema.")
 keys_app = typer.Typer(no_args_is_help=True, help="API keys.")
 app.add_typer(db_app, name="db")
 app.add_typer(keys_app, name="keys")
+app.add_typer(safety.app, name="safety")
 app.command("generate")(client.generate)
 app.command("sim")(sim.sim)
 
@@ -114,6 +115,9 @@ def keys_create(
     batch: Annotated[
         bool, typer.Option(help="Whether the key's requests may ask for service_tier=batch.")
     ] = True,
+    admin: Annotated[
+        bool, typer.Option("--admin", help="An admin key: may also review held jobs.")
+    ] = False,
     data_dir: DataDir = None,
 ) -> None:
     """Create an API key for a user and print it (shown only once)."""
@@ -128,7 +132,7 @@ def keys_create(
     from reelgen.domain.errors import ReelgenError
 
     try:
-        typer.echo(create_key(platform, user_name=user, tier=tier, allow_batch=batch))
+        typer.echo(create_key(platform, user_name=user, tier=tier, allow_batch=batch, admin=admin))
     except ReelgenError as exc:
         raise typer.BadParameter(exc.message, param_hint="--tier") from exc
     finally:

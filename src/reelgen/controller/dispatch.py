@@ -26,7 +26,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from reelgen.domain import events as ev
-from reelgen.domain.jobs import Status, Tier
+from reelgen.domain.jobs import Stage, Status, Tier
 from reelgen.platform import Core
 from reelgen.scheduler.autoscale import AutoscaleConfig, Autoscaler
 from reelgen.scheduler.fairshare import PolicyConfig, Scheduler
@@ -242,6 +242,10 @@ class Dispatcher:
             policy.remove(job_id)
             policy.finished(job_id)
             self._pending.pop(job_id, None)
+            self._later_jobs.pop(job_id, None)
+            return
+        if row.status == Status.QUEUED.value and row.stage == Stage.AWAITING_REVIEW.value:
+            policy.remove(job_id)  # held until an admin approves it
             self._later_jobs.pop(job_id, None)
             return
         if row.status == Status.QUEUED.value:

@@ -18,6 +18,16 @@ class InvalidRequest(ReelgenError):
     code = "invalid_request"
 
 
+class ModerationBlocked(InvalidRequest):
+    """Content refused by a safety check; the message names the category, never the rule."""
+
+    code = "moderation_blocked"
+
+    def __init__(self, message: str, *, categories: tuple[str, ...], param: str | None = None):
+        super().__init__(message, param=param)
+        self.categories = categories
+
+
 class Unauthorized(ReelgenError):
     code = "invalid_api_key"
 

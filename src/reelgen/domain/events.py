@@ -28,6 +28,7 @@ class EventKind(StrEnum):
     CANCELLED = "cancelled"
     DELETED = "deleted"
     EXPIRED = "expired"
+    REVIEWED = "reviewed"
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,6 +130,15 @@ class Expired:
     kind: ClassVar[EventKind] = EventKind.EXPIRED
 
 
+@dataclass(frozen=True, slots=True)
+class Reviewed:
+    """An admin decided on a job held for review (`approve` queues it, `reject` fails it)."""
+
+    kind: ClassVar[EventKind] = EventKind.REVIEWED
+    decision: str
+    reviewer: str
+
+
 Payload = (
     Created
     | Started
@@ -143,6 +153,7 @@ Payload = (
     | Cancelled
     | Deleted
     | Expired
+    | Reviewed
 )
 
 PAYLOADS: dict[EventKind, type[Payload]] = {cls.kind: cls for cls in typing.get_args(Payload)}

@@ -33,6 +33,8 @@ ACTIVE = frozenset({Status.QUEUED, Status.IN_PROGRESS})
 
 
 class Stage(StrEnum):
+    AWAITING_REVIEW = "awaiting_review"
+    """Queued but held: input moderation asked for a person's review before it may run."""
     WAITING_FOR_GPU = "waiting_for_gpu"
     GENERATING = "generating"
     ENCODING = "encoding"
@@ -175,6 +177,8 @@ class User:
     tier: Tier
     allow_batch: bool = True
     """Whether the key may lower a request to the batch tier (`service_tier`)."""
+    admin: bool = False
+    """An admin key (a role, not a tier): may decide on jobs held for content review."""
 
 
 @dataclass(frozen=True, slots=True)

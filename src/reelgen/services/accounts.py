@@ -27,11 +27,13 @@ def create_key(
     tier: Tier | None,
     key: str | None = None,
     allow_batch: bool = True,
+    admin: bool = False,
 ) -> str:
     """Creates (or reuses) the user and binds a new key to it; returns the plain key.
 
     `tier=None` keeps an existing user's tier (a new user starts free). `allow_batch`: whether
-    the key's requests may ask for the batch tier."""
+    the key's requests may ask for the batch tier. `admin`: the key may also review held
+    jobs (a role, whatever the user's tier)."""
     if tier is Tier.BATCH:
         raise InvalidRequest(
             "batch is a job's service tier, not a user's: a user is paid or free.", param="tier"
@@ -48,6 +50,7 @@ def create_key(
         prefix=key[:8],
         now=now,
         allow_batch=allow_batch,
+        role="admin" if admin else "user",
     )
     return key
 

@@ -37,6 +37,8 @@ from reelgen.domain.spec import JobSpec, Operation
 from reelgen.models.base import GenerationSpec
 from reelgen.models.registry import AVAILABLE
 from reelgen.platform import ApiContext
+from reelgen.safety.verdict import Action, Verdict
+from reelgen.services import moderation
 from reelgen.services.images import validate_reference_image
 from reelgen.storage import keys
 from reelgen.store.jobs import Submitted, UsageView
@@ -241,6 +243,7 @@ class _Submission:
     job_id: str
     image: bytes | None
     reference_key: str | None
+    audit: dict[str, Any] | None = None
 
 
 def _prepare(
@@ -310,9 +313,29 @@ def _store_image(platform: ApiContext, sub: _Submission) -> None:
         platform.objects.put(sub.reference_key, sub.image)
 
 
+def _moderated(platform: ApiContext, user: User, sub: _Submission, verdict: Verdict) -> _Submission:
+    """The submission with its verdict's audit row, or the refusal (audited) if the prompt
+    may not be generated. A prompt that needs a review is queued held (`awaiting_review`)
+    until an admin decides."""
+    prompt = str(sub.row["prompt"])
+    if verdict.action is Action.BLOCK:
+        moderation.record_refusal(platform, verdict, user=user, prompt=prompt)
+        raise moderation.refusal(verdict)
+    row = sub.row
+    if verdict.action is Action.REVIEW:
+        row = {**row, "stage": Stage.AWAITING_REVIEW.value}
+    return dataclasses.replace(
+        sub, row=row, audit=moderation.audit_row(platform, verdict, user=user, prompt=prompt)
+    )
+
+
 def _enqueue(platform: ApiContext, sub: _Submission) -> Future[Submitted]:
     return platform.jobs.submit_future(
-        sub.row, admit=sub.admit, idempotency=sub.idempotency, request_hash=sub.request_hash
+        sub.row,
+        admit=sub.admit,
+        idempotency=sub.idempotency,
+        request_hash=sub.request_hash,
+        audit=sub.audit,
     )
 
 
@@ -347,6 +370,8 @@ def submit(
     sub = _prepare(
         platform, user, req, idempotency_key=idempotency_key, parent=parent, operation=operation
     )
+    verdict = moderation.check_prompt(platform, str(sub.row["prompt"]), sub.row["style"])
+    sub = _moderated(platform, user, sub, verdict)
     _store_image(platform, sub)
     done = _settle(platform, sub, _enqueue(platform, sub))
     return done.job, done.created
@@ -366,6 +391,14 @@ async def submit_async(
         parent=None,
         operation=Operation.CREATE,
     )
+    verdict = await asyncio.wrap_future(
+        platform.safety_pool.submit(
+            moderation.check_prompt, platform, str(sub.row["prompt"]), sub.row["style"]
+        )
+    )
+    if verdict.action is Action.BLOCK:
+        await asyncio.to_thread(_moderated, platform, user, sub, verdict)  # raises
+    sub = _moderated(platform, user, sub, verdict)
     if sub.image is not None:
         await asyncio.to_thread(_store_image, platform, sub)
     outcome = _enqueue(platform, sub)

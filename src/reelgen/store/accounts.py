@@ -38,6 +38,7 @@ class AccountStore:
         prefix: str,
         now: float,
         allow_batch: bool = True,
+        role: str = "user",
     ) -> None:
         """Adding a key that exists already is a no-op (replicas bootstrapping at once)."""
         with self.db.write() as conn:
@@ -49,6 +50,7 @@ class AccountStore:
                     prefix=prefix,
                     created_at=now,
                     allow_batch=allow_batch,
+                    role=role,
                 )
             )
 
@@ -61,4 +63,10 @@ class AccountStore:
             row = conn.execute(q.user_for_key(), {"key_hash": key_hash}).first()
         if row is None:
             return None
-        return User(id=row.id, name=row.name, tier=Tier(row.tier), allow_batch=row.allow_batch)
+        return User(
+            id=row.id,
+            name=row.name,
+            tier=Tier(row.tier),
+            allow_batch=row.allow_batch,
+            admin=row.role == "admin",
+        )

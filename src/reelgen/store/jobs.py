@@ -54,6 +54,8 @@ class _Submit:
     admit: Callable[[UsageView], None]
     idempotency: tuple[str, str] | None
     request_hash: str
+    audit: dict[str, Any] | None = None
+    """The input safety verdict's audit row; written with the job (its id filled in)."""
 
     @property
     def user_id(self) -> str:
@@ -127,6 +129,7 @@ class SchedulingRow(NamedTuple):
     started_at: float | None
     checkpoint_step: int
     total_steps: int
+    stage: str
 
 
 _SCHEDULING_COLUMNS = tuple(getattr(jobs.c, name) for name in SchedulingRow._fields)
@@ -229,12 +232,15 @@ class JobStore:
         admit: Callable[[UsageView], None],
         idempotency: tuple[str, str] | None,
         request_hash: str,
+        audit: dict[str, Any] | None = None,
     ) -> Future[Submitted]:
         """`submit` without waiting: the future resolves once the job is committed.
 
         Concurrent submits share one transaction (`Database.batched`, `_submit_batch`).
+        `audit`: the moderation audit row of the submit, written in the same transaction
+        (with the job's id; with none when the submit is refused).
         """
-        item = _Submit(row, admit, idempotency, request_hash)
+        item = _Submit(row, admit, idempotency, request_hash, audit)
         return self.db.batched(self._submit_batch, item, order=item.user_id)
 
     def _submit_batch(
@@ -297,7 +303,15 @@ class JobStore:
             ]
             if keys:
                 conn.execute(q.insert_idempotency_key(), keys)
-        return [_resolved(answers, i) for i in range(len(batch))]
+        resolved = [_resolved(answers, i) for i in range(len(batch))]
+        audits = [
+            {**s.audit, "job_id": a.job.id if isinstance(a, Submitted) else None}
+            for s, a in zip(batch, resolved, strict=True)
+            if s.audit is not None
+        ]
+        if audits:
+            conn.execute(q.insert_audit(), audits)
+        return resolved
 
     def _idempotent(
         self, conn: Connection, s: _Submit, batch: list[_Submit], keyed: dict[tuple[str, str], int]
@@ -465,6 +479,54 @@ class JobStore:
                 q.record_event(conn, job_id, ev.CancelRequested(step=job.step), now)
             row = conn.execute(select(jobs).where(jobs.c.id == job_id)).one()
         return Job.from_row(row)
+
+    def review(self, job_id: str, *, approve: bool, reviewer: str, now: float) -> Job | None:
+        """Ends a review hold: an approved job is queued from now on, a rejected one fails
+        with `moderation_blocked`. None if the job is not held for review."""
+        with self.db.write() as conn:
+            row = conn.execute(select(jobs).where(jobs.c.id == job_id).with_for_update()).first()
+            if (
+                row is None
+                or row.deleted_at is not None
+                or row.status != Status.QUEUED.value
+                or row.stage != Stage.AWAITING_REVIEW.value
+            ):
+                return None
+            job = Job.from_row(row)
+            decision = "approve" if approve else "reject"
+            q.record_event(conn, job_id, ev.Reviewed(decision=decision, reviewer=reviewer), now)
+            if approve:
+                values: dict[str, Any] = {"stage": Stage.WAITING_FOR_GPU.value, "not_before": now}
+                after: ev.Payload = ev.StageChanged(
+                    attempt=job.attempt, stage=Stage.WAITING_FOR_GPU.value
+                )
+            else:
+                values = _ended(
+                    Status.FAILED,
+                    "moderation_blocked",
+                    "The prompt was rejected in content review.",
+                    now,
+                )
+                after = ev.Failed(attempt=job.attempt, code="moderation_blocked", step=0)
+            conn.execute(update(jobs).where(jobs.c.id == job_id).values(**values))
+            q.record_event(conn, job_id, after, now)
+            row = conn.execute(select(jobs).where(jobs.c.id == job_id)).one()
+        return Job.from_row(row)
+
+    def awaiting_review(self, limit: int = 100) -> list[Job]:
+        """Jobs held for review, oldest first."""
+        query = (
+            select(jobs)
+            .where(
+                jobs.c.status == Status.QUEUED.value,
+                jobs.c.stage == Stage.AWAITING_REVIEW.value,
+                jobs.c.deleted_at.is_(None),
+            )
+            .order_by(jobs.c.seq)
+            .limit(limit)
+        )
+        with self.db.read() as conn:
+            return [Job.from_row(row) for row in conn.execute(query)]
 
     def request_preempt(self, job_id: str, now: float) -> bool:
         """Asks the running job's worker to checkpoint and hand the job back."""

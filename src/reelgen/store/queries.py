@@ -30,7 +30,15 @@ from sqlalchemy.sql.dml import ReturningInsert, ReturningUpdate, Update
 
 from reelgen.domain import events as ev
 from reelgen.domain.jobs import ACTIVE, Status
-from reelgen.store.schema import api_keys, idempotency_keys, job_events, jobs, users, workers
+from reelgen.store.schema import (
+    api_keys,
+    idempotency_keys,
+    job_events,
+    jobs,
+    moderation_audit,
+    users,
+    workers,
+)
 
 ACTIVE_VALUES = [s.value for s in ACTIVE]
 
@@ -54,6 +62,11 @@ def insert_event() -> Insert:
 @cache
 def insert_idempotency_key() -> Insert:
     return insert(idempotency_keys)
+
+
+@cache
+def insert_audit() -> Insert:
+    return insert(moderation_audit)
 
 
 @cache
@@ -103,7 +116,7 @@ def user_usage() -> Select[Any]:
 @cache
 def user_for_key() -> Select[Any]:
     return (
-        select(users.c.id, users.c.name, users.c.tier, api_keys.c.allow_batch)
+        select(users.c.id, users.c.name, users.c.tier, api_keys.c.allow_batch, api_keys.c.role)
         .join(api_keys, api_keys.c.user_id == users.c.id)
         .where(api_keys.c.key_hash == bindparam("key_hash"), api_keys.c.revoked_at.is_(None))
     )

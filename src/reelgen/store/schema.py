@@ -38,7 +38,9 @@ api_keys = Table(
     Column("created_at", Float, nullable=False),
     Column("revoked_at", Float),
     Column("allow_batch", Boolean, nullable=False, server_default=true()),
+    Column("role", String(16), nullable=False, server_default="user"),
 )
+"""`role`: `user`, or `admin` (may also decide on jobs held for content review)."""
 
 jobs = Table(
     "jobs",
@@ -175,3 +177,25 @@ pool_targets = Table(
     Column("updated_at", Float, nullable=False),
 )
 """The leading controller's autoscaling answer per model pool, for the admin endpoint."""
+
+moderation_audit = Table(
+    "moderation_audit",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("at", Float, nullable=False),
+    Column("stage", String(32), nullable=False),
+    Column("job_id", String(64)),
+    Column("user_id", String(64)),
+    Column("action", String(16), nullable=False),
+    Column("categories", Text, nullable=False),
+    Column("scores", Text, nullable=False),
+    Column("policy_version", String(64), nullable=False),
+    Column("content_sha256", String(64), nullable=False),
+    Column("prompt", Text),
+    Column("details", Text),
+    Index("ix_moderation_audit_job", "job_id"),
+    Index("ix_moderation_audit_at", "at"),
+)
+"""Every safety verdict: what was checked (`stage`), the answer, its categories and scores
+(JSON), the policy version and a SHA-256 of the content. `job_id` is null for a prompt
+refused before a job existed. `prompt` is cleared after the prompt retention period."""

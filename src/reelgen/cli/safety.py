@@ -1,0 +1,70 @@
+"""`reelgen safety`: evaluate the content checks on a labelled set."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+app = typer.Typer(no_args_is_help=True, help="Content safety.")
+
+
+@app.command("eval")
+def evaluate_command(
+    dataset: Annotated[
+        str,
+        typer.Argument(
+            help="A JSONL file of {text, labels[, lang, kind]}; `builtin` is the shipped "
+            "evaluation set."
+        ),
+    ] = "builtin",
+    show_misses: Annotated[int, typer.Option(help="Print up to this many mistakes.")] = 0,
+) -> None:
+    """Prints precision, recall and false-positive rate per category."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from reelgen.platform import safety_policy
+    from reelgen.safety.classifier import builtin_examples, read_examples
+    from reelgen.safety.evaluate import evaluate
+    from reelgen.safety.text import TextModerator
+    from reelgen.settings import Settings
+
+    if dataset == "builtin":
+        examples = builtin_examples("eval")
+    else:
+        path = Path(dataset)
+        if not path.is_file():
+            raise typer.BadParameter(f"{dataset} is not a file", param_hint="DATASET")
+        try:
+            examples = read_examples(path.read_text("utf-8").splitlines(), source=dataset)
+        except ValueError as e:
+            raise typer.BadParameter(str(e), param_hint="DATASET") from e
+    moderator = TextModerator(safety_policy(Settings()))
+    report = evaluate(moderator, examples)
+    console = Console()
+    table = Table(title=f"{report.examples} prompts, policy {moderator.version}")
+    for column in ("category", "positives", "precision", "recall", "false-positive rate"):
+        table.add_column(column, justify="left" if column == "category" else "right")
+    for category, c in report.per_category.items():
+        table.add_row(
+            category.value,
+            str(c.tp + c.fn),
+            f"{c.precision:.3f}",
+            f"{c.recall:.3f}",
+            f"{c.fpr:.3%}",
+        )
+    console.print(table)
+    console.print(
+        f"benign prompts flagged: {report.benign_flagged} of {report.benign} "
+        f"({report.benign_fpr:.2%})"
+    )
+    lat = sorted(report.latencies_ms)
+    if lat:
+        console.print(
+            f"check latency: p50 {lat[len(lat) // 2]:.2f} ms, "
+            f"p99 {lat[min(len(lat) - 1, int(len(lat) * 0.99))]:.2f} ms"
+        )
+    for example, what in report.misses[:show_misses]:
+        console.print(f"[{example.lang}/{example.kind}] {what}: {example.text}", markup=False)
