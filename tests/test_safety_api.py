@@ -152,3 +152,38 @@ def test_review_holds_the_job_until_an_admin_decides(start_server) -> None:
     assert rejected["error"]["code"] == "moderation_blocked"
     actions = [e["action"] for e in live.platform.audit.for_job(held.json()["id"])]
     assert actions == ["review", "allow"]
+
+
+def test_housekeeping_forgets_audited_prompts_after_their_retention(tmp_path) -> None:
+    from reelgen.controller import loop
+    from reelgen.platform import build_api
+    from reelgen.store.database import upgrade
+
+    from .conftest import make_settings
+
+    platform = build_api(make_settings(tmp_path, safety_prompt_retention_days=2))
+    try:
+        upgrade(platform.db.engine)
+        now = platform.clock()
+        row = {
+            "stage": "input_text",
+            "job_id": None,
+            "user_id": "u",
+            "action": "block",
+            "categories": "[]",
+            "scores": "{}",
+            "policy_version": "v",
+            "content_sha256": "0" * 64,
+            "details": "{}",
+        }
+        platform.audit.record(
+            [
+                {**row, "at": now - 3 * 86_400, "prompt": "old prompt"},
+                {**row, "at": now - 1 * 86_400, "prompt": "recent prompt"},
+            ]
+        )
+        loop.tick(platform, reap=False)
+        kept = {e["prompt"] for e in platform.audit.recent()}
+        assert kept == {None, "recent prompt"}
+    finally:
+        platform.close()

@@ -1,5 +1,6 @@
 """The leading controller: the dispatcher (`controller.dispatch`: who runs where) and the
-housekeeping no worker can do for itself (reap lost leases, expire content, prune keys).
+housekeeping no worker can do for itself (reap lost leases, expire content, prune keys,
+forget audited prompts past their retention).
 
 Exactly one controller acts at a time (see `store.election`); housekeeping is idempotent,
 and a new leader's dispatcher voids its predecessor's unclaimed assignments, so a brief
@@ -15,6 +16,7 @@ import time
 
 from reelgen.controller.dispatch import Dispatcher
 from reelgen.domain.errors import Unavailable
+from reelgen.domain.jobs import DAY_S
 from reelgen.platform import Core
 from reelgen.scheduler.backoff import retry_backoff
 from reelgen.storage import keys
@@ -89,6 +91,7 @@ def tick(platform: Core, sessions: SessionWatch | None = None, *, reap: bool = T
             platform.objects.delete_prefix(prefix)
         platform.jobs.clear_content(job.id, now)
     platform.jobs.prune_idempotency_keys(now - IDEMPOTENCY_TTL_S)
+    platform.audit.forget_prompts(now - platform.settings.safety_prompt_retention_days * DAY_S)
 
 
 def recover_orphans(platform: Core) -> None:

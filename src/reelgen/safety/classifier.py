@@ -64,7 +64,7 @@ class LearnedClassifier:
         weights, biases = [], []
         for category in self.categories:
             y = np.array([category in e.labels for e in examples])
-            model = LogisticRegression(C=c, class_weight="balanced", max_iter=2000)
+            model = LogisticRegression(C=c, class_weight="balanced", solver="liblinear")
             model.fit(x, y)
             weights.append(model.coef_[0])
             biases.append(model.intercept_[0])

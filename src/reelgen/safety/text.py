@@ -18,10 +18,10 @@ from reelgen.safety.verdict import MANDATORY, Category, Thresholds, Verdict, dec
 
 POLICY = "text-1"
 """Bumped when the rules' logic changes; the data's hash is appended to it."""
-LEARNED_CUT = 0.65
+LEARNED_CUT = 0.7
 """Below this the classifier's score counts for nothing: alone it may only act when it is
-sure (chosen by cross-validation on the training set: 0.6 flagged 0.9 % of its allowed
-prompts, 0.5 3 %); the rules' scores decide reviews."""
+sure. Chosen by 5-fold cross-validation on the training set: alone at 0.7 it flags 1.5 %
+of the allowed prompts (0.6: 4 %, 0.8: 0.4 %); the rules' scores decide reviews."""
 STYLIZED_STYLES = frozenset({"anime", "cartoon", "watercolor", "sketch", "pixel", "clay", "comic"})
 
 
