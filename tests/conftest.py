@@ -19,7 +19,7 @@ import uvicorn
 from reelgen.api.app import create_app
 from reelgen.controller import loop as controller
 from reelgen.domain.jobs import Tier
-from reelgen.platform import ApiContext, build_api, worker_context
+from reelgen.platform import ApiContext, build_api, build_output_moderator, worker_context
 from reelgen.services.accounts import create_key
 from reelgen.settings import Settings
 from reelgen.store.database import upgrade
@@ -142,9 +142,13 @@ def start_server(tmp_path: Path, sqlite_template: Path) -> Iterator:
     started = []
 
     def start(
-        workers: int = 1, prepare: Callable[[ApiContext], None] | None = None, **overrides: object
+        workers: int = 1,
+        prepare: Callable[[ApiContext], None] | None = None,
+        output_checks: list | None = None,
+        **overrides: object,
     ) -> LiveServer:
-        """`prepare` may swap model adapters before any worker starts."""
+        """`prepare` may swap model adapters before any worker starts; `output_checks`
+        replaces the workers' output image checks."""
         settings = make_settings(tmp_path / f"data{len(started)}", **overrides)
         url = settings.resolved_database_url()
         if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).exists():
@@ -158,7 +162,10 @@ def start_server(tmp_path: Path, sqlite_template: Path) -> Iterator:
         paid = create_key(platform, user_name="alice", tier=Tier.PAID)
         free = create_key(platform, user_name="bob", tier=Tier.FREE)
         stop = threading.Event()
-        served = worker_context(platform, platform.models["reference"])
+        checks = build_output_moderator(settings)
+        if output_checks is not None:
+            checks.checks = output_checks
+        served = worker_context(platform, platform.models["reference"], checks)
         pool = [Worker(served) for _ in range(workers)]
         for w in pool:
             threading.Thread(target=w.run, daemon=True).start()

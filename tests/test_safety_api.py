@@ -130,7 +130,7 @@ def test_review_holds_the_job_until_an_admin_decides(start_server) -> None:
     assert live.wait_for(fine.json()["id"])["status"] == "completed"
     time.sleep(0.5)  # a dispatcher round or two later: still held
     assert live.platform.jobs.get(held.json()["id"]).stage.value == "awaiting_review"
-    [entry] = live.platform.audit.for_job(held.json()["id"])
+    [entry] = live.platform.audit.for_job(held.json()["id"])  # nothing ran: no output entry
     assert entry["action"] == "review" and json.loads(entry["categories"]) == ["self_harm"]
 
     with live.client() as http:
@@ -150,8 +150,8 @@ def test_review_holds_the_job_until_an_admin_decides(start_server) -> None:
     assert live.wait_for(held.json()["id"])["status"] == "completed"
     rejected = live.wait_for(other.json()["id"])
     assert rejected["error"]["code"] == "moderation_blocked"
-    actions = [e["action"] for e in live.platform.audit.for_job(held.json()["id"])]
-    assert actions == ["review", "allow"]
+    trail = [(e["stage"], e["action"]) for e in live.platform.audit.for_job(held.json()["id"])]
+    assert trail == [("input_text", "review"), ("review", "allow"), ("output", "allow")]
 
 
 def test_housekeeping_forgets_audited_prompts_after_their_retention(tmp_path) -> None:

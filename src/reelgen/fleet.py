@@ -18,7 +18,14 @@ from reelgen import heap
 from reelgen.api.app import create_app
 from reelgen.controller import loop as controller
 from reelgen.models.registry import build_model
-from reelgen.platform import Core, build_api, build_core, worker_context
+from reelgen.platform import (
+    Core,
+    build_api,
+    build_core,
+    build_output_moderator,
+    worker_context,
+)
+from reelgen.safety.output import OutputModerator
 from reelgen.services.accounts import ensure_bootstrap_key
 from reelgen.settings import Settings
 from reelgen.store.election import leadership_for
@@ -66,14 +73,31 @@ def run_controller(settings: Settings, *, metrics_port: int | None) -> None:
         platform.close()
 
 
+class NoNudityCheck(SystemExit):
+    pass
+
+
+def refuse_without_nudity_check(settings: Settings, checks: OutputModerator) -> None:
+    """A fleet worker publishes to real users: it needs an output nudity classifier."""
+    if checks.has_nudity_check or settings.safety_allow_no_nudity_classifier:
+        return
+    raise NoNudityCheck(
+        "refusing to start: this worker has no output nudity classifier. Install NudeNet "
+        "(pip install 'reelgen[nudity]'; its wheel carries an AGPL-3.0 licence), or set "
+        "REELGEN_SAFETY_ALLOW_NO_NUDITY_CLASSIFIER=true to run without one."
+    )
+
+
 def run_worker(
     settings: Settings, *, model: str, gpu: str | None, metrics_port: int | None
 ) -> None:
     """One worker per accelerator; SIGTERM drains (checkpoint and hand back, or finish)."""
     if gpu is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = gpu
+    checks = build_output_moderator(settings)  # first: a refusal stops before connecting
+    refuse_without_nudity_check(settings, checks)
     core = build_core(settings, listen=frozenset({ASSIGNED_CHANNEL, PROGRESS_CHANNEL}))
-    platform = worker_context(core, build_model(model, settings))
+    platform = worker_context(core, build_model(model, settings), checks)
     _serve_metrics(platform, metrics_port)
     worker = Worker(platform)
 

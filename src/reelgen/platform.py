@@ -14,6 +14,12 @@ from reelgen.domain.jobs import User
 from reelgen.models.base import VideoModel
 from reelgen.models.registry import AVAILABLE, build_model
 from reelgen.observability.metrics import Metrics
+from reelgen.safety.output import (
+    OutputModerator,
+    build_checks,
+    load_transcriber,
+    nudity_available,
+)
 from reelgen.safety.text import SafetyPolicy, TextModerator
 from reelgen.safety.verdict import MANDATORY, Category, Thresholds
 from reelgen.settings import Settings
@@ -91,9 +97,10 @@ class ApiContext(Core):
 
 @dataclass(kw_only=True)
 class WorkerContext(Core):
-    """A worker: the one adapter it serves, which it loads."""
+    """A worker: the one adapter it serves, which it loads, and the output checks."""
 
     model: VideoModel
+    output_moderator: OutputModerator
 
 
 def _core_fields(core: Core) -> dict[str, Any]:
@@ -202,8 +209,33 @@ def api_context(core: Core, catalog: dict[str, VideoModel] | None = None) -> Api
     )
 
 
-def worker_context(core: Core, model: VideoModel) -> WorkerContext:
-    return WorkerContext(**_core_fields(core), model=model)
+def build_output_moderator(settings: Settings) -> OutputModerator:
+    """The output checks: faces always, nudity when NudeNet is installed (or as the
+    settings say), the hash blocklist when one is configured, the transcriber hook."""
+    nudity = settings.safety_nudity_classifier
+    if nudity is None:
+        nudity = nudity_available()
+    elif nudity and not nudity_available():
+        raise ValueError(
+            "REELGEN_SAFETY_NUDITY_CLASSIFIER=true but NudeNet is not installed "
+            "(pip install 'reelgen[nudity]')"
+        )
+    return OutputModerator(
+        policy=safety_policy(settings),
+        text=build_moderator(settings),
+        checks=build_checks(nudity=nudity, blocklist=settings.safety_hash_blocklist),
+        transcriber=load_transcriber(settings.safety_transcriber),
+    )
+
+
+def worker_context(
+    core: Core, model: VideoModel, output_moderator: OutputModerator | None = None
+) -> WorkerContext:
+    return WorkerContext(
+        **_core_fields(core),
+        model=model,
+        output_moderator=output_moderator or build_output_moderator(core.settings),
+    )
 
 
 def build_api(settings: Settings, *, listen: frozenset[str] = ALL_CHANNELS) -> ApiContext:

@@ -64,6 +64,16 @@ class Settings(BaseSettings):
     """How long the moderation audit log keeps a prompt's text (0: only its hash)."""
     safety_threads: int = Field(4, ge=1)
     """Threads that run the input checks, off the API's event loop."""
+    safety_nudity_classifier: bool | None = None
+    """Output nudity detection with NudeNet (the `nudity` extra); None: when installed."""
+    safety_allow_no_nudity_classifier: bool = False
+    """Lets a fleet worker start without an output nudity classifier (it refuses to)."""
+    safety_hash_blocklist: Path | None = None
+    """Perceptual hashes of disallowed images, `HEX CATEGORY` per line."""
+    safety_transcriber: str | None = None
+    """`module:function` turning a clip's audio into text for the prompt check."""
+    safety_quarantine_days: int = Field(30, ge=1)
+    """How long blocked outputs are kept in quarantine (for the audit) before deletion."""
 
     lease_seconds: float = Field(30.0, gt=0)
     heartbeat_seconds: float = Field(5.0, gt=0)

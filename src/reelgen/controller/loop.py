@@ -1,6 +1,6 @@
 """The leading controller: the dispatcher (`controller.dispatch`: who runs where) and the
 housekeeping no worker can do for itself (reap lost leases, expire content, prune keys,
-forget audited prompts past their retention).
+forget audited prompts past their retention, delete quarantined outputs past theirs).
 
 Exactly one controller acts at a time (see `store.election`); housekeeping is idempotent,
 and a new leader's dispatcher voids its predecessor's unclaimed assignments, so a brief
@@ -92,6 +92,11 @@ def tick(platform: Core, sessions: SessionWatch | None = None, *, reap: bool = T
         platform.jobs.clear_content(job.id, now)
     platform.jobs.prune_idempotency_keys(now - IDEMPOTENCY_TTL_S)
     platform.audit.forget_prompts(now - platform.settings.safety_prompt_retention_days * DAY_S)
+    for entry_id, key in platform.audit.quarantined_before(
+        now - platform.settings.safety_quarantine_days * DAY_S
+    ):
+        platform.objects.delete(key)
+        platform.audit.quarantine_deleted(entry_id)
 
 
 def recover_orphans(platform: Core) -> None:

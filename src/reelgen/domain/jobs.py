@@ -38,6 +38,7 @@ class Stage(StrEnum):
     WAITING_FOR_GPU = "waiting_for_gpu"
     GENERATING = "generating"
     ENCODING = "encoding"
+    MODERATING_OUTPUT = "moderating_output"
     UPLOADING = "uploading"
     DONE = "done"
 

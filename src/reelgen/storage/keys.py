@@ -5,6 +5,8 @@ the database, only these keys.
     checkpoints/{job}/a{attempt}-step{step}  model state at a step boundary
     videos/{job}/a{attempt}/{variant file}   outputs, per attempt so a stale one cannot
                                              overwrite the attempt that replaced it
+    quarantine/{job}/a{attempt}/video.mp4    an output that moderation blocked: kept for the
+                                             audit, never served, signed or listed
 """
 
 from __future__ import annotations
@@ -50,6 +52,17 @@ def videos_prefix(job_id: str) -> str:
 def job_prefixes(job_id: str) -> tuple[str, ...]:
     """Everything stored for a job, for delete and expiry."""
     return (videos_prefix(job_id), inputs_prefix(job_id), checkpoints_prefix(job_id))
+
+
+QUARANTINE = "quarantine/"
+
+
+def quarantine(job_id: str, attempt: int) -> str:
+    return f"{QUARANTINE}{job_id}/a{attempt}/video.mp4"
+
+
+def quarantined(key: str) -> bool:
+    return key.startswith(QUARANTINE)
 
 
 def variant_of(key: str) -> Variant | None:

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from reelgen.storage.base import Body, InvalidKey, ObjectInfo, validate_key
+from reelgen.storage.keys import quarantined
 from reelgen.storage.signing import sign_path
 
 CHUNK = 1024 * 1024
@@ -92,4 +93,6 @@ class LocalDirectoryStore:
             path.unlink(missing_ok=True)
 
     def url_for(self, key: str, expires_at: int) -> str:
+        if quarantined(key):
+            raise ValueError("quarantined content is never given a URL")
         return sign_path(self._secret, validate_key(key), expires_at)

@@ -37,6 +37,27 @@ class AuditStore:
             )
             return [dict(row._mapping) for row in result]
 
+    def quarantined_before(self, before: float, limit: int = 100) -> list[tuple[int, str]]:
+        """(entry id, key) of quarantined outputs blocked before `before`."""
+        with self.db.read() as conn:
+            rows = conn.execute(
+                select(moderation_audit.c.id, moderation_audit.c.quarantine_key)
+                .where(
+                    moderation_audit.c.at < before,
+                    moderation_audit.c.quarantine_key.is_not(None),
+                )
+                .limit(limit)
+            )
+            return [(int(r.id), str(r.quarantine_key)) for r in rows]
+
+    def quarantine_deleted(self, entry_id: int) -> None:
+        with self.db.write() as conn:
+            conn.execute(
+                update(moderation_audit)
+                .where(moderation_audit.c.id == entry_id)
+                .values(quarantine_key=None)
+            )
+
     def forget_prompts(self, before: float) -> int:
         """Clears the prompt text of entries older than `before` (the hash stays)."""
         with self.db.write() as conn:

@@ -193,9 +193,11 @@ moderation_audit = Table(
     Column("content_sha256", String(64), nullable=False),
     Column("prompt", Text),
     Column("details", Text),
+    Column("quarantine_key", String(300)),
     Index("ix_moderation_audit_job", "job_id"),
     Index("ix_moderation_audit_at", "at"),
 )
 """Every safety verdict: what was checked (`stage`), the answer, its categories and scores
 (JSON), the policy version and a SHA-256 of the content. `job_id` is null for a prompt
-refused before a job existed. `prompt` is cleared after the prompt retention period."""
+refused before a job existed. `prompt` is cleared after the prompt retention period.
+`quarantine_key`: where a blocked output's bytes are kept, cleared when they are deleted."""

@@ -7,6 +7,8 @@ attempt that replaced it.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import secrets
 import shutil
@@ -35,6 +37,8 @@ from reelgen.domain.jobs import (
 from reelgen.media.encode import encode_clip
 from reelgen.models.base import Clip, GenerationSpec, StepInfo
 from reelgen.platform import WorkerContext
+from reelgen.safety.output import FrameSampler
+from reelgen.safety.verdict import DESCRIPTIONS, Action, Verdict
 from reelgen.storage import keys
 from reelgen.storage.base import Body
 from reelgen.store.jobs import WorkerFlags
@@ -191,6 +195,15 @@ class Worker:
             self._finished(job, Status.COMPLETED)
         except CancelledByUser:
             self._end(job, Status.CANCELLED, "cancelled", "The job was cancelled while running.")
+        except OutputBlocked as blocked:
+            names = ", ".join(f"{DESCRIPTIONS[c]} ({c.value})" for c in blocked.verdict.categories)
+            self._end(
+                job,
+                Status.FAILED,
+                "moderation_blocked",
+                f"The generated video was blocked by content moderation: {names}.",
+                refund=True,
+            )
         except HandBack as back:
             self._hand_back(job, back.reason)
         except LeaseLost:
@@ -253,6 +266,20 @@ class Worker:
         self.platform.bus.publish_progress(
             {"id": job.id, "status": status.value, "stage": Stage.DONE.value, "final": True}
         )
+
+
+class OutputBlocked(Exception):
+    def __init__(self, verdict: Verdict):
+        super().__init__(verdict.action.value)
+        self.verdict = verdict
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def _token(job: Job) -> str:
@@ -474,8 +501,11 @@ class _JobRun:
         self.report(
             step=total, total=total, progress=GENERATING_SHARE, stage=Stage.ENCODING, force=True
         )
-        clip.frames = self._encoding_frames(clip.frames, clip.num_frames, total)
+        sampler = FrameSampler(clip.fps)
+        clip.frames = sampler.tee(self._encoding_frames(clip.frames, clip.num_frames, total))
         media = encode_clip(clip, self.tmp / "video.mp4")
+        self.report(step=total, total=total, progress=96, stage=Stage.MODERATING_OUTPUT, force=True)
+        self._moderate(sampler, clip, media.video_path)
         self.report(step=total, total=total, progress=97, stage=Stage.UPLOADING, force=True)
         job_id, attempt = self.job.id, self.job.attempt
         out = {v: keys.output(job_id, attempt, v) for v in Variant}
@@ -509,6 +539,39 @@ class _JobRun:
                 raise
         self.p.objects.delete_prefix(keys.checkpoints_prefix(job_id))
         log.info("completed", extra=self.log_ctx)
+
+    def _moderate(self, sampler: FrameSampler, clip: Clip, video: Path) -> None:
+        """Checks the encoded clip before anything of it is stored where it can be seen; a
+        blocked (or doubtful) clip goes to quarantine and the job fails."""
+        verdict = self.p.output_moderator.check(
+            sampler.samples, clip.audio, clip.sample_rate, prompt=self.job.spec.prompt
+        )
+        digest = _sha256(video)
+        quarantine = None
+        if verdict.action is not Action.ALLOW:
+            quarantine = keys.quarantine(self.job.id, self.job.attempt)
+            self.p.objects.put(quarantine, video, content_type="video/mp4")
+        self.p.audit.record(
+            [
+                {
+                    "at": self.p.clock(),
+                    "stage": verdict.stage,
+                    "job_id": self.job.id,
+                    "user_id": self.job.user_id,
+                    "action": verdict.action.value,
+                    "categories": json.dumps([c.value for c in verdict.categories]),
+                    "scores": json.dumps({c.value: s for c, s in verdict.scores.items()}),
+                    "policy_version": verdict.policy_version,
+                    "content_sha256": digest,
+                    "prompt": None,
+                    "details": json.dumps(verdict.details, default=str),
+                    "quarantine_key": quarantine,
+                }
+            ]
+        )
+        if quarantine is not None:
+            log.warning("output blocked by moderation", extra=self.log_ctx)
+            raise OutputBlocked(verdict)
 
     def _published(self, video_key: str) -> bool:
         """Whether an earlier try of `complete` committed although its answer was lost."""

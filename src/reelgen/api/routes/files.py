@@ -30,7 +30,7 @@ async def signed_file(
     request: Request, key: str, expires: int, signature: str, platform: ApiDep
 ) -> Response:
     now = platform.clock()
-    if not verify(platform.signing_secret, key, expires, signature, now):
+    if keys.quarantined(key) or not verify(platform.signing_secret, key, expires, signature, now):
         return error_response(
             403,
             "This link is invalid or has expired; request the content again.",

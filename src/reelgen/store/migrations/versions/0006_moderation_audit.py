@@ -28,6 +28,7 @@ def upgrade() -> None:
         sa.Column("content_sha256", sa.String(64), nullable=False),
         sa.Column("prompt", sa.Text(), nullable=True),
         sa.Column("details", sa.Text(), nullable=True),
+        sa.Column("quarantine_key", sa.String(300), nullable=True),
     )
     op.create_index("ix_moderation_audit_job", "moderation_audit", ["job_id"])
     op.create_index("ix_moderation_audit_at", "moderation_audit", ["at"])
