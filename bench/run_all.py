@@ -46,6 +46,7 @@ BENCHMARKS: list[tuple[str, int]] = [
     # Pure Python, no servers:
     ("policy_decisions", 300),
     ("text_moderation", 300),
+    ("output_moderation", 300),
     ("sim_day", 900),
     ("fleet_size", 1800),
 ]

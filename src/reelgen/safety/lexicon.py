@@ -17,7 +17,8 @@ from reelgen.safety.normalize import Normalized, term_skeleton
 BENIGN = "benign_phrases"
 COMPOUND_LISTS = frozenset({"minor", "sexual", "sexual_explicit", "gore", "minor_sexual"})
 """Lists whose terms also count inside a long word (German compounds, glued words)."""
-COMPOUND_MIN_TERM = 5
+COMPOUND_MIN_TERM = 6
+"""Shorter terms hide in too many harmless words (`child` in German `Nummernschild`)."""
 COMPOUND_MIN_WORD = 9
 
 

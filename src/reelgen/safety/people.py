@@ -74,9 +74,6 @@ class PersonFinder:
                     self._names[words[0]].append((words, canonical))
                     if len(words) > 1:
                         self._joined.append(("".join(words), canonical))
-            parts = plain(canonical).split()
-            if len(parts) >= 2:
-                first_names.add(parts[0])
         self._first_names = frozenset(first_names)
         self._personal: dict[str, list[tuple[tuple[str, ...], bool]]] = defaultdict(list)
         """first word -> (words, whether it is a photo reference)"""

@@ -7,7 +7,6 @@ import hashlib
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from importlib import resources
 
 from reelgen.safety.classifier import Example, LearnedClassifier, builtin_examples
 from reelgen.safety.lexicon import Lexicon, load_lists
@@ -120,8 +119,3 @@ class TextModerator:
             details=details,
         )
 
-
-def data_files() -> list[str]:
-    """The shipped data the text check is built from (for the docs and the audit)."""
-    base = resources.files("reelgen.safety").joinpath("data")
-    return sorted(p.name for p in base.iterdir() if p.name.endswith((".json", ".jsonl", ".txt")))
