@@ -118,4 +118,3 @@ class TextModerator:
             stage="input_text",
             details=details,
         )
-
