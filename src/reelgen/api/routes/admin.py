@@ -9,7 +9,7 @@ from fastapi import APIRouter, Query
 from pydantic import BaseModel
 
 from reelgen.api.deps import AdminUser, ApiDep, run_sync
-from reelgen.api.schemas import VideoPublic
+from reelgen.api.schemas import VideoPublic, error_responses
 from reelgen.services import fleet, reviews
 
 router = APIRouter(tags=["admin"])
@@ -31,14 +31,18 @@ class ReviewDecision(BaseModel):
     decision: Literal["approve", "reject"]
 
 
-@router.get("/admin/reviews", response_model=HeldList)
+@router.get("/admin/reviews", response_model=HeldList, responses=error_responses(400, 401, 403))
 async def held_for_review(platform: ApiDep, _admin: AdminUser, limit: int = Query(100)) -> HeldList:
     """Jobs that input moderation held for a review, oldest first."""
     held = await run_sync(platform, reviews.held, platform, limit)
     return HeldList(data=[VideoPublic.from_view(v) for v in held])
 
 
-@router.post("/admin/reviews/{video_id}", response_model=VideoPublic)
+@router.post(
+    "/admin/reviews/{video_id}",
+    response_model=VideoPublic,
+    responses=error_responses(400, 401, 403, 404, 409),
+)
 async def decide_review(
     video_id: str, body: ReviewDecision, platform: ApiDep, admin: AdminUser
 ) -> VideoPublic:
