@@ -187,3 +187,56 @@ def test_housekeeping_forgets_audited_prompts_after_their_retention(tmp_path) ->
         assert kept == {None, "recent prompt"}
     finally:
         platform.close()
+
+
+def _portrait_jpeg() -> bytes:
+    """A real photograph of a face (Grace Hopper, shipped with matplotlib)."""
+    from matplotlib import cbook
+
+    with cbook.get_sample_data("grace_hopper.jpg") as f:
+        return f.read()
+
+
+def test_reference_image_with_a_face_needs_recorded_consent(start_server) -> None:
+    from reelgen.services.accounts import create_key
+
+    from .helpers import png_bytes
+
+    live = start_server(workers=0)
+    consenting = create_key(live.platform, user_name="studio", tier=None, likeness_consent=True)
+    face = _portrait_jpeg()
+    form = {"prompt": "she waves at the camera", "seconds": "1", "size": "64x64"}
+    with live.client() as http:
+        r = http.post(
+            "/v1/videos", data=form, files={"input_reference": ("ref.jpg", face, "image/jpeg")}
+        )
+        assert r.status_code == 400, r.text
+        error = r.json()["error"]
+        assert error["code"] == "moderation_blocked" and error["param"] == "input_reference"
+        assert "real_person" in error["message"]
+        plain = http.post(
+            "/v1/videos",
+            data=form,
+            files={"input_reference": ("ref.png", png_bytes(64, 64), "image/png")},
+        )
+        assert plain.status_code == 200, plain.text
+    with live.client(consenting) as http:
+        r = http.post(
+            "/v1/videos", data=form, files={"input_reference": ("ref.jpg", face, "image/jpeg")}
+        )
+        assert r.status_code == 200, r.text
+        harmful = http.post(
+            "/v1/videos",
+            data={**form, "prompt": "she is arrested, fake news footage"},
+            files={"input_reference": ("ref.jpg", face, "image/jpeg")},
+        )
+        assert harmful.status_code == 400  # consent to a likeness is no consent to harm it
+    assert _jobs(live) == 2
+    blocked = [e for e in live.platform.audit.recent() if e["stage"] == "input_image"]
+    assert {e["action"] for e in blocked} == {"block", "allow"}
+    import hashlib
+
+    assert hashlib.sha256(face).hexdigest() in {e["content_sha256"] for e in blocked}
+    assert all(e["prompt"] is None for e in blocked)
+    inputs = live.platform.settings.data_dir / "objects" / "inputs"
+    assert len([p for p in inputs.iterdir()]) == 2  # refused images were never stored

@@ -14,6 +14,7 @@ from reelgen.domain.jobs import User
 from reelgen.models.base import VideoModel
 from reelgen.models.registry import AVAILABLE, build_model
 from reelgen.observability.metrics import Metrics
+from reelgen.safety.image import ImageModerator
 from reelgen.safety.output import (
     OutputModerator,
     build_checks,
@@ -83,6 +84,7 @@ class ApiContext(Core):
     models: dict[str, VideoModel]
     signing_secret: bytes
     moderator: TextModerator
+    image_moderator: ImageModerator
     safety_pool: ThreadPoolExecutor
     key_cache: TTLCache[str, User] = field(default_factory=lambda: TTLCache(ttl_s=30.0))
     """API key hash -> user; a revoked key may keep working for up to `ttl_s`."""
@@ -203,27 +205,39 @@ def api_context(core: Core, catalog: dict[str, VideoModel] | None = None) -> Api
         models=catalog if catalog is not None else build_catalog(core.settings),
         signing_secret=load_signing_secret(core.settings),
         moderator=moderator,
+        image_moderator=ImageModerator(
+            safety_policy(core.settings),
+            build_checks(
+                nudity=_nudity_wanted(core.settings), blocklist=core.settings.safety_hash_blocklist
+            ),
+        ),
         safety_pool=ThreadPoolExecutor(
             core.settings.safety_threads, thread_name_prefix="reelgen-safety"
         ),
     )
 
 
-def build_output_moderator(settings: Settings) -> OutputModerator:
-    """The output checks: faces always, nudity when NudeNet is installed (or as the
-    settings say), the hash blocklist when one is configured, the transcriber hook."""
+def _nudity_wanted(settings: Settings) -> bool:
     nudity = settings.safety_nudity_classifier
     if nudity is None:
-        nudity = nudity_available()
-    elif nudity and not nudity_available():
+        return nudity_available()
+    if nudity and not nudity_available():
         raise ValueError(
             "REELGEN_SAFETY_NUDITY_CLASSIFIER=true but NudeNet is not installed "
             "(pip install 'reelgen[nudity]')"
         )
+    return nudity
+
+
+def build_output_moderator(settings: Settings) -> OutputModerator:
+    """The output checks: faces always, nudity when NudeNet is installed (or as the
+    settings say), the hash blocklist when one is configured, the transcriber hook."""
     return OutputModerator(
         policy=safety_policy(settings),
         text=build_moderator(settings),
-        checks=build_checks(nudity=nudity, blocklist=settings.safety_hash_blocklist),
+        checks=build_checks(
+            nudity=_nudity_wanted(settings), blocklist=settings.safety_hash_blocklist
+        ),
         transcriber=load_transcriber(settings.safety_transcriber),
     )
 

@@ -118,6 +118,14 @@ def keys_create(
     admin: Annotated[
         bool, typer.Option("--admin", help="An admin key: may also review held jobs.")
     ] = False,
+    likeness_consent: Annotated[
+        bool,
+        typer.Option(
+            "--likeness-consent",
+            help="Consent of the real people this key's users depict is on record: "
+            "photoreal faces and likenesses are allowed (harmful contexts never are).",
+        ),
+    ] = False,
     data_dir: DataDir = None,
 ) -> None:
     """Create an API key for a user and print it (shown only once)."""
@@ -132,7 +140,16 @@ def keys_create(
     from reelgen.domain.errors import ReelgenError
 
     try:
-        typer.echo(create_key(platform, user_name=user, tier=tier, allow_batch=batch, admin=admin))
+        typer.echo(
+            create_key(
+                platform,
+                user_name=user,
+                tier=tier,
+                allow_batch=batch,
+                admin=admin,
+                likeness_consent=likeness_consent,
+            )
+        )
     except ReelgenError as exc:
         raise typer.BadParameter(exc.message, param_hint="--tier") from exc
     finally:

@@ -180,6 +180,8 @@ class User:
     """Whether the key may lower a request to the batch tier (`service_tier`)."""
     admin: bool = False
     """An admin key (a role, not a tier): may decide on jobs held for content review."""
+    likeness_consent: bool = False
+    """Consent to depict real people is on record for the key (photoreal faces allowed)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,8 +13,40 @@ from reelgen.platform import ApiContext
 from reelgen.safety.verdict import DESCRIPTIONS, Verdict
 
 
-def check_prompt(platform: ApiContext, prompt: str, style: str | None) -> Verdict:
-    return platform.moderator.check(prompt, style=style)
+def check_input(
+    platform: ApiContext, prompt: str, style: str | None, image: bytes | None, *, consent: bool
+) -> list[Verdict]:
+    """The reference image's verdict when there is one, and the prompt's (a face in the
+    image makes the prompt's person rules apply to whoever it shows)."""
+    text = platform.moderator.check(prompt, style=style, consent=consent)
+    if image is None:
+        return [text]
+    pictured = platform.image_moderator.check(
+        image, consent=consent, minor_in_prompt=bool(text.details.get("minor"))
+    )
+    if platform.image_moderator.has_face(pictured):
+        text = platform.moderator.check(prompt, style=style, consent=consent, reference_face=True)
+    return [pictured, text]  # on a tie the refusal names the image
+
+
+def worst(verdicts: list[Verdict]) -> Verdict:
+    out = verdicts[0]
+    for v in verdicts[1:]:
+        out = out.worst(v)
+    return out
+
+
+def audit_rows(
+    platform: ApiContext, verdicts: list[Verdict], *, user: User, prompt: str, image: bytes | None
+) -> list[dict[str, Any]]:
+    rows = []
+    for v in verdicts:
+        row = audit_row(platform, v, user=user, prompt=prompt)
+        if v.stage == "input_image" and image is not None:
+            row["content_sha256"] = hashlib.sha256(image).hexdigest()
+            row["prompt"] = None
+        rows.append(row)
+    return rows
 
 
 def audit_row(
@@ -39,11 +71,12 @@ def audit_row(
 def refusal(verdict: Verdict) -> ModerationBlocked:
     """What the caller is told: the categories, never which rule or term fired."""
     names = ", ".join(f"{DESCRIPTIONS[c]} ({c.value})" for c in verdict.categories)
-    message = f"The prompt was refused by content moderation: {names}."
+    if verdict.stage == "input_image":
+        what, param = "The reference image was", "input_reference"
+    else:
+        what, param = "The prompt was", "prompt"
     return ModerationBlocked(
-        message, categories=tuple(c.value for c in verdict.categories), param="prompt"
+        f"{what} refused by content moderation: {names}.",
+        categories=tuple(c.value for c in verdict.categories),
+        param=param,
     )
-
-
-def record_refusal(platform: ApiContext, verdict: Verdict, *, user: User, prompt: str) -> None:
-    platform.audit.record([audit_row(platform, verdict, user=user, prompt=prompt)])

@@ -243,7 +243,7 @@ class _Submission:
     job_id: str
     image: bytes | None
     reference_key: str | None
-    audit: dict[str, Any] | None = None
+    audit: list[dict[str, Any]] | None = None
 
 
 def _prepare(
@@ -313,20 +313,33 @@ def _store_image(platform: ApiContext, sub: _Submission) -> None:
         platform.objects.put(sub.reference_key, sub.image)
 
 
-def _moderated(platform: ApiContext, user: User, sub: _Submission, verdict: Verdict) -> _Submission:
-    """The submission with its verdict's audit row, or the refusal (audited) if the prompt
-    may not be generated. A prompt that needs a review is queued held (`awaiting_review`)
-    until an admin decides."""
-    prompt = str(sub.row["prompt"])
+def _check(platform: ApiContext, user: User, sub: _Submission) -> list[Verdict]:
+    return moderation.check_input(
+        platform,
+        str(sub.row["prompt"]),
+        sub.row["style"],
+        sub.image,
+        consent=user.likeness_consent,
+    )
+
+
+def _moderated(
+    platform: ApiContext, user: User, sub: _Submission, verdicts: list[Verdict]
+) -> _Submission:
+    """The submission with its verdicts' audit rows, or the refusal (audited) if it may not
+    be generated. One that needs a review is queued held (`awaiting_review`) until an
+    admin decides."""
+    rows = moderation.audit_rows(
+        platform, verdicts, user=user, prompt=str(sub.row["prompt"]), image=sub.image
+    )
+    verdict = moderation.worst(verdicts)
     if verdict.action is Action.BLOCK:
-        moderation.record_refusal(platform, verdict, user=user, prompt=prompt)
+        platform.audit.record(rows)
         raise moderation.refusal(verdict)
     row = sub.row
     if verdict.action is Action.REVIEW:
         row = {**row, "stage": Stage.AWAITING_REVIEW.value}
-    return dataclasses.replace(
-        sub, row=row, audit=moderation.audit_row(platform, verdict, user=user, prompt=prompt)
-    )
+    return dataclasses.replace(sub, row=row, audit=rows)
 
 
 def _enqueue(platform: ApiContext, sub: _Submission) -> Future[Submitted]:
@@ -370,8 +383,7 @@ def submit(
     sub = _prepare(
         platform, user, req, idempotency_key=idempotency_key, parent=parent, operation=operation
     )
-    verdict = moderation.check_prompt(platform, str(sub.row["prompt"]), sub.row["style"])
-    sub = _moderated(platform, user, sub, verdict)
+    sub = _moderated(platform, user, sub, _check(platform, user, sub))
     _store_image(platform, sub)
     done = _settle(platform, sub, _enqueue(platform, sub))
     return done.job, done.created
@@ -391,14 +403,10 @@ async def submit_async(
         parent=None,
         operation=Operation.CREATE,
     )
-    verdict = await asyncio.wrap_future(
-        platform.safety_pool.submit(
-            moderation.check_prompt, platform, str(sub.row["prompt"]), sub.row["style"]
-        )
-    )
-    if verdict.action is Action.BLOCK:
-        await asyncio.to_thread(_moderated, platform, user, sub, verdict)  # raises
-    sub = _moderated(platform, user, sub, verdict)
+    verdicts = await asyncio.wrap_future(platform.safety_pool.submit(_check, platform, user, sub))
+    if moderation.worst(verdicts).action is Action.BLOCK:
+        await asyncio.to_thread(_moderated, platform, user, sub, verdicts)  # raises
+    sub = _moderated(platform, user, sub, verdicts)
     if sub.image is not None:
         await asyncio.to_thread(_store_image, platform, sub)
     outcome = _enqueue(platform, sub)

@@ -39,6 +39,7 @@ class AccountStore:
         now: float,
         allow_batch: bool = True,
         role: str = "user",
+        likeness_consent: bool = False,
     ) -> None:
         """Adding a key that exists already is a no-op (replicas bootstrapping at once)."""
         with self.db.write() as conn:
@@ -51,6 +52,7 @@ class AccountStore:
                     created_at=now,
                     allow_batch=allow_batch,
                     role=role,
+                    likeness_consent=likeness_consent,
                 )
             )
 
@@ -69,4 +71,5 @@ class AccountStore:
             tier=Tier(row.tier),
             allow_batch=row.allow_batch,
             admin=row.role == "admin",
+            likeness_consent=row.likeness_consent,
         )

@@ -54,8 +54,8 @@ class _Submit:
     admit: Callable[[UsageView], None]
     idempotency: tuple[str, str] | None
     request_hash: str
-    audit: dict[str, Any] | None = None
-    """The input safety verdict's audit row; written with the job (its id filled in)."""
+    audit: list[dict[str, Any]] | None = None
+    """The input safety verdicts' audit rows; written with the job (its id filled in)."""
 
     @property
     def user_id(self) -> str:
@@ -232,12 +232,12 @@ class JobStore:
         admit: Callable[[UsageView], None],
         idempotency: tuple[str, str] | None,
         request_hash: str,
-        audit: dict[str, Any] | None = None,
+        audit: list[dict[str, Any]] | None = None,
     ) -> Future[Submitted]:
         """`submit` without waiting: the future resolves once the job is committed.
 
         Concurrent submits share one transaction (`Database.batched`, `_submit_batch`).
-        `audit`: the moderation audit row of the submit, written in the same transaction
+        `audit`: the moderation audit rows of the submit, written in the same transaction
         (with the job's id; with none when the submit is refused).
         """
         item = _Submit(row, admit, idempotency, request_hash, audit)
@@ -305,9 +305,9 @@ class JobStore:
                 conn.execute(q.insert_idempotency_key(), keys)
         resolved = [_resolved(answers, i) for i in range(len(batch))]
         audits = [
-            {**s.audit, "job_id": a.job.id if isinstance(a, Submitted) else None}
+            {**row, "job_id": a.job.id if isinstance(a, Submitted) else None}
             for s, a in zip(batch, resolved, strict=True)
-            if s.audit is not None
+            for row in s.audit or ()
         ]
         if audits:
             conn.execute(q.insert_audit(), audits)

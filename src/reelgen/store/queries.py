@@ -116,7 +116,14 @@ def user_usage() -> Select[Any]:
 @cache
 def user_for_key() -> Select[Any]:
     return (
-        select(users.c.id, users.c.name, users.c.tier, api_keys.c.allow_batch, api_keys.c.role)
+        select(
+            users.c.id,
+            users.c.name,
+            users.c.tier,
+            api_keys.c.allow_batch,
+            api_keys.c.role,
+            api_keys.c.likeness_consent,
+        )
         .join(api_keys, api_keys.c.user_id == users.c.id)
         .where(api_keys.c.key_hash == bindparam("key_hash"), api_keys.c.revoked_at.is_(None))
     )

@@ -14,6 +14,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    false,
     true,
 )
 
@@ -39,8 +40,11 @@ api_keys = Table(
     Column("revoked_at", Float),
     Column("allow_batch", Boolean, nullable=False, server_default=true()),
     Column("role", String(16), nullable=False, server_default="user"),
+    Column("likeness_consent", Boolean, nullable=False, server_default=false()),
 )
-"""`role`: `user`, or `admin` (may also decide on jobs held for content review)."""
+"""`role`: `user`, or `admin` (may also decide on jobs held for content review).
+`likeness_consent`: the operator recorded that this key's users have the consent of the
+real people they depict (their photoreal faces and likenesses are then allowed)."""
 
 jobs = Table(
     "jobs",

@@ -1,4 +1,5 @@
-"""the moderation audit log; API keys get a role (admin keys review held jobs)
+"""the moderation audit log; API keys get a role (admin keys review held jobs) and a
+recorded likeness consent
 
 Revision ID: 0006
 Revises: 0005
@@ -34,10 +35,14 @@ def upgrade() -> None:
     op.create_index("ix_moderation_audit_at", "moderation_audit", ["at"])
     with op.batch_alter_table("api_keys") as batch:
         batch.add_column(sa.Column("role", sa.String(16), nullable=False, server_default="user"))
+        batch.add_column(
+            sa.Column("likeness_consent", sa.Boolean(), nullable=False, server_default=sa.false())
+        )
 
 
 def downgrade() -> None:
     with op.batch_alter_table("api_keys") as batch:
+        batch.drop_column("likeness_consent")
         batch.drop_column("role")
     op.drop_index("ix_moderation_audit_at", table_name="moderation_audit")
     op.drop_index("ix_moderation_audit_job", table_name="moderation_audit")
