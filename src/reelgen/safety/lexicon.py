@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from importlib import resources
 
-from reelgen.safety.normalize import Normalized, term_skeleton
+from reelgen.safety.normalize import Normalized, phrase_at, term_skeleton
 
 BENIGN = "benign_phrases"
 COMPOUND_LISTS = frozenset({"minor", "sexual", "sexual_explicit", "gore", "minor_sexual"})
@@ -104,7 +104,7 @@ class Lexicon:
                         for name in table.get(word[:length], ()):
                             found[name].add(word[:length] + "*")
                 for words, name in self._phrases.get(word, ()):
-                    if self._phrase_at(tokens, i, words, skip):
+                    if phrase_at(tokens, i, words, skip):
                         found[name].add(" ".join(words))
                 if len(word) >= COMPOUND_MIN_WORD and word not in self._words:
                     for term, name in self._compound:
@@ -125,14 +125,6 @@ class Lexicon:
         for i, readings in enumerate(tokens):
             for word in readings:
                 for words in self._benign.get(word, ()):
-                    if self._phrase_at(tokens, i, words, set()):
+                    if phrase_at(tokens, i, words):
                         covered.update(range(i, i + len(words)))
         return covered
-
-    @staticmethod
-    def _phrase_at(
-        tokens: tuple[tuple[str, ...], ...], i: int, words: tuple[str, ...], skip: set[int]
-    ) -> bool:
-        if i + len(words) > len(tokens):
-            return False
-        return all(i + k not in skip and words[k] in tokens[i + k] for k in range(len(words)))

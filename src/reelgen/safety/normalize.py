@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 
 _INVISIBLE = dict.fromkeys(
@@ -207,3 +208,15 @@ def _mask_pattern(word: str) -> tuple[int, re.Pattern[str]]:
             if letter.isalpha():
                 parts.append(letter)
     return len(parts), re.compile("".join(parts))
+
+
+def phrase_at(
+    tokens: tuple[tuple[str, ...], ...],
+    i: int,
+    words: tuple[str, ...],
+    skip: AbstractSet[int] = frozenset(),
+) -> bool:
+    """Whether `words` (skeletons) are read at token `i` onwards, none of them in `skip`."""
+    if i + len(words) > len(tokens):
+        return False
+    return all(i + k not in skip and words[k] in tokens[i + k] for k in range(len(words)))

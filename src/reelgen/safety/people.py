@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from importlib import resources
 
-from reelgen.safety.normalize import Normalized, plain, term_skeleton
+from reelgen.safety.normalize import Normalized, phrase_at, plain, term_skeleton
 
 _NAME = re.compile(r"\b([A-ZÀ-Ý][a-zà-ÿ]+)(?:\s+(?:[A-ZÀ-Ý]\.|de|da|do|dos|van|von|del|la|le))*"
                    r"\s+([A-ZÀ-Ý][a-zà-ÿ]+)\b")  # fmt: skip
@@ -91,10 +91,10 @@ class PersonFinder:
         for i, readings in enumerate(tokens):
             for word in readings:
                 for words, canonical in self._names.get(word, ()):
-                    if _at(tokens, i, words):
+                    if phrase_at(tokens, i, words):
                         public[canonical] = None
                 for words, is_photo in self._personal.get(word, ()):
-                    if _at(tokens, i, words):
+                    if phrase_at(tokens, i, words):
                         (photo if is_photo else personal)[" ".join(words)] = None
         for spelled in text.spelled:
             for joined, canonical in self._joined:
@@ -106,9 +106,3 @@ class PersonFinder:
             if first in self._first_names:
                 named[f"{m.group(1)} {m.group(2)}"] = None
         return People(tuple(public), tuple(named), tuple(personal), tuple(photo))
-
-
-def _at(tokens: tuple[tuple[str, ...], ...], i: int, words: tuple[str, ...]) -> bool:
-    return i + len(words) <= len(tokens) and all(
-        words[k] in tokens[i + k] for k in range(len(words))
-    )

@@ -3,6 +3,7 @@ under the policy version that produced them (the audit log keeps all three)."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -62,6 +63,17 @@ class Verdict:
     @property
     def blocked(self) -> bool:
         return self.action is Action.BLOCK
+
+    def audit_columns(self) -> dict[str, str]:
+        """The verdict as the audit log's columns (lists and mappings as JSON)."""
+        return {
+            "stage": self.stage,
+            "action": self.action.value,
+            "categories": json.dumps([c.value for c in self.categories]),
+            "scores": json.dumps({c.value: s for c, s in self.scores.items()}),
+            "policy_version": self.policy_version,
+            "details": json.dumps(self.details, default=str),
+        }
 
     def worst(self, other: Verdict) -> Verdict:
         """The stricter of two verdicts (ties keep self); used to fold several checks."""

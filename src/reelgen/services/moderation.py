@@ -4,7 +4,6 @@ its audit row, and the refusal a block turns into."""
 from __future__ import annotations
 
 import hashlib
-import json
 from typing import Any
 
 from reelgen.domain.errors import ModerationBlocked
@@ -41,7 +40,7 @@ def audit_rows(
 ) -> list[dict[str, Any]]:
     rows = []
     for v in verdicts:
-        row = audit_row(platform, v, user=user, prompt=prompt)
+        row = audit_row(platform, v, user_id=user.id, prompt=prompt)
         if v.stage == "input_image" and image is not None:
             row["content_sha256"] = hashlib.sha256(image).hexdigest()
             row["prompt"] = None
@@ -50,21 +49,21 @@ def audit_rows(
 
 
 def audit_row(
-    platform: ApiContext, verdict: Verdict, *, user: User, prompt: str, job_id: str | None = None
+    platform: ApiContext,
+    verdict: Verdict,
+    *,
+    user_id: str,
+    prompt: str,
+    job_id: str | None = None,
 ) -> dict[str, Any]:
     keep_prompt = platform.settings.safety_prompt_retention_days > 0
     return {
+        **verdict.audit_columns(),
         "at": platform.clock(),
-        "stage": verdict.stage,
         "job_id": job_id,
-        "user_id": user.id,
-        "action": verdict.action.value,
-        "categories": json.dumps([c.value for c in verdict.categories]),
-        "scores": json.dumps({c.value: s for c, s in verdict.scores.items()}),
-        "policy_version": verdict.policy_version,
+        "user_id": user_id,
         "content_sha256": hashlib.sha256(prompt.encode()).hexdigest(),
         "prompt": prompt if keep_prompt else None,
-        "details": json.dumps(verdict.details, default=str),
     }
 
 

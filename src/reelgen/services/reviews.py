@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
-
 from reelgen.domain.errors import Conflict, InvalidRequest, NotFound
 from reelgen.domain.jobs import User
 from reelgen.platform import ApiContext
+from reelgen.safety.verdict import Action, Verdict
+from reelgen.services import moderation
 from reelgen.services.videos import VideoView, view
 
 
@@ -32,24 +31,19 @@ def review(platform: ApiContext, admin: User, video_id: str, decision: str) -> V
             f"Video {video_id} is not held for review (it is {found.status.value}).",
             code="not_in_review",
         )
-    action = "allow" if decision == "approve" else "block"
-    prompt = job.spec.prompt
-    keep_prompt = platform.settings.safety_prompt_retention_days > 0
+    decided = Verdict(
+        action=Action.ALLOW if decision == "approve" else Action.BLOCK,
+        categories=(),
+        scores={},
+        policy_version=f"review by {admin.name}",
+        stage="review",
+        details={"reviewer": admin.id, "decision": decision},
+    )
     platform.audit.record(
         [
-            {
-                "at": platform.clock(),
-                "stage": "review",
-                "job_id": job.id,
-                "user_id": job.user_id,
-                "action": action,
-                "categories": "[]",
-                "scores": "{}",
-                "policy_version": f"review by {admin.name}",
-                "content_sha256": hashlib.sha256(prompt.encode()).hexdigest(),
-                "prompt": prompt if keep_prompt else None,
-                "details": json.dumps({"reviewer": admin.id, "decision": decision}),
-            }
+            moderation.audit_row(
+                platform, decided, user_id=job.user_id, prompt=job.spec.prompt, job_id=job.id
+            )
         ]
     )
     if decision == "approve":

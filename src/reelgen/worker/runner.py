@@ -8,7 +8,6 @@ attempt that replaced it.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import secrets
 import shutil
@@ -554,17 +553,12 @@ class _JobRun:
         self.p.audit.record(
             [
                 {
+                    **verdict.audit_columns(),
                     "at": self.p.clock(),
-                    "stage": verdict.stage,
                     "job_id": self.job.id,
                     "user_id": self.job.user_id,
-                    "action": verdict.action.value,
-                    "categories": json.dumps([c.value for c in verdict.categories]),
-                    "scores": json.dumps({c.value: s for c, s in verdict.scores.items()}),
-                    "policy_version": verdict.policy_version,
                     "content_sha256": digest,
                     "prompt": None,
-                    "details": json.dumps(verdict.details, default=str),
                     "quarantine_key": quarantine,
                 }
             ]
