@@ -184,14 +184,15 @@ _moderators: dict[str, TextModerator] = {}
 _moderators_lock = threading.Lock()
 
 
-def build_moderator(settings: Settings) -> TextModerator:
+def build_moderator(settings: Settings, *, learned: bool = True) -> TextModerator:
     """The prompt check, trained once per process and policy (API replicas in one process,
-    as in tests, share it)."""
+    as in tests, share it); `learned=False`: its rules only."""
     policy = safety_policy(settings)
+    key = f"{policy.key()}|{learned}"
     with _moderators_lock:
-        moderator = _moderators.get(policy.key())
+        moderator = _moderators.get(key)
         if moderator is None:
-            moderator = _moderators[policy.key()] = TextModerator(policy)
+            moderator = _moderators[key] = TextModerator(policy, learned=learned)
         return moderator
 
 
@@ -234,7 +235,8 @@ def build_output_moderator(settings: Settings) -> OutputModerator:
     settings say), the hash blocklist when one is configured, the transcriber hook."""
     return OutputModerator(
         policy=safety_policy(settings),
-        text=build_moderator(settings),
+        # the full check only for transcripts; the prompt is read for whom it names
+        text=build_moderator(settings, learned=settings.safety_transcriber is not None),
         checks=build_checks(
             nudity=_nudity_wanted(settings), blocklist=settings.safety_hash_blocklist
         ),

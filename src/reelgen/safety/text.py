@@ -60,11 +60,16 @@ class TextModerator:
         lexicon: Mapping[str, Sequence[str]] | None = None,
         gazetteer: Sequence[list[str]] | None = None,
         training: Sequence[Example] | None = None,
+        learned: bool = True,
     ):
+        """`learned=False`: the rules only, no classifier to train (a worker reads a prompt
+        only for who and what it names, which the rules find)."""
         self.policy = policy
         lists = dict(lexicon) if lexicon is not None else load_lists()
         people = list(gazetteer) if gazetteer is not None else load_gazetteer()
-        examples = list(training) if training is not None else builtin_examples("train")
+        examples: list[Example] = []
+        if learned:
+            examples = list(training) if training is not None else builtin_examples("train")
         self._lexicon = Lexicon(lists)
         self._people = PersonFinder(
             people,
@@ -72,13 +77,13 @@ class TextModerator:
             load_first_names(),
             lists.get("photo_reference", ()),
         )
-        self._classifier = LearnedClassifier(examples)
+        self._classifier = LearnedClassifier(examples) if learned else None
         digest = hashlib.sha256()
         digest.update(json.dumps(lists, sort_keys=True).encode())
         digest.update(json.dumps(people).encode())
         digest.update("\n".join(e.text + repr(sorted(e.labels)) for e in examples).encode())
         digest.update(policy.key().encode())
-        self.version = f"{POLICY}+{digest.hexdigest()[:12]}"
+        self.version = f"{POLICY}+{digest.hexdigest()[:12]}" + ("" if learned else "+rules")
 
     def check(
         self,
@@ -95,7 +100,7 @@ class TextModerator:
             stylized=style in STYLIZED_STYLES, consent=consent, reference_face=reference_face
         )
         rules, details = score(found, people, text.plain, ctx)
-        raw = self._classifier.scores(text)
+        raw = self._classifier.scores(text) if self._classifier is not None else {}
         learned = {c: p if p >= LEARNED_CUT else 0.0 for c, p in raw.items()}
         if not (people.any or found.has("person_role")):
             # Likeness needs someone to be like: without any sign of a person the learned
