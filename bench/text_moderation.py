@@ -15,7 +15,7 @@ from pathlib import Path
 from _common import Check, bench_args, check_max, checks_table, emit, fmt, log, percentile, table
 
 from reelgen.platform import safety_policy
-from reelgen.safety.classifier import builtin_examples
+from reelgen.safety.learned import builtin_examples
 from reelgen.safety.text import TextModerator
 from reelgen.settings import Settings
 

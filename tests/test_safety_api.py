@@ -96,7 +96,7 @@ def _review_moderator(platform) -> None:
     """A check whose only rule asks for a review: `frobnicate` scores self_harm 0.9, between
     the review (0.5) and block (0.95) thresholds set below."""
     from reelgen.platform import safety_policy
-    from reelgen.safety.classifier import Example
+    from reelgen.safety.learned import Example
     from reelgen.safety.text import TextModerator
     from reelgen.safety.verdict import Category
 

@@ -15,6 +15,7 @@ from PIL import Image
 
 from reelgen.fleet import NoNudityCheck, refuse_without_nudity_check
 from reelgen.platform import build_moderator, build_output_moderator, safety_policy
+from reelgen.safety.classifiers import Content
 from reelgen.safety.output import (
     FrameSampler,
     HaarFaces,
@@ -62,7 +63,7 @@ def test_faces_found_in_a_photograph_and_not_in_a_gradient() -> None:
 def test_nudenet_runs_offline_and_finds_no_nudity_in_a_portrait() -> None:
     from reelgen.safety.output import NudeNetNudity
 
-    scores, seen = NudeNetNudity().check([_portrait()])
+    scores, seen = NudeNetNudity().check(Content(frames=[_portrait()]))
     assert scores[Category.SEXUAL] < 0.45 and seen["nudity"] == []
 
 
@@ -72,8 +73,8 @@ def test_hash_blocklist(tmp_path: Path) -> None:
     listed = tmp_path / "blocklist.txt"
     listed.write_text(f"# known images\n{blocklist.hash(frame)} violence_graphic\n")
     checks = HashBlocklist.from_file(listed)
-    assert checks.check([frame[::2, ::2]])[0] == {Category.VIOLENCE_GRAPHIC: 1.0}
-    assert checks.check([_gradient()])[0] == {}
+    assert checks.check(Content(frames=[frame[::2, ::2]]))[0] == {Category.VIOLENCE_GRAPHIC: 1.0}
+    assert checks.check(Content(frames=[_gradient()]))[0] == {}
     bad = tmp_path / "bad.txt"
     bad.write_text("abcdef0123456789 nudity\n")
     with pytest.raises(ValueError, match=r"bad\.txt:1"):
@@ -149,8 +150,8 @@ class _BlockEverything:
     name = "block_everything"
     nudity = False
 
-    def check(self, frames: Any) -> tuple[dict[Category, float], dict[str, Any]]:
-        return {Category.VIOLENCE_GRAPHIC: 1.0}, {"blocked_frames": len(frames)}
+    def check(self, content: Content) -> tuple[dict[Category, float], dict[str, Any]]:
+        return {Category.VIOLENCE_GRAPHIC: 1.0}, {"blocked_frames": len(content.frames)}
 
 
 def test_blocked_output_is_quarantined_and_never_viewable(start_server) -> None:

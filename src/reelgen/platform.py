@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+import os
 import secrets
 import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, fields
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Literal, TypeVar
 
 from reelgen.domain.jobs import User
 from reelgen.models.base import VideoModel
 from reelgen.models.registry import AVAILABLE, build_model
 from reelgen.observability.metrics import Metrics
+from reelgen.safety.classifiers import Classifier
 from reelgen.safety.image import ImageModerator
 from reelgen.safety.output import (
     OutputModerator,
@@ -21,6 +23,7 @@ from reelgen.safety.output import (
     load_transcriber,
     nudity_available,
 )
+from reelgen.safety.remote import Guarded, LlamaGuard, OpenAIModeration, load_factory
 from reelgen.safety.text import SafetyPolicy, TextModerator
 from reelgen.safety.verdict import MANDATORY, Category, Thresholds
 from reelgen.settings import Settings
@@ -196,9 +199,48 @@ def build_moderator(settings: Settings, *, learned: bool = True) -> TextModerato
         return moderator
 
 
+def build_classifiers(settings: Settings, side: Literal["input", "output"]) -> list[Classifier]:
+    """The deployment's own classifiers for one side (`REELGEN_SAFETY_CLASSIFIERS`)."""
+    out: list[Classifier] = []
+    for spec in settings.safety_classifiers:
+        if not spec.on(side):
+            continue
+        classifier: Classifier
+        if spec.kind == "python":
+            assert spec.factory is not None
+            classifier = load_factory(spec.factory, spec.options)
+        else:
+            api_key = None
+            if spec.api_key_env:
+                api_key = os.environ.get(spec.api_key_env)
+                if not api_key:
+                    raise ValueError(
+                        f"safety classifier {spec.name or spec.kind}: {spec.api_key_env} is not set"
+                    )
+            kind = OpenAIModeration if spec.kind == "openai_moderation" else LlamaGuard
+            assert spec.url is not None
+            options: dict[str, Any] = {
+                "name": spec.name or spec.kind,
+                "api_key": api_key,
+                "images": spec.images,
+                "nudity": spec.nudity,
+                "categories": spec.categories,
+                "timeout_s": spec.timeout_s,
+                "retries": spec.retries,
+            }
+            if spec.model:
+                options["model"] = spec.model
+            if spec.max_frames:
+                options["max_frames"] = spec.max_frames
+            classifier = kind(spec.url, **options)
+        out.append(Guarded(classifier) if spec.on_error == "skip" else classifier)
+    return out
+
+
 def api_context(core: Core, catalog: dict[str, VideoModel] | None = None) -> ApiContext:
     """The API's view of `core` (shared with other roles in `reelgen serve`)."""
-    moderator = build_moderator(core.settings)
+    own = build_classifiers(core.settings, "input")
+    moderator = build_moderator(core.settings).with_classifiers(own)
     core.db.start_group_commit()
     return ApiContext(
         **_core_fields(core),
@@ -210,7 +252,8 @@ def api_context(core: Core, catalog: dict[str, VideoModel] | None = None) -> Api
             safety_policy(core.settings),
             build_checks(
                 nudity=_nudity_wanted(core.settings), blocklist=core.settings.safety_hash_blocklist
-            ),
+            )
+            + own,
         ),
         safety_pool=ThreadPoolExecutor(
             core.settings.safety_threads, thread_name_prefix="reelgen-safety"
@@ -239,7 +282,8 @@ def build_output_moderator(settings: Settings) -> OutputModerator:
         text=build_moderator(settings, learned=settings.safety_transcriber is not None),
         checks=build_checks(
             nudity=_nudity_wanted(settings), blocklist=settings.safety_hash_blocklist
-        ),
+        )
+        + build_classifiers(settings, "output"),
         transcriber=load_transcriber(settings.safety_transcriber),
     )
 

@@ -3,10 +3,55 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ClassifierSpec(BaseModel):
+    """One classifier a deployment adds to the safety checks (`REELGEN_SAFETY_CLASSIFIERS`,
+    a JSON list of these); see docs/safety.md."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["openai_moderation", "llama_guard", "python"]
+    name: str | None = None
+    """In verdicts and the audit log; defaults to the kind."""
+    url: str | None = None
+    """The endpoint (`.../v1/moderations` or `.../v1/chat/completions`)."""
+    model: str | None = None
+    api_key_env: str | None = None
+    """The environment variable that holds the endpoint's bearer token (read at start-up)."""
+    side: Literal["input", "output", "both"] = "both"
+    images: bool = False
+    """Whether it is sent images (the reference image, sampled output frames)."""
+    nudity: bool = False
+    """Whether it detects nudity in images (satisfies a fleet's output nudity check)."""
+    max_frames: int | None = Field(None, ge=1)
+    categories: dict[str, str] | None = None
+    """Its labels -> our categories, replacing the built-in map for its kind."""
+    timeout_s: float = Field(3.0, gt=0)
+    retries: int = Field(2, ge=0)
+    on_error: Literal["fail", "skip"] = "fail"
+    """fail: no verdict without it (submit answers 503, a clip is quarantined); skip: decide
+    without it, noted in the audit log."""
+    factory: str | None = None
+    """kind python: `module:function` returning the classifier."""
+    options: dict[str, Any] = Field(default_factory=dict)
+    """kind python: keyword arguments for the factory."""
+
+    @model_validator(mode="after")
+    def _needs(self) -> ClassifierSpec:
+        if self.kind == "python":
+            if not self.factory:
+                raise ValueError("a python classifier needs factory (module:function)")
+        elif not self.url or not self.url.startswith(("http://", "https://")):
+            raise ValueError(f"a {self.kind} classifier needs an http(s) url")
+        return self
+
+    def on(self, side: Literal["input", "output"]) -> bool:
+        return self.side in (side, "both")
 
 
 class Settings(BaseSettings):
@@ -72,6 +117,8 @@ class Settings(BaseSettings):
     """Perceptual hashes of disallowed images, `HEX CATEGORY` per line."""
     safety_transcriber: str | None = None
     """`module:function` turning a clip's audio into text for the prompt check."""
+    safety_classifiers: list[ClassifierSpec] = Field(default_factory=list)
+    """Classifiers added to the built-in checks (hosted moderation, Llama Guard, Python)."""
     safety_quarantine_days: int = Field(30, ge=1)
     """How long blocked outputs are kept in quarantine (for the audit) before deletion."""
 

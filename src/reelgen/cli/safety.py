@@ -26,8 +26,8 @@ def evaluate_command(
     from rich.table import Table
 
     from reelgen.platform import safety_policy
-    from reelgen.safety.classifier import builtin_examples, read_examples
     from reelgen.safety.evaluate import evaluate
+    from reelgen.safety.learned import builtin_examples, read_examples
     from reelgen.safety.text import TextModerator
     from reelgen.settings import Settings
 

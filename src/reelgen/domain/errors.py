@@ -69,3 +69,9 @@ class Unavailable(ReelgenError):
     def __init__(self, message: str, *, retry_after: int = 2):
         super().__init__(message)
         self.retry_after = max(1, retry_after)
+
+
+class ModerationUnavailable(Unavailable):
+    """A content classifier the deployment requires did not answer; nothing was accepted."""
+
+    code = "moderation_unavailable"

@@ -9,7 +9,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from reelgen.safety.classifier import Example
+from reelgen.safety.learned import Example
 from reelgen.safety.text import TextModerator
 from reelgen.safety.verdict import Action, Category
 

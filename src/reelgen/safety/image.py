@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import io
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from PIL import Image
 
-from reelgen.safety.output import ImageCheck
+from reelgen.safety.classifiers import Classifier, Content, merge
 from reelgen.safety.text import SafetyPolicy
 from reelgen.safety.verdict import Category, Verdict, decide
 
@@ -22,7 +23,7 @@ CHECK_SIDE = 640
 @dataclass
 class ImageModerator:
     policy: SafetyPolicy
-    checks: list[ImageCheck] = field(default_factory=list)
+    checks: list[Classifier] = field(default_factory=list)
 
     @property
     def version(self) -> str:
@@ -33,12 +34,8 @@ class ImageModerator:
         image.thumbnail((CHECK_SIDE, CHECK_SIDE))
         frame = np.asarray(image)
         scores = dict.fromkeys(Category, 0.0)
-        details: dict[str, object] = {"size": list(image.size)}
-        for check in self.checks:
-            found, seen = check.check([frame])
-            details.update(seen)
-            for category, s in found.items():
-                scores[category] = max(scores[category], s)
+        details: dict[str, Any] = {"size": list(image.size)}
+        merge(scores, details, self.checks, Content(frames=[frame]))
         if details.get("frames_with_faces") and not consent:
             scores[Category.REAL_PERSON] = 1.0
         if minor_in_prompt and scores[Category.SEXUAL]:

@@ -18,12 +18,19 @@ import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
+from reelgen.safety.classifiers import (
+    Classifier,
+    ClassifierUnavailable,
+    Content,
+    Scores,
+    merge,
+)
 from reelgen.safety.text import SafetyPolicy, TextModerator
-from reelgen.safety.verdict import Category, Verdict, decide
+from reelgen.safety.verdict import Action, Category, Verdict, decide
 
 OUTPUT_POLICY = "output-1"
 SAMPLE_SIDE = 360
@@ -81,18 +88,6 @@ class FrameSampler:
             yield frame
 
 
-class ImageCheck(Protocol):
-    """One classifier over sampled frames; scores per category, and what it saw."""
-
-    name: str
-    nudity: bool
-    """Whether it detects nudity (a fleet refuses to start without such a check)."""
-
-    def check(
-        self, frames: Sequence[np.ndarray]
-    ) -> tuple[dict[Category, float], dict[str, Any]]: ...
-
-
 class HaarFaces:
     name = "faces"
     nudity = False
@@ -116,8 +111,10 @@ class HaarFaces:
         )
         return len(found)
 
-    def check(self, frames: Sequence[np.ndarray]) -> tuple[dict[Category, float], dict[str, Any]]:
-        counts = [self.faces(f) for f in frames]
+    def check(self, content: Content) -> tuple[Scores, dict[str, Any]]:
+        if not content.frames:
+            return {}, {}
+        counts = [self.faces(f) for f in content.frames]
         return {}, {
             "frames_with_faces": sum(1 for c in counts if c),
             "max_faces": max(counts, default=0),
@@ -136,10 +133,12 @@ class NudeNetNudity:
         self._detector = NudeDetector()
         self.min_score = min_score
 
-    def check(self, frames: Sequence[np.ndarray]) -> tuple[dict[Category, float], dict[str, Any]]:
+    def check(self, content: Content) -> tuple[Scores, dict[str, Any]]:
+        if not content.frames:
+            return {}, {}
         best = 0.0
         labels: set[str] = set()
-        for frame in frames:
+        for frame in content.frames:
             alpha = np.full((*frame.shape[:2], 1), 255, dtype=np.uint8)
             for d in self._detector.detect(np.concatenate([frame, alpha], axis=2)):
                 if d["class"] in NUDITY_LABELS and d["score"] >= self.min_score:
@@ -183,10 +182,10 @@ class HashBlocklist:
 
         return self._imagehash.phash(Image.fromarray(frame))
 
-    def check(self, frames: Sequence[np.ndarray]) -> tuple[dict[Category, float], dict[str, Any]]:
-        scores: dict[Category, float] = {}
+    def check(self, content: Content) -> tuple[Scores, dict[str, Any]]:
+        scores: Scores = {}
         hits = 0
-        for frame in frames:
+        for frame in content.frames:
             h = self.hash(frame)
             for known, category in self._entries:
                 if h - known <= self.max_distance:
@@ -252,7 +251,7 @@ def load_transcriber(spec: str | None) -> Transcriber | None:
 class OutputModerator:
     policy: SafetyPolicy
     text: TextModerator
-    checks: list[ImageCheck] = field(default_factory=list)
+    checks: list[Classifier] = field(default_factory=list)
     transcriber: Transcriber | None = None
 
     @property
@@ -264,6 +263,18 @@ class OutputModerator:
     def has_nudity_check(self) -> bool:
         return any(c.nudity for c in self.checks)
 
+    def unanswered(self, cause: ClassifierUnavailable) -> Verdict:
+        """The verdict on a clip that a required classifier did not answer for: not
+        shown (quarantined), with no category, and why in the audit details."""
+        return Verdict(
+            action=Action.BLOCK,
+            categories=(),
+            scores={},
+            policy_version=f"{self.version}+{self.text.version}",
+            stage="output",
+            details={"unavailable": cause.name, "reason": cause.reason},
+        )
+
     def check(
         self,
         frames: Sequence[np.ndarray],
@@ -273,13 +284,22 @@ class OutputModerator:
         prompt: str,
         consent: bool = False,
     ) -> Verdict:
-        scores: dict[Category, float] = dict.fromkeys(Category, 0.0)
+        scores: Scores = dict.fromkeys(Category, 0.0)
         details: dict[str, Any] = {"frames": len(frames)}
-        for check in self.checks:
-            found, seen = check.check(frames)
-            details.update(seen)
-            for category, s in found.items():
+        report = analyse_audio(audio, sample_rate)
+        details["audio"] = {
+            "loudness_dbfs": round(report.loudness_dbfs, 1),
+            "peak_dbfs": round(report.peak_dbfs, 1),
+            "speech_share": round(report.speech_share, 3),
+        }
+        said = None
+        if report.has_speech and self.transcriber is not None:
+            said = self.transcriber(audio, sample_rate)
+            spoken = self.text.check(said)
+            details["transcript_sha256"] = hashlib.sha256(said.encode()).hexdigest()
+            for category, s in spoken.scores.items():
                 scores[category] = max(scores[category], s)
+        merge(scores, details, self.checks, Content(text=said, frames=frames))
         prompt_verdict = self.text.check(prompt, consent=consent)
         people = prompt_verdict.details.get("people")
         if people and details.get("frames_with_faces") and not consent:
@@ -287,18 +307,6 @@ class OutputModerator:
             details["likeness"] = True
         if scores[Category.SEXUAL] and prompt_verdict.details.get("minor"):
             scores[Category.SEXUAL_MINORS] = scores[Category.SEXUAL]
-        report = analyse_audio(audio, sample_rate)
-        details["audio"] = {
-            "loudness_dbfs": round(report.loudness_dbfs, 1),
-            "peak_dbfs": round(report.peak_dbfs, 1),
-            "speech_share": round(report.speech_share, 3),
-        }
-        if report.has_speech and self.transcriber is not None:
-            said = self.transcriber(audio, sample_rate)
-            spoken = self.text.check(said)
-            details["transcript_sha256"] = hashlib.sha256(said.encode()).hexdigest()
-            for category, s in spoken.scores.items():
-                scores[category] = max(scores[category], s)
         return decide(
             scores,
             self.policy.thresholds,
@@ -309,8 +317,8 @@ class OutputModerator:
         )
 
 
-def build_checks(*, nudity: bool, blocklist: Path | None, faces: bool = True) -> list[ImageCheck]:
-    checks: list[ImageCheck] = []
+def build_checks(*, nudity: bool, blocklist: Path | None, faces: bool = True) -> list[Classifier]:
+    checks: list[Classifier] = []
     if faces:
         checks.append(HaarFaces())
     if nudity:

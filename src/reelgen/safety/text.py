@@ -3,12 +3,14 @@ the learned classifier, and decide against the deployment's thresholds."""
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from reelgen.safety.classifier import Example, LearnedClassifier, builtin_examples
+from reelgen.safety.classifiers import Classifier, Content, merge
+from reelgen.safety.learned import Example, LearnedClassifier, builtin_examples
 from reelgen.safety.lexicon import Lexicon, load_lists
 from reelgen.safety.normalize import normalize
 from reelgen.safety.people import PersonFinder, load_first_names, load_gazetteer
@@ -65,6 +67,8 @@ class TextModerator:
         """`learned=False`: the rules only, no classifier to train (a worker reads a prompt
         only for who and what it names, which the rules find)."""
         self.policy = policy
+        self.classifiers: tuple[Classifier, ...] = ()
+        """A deployment's own classifiers (`with_classifiers`), asked after the rules."""
         lists = dict(lexicon) if lexicon is not None else load_lists()
         people = list(gazetteer) if gazetteer is not None else load_gazetteer()
         examples: list[Example] = []
@@ -84,6 +88,15 @@ class TextModerator:
         digest.update("\n".join(e.text + repr(sorted(e.labels)) for e in examples).encode())
         digest.update(policy.key().encode())
         self.version = f"{POLICY}+{digest.hexdigest()[:12]}" + ("" if learned else "+rules")
+
+    def with_classifiers(self, classifiers: Sequence[Classifier]) -> TextModerator:
+        """This check (sharing its trained model) that also asks `classifiers`."""
+        if not classifiers:
+            return self
+        other = copy.copy(self)
+        other.classifiers = (*self.classifiers, *classifiers)
+        other.version = f"{self.version}+{'+'.join(c.name for c in classifiers)}"
+        return other
 
     def check(
         self,
@@ -115,6 +128,8 @@ class TextModerator:
             )
         details["rules"] = {c.value: s for c, s in rules.items() if s}
         details["learned"] = {c.value: round(s, 4) for c, s in raw.items()}
+        if self.classifiers:
+            merge(scores, details, self.classifiers, Content(text=prompt))
         return decide(
             scores,
             self.policy.thresholds,

@@ -6,9 +6,10 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
-from reelgen.domain.errors import ModerationBlocked
+from reelgen.domain.errors import ModerationBlocked, ModerationUnavailable
 from reelgen.domain.jobs import User
 from reelgen.platform import ApiContext
+from reelgen.safety.classifiers import ClassifierUnavailable
 from reelgen.safety.verdict import DESCRIPTIONS, Verdict
 
 
@@ -17,6 +18,19 @@ def check_input(
 ) -> list[Verdict]:
     """The reference image's verdict when there is one, and the prompt's (a face in the
     image makes the prompt's person rules apply to whoever it shows)."""
+    try:
+        return _check_input(platform, prompt, style, image, consent=consent)
+    except ClassifierUnavailable as exc:
+        raise ModerationUnavailable(
+            f"Content moderation is unavailable right now ({exc.name} did not answer); "
+            "nothing was accepted, try again shortly.",
+            retry_after=5,
+        ) from exc
+
+
+def _check_input(
+    platform: ApiContext, prompt: str, style: str | None, image: bytes | None, *, consent: bool
+) -> list[Verdict]:
     text = platform.moderator.check(prompt, style=style, consent=consent)
     if image is None:
         return [text]

@@ -36,6 +36,7 @@ from reelgen.domain.jobs import (
 from reelgen.media.encode import encode_clip
 from reelgen.models.base import Clip, GenerationSpec, StepInfo
 from reelgen.platform import WorkerContext
+from reelgen.safety.classifiers import ClassifierUnavailable
 from reelgen.safety.output import FrameSampler
 from reelgen.safety.verdict import DESCRIPTIONS, Action, Verdict
 from reelgen.storage import keys
@@ -203,6 +204,15 @@ class Worker:
                 f"The generated video was blocked by content moderation: {names}.",
                 refund=True,
             )
+        except OutputUnchecked as unchecked:
+            self._end(
+                job,
+                Status.FAILED,
+                "moderation_unavailable",
+                "The generated video could not be checked by content moderation "
+                f"({unchecked.cause.name} did not answer), so it is not shown.",
+                refund=True,
+            )
         except HandBack as back:
             self._hand_back(job, back.reason)
         except LeaseLost:
@@ -271,6 +281,14 @@ class OutputBlocked(Exception):
     def __init__(self, verdict: Verdict):
         super().__init__(verdict.action.value)
         self.verdict = verdict
+
+
+class OutputUnchecked(Exception):
+    """A classifier the deployment requires did not answer: the clip stays in quarantine."""
+
+    def __init__(self, cause: ClassifierUnavailable):
+        super().__init__(str(cause))
+        self.cause = cause
 
 
 def _sha256(path: Path) -> str:
@@ -542,9 +560,14 @@ class _JobRun:
     def _moderate(self, sampler: FrameSampler, clip: Clip, video: Path) -> None:
         """Checks the encoded clip before anything of it is stored where it can be seen; a
         blocked (or doubtful) clip goes to quarantine and the job fails."""
-        verdict = self.p.output_moderator.check(
-            sampler.samples, clip.audio, clip.sample_rate, prompt=self.job.spec.prompt
-        )
+        unanswered: ClassifierUnavailable | None = None
+        try:
+            verdict = self.p.output_moderator.check(
+                sampler.samples, clip.audio, clip.sample_rate, prompt=self.job.spec.prompt
+            )
+        except ClassifierUnavailable as exc:
+            unanswered = exc
+            verdict = self.p.output_moderator.unanswered(exc)
         digest = _sha256(video)
         quarantine = None
         if verdict.action is not Action.ALLOW:
@@ -563,6 +586,9 @@ class _JobRun:
                 }
             ]
         )
+        if unanswered is not None:
+            log.warning("output moderation unavailable: %s", unanswered, extra=self.log_ctx)
+            raise OutputUnchecked(unanswered)
         if quarantine is not None:
             log.warning("output blocked by moderation", extra=self.log_ctx)
             raise OutputBlocked(verdict)
