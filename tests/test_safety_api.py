@@ -98,6 +98,7 @@ def _review_moderator(platform) -> None:
     from reelgen.platform import safety_policy
     from reelgen.safety.learned import Example
     from reelgen.safety.text import TextModerator
+    from reelgen.safety.training import train
     from reelgen.safety.verdict import Category
 
     training = [Example("a cat on a mat", frozenset())] * 3 + [
@@ -107,7 +108,7 @@ def _review_moderator(platform) -> None:
         safety_policy(platform.settings),
         lexicon={"self_harm": ["frobnicate"]},
         gazetteer=[],
-        training=training,
+        model=train(training),
     )
 
 

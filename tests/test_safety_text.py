@@ -190,3 +190,56 @@ def test_verdict_names_a_policy_version(moderator) -> None:
     verdict = moderator.check("a cat on a sofa")
     assert verdict.policy_version.startswith("text-1+")
     assert set(verdict.scores) == set(Category)
+
+
+def test_shipped_weights_are_those_of_the_shipped_training_set() -> None:
+    """`reelgen safety train` was run after the last change to `data/train.jsonl`, and
+    training is deterministic: retraining gives the shipped model."""
+    from reelgen.safety.learned import LearnedClassifier, builtin_examples, examples_digest
+    from reelgen.safety.training import train
+
+    examples = builtin_examples("train")
+    shipped = LearnedClassifier.shipped()
+    assert shipped.trained_on == examples_digest(examples), "run `reelgen safety train`"
+    fresh = train(examples)
+    for e in builtin_examples("eval")[::40]:
+        text = normalize(e.text)
+        a, b = shipped.scores(text), fresh.scores(text)
+        assert a.keys() == b.keys()
+        assert all(abs(a[c] - b[c]) < 1e-5 for c in a), e.text
+
+
+def test_numpy_inference_matches_scikit_learn(tmp_path) -> None:
+    """The n-grams, tf-idf and logistic regression of `LearnedClassifier` are scikit-learn's,
+    recomputed without it: the same probabilities for the same weights."""
+    import numpy as np
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+
+    from reelgen.safety.learned import NGRAMS, LearnedClassifier, builtin_examples, features
+
+    examples = builtin_examples("train")[::3]
+    docs = [features(normalize(e.text)) for e in examples]
+    vectorizer = TfidfVectorizer(
+        analyzer="char_wb", ngram_range=NGRAMS, min_df=2, sublinear_tf=True, dtype=np.float32
+    )
+    x = vectorizer.fit_transform(docs)
+    y = np.array([Category.VIOLENCE_GRAPHIC in e.labels for e in examples])
+    lr = LogisticRegression(C=4.0, solver="liblinear", random_state=0).fit(x, y)
+    model = LearnedClassifier(
+        vectorizer.get_feature_names_out().tolist(),
+        vectorizer.idf_,
+        lr.coef_.T,
+        lr.intercept_,
+        [Category.VIOLENCE_GRAPHIC],
+    )
+    path = tmp_path / "m.npz"
+    with path.open("wb") as f:
+        model.save(f)
+    with path.open("rb") as f:
+        model = LearnedClassifier.load(f)
+    prompts = [e.text for e in builtin_examples("eval")[::7]] + ["", "a", "ab  c", "x" * 40]
+    expected = lr.predict_proba(vectorizer.transform([features(normalize(p)) for p in prompts]))
+    for prompt, want in zip(prompts, expected[:, 1], strict=True):
+        got = model.scores(normalize(prompt))[Category.VIOLENCE_GRAPHIC]
+        assert abs(got - want) < 1e-5, prompt

@@ -18,6 +18,7 @@ from reelgen.observability.metrics import Metrics
 from reelgen.safety.classifiers import Classifier
 from reelgen.safety.image import ImageModerator
 from reelgen.safety.output import (
+    NudeNetNudity,
     OutputModerator,
     build_checks,
     load_transcriber,
@@ -251,7 +252,8 @@ def api_context(core: Core, catalog: dict[str, VideoModel] | None = None) -> Api
         image_moderator=ImageModerator(
             safety_policy(core.settings),
             build_checks(
-                nudity=_nudity_wanted(core.settings), blocklist=core.settings.safety_hash_blocklist
+                nudity=nudity_detector(core.settings),
+                blocklist=core.settings.safety_hash_blocklist,
             )
             + own,
         ),
@@ -273,6 +275,21 @@ def _nudity_wanted(settings: Settings) -> bool:
     return nudity
 
 
+_nudity: list[NudeNetNudity] = []
+
+
+def nudity_detector(settings: Settings) -> NudeNetNudity | None:
+    """NudeNet, loaded once per process (the API's image check and an in-process worker's
+    output check share its ONNX session, which runs concurrent calls); None when not
+    wanted."""
+    if not _nudity_wanted(settings):
+        return None
+    with _moderators_lock:
+        if not _nudity:
+            _nudity.append(NudeNetNudity())
+        return _nudity[0]
+
+
 def build_output_moderator(settings: Settings) -> OutputModerator:
     """The output checks: faces always, nudity when NudeNet is installed (or as the
     settings say), the hash blocklist when one is configured, the transcriber hook."""
@@ -281,7 +298,7 @@ def build_output_moderator(settings: Settings) -> OutputModerator:
         # the full check only for transcripts; the prompt is read for whom it names
         text=build_moderator(settings, learned=settings.safety_transcriber is not None),
         checks=build_checks(
-            nudity=_nudity_wanted(settings), blocklist=settings.safety_hash_blocklist
+            nudity=nudity_detector(settings), blocklist=settings.safety_hash_blocklist
         )
         + build_classifiers(settings, "output"),
         transcriber=load_transcriber(settings.safety_transcriber),

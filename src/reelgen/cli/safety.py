@@ -1,4 +1,4 @@
-"""`reelgen safety`: evaluate the content checks on a labelled set."""
+"""`reelgen safety`: evaluate the content checks on a labelled set; train the learned one."""
 
 from __future__ import annotations
 
@@ -51,8 +51,8 @@ def evaluate_command(
         table.add_row(
             category.value,
             str(c.tp + c.fn),
-            f"{c.precision:.3f}",
-            f"{c.recall:.3f}",
+            f"{c.precision:.3f}" if c.tp + c.fp else "-",
+            f"{c.recall:.3f}" if c.tp + c.fn else "-",
             f"{c.fpr:.3%}",
         )
     console.print(table)
@@ -68,3 +68,39 @@ def evaluate_command(
         )
     for example, what in report.misses[:show_misses]:
         console.print(f"[{example.lang}/{example.kind}] {what}: {example.text}", markup=False)
+
+
+@app.command("train")
+def train_command(
+    dataset: Annotated[
+        str,
+        typer.Argument(help="A JSONL file of {text, labels}; `builtin` is the shipped set."),
+    ] = "builtin",
+    out: Annotated[
+        Path | None,
+        typer.Option(help="Where to write the weights (default: the package's shipped file)."),
+    ] = None,
+) -> None:
+    """Trains the prompt check's learned classifier (needs the `train` extra)."""
+    from importlib import resources
+
+    from reelgen.safety.learned import SHIPPED, builtin_examples, read_examples
+
+    try:
+        from reelgen.safety.training import train
+    except ImportError as e:  # pragma: no cover - the extra is missing
+        raise typer.BadParameter(
+            f"training needs scikit-learn: pip install 'reelgen[train]' ({e})"
+        ) from e
+    if dataset == "builtin":
+        examples = builtin_examples("train")
+    else:
+        path = Path(dataset)
+        if not path.is_file():
+            raise typer.BadParameter(f"{dataset} is not a file", param_hint="DATASET")
+        examples = read_examples(path.read_text("utf-8").splitlines(), source=dataset)
+    model = train(examples)
+    target = out or Path(str(resources.files("reelgen.safety").joinpath(SHIPPED)))
+    with target.open("wb") as f:
+        model.save(f)
+    typer.echo(f"trained on {len(examples)} examples ({model.trained_on[:12]}); wrote {target}")

@@ -317,12 +317,16 @@ class OutputModerator:
         )
 
 
-def build_checks(*, nudity: bool, blocklist: Path | None, faces: bool = True) -> list[Classifier]:
+def build_checks(
+    *, nudity: Classifier | None, blocklist: Path | None, faces: bool = True
+) -> list[Classifier]:
+    """The built-in image checks; `nudity` is passed in, as one detector (its ONNX session,
+    some 60 MB) serves every role of a process."""
     checks: list[Classifier] = []
     if faces:
         checks.append(HaarFaces())
-    if nudity:
-        checks.append(NudeNetNudity())
+    if nudity is not None:
+        checks.append(nudity)
     if blocklist is not None:
         checks.append(HashBlocklist.from_file(blocklist))
     return checks

@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from reelgen.safety.classifiers import Classifier, Content, merge
-from reelgen.safety.learned import Example, LearnedClassifier, builtin_examples
+from reelgen.safety.learned import LearnedClassifier
 from reelgen.safety.lexicon import Lexicon, load_lists
 from reelgen.safety.normalize import normalize
 from reelgen.safety.people import PersonFinder, load_first_names, load_gazetteer
@@ -61,19 +61,17 @@ class TextModerator:
         *,
         lexicon: Mapping[str, Sequence[str]] | None = None,
         gazetteer: Sequence[list[str]] | None = None,
-        training: Sequence[Example] | None = None,
+        model: LearnedClassifier | None = None,
         learned: bool = True,
     ):
-        """`learned=False`: the rules only, no classifier to train (a worker reads a prompt
-        only for who and what it names, which the rules find)."""
+        """`model`: the learned classifier (default: the shipped weights); `learned=False`:
+        the rules only (a worker reads a prompt only for who and what it names, which the
+        rules find)."""
         self.policy = policy
         self.classifiers: tuple[Classifier, ...] = ()
         """A deployment's own classifiers (`with_classifiers`), asked after the rules."""
         lists = dict(lexicon) if lexicon is not None else load_lists()
         people = list(gazetteer) if gazetteer is not None else load_gazetteer()
-        examples: list[Example] = []
-        if learned:
-            examples = list(training) if training is not None else builtin_examples("train")
         self._lexicon = Lexicon(lists)
         self._people = PersonFinder(
             people,
@@ -81,11 +79,12 @@ class TextModerator:
             load_first_names(),
             lists.get("photo_reference", ()),
         )
-        self._classifier = LearnedClassifier(examples) if learned else None
+        self._classifier = (model or LearnedClassifier.shipped()) if learned else None
         digest = hashlib.sha256()
         digest.update(json.dumps(lists, sort_keys=True).encode())
         digest.update(json.dumps(people).encode())
-        digest.update("\n".join(e.text + repr(sorted(e.labels)) for e in examples).encode())
+        if self._classifier is not None:
+            digest.update(self._classifier.trained_on.encode())
         digest.update(policy.key().encode())
         self.version = f"{POLICY}+{digest.hexdigest()[:12]}" + ("" if learned else "+rules")
 
