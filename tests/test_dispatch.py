@@ -267,9 +267,9 @@ def test_through_the_api_a_paid_job_and_a_new_users_first_job_go_ahead_of_a_back
     platform = live.platform
     carol = create_key(platform, user_name="carol", tier=Tier.FREE)
     body = {"prompt": "a slow pan", "seconds": "1", "size": "64x64"}
-    # The first job keeps the worker busy while the others arrive, so no decision is made
+    # The first job keeps the GPU busy while the others arrive, so no decision is made
     # while the newcomer's and the paid job's submits are on their way.
-    first = {**body, "seconds": "4", "size": "256x144"}
+    first = {**body, "seconds": "4", "size": "1280x720"}
     with live.client(live.free_key) as bob:
         backlog = [bob.post("/v1/videos", json=first).json()["id"]]
         backlog += [bob.post("/v1/videos", json=body).json()["id"] for _ in range(19)]
@@ -347,5 +347,46 @@ def test_batch_jobs_past_their_deadline_are_reported_late(tmp_path: Path) -> Non
         platform.metrics.watch_queue(platform.jobs, lambda: 151.0)
         scraped = generate_latest(platform.metrics.registry).decode()
         assert f'reelgen_jobs_late{{model="{MODEL}"}} 3.0' in scraped
+    finally:
+        platform.close()
+
+
+def test_a_job_that_left_the_gpu_frees_its_worker_for_the_next(tmp_path: Path) -> None:
+    """Once a job reports a stage past generation, its worker may claim the next job while
+    it still holds the first one's lease; each lease stays fenced on its own."""
+    platform = _platform(tmp_path, f"sqlite:///{tmp_path / 'r.db'}")
+    try:
+        jobs = platform.jobs
+        jobs.register_worker("w1", MODEL, "h", 0.0, holds=(MODEL,))
+        for i in range(2):
+            _queue(jobs, f"j{i}", "user1", Tier.FREE, float(i), 5.0, 5)
+        dispatcher = Dispatcher(platform)
+        assert [a.jobs for a in dispatcher.step(2.0).assignments] == [("j0",)]
+        first = jobs.claim(worker_id="w1", now=2.1, lease_seconds=30, lease_token="t0")
+        assert first is not None and first.id == "j0"
+        assert dispatcher.step(2.2).assignments == []  # generating: the GPU is taken
+        for stage in (Stage.GENERATING, Stage.ENCODING):
+            jobs.heartbeat(
+                "j0", "t0", now=2.3, lease_seconds=30, step=5, total_steps=5, progress=90,
+                stage=stage, stage_changed=True,
+            )  # fmt: skip
+        assert [a.jobs for a in dispatcher.step(2.4).assignments] == [("j1",)]
+        second = jobs.claim(worker_id="w1", now=2.5, lease_seconds=30, lease_token="t1")
+        assert second is not None and second.id == "j1"
+        jobs.heartbeat(
+            "j1", "t1", now=2.6, lease_seconds=30, step=1, total_steps=5, progress=10,
+            stage=Stage.GENERATING,
+        )  # fmt: skip
+        jobs.complete(
+            "j0", "t0", now=2.7, expires_at=99.0, video_key="v", thumbnail_key="t",
+            spritesheet_key="s", first_step=1,
+        )  # fmt: skip
+        assert jobs.get("j0").status is Status.COMPLETED
+        assert jobs.get("j1").status is Status.IN_PROGRESS
+        assert dispatcher.step(2.8).assignments == []  # j1 still holds the GPU
+        restarted = Dispatcher(platform)  # a new leader reads the rows the same way
+        restarted.step(2.9)
+        assert not restarted.policy.is_idle("w1")
+        assert list(restarted.policy.running) == ["j1"]
     finally:
         platform.close()

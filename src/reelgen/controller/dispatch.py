@@ -26,7 +26,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from reelgen.domain import events as ev
-from reelgen.domain.jobs import Stage, Status, Tier
+from reelgen.domain.jobs import OFF_GPU_STAGES, Stage, Status, Tier
 from reelgen.platform import Core
 from reelgen.scheduler.autoscale import AutoscaleConfig, Autoscaler
 from reelgen.scheduler.fairshare import PolicyConfig, Scheduler
@@ -203,6 +203,10 @@ class Dispatcher:
                 kind, job_id = event.kind, event.job_id
                 if kind is ev.EventKind.CHECKPOINT:
                     self.policy.checkpointed(job_id, event.at)
+                elif kind is ev.EventKind.STAGE:
+                    payload = event.payload
+                    if isinstance(payload, ev.StageChanged) and payload.stage in OFF_GPU_STAGES:
+                        self._left_gpu(job_id)
                 elif kind in FINAL_KINDS:
                     self._reconcile(job_id, None, now)
                 elif kind is ev.EventKind.STARTED and job_id not in touched:
@@ -269,6 +273,9 @@ class Dispatcher:
             return
         # in progress
         self._pending.pop(job_id, None)
+        if row.stage in OFF_GPU_STAGES:
+            self._left_gpu(job_id)
+            return
         if running is not None and running.workers == (row.worker_id,):
             return
         if running is not None:
@@ -279,6 +286,13 @@ class Dispatcher:
             queued_job(row, self.config.batch_deadline_s), (row.worker_id,), row.started_at or now
         ):
             log.info("job %s runs on %s, which the dispatcher does not know", job_id, row.worker_id)
+
+    def _left_gpu(self, job_id: str) -> None:
+        """The job runs on, off the GPU: its worker is free for the next one."""
+        self._pending.pop(job_id, None)
+        self._later_jobs.pop(job_id, None)
+        self.policy.remove(job_id)
+        self.policy.finished(job_id)
 
     def _release_due(self, now: float) -> None:
         while self._later and self._later[0][0] <= now:

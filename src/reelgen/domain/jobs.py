@@ -43,6 +43,13 @@ class Stage(StrEnum):
     DONE = "done"
 
 
+OFF_GPU_STAGES = frozenset(
+    {Stage.ENCODING.value, Stage.MODERATING_OUTPUT.value, Stage.UPLOADING.value}
+)
+"""A running job in these stages has left the GPU: its worker finishes it on other threads
+and may already generate the next job."""
+
+
 class Tier(StrEnum):
     """A job's service tier (a user's tier is `paid` or `free`; a job may also be `batch`).
 

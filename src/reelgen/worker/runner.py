@@ -102,6 +102,8 @@ class Worker:
         self.stop = threading.Event()
         self._born = time.monotonic()
         self._busy_s = 0.0
+        self._finisher: threading.Thread | None = None
+        """The previous job's encode, output check and upload, while the next generates."""
 
     def run(self) -> None:
         p = self.platform
@@ -160,10 +162,17 @@ class Worker:
                 idle_wait = p.settings.worker_poll_seconds
                 started = time.monotonic()
                 try:
-                    self.process(job)
+                    finish = self.generate(job)
                 except Exception:  # one job's bookkeeping must not end the worker
                     log.exception("job bookkeeping failed", extra={**ctx, "job_id": job.id})
+                    finish = None
                 self._busy_s += time.monotonic() - started
+                self._wait_for_finisher()  # at most one clip finishing: memory stays bounded
+                if finish is not None:
+                    self._finisher = threading.Thread(
+                        target=finish, name=f"reelgen-finish-{job.id}", daemon=True
+                    )
+                    self._finisher.start()
                 p.metrics.worker_busy.labels(self.id, self.model_name).set(
                     self._busy_s / max(1e-9, time.monotonic() - self._born)
                 )
@@ -173,6 +182,7 @@ class Worker:
                 p.bus.work_available(self.model_name)
                 p.bus.wait_for_assignment(self.id, idle_wait, since=mark)
         finally:
+            self._wait_for_finisher()
             try:
                 p.jobs.stop_worker(self.id, p.clock())
             except Unavailable as exc:
@@ -182,17 +192,41 @@ class Worker:
             log.info("worker stopped", extra=ctx)
 
     def process(self, job: Job) -> None:
-        ctx = {"job_id": job.id, "attempt": job.attempt, "worker_id": self.id}
+        """Runs one job to its end on this thread (tests; the loop overlaps the phases)."""
+        finish = self.generate(job)
+        if finish is not None:
+            finish()
+
+    def generate(self, job: Job) -> Callable[[], None] | None:
+        """The model's part of one job, on this thread: what holds the GPU. Returns what is
+        left (decode, encode, output check, upload, publish), to run on another thread
+        while the next job generates; None when the job ended here."""
         run = _JobRun(self, job)
-        keeper = run.keeper
-        self.platform.bus.add_progress_listener(keeper.on_bus)
-        keeper.start()
+        self.platform.bus.add_progress_listener(run.keeper.on_bus)
+        run.keeper.start()
+        generated: list[tuple[Clip, bool]] = []
+        if not self._settle(run, lambda: generated.append(run.generate())):
+            return None
+        clip, resumed = generated[0]
+        return lambda: self.finish(run, clip, resumed)
+
+    def finish(self, run: _JobRun, clip: Clip, resumed: bool) -> None:
+        if self._settle(run, lambda: run.finish(clip, resumed), final=True):
+            self._finished(run.job, Status.COMPLETED)
+
+    def _settle(self, run: _JobRun, phase: Callable[[], None], *, final: bool = False) -> bool:
+        """Runs one phase of `run`; on an error ends the job as the error says. True if
+        the phase completed (and, unless `final`, the job goes on)."""
+        job = run.job
+        ctx = {"job_id": job.id, "attempt": job.attempt, "worker_id": self.id}
+        done = False
         try:
             try:
-                run.execute()
+                phase()
+                done = True
             finally:
-                keeper.stop()  # before the attempt's last write: finish, release or nothing
-            self._finished(job, Status.COMPLETED)
+                if final or not done:
+                    run.keeper.stop()  # before the attempt's last write
         except CancelledByUser:
             self._end(job, Status.CANCELLED, "cancelled", "The job was cancelled while running.")
         except OutputBlocked as blocked:
@@ -226,10 +260,16 @@ class Worker:
             self._end(
                 job, Status.FAILED, "generation_failed", f"Generation failed: {exc}", refund=True
             )
-        finally:
-            self.platform.bus.remove_progress_listener(keeper.on_bus)
+        if final or not done:
+            self.platform.bus.remove_progress_listener(run.keeper.on_bus)
             run.cleanup()
             self.platform.metrics.gpu_seconds.labels(job.model).observe(run.model_seconds)
+        return done
+
+    def _wait_for_finisher(self) -> None:
+        if self._finisher is not None:
+            self._finisher.join()
+            self._finisher = None
 
     def _hand_back(self, job: Job, reason: str) -> None:
         ctx = {"job_id": job.id, "attempt": job.attempt, "worker_id": self.id}
@@ -403,6 +443,8 @@ class _JobRun:
         self.last_published: tuple[int, str] | None = None
         self.model_seconds = 0.0
         self.reported_stage = job.stage
+        self.total = 0
+        """The job's step count, known once generation begins."""
         self.checkpoint_key = job.checkpoint_key
         self.log_ctx = {"job_id": job.id, "attempt": job.attempt, "worker_id": worker.id}
         root = self.p.settings.data_dir / "tmp"
@@ -501,23 +543,35 @@ class _JobRun:
         finally:
             self.model_seconds = time.monotonic() - started
 
-    def execute(self) -> None:
+    def generate(self) -> tuple[Clip, bool]:
+        """The model's steps (from the checkpoint when there is one)."""
         model = self.p.model
         spec = self.spec()
-        total = model.num_steps(spec)
+        self.total = model.num_steps(spec)
         start_step = self.job.checkpoint_step if self.job.checkpoint_key else 0
         self.report(
             step=start_step,
-            total=total,
-            progress=generation_progress(start_step, total),
+            total=self.total,
+            progress=generation_progress(start_step, self.total),
             stage=Stage.GENERATING,
             force=True,
         )
-        clip, resumed = self._generate(spec)
-        first_step = start_step + 1 if resumed else 1
+        generated = self._generate(spec)
+        # The stage change tells the dispatcher that the GPU is free; the lease stays held.
         self.report(
-            step=total, total=total, progress=GENERATING_SHARE, stage=Stage.ENCODING, force=True
+            step=self.total,
+            total=self.total,
+            progress=GENERATING_SHARE,
+            stage=Stage.ENCODING,
+            force=True,
         )
+        return generated
+
+    def finish(self, clip: Clip, resumed: bool) -> None:
+        """Decode and encode, the output check, upload, publish: off the GPU."""
+        total = self.total
+        start_step = self.job.checkpoint_step if self.job.checkpoint_key else 0
+        first_step = start_step + 1 if resumed else 1
         sampler = FrameSampler(clip.fps)
         clip.frames = sampler.tee(self._encoding_frames(clip.frames, clip.num_frames, total))
         media = encode_clip(clip, self.tmp / "video.mp4")
