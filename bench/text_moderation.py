@@ -1,8 +1,8 @@
 """The prompt check's latency on CPU: `safety.text.TextModerator.check` over the shipped
 evaluation prompts (720 prompts in five languages, half of them evasions or hard
 negatives), in this process, first on one thread and then on the API's 4 safety threads at
-once (what a burst of submits does). Start-up (term lists, gazetteer, training the learned
-classifier) is timed apart.
+once (what a burst of submits does). Start-up (term lists, gazetteer, loading the learned
+classifier's weights) is timed apart.
 """
 
 from __future__ import annotations
@@ -73,7 +73,9 @@ def main() -> int:
             "none",
             None,
         ),
-        Check("building the check (lists, gazetteer, training)", startup_s, "s", "none", None),
+        Check(
+            "building the check (lists, gazetteer, learned weights)", startup_s, "s", "none", None
+        ),
     ]
     md = [
         __doc__.split("\n\n", 1)[0].strip() if __doc__ else "",
