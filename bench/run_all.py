@@ -39,6 +39,7 @@ BENCHMARKS: list[tuple[str, int]] = [
     ("e2e_720p", 240),
     ("content_delivery", 300),
     ("idle_memory", 120),
+    ("worker_pipeline", 240),
     # The fleet on a local PostgreSQL (see bench/_pg.py):
     ("queue_throughput", 900),
     ("dispatch_latency", 480),

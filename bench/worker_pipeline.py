@@ -1,0 +1,205 @@
+"""The worker pipeline: how busy one worker keeps its device under a backlog.
+
+A test model stands in for a GPU model: each of its steps holds a simulated device (a sleep,
+which releases the GIL, as a CUDA kernel launch does), and its clip's decode (the reference
+model's decoder at 1280x720) and the H.264 encode cost real CPU. One in-process platform
+(API, controller, one worker, SQLite) is given a backlog of jobs at once; the device's busy
+share is the steps' sleep over the wall time from the first step's start to the last step's
+end, and each gap is the time between one job's last step and the next job's first.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import uvicorn
+from _common import Check, bench_args, check_max, checks_table, emit, fmt, free_port, log, table
+
+from reelgen.api.app import create_app
+from reelgen.controller import loop as controller
+from reelgen.domain.jobs import Tier
+from reelgen.models.base import Clip, GenerationSpec, StepCallback, StepInfo
+from reelgen.models.reference import SAMPLE_RATE, ReferenceModel
+from reelgen.platform import build_api, worker_context
+from reelgen.services.accounts import create_key
+from reelgen.settings import Settings
+from reelgen.store.database import upgrade
+from reelgen.store.election import leadership_for
+from reelgen.worker.runner import Worker
+
+TARGET_SHARE = 0.98
+BODY = {"prompt": "a lighthouse at dusk, waves", "seconds": "2", "size": "1280x720"}
+
+
+class SimulatedDevice:
+    """`steps` steps of `step_s` seconds of device time each; decoding on the CPU."""
+
+    def __init__(self, steps: int, step_s: float):
+        self.inner = ReferenceModel(steps=1)
+        self.name, self.styles = "reference", self.inner.styles
+        self.steps, self.step_s = steps, step_s
+        self.busy: list[tuple[float, float]] = []
+        """(start, end) of every step, in time.monotonic()"""
+
+    def load(self) -> None:
+        self.inner.load()
+
+    def num_steps(self, spec: GenerationSpec) -> int:
+        return self.steps
+
+    def estimate_seconds(self, spec: GenerationSpec) -> float:
+        return self.steps * self.step_s
+
+    def generate(
+        self, spec: GenerationSpec, on_step: StepCallback, resume_from: bytes | None = None
+    ) -> Clip:
+        for step in range(1, self.steps + 1):
+            start = time.monotonic()
+            time.sleep(self.step_s)
+            self.busy.append((start, time.monotonic()))
+            on_step(StepInfo(step, self.steps, lambda: b""))
+        # Decoding (the reference model's one step and its decoder) runs when the frames are
+        # read: on the worker's finishing thread, as a real model's VAE decode would.
+        return Clip(
+            width=spec.width,
+            height=spec.height,
+            fps=spec.fps,
+            num_frames=spec.num_frames,
+            frames=self._decode(spec),
+            audio=np.zeros((2, spec.seconds * SAMPLE_RATE), dtype=np.float32),
+            sample_rate=SAMPLE_RATE,
+        )
+
+    def _decode(self, spec: GenerationSpec) -> Iterator[np.ndarray]:
+        yield from self.inner.generate(spec, lambda _info: None).frames
+
+
+def main() -> int:
+    parser = bench_args(__doc__ or "")
+    parser.add_argument("--jobs", type=int, default=10)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--step-s", type=float, default=0.15)
+    args = parser.parse_args()
+
+    root = Path(tempfile.mkdtemp(prefix="reelgen-bench-pipeline-"))
+    settings = Settings(
+        data_dir=root,
+        checkpoint_every_steps=1000,
+        paid_max_concurrent=1000,
+        paid_max_per_day=100_000,
+    )
+    platform = build_api(settings)
+    upgrade(platform.db.engine)
+    key = create_key(platform, user_name="bench", tier=Tier.PAID)
+    device = SimulatedDevice(args.steps, args.step_s)
+    worker = Worker(worker_context(platform, device))  # type: ignore[arg-type]
+    stop = threading.Event()
+    leadership = leadership_for(settings.resolved_database_url(), settings.data_dir)
+    threading.Thread(target=worker.run, daemon=True).start()
+    threading.Thread(
+        target=controller.run_elected, args=(platform, stop, leadership), daemon=True
+    ).start()
+    port = free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(platform), host="127.0.0.1", port=port, log_level="error")
+    )
+    threading.Thread(target=server.run, daemon=True).start()
+    while not server.started:
+        time.sleep(0.01)
+    finished: dict[str, dict[str, Any]] = {}
+    try:
+        with httpx.Client(
+            base_url=f"http://127.0.0.1:{port}",
+            headers={"Authorization": f"Bearer {key}"},
+            timeout=30,
+        ) as http:
+            ids = [http.post("/v1/videos", json=BODY).json()["id"] for _ in range(args.jobs)]
+            log(f"{len(ids)} jobs queued")
+            deadline = time.monotonic() + 60 + args.jobs * args.steps * args.step_s * 3
+            while len(finished) < len(ids) and time.monotonic() < deadline:
+                for video_id in ids:
+                    if video_id not in finished:
+                        video = http.get(f"/v1/videos/{video_id}").json()
+                        if video["status"] in ("completed", "failed"):
+                            finished[video_id] = video
+                time.sleep(0.1)
+    finally:
+        server.should_exit = True
+        stop.set()
+        worker.stop.set()
+        platform.bus.wake_workers_local()
+        time.sleep(0.5)
+        platform.close()
+        if not args.keep:
+            shutil.rmtree(root, ignore_errors=True)
+
+    completed = sum(1 for v in finished.values() if v["status"] == "completed")
+    busy = device.busy
+    per_job = args.steps
+    span = busy[-1][1] - busy[0][0]
+    held = sum(end - start for start, end in busy)
+    share = held / span
+    step_gaps = [busy[k + 1][0] - busy[k][1] for k in range(len(busy) - 1)]
+    job_gaps = [step_gaps[k] for k in range(per_job - 1, len(step_gaps), per_job)]
+    within = [g for k, g in enumerate(step_gaps) if (k + 1) % per_job]
+    log(f"busy share {share:.4f}; gaps between jobs {[round(g, 3) for g in job_gaps]}")
+    job_s = per_job * args.step_s
+    mean_gap = sum(job_gaps) / max(1, len(job_gaps))
+    rows = [
+        [
+            str(args.jobs),
+            str(completed),
+            f"{args.steps} x {args.step_s:g} s",
+            f"{BODY['size']}, {BODY['seconds']} s",
+            fmt(span, 1),
+            f"{share:.2%}",
+            fmt(max(job_gaps, default=0.0) * 1000, 0),
+            fmt(mean_gap * 1000, 0),
+            fmt(max(within, default=0.0) * 1000, 1),
+        ]
+    ]
+    checks = [
+        Check(
+            "device busy share under a backlog",
+            100 * share,
+            "%",
+            f">= {100 * TARGET_SHARE:g} %",
+            share >= TARGET_SHARE,
+        ),
+        check_max("jobs not completed", float(len(ids) - completed), "jobs", 0.0),
+        check_max(
+            "mean idle gap between jobs, share of job time", 100 * mean_gap / job_s, "%", 1.0
+        ),
+    ]
+    md = [
+        __doc__ or "",
+        table(
+            [
+                "jobs",
+                "completed",
+                "device steps",
+                "clip",
+                "span s",
+                "device busy",
+                "max gap between jobs ms",
+                "mean gap ms",
+                "max gap between steps ms",
+            ],
+            rows,
+        ),
+        "",
+        checks_table(checks),
+    ]
+    return emit(args, "Worker pipeline: device busy share", "\n".join(md), checks)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
