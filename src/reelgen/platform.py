@@ -13,7 +13,7 @@ from typing import Any, Generic, Literal, TypeVar
 
 from reelgen.domain.jobs import User
 from reelgen.models.base import VideoModel
-from reelgen.models.registry import AVAILABLE, build_model
+from reelgen.models.registry import available, build_model
 from reelgen.observability.metrics import Metrics
 from reelgen.safety.classifiers import Classifier
 from reelgen.safety.image import ImageModerator
@@ -148,13 +148,14 @@ def build_core(settings: Settings, *, listen: frozenset[str] = ALL_CHANNELS) -> 
 def build_catalog(settings: Settings) -> dict[str, VideoModel]:
     """Every adapter the public model names can reach, unloaded; a name that points at no
     adapter stops the start-up instead of failing its first request."""
-    missing = sorted({a for a in settings.model_names.values() if a not in AVAILABLE})
+    adapters = available(settings)
+    missing = sorted({a for a in settings.model_names.values() if a not in adapters})
     if missing:
         raise ValueError(
             f"REELGEN_MODEL_NAMES points at unknown adapters {missing}; "
-            f"available: {', '.join(AVAILABLE)}"
+            f"available: {', '.join(adapters)}"
         )
-    return {name: build_model(name, settings) for name in AVAILABLE}
+    return {name: build_model(name, settings) for name in adapters}
 
 
 def safety_policy(settings: Settings) -> SafetyPolicy:

@@ -54,6 +54,33 @@ class ClassifierSpec(BaseModel):
         return self.side in (side, "both")
 
 
+class RemoteModelSpec(BaseModel):
+    """A model served by an inference service this platform does not own
+    (`REELGEN_REMOTE_MODELS`, JSON: adapter name -> this); see docs/models.md."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    protocol: Literal["cog"] = "cog"
+    url: str
+    steps: int = Field(50, ge=1)
+    seconds_per_step: float = Field(1.0, gt=0)
+    inputs: dict[str, str] | None = None
+    """Our field -> the predictor's input name (default: `models.cog.DEFAULT_INPUTS`)."""
+    extra_input: dict[str, Any] = Field(default_factory=dict)
+    poll_interval_s: float = Field(0.5, gt=0)
+    timeout_s: float = Field(3600.0, gt=0)
+    webhook_listen: str | None = None
+    """`host:port` where the worker receives the service's webhooks; unset: it polls."""
+    webhook_url: str | None = None
+    styles: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _url(self) -> RemoteModelSpec:
+        if not self.url.startswith(("http://", "https://")):
+            raise ValueError("a remote model needs an http(s) url")
+        return self
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="REELGEN_", extra="ignore")
 
@@ -81,6 +108,8 @@ class Settings(BaseSettings):
     """Public model name -> adapter (JSON in `REELGEN_MODEL_NAMES`). A dated name
     (`NAME-YYYY-MM-DD`) not listed here falls back to NAME. Adapter names are public too."""
     reference_steps: int = Field(30, ge=1, le=1_000_000)
+    remote_models: dict[str, RemoteModelSpec] = Field(default_factory=dict)
+    """Adapters that drive an inference service (Cog's HTTP API), by adapter name."""
 
     free_max_concurrent: int = Field(2, ge=1)
     free_max_per_day: int = Field(50, ge=1)

@@ -30,13 +30,18 @@ class GenerationSpec:
     fps: int = 24
     reference_image: bytes | None = None
     """An already validated PNG/JPEG/WebP image that guides the first frame and palette."""
+    run_id: str = ""
+    """Which attempt of which job this is (not part of the output): for a service that
+    deduplicates retried requests by it."""
 
     @property
     def num_frames(self) -> int:
         return self.seconds * self.fps
 
     @classmethod
-    def of(cls, spec: JobSpec, reference_image: bytes | None = None) -> GenerationSpec:
+    def of(
+        cls, spec: JobSpec, reference_image: bytes | None = None, *, run_id: str = ""
+    ) -> GenerationSpec:
         """The model's view of a job spec (the reference image as bytes, not a key)."""
         return cls(
             prompt=spec.prompt,
@@ -47,6 +52,7 @@ class GenerationSpec:
             style=spec.style,
             fps=spec.fps,
             reference_image=reference_image,
+            run_id=run_id,
         )
 
 
@@ -56,8 +62,9 @@ class StepInfo:
 
     step: int
     total: int
-    snapshot: Callable[[], bytes]
-    """Serialises the resumable state as of this boundary; call only when checkpointing."""
+    snapshot: Callable[[], bytes] | None
+    """Serialises the resumable state as of this boundary; call only when checkpointing.
+    None: the model cannot resume (a remote service), so no checkpoint is taken."""
 
 
 StepCallback = Callable[[StepInfo], None]

@@ -12,7 +12,7 @@ import json
 import math
 import re
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
@@ -35,7 +35,6 @@ from reelgen.domain.jobs import (
 )
 from reelgen.domain.spec import JobSpec, Operation
 from reelgen.models.base import GenerationSpec
-from reelgen.models.registry import AVAILABLE
 from reelgen.platform import ApiContext
 from reelgen.safety.verdict import Action, Verdict
 from reelgen.services import moderation
@@ -117,9 +116,9 @@ def _decode_data_url(url: str) -> bytes:
         ) from exc
 
 
-def resolve_model(names: dict[str, str], requested: str) -> str | None:
+def resolve_model(names: dict[str, str], requested: str, adapters: Collection[str]) -> str | None:
     """The adapter a public model name maps to, or None when it names none."""
-    if requested in AVAILABLE:
+    if requested in adapters:
         return requested
     if requested in names:
         return names[requested]
@@ -133,9 +132,10 @@ def _model_names(platform: ApiContext, requested: str | None) -> tuple[str, str]
     """(name as requested, adapter)."""
     names = platform.settings.model_names
     requested = requested or platform.settings.default_model
-    adapter = resolve_model(names, requested) if len(requested) <= 128 else None
-    if adapter is None or adapter not in AVAILABLE:
-        public = sorted({*names, *AVAILABLE})
+    adapters = platform.models
+    adapter = resolve_model(names, requested, adapters) if len(requested) <= 128 else None
+    if adapter is None or adapter not in adapters:
+        public = sorted({*names, *adapters})
         raise InvalidRequest(
             f"Unknown model {requested[:128]!r}; available models: {', '.join(public)}.",
             param="model",

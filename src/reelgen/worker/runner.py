@@ -445,6 +445,7 @@ class _JobRun:
         self.reported_stage = job.stage
         self.total = 0
         """The job's step count, known once generation begins."""
+        self.last_step = -1
         self.checkpoint_key = job.checkpoint_key
         self.log_ctx = {"job_id": job.id, "attempt": job.attempt, "worker_id": worker.id}
         root = self.p.settings.data_dir / "tmp"
@@ -489,12 +490,20 @@ class _JobRun:
 
     def spec(self) -> GenerationSpec:
         key = self.job.spec.reference_key
-        return GenerationSpec.of(self.job.spec, self.p.objects.get(key) if key else None)
+        image = self.p.objects.get(key) if key else None
+        return GenerationSpec.of(self.job.spec, image, run_id=f"{self.job.id}:{self.job.attempt}")
 
     def on_step(self, info: StepInfo) -> None:
+        """At a step boundary; a model that waits on a service calls it again with the same
+        step while nothing moves, for the cancel, preempt and drain checks."""
         self.check()
         progress = generation_progress(info.step, info.total)
-        checkpoint = info.step % self.p.settings.checkpoint_every_steps == 0
+        new_step, self.last_step = info.step != self.last_step, info.step
+        checkpoint = (
+            new_step
+            and info.snapshot is not None
+            and info.step % self.p.settings.checkpoint_every_steps == 0
+        )
         self.report(
             step=info.step,
             total=info.total,
@@ -507,12 +516,13 @@ class _JobRun:
             reason = ev.PREEMPTED
         elif self.worker.stop.is_set() and info.step < FINISH_ON_DRAIN * info.total:
             reason = ev.SHUTDOWN
-        if (checkpoint or reason) and info.step < info.total:
+        if (checkpoint or reason) and info.snapshot is not None and info.step < info.total:
             self.save_checkpoint(info)
         if reason:
             raise HandBack(reason)
 
     def save_checkpoint(self, info: StepInfo) -> None:
+        assert info.snapshot is not None
         key = keys.checkpoint(self.job.id, self.job.attempt, info.step)
         self.p.objects.put(key, info.snapshot())
         patiently(
