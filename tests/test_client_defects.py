@@ -200,5 +200,5 @@ def test_replicas_bootstrapping_at_once_do_not_crash(database_url: str, tmp_path
 
 def test_a_model_name_pointing_at_no_adapter_stops_the_start_up(tmp_path) -> None:
     settings = make_settings(tmp_path, model_names={"sora-2": "wan-14b"})
-    with pytest.raises(ValueError, match=r"REELGEN_MODEL_NAMES points at unknown adapters"):
+    with pytest.raises(ValueError, match=r"REELGEN_MODEL_NAMES .*points at unknown adapters"):
         build_api(settings)

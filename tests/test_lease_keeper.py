@@ -26,6 +26,10 @@ class SlowSteps:
     def styles(self) -> frozenset[str]:
         return self.inner.styles
 
+    @property
+    def fps(self) -> int:
+        return self.inner.fps
+
     def load(self) -> None:
         self.inner.load()
 

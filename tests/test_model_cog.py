@@ -13,7 +13,7 @@ import pytest
 
 from reelgen.models.base import GenerationSpec, StepInfo
 from reelgen.models.cog import CogConfig, CogModel
-from reelgen.models.registry import available, build_model
+from reelgen.models.registry import available, build_model, served
 from reelgen.settings import Settings
 
 from .cog_standin import CogStandIn
@@ -102,7 +102,8 @@ def _fields(spec: GenerationSpec) -> dict[str, object]:
 
 def test_remote_models_come_from_the_settings(standin: CogStandIn) -> None:
     settings = Settings(remote_models={"wan-remote": {"url": standin.url, "steps": 8}})
-    assert available(settings) == ("reference", "wan-remote")
+    assert "wan-remote" in available(settings) and "wan2.1-t2v-1.3b" in available(settings)
+    assert served(settings) == ("reference", "wan-remote")  # wan2.1 is not named: not offered
     model = build_model("wan-remote", settings)
     assert isinstance(model, CogModel) and model.num_steps(SPEC) == 8
     with pytest.raises(ValueError, match="http"):

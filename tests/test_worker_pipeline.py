@@ -19,7 +19,7 @@ class _WaitsForTheNext:
 
     def __init__(self, inner: Any):
         self.inner = inner
-        self.name, self.styles = inner.name, inner.styles
+        self.name, self.styles, self.fps = inner.name, inner.styles, inner.fps
         self.generations = 0
         self.next_began = threading.Event()
 

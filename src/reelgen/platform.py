@@ -13,7 +13,7 @@ from typing import Any, Generic, Literal, TypeVar
 
 from reelgen.domain.jobs import User
 from reelgen.models.base import VideoModel
-from reelgen.models.registry import available, build_model
+from reelgen.models.registry import available, build_model, served
 from reelgen.observability.metrics import Metrics
 from reelgen.safety.classifiers import Classifier
 from reelgen.safety.image import ImageModerator
@@ -149,13 +149,14 @@ def build_catalog(settings: Settings) -> dict[str, VideoModel]:
     """Every adapter the public model names can reach, unloaded; a name that points at no
     adapter stops the start-up instead of failing its first request."""
     adapters = available(settings)
-    missing = sorted({a for a in settings.model_names.values() if a not in adapters})
+    named = {*settings.model_names.values(), settings.default_model}
+    missing = sorted(a for a in named if a not in adapters)
     if missing:
         raise ValueError(
-            f"REELGEN_MODEL_NAMES points at unknown adapters {missing}; "
-            f"available: {', '.join(adapters)}"
+            f"REELGEN_MODEL_NAMES or REELGEN_DEFAULT_MODEL points at unknown adapters "
+            f"{missing}; available: {', '.join(adapters)}"
         )
-    return {name: build_model(name, settings) for name in adapters}
+    return {name: build_model(name, settings) for name in served(settings)}
 
 
 def safety_policy(settings: Settings) -> SafetyPolicy:

@@ -108,6 +108,8 @@ class Settings(BaseSettings):
     """Public model name -> adapter (JSON in `REELGEN_MODEL_NAMES`). A dated name
     (`NAME-YYYY-MM-DD`) not listed here falls back to NAME. Adapter names are public too."""
     reference_steps: int = Field(30, ge=1, le=1_000_000)
+    model_path: Path | None = None
+    """The served model's weights (a local diffusers directory); `--model-path` sets it."""
     remote_models: dict[str, RemoteModelSpec] = Field(default_factory=dict)
     """Adapters that drive an inference service (Cog's HTTP API), by adapter name."""
 

@@ -78,6 +78,10 @@ def controller(metrics_port: MetricsPort = None, data_dir: DataDir = None) -> No
 @app.command()
 def worker(
     model: Annotated[str | None, typer.Option(help="Model to serve.", show_default=False)] = None,
+    model_path: Annotated[
+        Path | None,
+        typer.Option(help="Its weights: a local diffusers pipeline directory.", show_default=False),
+    ] = None,
     gpu: Annotated[str | None, typer.Option(help="Accelerator id (CUDA_VISIBLE_DEVICES).")] = None,
     metrics_port: MetricsPort = None,
     data_dir: DataDir = None,
@@ -87,6 +91,10 @@ def worker(
 
     configure_logging("worker")
     settings = _settings(data_dir)
+    if model_path is not None:
+        if not model_path.is_dir():
+            raise typer.BadParameter(f"{model_path} is not a directory", param_hint="--model-path")
+        settings = settings.model_copy(update={"model_path": model_path})
     run_worker(settings, model=model or settings.default_model, gpu=gpu, metrics_port=metrics_port)
 
 

@@ -90,6 +90,8 @@ class VideoModel(Protocol):
     name: str
     styles: frozenset[str]
     """The `style` values this model understands."""
+    fps: int
+    """The frame rate its clips are made at (jobs for it take this rate)."""
 
     def load(self) -> None:
         """Brings weights into memory; called once before the first generate."""

@@ -76,6 +76,7 @@ class CogConfig:
     webhook_url: str | None = None
     """The URL the service reaches that listener at (default: http://host:port)."""
     styles: frozenset[str] = frozenset()
+    fps: int = 24
 
 
 class CogModel:
@@ -85,6 +86,7 @@ class CogModel:
         self.name = name
         self.config = config
         self.styles = config.styles
+        self.fps = config.fps
         self._client: httpx.Client | None = None
         self._inbox: _WebhookInbox | None = None
 

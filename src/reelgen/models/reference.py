@@ -973,6 +973,7 @@ class ReferenceModel:
 
     name = "reference"
     styles = STYLES
+    fps = 24
 
     def __init__(self, steps: int = 30) -> None:
         if steps < 1:

@@ -1,41 +1,107 @@
-"""Which model names this installation serves and how to build each adapter: the built-in
-reference model, and the remote models of `REELGEN_REMOTE_MODELS` (inference services that
-speak Cog's HTTP API)."""
+"""Which model adapters this installation serves and how to build each: the shipped
+registry (`registry.toml`: the reference model and the diffusers back-ends with their
+defaults) and the remote models of `REELGEN_REMOTE_MODELS` (inference services that speak
+Cog's HTTP API). Building an adapter loads nothing; `load` does, on the worker."""
 
 from __future__ import annotations
+
+import tomllib
+from collections.abc import Mapping
+from functools import cache
+from importlib import resources
+from pathlib import Path
+from typing import Any
 
 from reelgen.models.base import VideoModel
 from reelgen.settings import Settings
 
-BUILT_IN = ("reference",)
+ADAPTERS = frozenset({"reference", "wan"})
+
+
+@cache
+def registry() -> Mapping[str, Mapping[str, Any]]:
+    """The shipped entries by model name (read once)."""
+    text = resources.files("reelgen.models").joinpath("registry.toml").read_text("utf-8")
+    entries = tomllib.loads(text)
+    for name, entry in entries.items():
+        if entry.get("adapter") not in ADAPTERS:
+            raise ValueError(f"registry.toml: {name} has no known adapter ({entry.get('adapter')})")
+    return entries
 
 
 def available(settings: Settings) -> tuple[str, ...]:
-    return (*BUILT_IN, *sorted(settings.remote_models))
+    """Every adapter name this installation could build."""
+    return (*registry(), *sorted(settings.remote_models))
 
 
-def build_model(name: str, settings: Settings) -> VideoModel:
-    if name == "reference":
+def served(settings: Settings) -> tuple[str, ...]:
+    """The adapters the API offers: the default model, those public names map to, and the
+    remote models."""
+    wanted = {settings.default_model, *settings.model_names.values(), *settings.remote_models}
+    return tuple(name for name in available(settings) if name in wanted)
+
+
+def build_model(name: str, settings: Settings, *, path: Path | None = None) -> VideoModel:
+    """The adapter for `name`, unloaded; `path`: its weights (default REELGEN_MODEL_PATH)."""
+    remote = settings.remote_models.get(name)
+    if remote is not None:
+        return _cog(name, settings)
+    entry = registry().get(name)
+    if entry is None:
+        raise ValueError(f"Unknown model {name!r}; available: {', '.join(available(settings))}")
+    if entry["adapter"] == "reference":
         from reelgen.models.reference import ReferenceModel
 
         return ReferenceModel(steps=settings.reference_steps)
-    remote = settings.remote_models.get(name)
-    if remote is not None:
-        from reelgen.models.cog import DEFAULT_INPUTS, CogConfig, CogModel
+    return _wan(name, entry, path or settings.model_path)
 
-        return CogModel(
-            name,
-            CogConfig(
-                url=remote.url.rstrip("/"),
-                steps=remote.steps,
-                seconds_per_step=remote.seconds_per_step,
-                inputs=remote.inputs if remote.inputs is not None else dict(DEFAULT_INPUTS),
-                extra_input=remote.extra_input,
-                poll_interval_s=remote.poll_interval_s,
-                timeout_s=remote.timeout_s,
-                webhook_listen=remote.webhook_listen,
-                webhook_url=remote.webhook_url,
-                styles=frozenset(remote.styles),
-            ),
-        )
-    raise ValueError(f"Unknown model {name!r}; available: {', '.join(available(settings))}")
+
+def _wan(name: str, entry: Mapping[str, Any], path: Path | None) -> VideoModel:
+    from reelgen.models.wan import WanConfig, WanModel
+    from reelgen.scheduler.cost import measured_models
+
+    known = {"adapter", "steps", "guidance_scale", "guidance_scale_2", "fps", "dtype",
+             "max_sequence_length", "cost_class", "negative_prompt", "cpu_offload",
+             "vae_tiling", "device"}  # fmt: skip
+    unknown = set(entry) - known
+    if unknown:
+        raise ValueError(f"registry.toml: {name} has unknown keys {sorted(unknown)}")
+    cost = measured_models().get(str(entry.get("cost_class", "")))
+    return WanModel(
+        name,
+        WanConfig(
+            path=path,
+            steps=int(entry.get("steps", 50)),
+            guidance_scale=float(entry.get("guidance_scale", 5.0)),
+            guidance_scale_2=entry.get("guidance_scale_2"),
+            negative_prompt=str(entry.get("negative_prompt", "")),
+            max_sequence_length=int(entry.get("max_sequence_length", 512)),
+            device=str(entry.get("device", "cuda")),
+            dtype=str(entry.get("dtype", "bfloat16")),
+            fps=int(entry.get("fps", 16)),
+            cost=cost,
+            enable_vae_tiling=bool(entry.get("vae_tiling", False)),
+            cpu_offload=bool(entry.get("cpu_offload", False)),
+        ),
+    )
+
+
+def _cog(name: str, settings: Settings) -> VideoModel:
+    from reelgen.models.cog import DEFAULT_INPUTS, CogConfig, CogModel
+
+    remote = settings.remote_models[name]
+    return CogModel(
+        name,
+        CogConfig(
+            url=remote.url.rstrip("/"),
+            steps=remote.steps,
+            seconds_per_step=remote.seconds_per_step,
+            inputs=remote.inputs if remote.inputs is not None else dict(DEFAULT_INPUTS),
+            extra_input=remote.extra_input,
+            poll_interval_s=remote.poll_interval_s,
+            timeout_s=remote.timeout_s,
+            webhook_listen=remote.webhook_listen,
+            webhook_url=remote.webhook_url,
+            styles=frozenset(remote.styles),
+        ),
+    )

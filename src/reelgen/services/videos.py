@@ -22,7 +22,6 @@ from reelgen.domain.jobs import (
     DAY_S,
     DEFAULT_SECONDS,
     DEFAULT_SIZE,
-    FPS,
     Job,
     Stage,
     Status,
@@ -184,7 +183,7 @@ def _validated(
         seconds=seconds,
         width=width,
         height=height,
-        fps=FPS,
+        fps=platform.models[model_name].fps,
         seed=seed,
         style=req.style,
     )

@@ -1,0 +1,294 @@
+"""Wan 2.1 / 2.2 text-to-video through diffusers (the `diffusers` extra: torch, diffusers,
+transformers), loaded from a local directory the operator downloaded; nothing is fetched.
+
+The adapter owns the denoising loop (`WanPipeline` takes no `timesteps`, so a run cannot
+resume through its `__call__`): the pipeline's own `encode_prompt` and `prepare_latents`,
+then per step the transformer (twice with classifier-free guidance; Wan 2.2's second expert
+below `boundary_ratio`) and the scheduler's step, exactly as `WanPipeline.__call__` does, so
+the same seed gives the same video (a test holds it to the pipeline's own output). After
+each step the worker is called back: progress, cancel and preempt raise from there, and a
+checkpoint is the latents with the scheduler's state (UniPC keeps the previous model
+outputs; flow-matching Euler only its step index), so a resumed run, on any worker, ends
+with the same latents as an uninterrupted one. The VAE decode runs when the clip's frames
+are read, on the worker's finishing thread.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import hashlib
+import io
+import json
+import math
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from reelgen.models.base import Clip, GenerationSpec, StepCallback, StepInfo
+from reelgen.scheduler.cost import CostModel
+
+_SNAPSHOT_FORMAT = "reelgen-wan-snapshot/1"
+SAMPLE_RATE = 48_000
+
+
+@dataclass(frozen=True, slots=True)
+class WanConfig:
+    path: Path | None
+    """The pipeline's directory (model_index.json and its components); a worker needs it."""
+    steps: int = 50
+    guidance_scale: float = 5.0
+    guidance_scale_2: float | None = None
+    """Wan 2.2's low-noise expert (None: `guidance_scale`)."""
+    negative_prompt: str = ""
+    max_sequence_length: int = 512
+    device: str = "cuda"
+    dtype: str = "bfloat16"
+    fps: int = 16
+    cost: CostModel | None = None
+    """Prices a clip for ETAs, quotas and scheduling (None: a rough per-step guess)."""
+    styles: frozenset[str] = field(default_factory=frozenset)
+    enable_vae_tiling: bool = False
+    cpu_offload: bool = False
+
+
+class WanModel:
+    """`VideoModel` over a diffusers `WanPipeline` directory."""
+
+    def __init__(self, name: str, config: WanConfig):
+        self.name = name
+        self.config = config
+        self.styles = config.styles
+        self.fps = config.fps
+        self.pipe: Any = None
+        self._loading = threading.Lock()
+
+    def load(self) -> None:
+        """Once per process (workers of one process share the pipeline)."""
+        with self._loading:
+            if self.pipe is None:
+                self.pipe = self._load()
+
+    def _load(self) -> Any:
+        path = self.config.path
+        if path is None:
+            raise ValueError(
+                f"{self.name} needs its weights: --model-path DIR or REELGEN_MODEL_PATH"
+            )
+        if not (path / "model_index.json").is_file():
+            raise ValueError(f"{path} is not a diffusers pipeline directory (no model_index.json)")
+        try:
+            import torch
+            from diffusers import WanPipeline
+        except ImportError as exc:
+            raise RuntimeError(
+                f"{self.name} needs the diffusers extra: pip install torch, then "
+                f"pip install 'reelgen[diffusers]' ({exc})"
+            ) from exc
+        dtype = getattr(torch, self.config.dtype)
+        pipe = WanPipeline.from_pretrained(str(path), dtype=dtype, local_files_only=True)
+        pipe.set_progress_bar_config(disable=True)
+        if self.config.cpu_offload:
+            pipe.enable_model_cpu_offload(device=self.config.device)
+        else:
+            pipe.to(self.config.device)
+        if self.config.enable_vae_tiling:
+            pipe.vae.enable_tiling()
+        return pipe
+
+    def num_steps(self, spec: GenerationSpec) -> int:
+        return self.config.steps
+
+    def estimate_seconds(self, spec: GenerationSpec) -> float:
+        cost = self.config.cost
+        if cost is None:
+            return self.config.steps * 30.0 * spec.width * spec.height / (1280 * 720)
+        return cost.wall_seconds(spec.width, spec.height, spec.num_frames, steps=self.config.steps)
+
+    # ---- generation --------------------------------------------------------------------
+    def geometry(self, spec: GenerationSpec) -> tuple[int, int, int]:
+        """(height, width, frames) the pipeline runs at: sizes rounded down to what the VAE
+        and patches divide, frames up to `4k + 1` (the extra ones are dropped)."""
+        pipe = self.pipe
+        patch = pipe.transformer.config.patch_size
+        h_unit = pipe.vae_scale_factor_spatial * patch[1]
+        w_unit = pipe.vae_scale_factor_spatial * patch[2]
+        t_unit = pipe.vae_scale_factor_temporal
+        height = max(h_unit, spec.height // h_unit * h_unit)
+        width = max(w_unit, spec.width // w_unit * w_unit)
+        frames = math.ceil(max(0, spec.num_frames - 1) / t_unit) * t_unit + 1
+        return height, width, frames
+
+    def generate(
+        self, spec: GenerationSpec, on_step: StepCallback, resume_from: bytes | None = None
+    ) -> Clip:
+        import torch
+
+        if self.pipe is None:
+            self.load()
+        pipe, cfg = self.pipe, self.config
+        device = pipe._execution_device
+        height, width, frames = self.geometry(spec)
+        fingerprint = self._fingerprint(spec, height, width, frames)
+        guidance = cfg.guidance_scale
+        guidance_2 = cfg.guidance_scale_2 if cfg.guidance_scale_2 is not None else guidance
+        with torch.no_grad():
+            prompt_embeds, negative_embeds = pipe.encode_prompt(
+                prompt=spec.prompt,
+                negative_prompt=cfg.negative_prompt,
+                do_classifier_free_guidance=guidance > 1.0,
+                num_videos_per_prompt=1,
+                max_sequence_length=cfg.max_sequence_length,
+                device=device,
+            )
+        expert = pipe.transformer if pipe.transformer is not None else pipe.transformer_2
+        dtype = expert.dtype
+        prompt_embeds = prompt_embeds.to(dtype)
+        if negative_embeds is not None:
+            negative_embeds = negative_embeds.to(dtype)
+        scheduler = copy.deepcopy(pipe.scheduler)  # a run's own state (several may share a pipe)
+        scheduler.set_timesteps(cfg.steps, device=device)
+        timesteps = scheduler.timesteps
+        scheduler.set_begin_index(0)
+        generator = torch.Generator(device="cpu").manual_seed(spec.seed)
+        latents = pipe.prepare_latents(
+            1, expert.config.in_channels, height, width, frames, torch.float32, device, generator
+        )
+        start = 0
+        if resume_from is not None:
+            start, latents = _restore(resume_from, fingerprint, scheduler, device)
+        boundary = None
+        if pipe.config.boundary_ratio is not None:
+            boundary = pipe.config.boundary_ratio * scheduler.config.num_train_timesteps
+        mask = torch.ones(latents.shape, dtype=torch.float32, device=device)
+        for i in range(start, cfg.steps):
+            t = timesteps[i]
+            if boundary is None or t >= boundary:
+                model, scale = pipe.transformer, guidance
+            else:
+                model, scale = pipe.transformer_2, guidance_2
+            with torch.no_grad():
+                model_input = latents.to(dtype)
+                if pipe.config.expand_timesteps:
+                    timestep = (mask[0][0][:, ::2, ::2] * t).flatten().unsqueeze(0)
+                else:
+                    timestep = t.expand(latents.shape[0])
+                noise = model(
+                    hidden_states=model_input,
+                    timestep=timestep,
+                    encoder_hidden_states=prompt_embeds,
+                    return_dict=False,
+                )[0]
+                if scale > 1.0:
+                    uncond = model(
+                        hidden_states=model_input,
+                        timestep=timestep,
+                        encoder_hidden_states=negative_embeds,
+                        return_dict=False,
+                    )[0]
+                    noise = uncond + scale * (noise - uncond)
+                latents = scheduler.step(noise, t, latents, return_dict=False)[0]
+            snapshot = functools.partial(_snapshot, fingerprint, i + 1, latents, scheduler)
+            on_step(StepInfo(i + 1, cfg.steps, snapshot))
+        return Clip(
+            width=spec.width,
+            height=spec.height,
+            fps=spec.fps,
+            num_frames=spec.num_frames,
+            frames=self._decode(latents, spec),
+            audio=np.zeros((2, spec.seconds * SAMPLE_RATE), dtype=np.float32),
+            sample_rate=SAMPLE_RATE,
+        )
+
+    def decode(self, latents: Any) -> Any:
+        """Latents -> video in [0, 1], (frames, height, width, 3) float32 on the CPU."""
+        import torch
+
+        vae = self.pipe.vae
+        with torch.no_grad():
+            latents = latents.to(vae.device, vae.dtype)
+            shape = (1, vae.config.z_dim, 1, 1, 1)
+            mean = torch.tensor(vae.config.latents_mean).view(shape).to(latents)
+            std = 1.0 / torch.tensor(vae.config.latents_std).view(shape).to(latents)
+            video = vae.decode(latents / std + mean, return_dict=False)[0]
+            video = self.pipe.video_processor.postprocess_video(video, output_type="np")
+        return video[0]
+
+    def _decode(self, latents: Any, spec: GenerationSpec) -> Iterator[np.ndarray]:
+        from PIL import Image
+
+        video = self.decode(latents)
+        for k in range(spec.num_frames):
+            frame = video[min(k, len(video) - 1)]
+            rgb = (np.clip(frame, 0.0, 1.0) * 255 + 0.5).astype(np.uint8)
+            if rgb.shape[:2] != (spec.height, spec.width):
+                resized = Image.fromarray(rgb).resize(
+                    (spec.width, spec.height), Image.Resampling.BICUBIC
+                )
+                rgb = np.asarray(resized)
+            yield rgb
+
+    def _fingerprint(self, spec: GenerationSpec, height: int, width: int, frames: int) -> str:
+        cfg = self.config
+        fields = {
+            "format": _SNAPSHOT_FORMAT,
+            "model": self.name,
+            "steps": cfg.steps,
+            "guidance": [cfg.guidance_scale, cfg.guidance_scale_2],
+            "negative": cfg.negative_prompt,
+            "prompt": spec.prompt,
+            "seed": spec.seed,
+            "geometry": [height, width, frames],
+        }
+        return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
+
+
+_STATE_TYPES = (int, float, bool, list, tuple, type(None))
+
+
+def _snapshot(fingerprint: str, step: int, latents: Any, scheduler: Any) -> bytes:
+    """The latents and the scheduler's mutable state after `step`, as torch's safe format."""
+    import torch
+
+    state = {
+        key: value
+        for key, value in vars(scheduler).items()
+        if not key.startswith("_internal")
+        and (torch.is_tensor(value) or isinstance(value, _STATE_TYPES))
+    }
+    buf = io.BytesIO()
+    torch.save(
+        {"fingerprint": fingerprint, "step": step, "latents": latents.cpu(), "scheduler": state},
+        buf,
+    )
+    return buf.getvalue()
+
+
+def _restore(data: bytes, fingerprint: str, scheduler: Any, device: Any) -> tuple[int, Any]:
+    import torch
+
+    try:
+        saved = torch.load(io.BytesIO(data), weights_only=True, map_location="cpu")
+    except Exception as exc:
+        raise ValueError(f"not a Wan checkpoint: {exc}") from exc
+    if not isinstance(saved, dict) or saved.get("fingerprint") != fingerprint:
+        raise ValueError("the checkpoint belongs to another job or model setting")
+    for key, value in saved["scheduler"].items():
+        setattr(scheduler, key, _to(value, device))
+    return int(saved["step"]), saved["latents"].to(device)
+
+
+def _to(value: Any, device: Any) -> Any:
+    import torch
+
+    if torch.is_tensor(value):
+        return value.to(device)
+    if isinstance(value, list):
+        return [_to(v, device) for v in value]
+    if isinstance(value, tuple):
+        return tuple(_to(v, device) for v in value)
+    return value

@@ -1,0 +1,157 @@
+"""The Wan back-end (diffusers) on a tiny random-weight pipeline built offline: load from a
+local directory, the adapter's own denoising loop against the pipeline's own output, a
+checkpoint that resumes to the same video (also with flow-matching Euler), cancel from the
+step callback, and a whole job through a live server, preempted on one worker and resumed
+on another. The `diffusers` tier: `make test` runs it in a venv with the CPU build of torch."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from reelgen.models.base import GenerationSpec, StepInfo
+from reelgen.models.registry import build_model, served
+from reelgen.models.wan import WanConfig, WanModel
+from reelgen.settings import Settings
+
+SPEC = GenerationSpec(prompt="a red boat on the sea", seconds=1, width=32, height=32, seed=5, fps=8)
+
+
+def test_wan_registry_entries_build_without_torch() -> None:
+    """The API side prices Wan jobs without loading anything."""
+    settings = Settings(default_model="wan2.1-t2v-1.3b")
+    assert served(settings) == ("reference", "wan2.1-t2v-1.3b")  # sora-2 maps to reference
+    model = build_model("wan2.1-t2v-1.3b", settings)
+    assert isinstance(model, WanModel) and model.fps == 16 and model.num_steps(SPEC) == 50
+    big = build_model("wan2.1-t2v-14b", settings)
+    spec = GenerationSpec(prompt="x", seconds=5, width=1280, height=720, seed=1, fps=16)
+    assert big.estimate_seconds(spec) > 3 * model.estimate_seconds(spec) > 60  # cost model
+    with pytest.raises(ValueError, match="needs its weights"):
+        model.load()
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    pytest.importorskip("torch")
+    pytest.importorskip("diffusers")
+    from .wan_tiny import build
+
+    return build(tmp_path_factory.mktemp("wan") / "tiny-wan")
+
+
+def _model(path: Path, steps: int = 4) -> WanModel:
+    model = WanModel(
+        "wan-tiny",
+        WanConfig(path=path, steps=steps, device="cpu", dtype="float32", max_sequence_length=16),
+    )
+    model.load()
+    return model
+
+
+@pytest.mark.diffusers
+def test_wan_own_loop_gives_the_pipelines_video(tiny: Path) -> None:
+    import torch
+
+    model = _model(tiny)
+    steps: list[int] = []
+    clip = model.generate(SPEC, lambda info: steps.append(info.step))
+    frames = np.stack(list(clip.frames))
+    assert steps == [1, 2, 3, 4]
+    assert frames.shape == (8, 32, 32, 3) and frames.dtype == np.uint8
+    assert model.geometry(SPEC) == (32, 32, 9)  # 4k + 1 frames, the extra one dropped
+    expected = model.pipe(
+        prompt=SPEC.prompt, negative_prompt="", height=32, width=32, num_frames=9,
+        num_inference_steps=4, guidance_scale=5.0, max_sequence_length=16, output_type="np",
+        generator=torch.Generator().manual_seed(SPEC.seed),
+    ).frames[0]  # fmt: skip
+    expected = (np.clip(expected, 0, 1) * 255 + 0.5).astype(np.uint8)[:8]
+    assert np.array_equal(frames, expected)
+    assert frames.std() > 1  # not a blank clip
+
+
+class Stop(Exception):
+    pass
+
+
+@pytest.mark.diffusers
+@pytest.mark.parametrize("scheduler", ["unipc", "euler"])
+def test_wan_checkpoint_resumes_to_the_same_video(tiny: Path, scheduler: str) -> None:
+    model = _model(tiny)
+    if scheduler == "euler":
+        from diffusers import FlowMatchEulerDiscreteScheduler
+
+        model.pipe.scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0)
+    whole = np.stack(list(model.generate(SPEC, lambda info: None).frames))
+    saved: dict[str, bytes] = {}
+
+    def stop_at_two(info: StepInfo) -> None:
+        if info.step == 2:
+            assert info.snapshot is not None
+            saved["state"] = info.snapshot()
+            raise Stop
+
+    with pytest.raises(Stop):
+        model.generate(SPEC, stop_at_two)
+    other = _model(tiny)  # another worker's copy
+    other.pipe.scheduler = model.pipe.scheduler
+    steps: list[int] = []
+    resumed = other.generate(SPEC, lambda info: steps.append(info.step), saved["state"])
+    assert steps == [3, 4]
+    assert np.array_equal(np.stack(list(resumed.frames)), whole)
+    with pytest.raises(ValueError, match="another job"):
+        other.generate(
+            GenerationSpec(**{**_fields(SPEC), "seed": 6}), lambda info: None, saved["state"]
+        )
+    with pytest.raises(ValueError, match="not a Wan checkpoint"):
+        other.generate(SPEC, lambda info: None, b"garbage")
+
+
+def _fields(spec: GenerationSpec) -> dict[str, object]:
+    return {name: getattr(spec, name) for name in spec.__dataclass_fields__}
+
+
+@pytest.mark.diffusers
+def test_wan_job_through_the_api_preempted_and_resumed(start_server, tiny: Path) -> None:
+    """A job preempted mid-run checkpoints, is handed back, resumes from its checkpoint, and
+    ends with the same video as an uninterrupted job of the same seed."""
+    import io
+    import time
+
+    import av
+
+    def prepare(platform) -> None:
+        model = _model(tiny, steps=60)
+        model.name = "reference"  # the adapter the test server's workers serve
+        platform.models["reference"] = model
+
+    live = start_server(workers=2, prepare=prepare, checkpoint_every_steps=1)
+    body = {"prompt": "a blue cat", "seconds": "1", "size": "64x64", "seed": 11}
+    with live.client() as http:
+        preempted = http.post("/v1/videos", json=body).json()["id"]
+        deadline = time.monotonic() + 60
+        while (job := live.platform.jobs.get(preempted)) is not None and job.step < 5:
+            assert time.monotonic() < deadline, (job.status, job.stage, job.step, job.error_code)
+            time.sleep(0.01)
+        assert live.platform.jobs.request_preempt(preempted, live.platform.clock())
+        assert live.wait_for(preempted, timeout=120)["status"] == "completed"
+        whole = http.post("/v1/videos", json=body).json()["id"]
+        assert live.wait_for(whole, timeout=120)["status"] == "completed"
+        clips = [
+            http.get(f"/v1/videos/{v}/content", follow_redirects=True).content
+            for v in (preempted, whole)
+        ]
+    events = live.platform.jobs.events_after(preempted)
+    released = [e for e in events if e.kind == "released"]
+    assert len(released) == 1 and released[0].payload.reason == "preempted"
+    starts = [e for e in events if e.kind == "started"]
+    assert len(starts) == 2 and starts[1].payload.resume_step == released[0].payload.step > 0
+
+    def frames(data: bytes) -> np.ndarray:
+        with av.open(io.BytesIO(data)) as container:
+            return np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
+
+    a, b = frames(clips[0]), frames(clips[1])
+    assert a.shape == (16, 64, 64, 3)  # the model's 16 fps
+    assert np.array_equal(a, b)
