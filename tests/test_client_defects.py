@@ -34,7 +34,7 @@ def _noisy_png(target_bytes: int) -> bytes:
     return buf.getvalue()
 
 
-@pytest.mark.parametrize("path", ["/v1/videos/extensions", "/v1/videos/edits"])
+@pytest.mark.parametrize("path", ["/v1/videos/edits"])
 def test_unbuilt_operations_answer_a_clear_error_not_405(live, path: str) -> None:
     with live.client() as http:
         r = http.post(path, json={"prompt": "x", "video_id": "video_1"})

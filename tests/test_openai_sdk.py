@@ -6,6 +6,7 @@ import io
 import warnings
 from pathlib import Path
 
+import numpy as np
 import openai
 import pytest
 from PIL import Image
@@ -153,3 +154,55 @@ def test_sdk_errors_are_typed(sdk: openai.OpenAI, live) -> None:
     wrong = openai.OpenAI(base_url=f"{live.url}/v1", api_key="rg_wrong", max_retries=0)
     with pytest.raises(openai.AuthenticationError):
         wrong.videos.list()
+
+
+def test_extend_continues_the_clip_to_its_new_total(sdk: openai.OpenAI, live) -> None:
+    """`videos.extend` with the clip uploaded (what this SDK sends) and, over plain HTTP, by
+    id: the source's frames come first, then the new part, generated from the source's last
+    frame; `seconds` is the total."""
+    import av
+    import httpx
+
+    source = sdk.videos.create_and_poll(
+        prompt="a red kite over a beach", size="128x72", seconds="1", poll_interval_ms=50
+    )
+    mp4 = sdk.videos.download_content(source.id).read()
+
+    def frames(video_id: str) -> list[np.ndarray]:
+        data = sdk.videos.download_content(video_id).read()
+        with av.open(io.BytesIO(data)) as container:
+            return [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+
+    before = np.stack(frames(source.id)).astype(int)
+    uploaded = sdk.videos.extend(
+        prompt="the kite climbs into clouds", seconds="2", video=("kite.mp4", mp4, "video/mp4")
+    )
+    assert uploaded.size == "128x72" and uploaded.seconds == "2"
+    with httpx.Client(base_url=live.url, headers={"Authorization": f"Bearer {live.paid_key}"}) as h:
+        r = h.post(
+            "/v1/videos/extensions",
+            json={"prompt": "the kite climbs into clouds", "seconds": "2",
+                  "video": {"id": source.id}},
+        )  # fmt: skip
+        assert r.status_code == 200, r.text
+        by_id = r.json()["id"]
+        refused = h.post(
+            "/v1/videos/extensions",
+            json={"prompt": "x", "seconds": "1", "video": {"id": source.id}},
+        )
+        assert refused.status_code == 400 and "total length" in refused.text
+        missing = h.post(
+            "/v1/videos/extensions", json={"prompt": "x", "seconds": "2", "video": {"id": "v"}}
+        )
+        assert missing.status_code == 404
+    for video_id in (uploaded.id, by_id):
+        done = sdk.videos.poll(video_id, poll_interval_ms=50)
+        assert done.status == "completed", done.error
+        after = frames(video_id)
+        assert len(after) == 48
+        head = np.stack(after[:24]).astype(int)
+        assert np.abs(head - before).mean() < 8  # the source, decoded and encoded again
+    job = live.platform.jobs.get(by_id)
+    assert job is not None and job.spec.parent_id == source.id
+    with pytest.raises(openai.BadRequestError, match="cannot be read"):
+        sdk.videos.extend(prompt="x", seconds="2", video=("a.mp4", b"\x00" * 10, "video/mp4"))

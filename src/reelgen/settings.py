@@ -128,6 +128,8 @@ class Settings(BaseSettings):
     max_prompt_chars: int = Field(4000, ge=1)
     max_reference_bytes: int = Field(10 * 1024 * 1024, ge=1024)
     max_reference_pixels: int = Field(4096 * 4096, ge=64 * 64)
+    max_source_video_bytes: int = Field(200 * 1024 * 1024, ge=1024)
+    """An uploaded video to extend."""
 
     safety_block_sexual: bool = True
     """Block sexual content of adults (the mandatory categories cannot be switched off)."""

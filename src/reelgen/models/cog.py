@@ -30,10 +30,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-import av
 import httpx
 import numpy as np
 
+from reelgen.media.decode import read_audio, read_frames
 from reelgen.models.base import Clip, GenerationSpec, StepCallback, StepInfo
 
 log = logging.getLogger("reelgen.models.cog")
@@ -211,7 +211,7 @@ class CogModel:
             raise RuntimeError(f"the prediction's output is not a file URL: {output!r:.100}")
         path = self._download(output)
         try:
-            audio = _decode_audio(path, spec.seconds)
+            audio = read_audio(path, spec.seconds * SAMPLE_RATE, SAMPLE_RATE)
         except Exception:
             path.unlink(missing_ok=True)
             raise
@@ -268,45 +268,11 @@ def _progress(logs: Any, step: int, total: int) -> tuple[int, int]:
 
 
 def _frames(path: Path, spec: GenerationSpec) -> Iterator[np.ndarray]:
-    """Exactly `spec.num_frames` RGB frames of the spec's size (the last repeated if the
-    service made fewer); the file is removed once read."""
+    """The service's video as the job's frames; the file is removed once read."""
     try:
-        with av.open(str(path)) as container:
-            stream = container.streams.video[0]
-            last = None
-            n = 0
-            for frame in container.decode(stream):
-                if n == spec.num_frames:
-                    break
-                last = frame.to_ndarray(format="rgb24", width=spec.width, height=spec.height)
-                n += 1
-                yield last
-            if last is None:
-                raise RuntimeError("the prediction's video has no frames")
-            for _ in range(spec.num_frames - n):
-                yield last
+        yield from read_frames(path, spec.width, spec.height, spec.num_frames)
     finally:
         path.unlink(missing_ok=True)
-
-
-def _decode_audio(path: Path, seconds: int) -> np.ndarray:
-    """Stereo float32 at 48 kHz, `seconds` long (silence where the file has none)."""
-    want = seconds * SAMPLE_RATE
-    out = np.zeros((2, want), dtype=np.float32)
-    with av.open(str(path)) as container:
-        if not container.streams.audio:
-            return out
-        resampler = av.AudioResampler(format="fltp", layout="stereo", rate=SAMPLE_RATE)
-        at = 0
-        for frame in container.decode(container.streams.audio[0]):
-            for chunk in resampler.resample(frame):
-                data = chunk.to_ndarray()
-                take = min(data.shape[1], want - at)
-                out[:, at : at + take] = data[:, :take]
-                at += take
-                if at >= want:
-                    return out
-    return out
 
 
 class _WebhookInbox:

@@ -8,14 +8,19 @@ import binascii
 import contextlib
 import dataclasses
 import hashlib
+import io
 import json
 import math
 import re
 import secrets
+import tempfile
 from collections.abc import Callable, Collection
 from concurrent.futures import Future
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
+
+from PIL import Image
 
 from reelgen.domain.errors import Conflict, Forbidden, InvalidRequest, NotFound, RateLimited
 from reelgen.domain.jobs import (
@@ -33,6 +38,8 @@ from reelgen.domain.jobs import (
     parse_size,
 )
 from reelgen.domain.spec import JobSpec, Operation
+from reelgen.media.decode import last_frame
+from reelgen.media.encode import probe_video
 from reelgen.models.base import GenerationSpec
 from reelgen.platform import ApiContext
 from reelgen.safety.verdict import Action, Verdict
@@ -275,6 +282,8 @@ def _prepare(
     tier = service_tier(user, req.service_tier)
     model = platform.model(spec.model)
     cost_view = GenerationSpec.of(spec)
+    if operation is Operation.EXTEND and parent is not None:  # only the new part is made
+        cost_view = dataclasses.replace(cost_view, seconds=spec.seconds - parent.spec.seconds)
     estimated_s = model.estimate_seconds(cost_view)
     row = dict(
         spec.columns(),
@@ -375,8 +384,10 @@ def submit(
     idempotency_key: str | None = None,
     parent: Job | None = None,
     operation: Operation = Operation.CREATE,
+    source_video: bytes | None = None,
 ) -> tuple[Job, bool]:
-    """Validates, stores the reference image, and enqueues; nothing is stored on refusal.
+    """Validates, stores the reference image (and an extension's uploaded source video), and
+    enqueues; nothing is stored on refusal.
 
     Returns once the job is committed; concurrent submits share a commit (group commit)."""
     sub = _prepare(
@@ -384,6 +395,8 @@ def submit(
     )
     sub = _moderated(platform, user, sub, _check(platform, user, sub))
     _store_image(platform, sub)
+    if source_video is not None:
+        platform.objects.put(keys.source_video(sub.job_id), source_video, content_type="video/mp4")
     done = _settle(platform, sub, _enqueue(platform, sub))
     return done.job, done.created
 
@@ -532,6 +545,104 @@ def remix(
         idempotency_key=idempotency_key,
         parent=source,
         operation=Operation.REMIX,
+    )
+    return job
+
+
+def extend(
+    platform: ApiContext,
+    user: User,
+    source: str | bytes,
+    prompt: str | None,
+    seconds: str | int | None,
+    idempotency_key: str | None,
+) -> Job:
+    """A new job that continues a video (a completed one by id, or an uploaded MP4): the
+    worker conditions the model on the source's last frame, generates the rest and stitches
+    the two; `seconds` is the total."""
+    if seconds is None:
+        raise InvalidRequest(
+            "seconds (the extended video's total length) is required.", param="seconds"
+        )
+    total = parse_seconds(seconds)
+    if isinstance(source, bytes):
+        return _extend_upload(platform, user, source, prompt, total, idempotency_key)
+    parent = get_job(platform, user, source)
+    if parent.status is not Status.COMPLETED or parent.video_key is None:
+        raise InvalidRequest(
+            f"Only completed videos can be extended; {source} is {parent.status.value}.",
+            param="video",
+        )
+    if not platform.objects.exists(parent.video_key):
+        raise InvalidRequest(
+            f"The video {source} has expired or was deleted, so it cannot be extended.",
+            param="video",
+            code="video_expired",
+        )
+    _longer(total, parent.spec.seconds, source)
+    spec = parent.spec
+    req = CreateVideo(
+        prompt=prompt,
+        model=spec.requested_model,
+        seconds=total,
+        size=spec.size,
+        style=spec.style,
+        seed=spec.seed,
+    )
+    job, _ = submit(
+        platform,
+        user,
+        req,
+        idempotency_key=idempotency_key,
+        parent=parent,
+        operation=Operation.EXTEND,
+    )
+    return job
+
+
+def _longer(total: int, seconds: int, what: str) -> None:
+    if total <= seconds:
+        raise InvalidRequest(
+            f"seconds is the extended video's total length, so it must be more than the "
+            f"{seconds} s of {what}; got {total}.",
+            param="seconds",
+        )
+
+
+def _extend_upload(
+    platform: ApiContext,
+    user: User,
+    data: bytes,
+    prompt: str | None,
+    total: int,
+    idempotency_key: str | None,
+) -> Job:
+    """The uploaded video is read back to learn its size and length; its last frame goes
+    through the reference-image checks (it conditions the model), and the file is kept with
+    the job's inputs for the worker to stitch."""
+    with tempfile.NamedTemporaryFile(suffix=".mp4") as f:
+        f.write(data)
+        f.flush()
+        try:
+            info = probe_video(Path(f.name))
+            frame = last_frame(Path(f.name))
+        except Exception as exc:
+            raise InvalidRequest(
+                f"The uploaded video cannot be read as a video: {exc}", param="video"
+            ) from exc
+    size = f"{info.width}x{info.height}"
+    seconds = max(1, round(info.duration_seconds))
+    _longer(total, seconds, "the uploaded video")
+    buf = io.BytesIO()
+    Image.fromarray(frame).save(buf, format="PNG")
+    req = CreateVideo(prompt=prompt, seconds=total, size=size, reference_image=buf.getvalue())
+    job, _ = submit(
+        platform,
+        user,
+        req,
+        idempotency_key=idempotency_key,
+        operation=Operation.EXTEND,
+        source_video=data,
     )
     return job
 

@@ -25,6 +25,11 @@ def reference(job_id: str) -> str:
     return f"inputs/{job_id}/reference"
 
 
+def source_video(job_id: str) -> str:
+    """An uploaded video that the job continues."""
+    return f"inputs/{job_id}/source.mp4"
+
+
 def inputs_prefix(job_id: str) -> str:
     return f"inputs/{job_id}/"
 

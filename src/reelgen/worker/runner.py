@@ -7,7 +7,10 @@ attempt that replaced it.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import io
+import itertools
 import logging
 import secrets
 import shutil
@@ -20,6 +23,7 @@ from pathlib import Path
 from typing import TypeVar
 
 import numpy as np
+from PIL import Image
 
 from reelgen.domain import events as ev
 from reelgen.domain.errors import LeaseLost, Unavailable
@@ -33,7 +37,9 @@ from reelgen.domain.jobs import (
     Variant,
     generation_progress,
 )
-from reelgen.media.encode import encode_clip
+from reelgen.domain.spec import Operation
+from reelgen.media.decode import last_frame, read_audio, read_frames
+from reelgen.media.encode import encode_clip, probe_video
 from reelgen.models.base import Clip, GenerationSpec, StepInfo
 from reelgen.platform import WorkerContext
 from reelgen.safety.classifiers import ClassifierUnavailable
@@ -446,6 +452,8 @@ class _JobRun:
         self.total = 0
         """The job's step count, known once generation begins."""
         self.last_step = -1
+        self.source: tuple[Path, int] | None = None
+        """An extension's source video (a local copy) and its length in seconds."""
         self.checkpoint_key = job.checkpoint_key
         self.log_ctx = {"job_id": job.id, "attempt": job.attempt, "worker_id": worker.id}
         root = self.p.settings.data_dir / "tmp"
@@ -489,9 +497,55 @@ class _JobRun:
             raise CancelledByUser
 
     def spec(self) -> GenerationSpec:
+        """What the model makes: the job's clip, or for an extension only its new part,
+        conditioned on the last frame of the video it continues."""
+        run_id = f"{self.job.id}:{self.job.attempt}"
+        if self.job.spec.operation is Operation.EXTEND:
+            return self._extension_spec(run_id)
         key = self.job.spec.reference_key
         image = self.p.objects.get(key) if key else None
-        return GenerationSpec.of(self.job.spec, image, run_id=f"{self.job.id}:{self.job.attempt}")
+        return GenerationSpec.of(self.job.spec, image, run_id=run_id)
+
+    def _extension_spec(self, run_id: str) -> GenerationSpec:
+        parent_id = self.job.spec.parent_id
+        if parent_id is not None:  # a completed video of ours
+            parent = self.p.jobs.get(parent_id)
+            key = parent.video_key if parent is not None else None
+            what = parent_id
+        else:  # an uploaded one, kept with the job's inputs
+            parent, key, what = None, keys.source_video(self.job.id), "the uploaded video"
+        if key is None or not self.p.objects.exists(key):
+            raise RuntimeError(f"the video being extended ({what}) is no longer available")
+        path = self.tmp / "source.mp4"
+        path.write_bytes(self.p.objects.get(key))
+        if parent is not None:
+            seconds = parent.spec.seconds
+        else:
+            seconds = max(1, round(probe_video(path).duration_seconds))
+        buf = io.BytesIO()
+        Image.fromarray(last_frame(path)).save(buf, format="PNG")
+        self.source = (path, seconds)
+        spec = GenerationSpec.of(self.job.spec, buf.getvalue(), run_id=run_id)
+        return dataclasses.replace(spec, seconds=self.job.spec.seconds - seconds)
+
+    def _stitched(self, clip: Clip) -> Clip:
+        """The source video's frames and sound, then the new part's."""
+        if self.source is None:
+            return clip
+        path, seconds = self.source
+        spec = self.job.spec
+        head = read_frames(path, spec.width, spec.height, seconds * spec.fps)
+        audio = read_audio(path, seconds * clip.sample_rate, clip.sample_rate)
+        tail = clip.audio if clip.audio.shape[0] == 2 else np.repeat(clip.audio[:1], 2, axis=0)
+        return Clip(
+            width=spec.width,
+            height=spec.height,
+            fps=spec.fps,
+            num_frames=spec.num_frames,
+            frames=itertools.chain(head, clip.frames),
+            audio=np.concatenate([audio, tail.astype(np.float32)], axis=1),
+            sample_rate=clip.sample_rate,
+        )
 
     def on_step(self, info: StepInfo) -> None:
         """At a step boundary; a model that waits on a service calls it again with the same
@@ -582,6 +636,7 @@ class _JobRun:
         total = self.total
         start_step = self.job.checkpoint_step if self.job.checkpoint_key else 0
         first_step = start_step + 1 if resumed else 1
+        clip = self._stitched(clip)
         sampler = FrameSampler(clip.fps)
         clip.frames = sampler.tee(self._encoding_frames(clip.frames, clip.num_frames, total))
         media = encode_clip(clip, self.tmp / "video.mp4")

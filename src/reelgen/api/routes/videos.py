@@ -202,8 +202,81 @@ async def create_video(
     return Response(public.model_dump_json(), media_type="application/json", headers=headers)
 
 
+@router.post(
+    "/extensions",
+    response_model=VideoPublic,
+    responses=error_responses(400, 401, 404, 409, 429),
+)
+async def extend_video(
+    request: Request,
+    platform: ApiDep,
+    user: CurrentUser,
+    idempotency_key: Annotated[str | None, Header()] = None,
+) -> VideoPublic:
+    """Continues a completed video (`video: {"id": ...}`, as the openai SDK's `videos.extend`
+    sends it); `seconds` is the extended video's total length."""
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    uploaded: bytes | None = None
+    if content_type == "application/json":
+        try:
+            body = json.loads(await request.body())
+        except ValueError:
+            raise InvalidRequest("The request body is not valid JSON.") from None
+        if not isinstance(body, dict):
+            raise InvalidRequest("The request body must be a JSON object.")
+        video = body.get("video")
+        video_id = video.get("id") if isinstance(video, dict) else None
+        prompt, seconds = body.get("prompt"), body.get("seconds")
+        unknown = set(body) - {"prompt", "seconds", "video"}
+    elif content_type in ("multipart/form-data", "application/x-www-form-urlencoded"):
+        limit = platform.settings.max_source_video_bytes
+        async with request.form(max_files=1, max_fields=8, max_part_size=limit + 1) as form:
+            fields: dict[str, Any] = dict(form.multi_items())
+            upload = fields.get("video")
+            if isinstance(upload, UploadFile):
+                uploaded = await upload.read(limit + 1)
+                if len(uploaded) > limit:
+                    raise InvalidRequest(
+                        f"The uploaded video is larger than {limit} bytes.", param="video"
+                    )
+        video_id = fields.get("video[id]")
+        prompt, seconds = fields.get("prompt"), fields.get("seconds")
+        unknown = set(fields) - {"prompt", "seconds", "video[id]", "video"}
+    else:
+        raise InvalidRequest(
+            f"Content-Type must be application/json or multipart/form-data; got {content_type}."
+        )
+    if unknown:
+        name = sorted(unknown)[0]
+        raise InvalidRequest(f"Unknown field {name!r}.", param=name)
+    if uploaded is None and (not isinstance(video_id, str) or not video_id):
+        raise InvalidRequest(
+            "video is required: the id of a completed video (video[id]) or an uploaded MP4.",
+            param="video",
+        )
+    if not isinstance(prompt, str):
+        raise InvalidRequest("prompt is required.", param="prompt")
+    if seconds is not None and not isinstance(seconds, str | int):
+        raise InvalidRequest("seconds must be a string or an integer.", param="seconds")
+    source: str | bytes = uploaded if uploaded is not None else str(video_id)
+    return await run_sync(
+        platform, _extend, platform, user, source, prompt, seconds, idempotency_key
+    )
+
+
+def _extend(
+    platform: ApiContext,
+    user: User,
+    source: str | bytes,
+    prompt: str,
+    seconds: str | int | None,
+    idempotency_key: str | None,
+) -> VideoPublic:
+    job = videos.extend(platform, user, source, prompt, seconds, idempotency_key)
+    return _public(platform, job)
+
+
 UNSUPPORTED = {
-    "extensions": "Extending a video",
     "edits": "Editing a video",
     "characters": "Characters",
 }
@@ -448,7 +521,6 @@ async def _event_stream(
 
 
 for _op, _path, _method in (
-    ("extensions", "/extensions", "POST"),
     ("edits", "/edits", "POST"),
     ("characters", "/characters", "POST"),
     *(
