@@ -31,6 +31,7 @@ def standin() -> Iterator[CogStandIn]:
 
 
 def _model(standin: CogStandIn, **extra: object) -> CogModel:
+    extra = {"polling": True, **extra} if "webhook_listen" not in extra else extra
     model = CogModel("remote", CogConfig(url=standin.url, steps=8, poll_interval_s=0.02, **extra))
     model.load()
     return model
@@ -91,7 +92,9 @@ def test_a_failed_prediction_fails_the_attempt_with_its_error(standin: CogStandI
     spec = GenerationSpec(**{**_fields(SPEC), "prompt": "explode", "run_id": "j:9"})
     with pytest.raises(RuntimeError, match="failed: CUDA out of memory"):
         model.generate(spec, lambda info: None)
-    unreachable = CogModel("x", CogConfig(url="http://127.0.0.1:9", poll_interval_s=0.01))
+    unreachable = CogModel(
+        "x", CogConfig(url="http://127.0.0.1:9", poll_interval_s=0.01, polling=True)
+    )
     with pytest.raises(RuntimeError, match="unreachable"):
         unreachable.generate(SPEC, lambda info: None)
 
@@ -101,19 +104,25 @@ def _fields(spec: GenerationSpec) -> dict[str, object]:
 
 
 def test_remote_models_come_from_the_settings(standin: CogStandIn) -> None:
-    settings = Settings(remote_models={"wan-remote": {"url": standin.url, "steps": 8}})
+    settings = Settings(
+        remote_models={"wan-remote": {"url": standin.url, "steps": 8, "polling": True}}
+    )
     assert "wan-remote" in available(settings) and "wan2.1-t2v-1.3b" in available(settings)
     assert served(settings) == ("reference", "wan-remote")  # wan2.1 is not named: not offered
     model = build_model("wan-remote", settings)
     assert isinstance(model, CogModel) and model.num_steps(SPEC) == 8
     with pytest.raises(ValueError, match="http"):
-        Settings(remote_models={"x": {"url": "ftp://nowhere"}})
+        Settings(remote_models={"x": {"url": "ftp://nowhere", "polling": True}})
+    with pytest.raises(ValueError, match="only by webhook"):  # Cog does not answer polls
+        Settings(remote_models={"x": {"url": standin.url}})
+    with pytest.raises(ValueError, match="only by webhook"):
+        CogModel("x", CogConfig(url=standin.url)).load()
 
 
 def test_through_the_api_a_remote_model_makes_the_video(start_server, standin) -> None:
     def prepare(platform) -> None:  # the remote service serves what the worker serves
         platform.models["reference"] = CogModel(
-            "reference", CogConfig(url=standin.url, steps=8, poll_interval_s=0.02)
+            "reference", CogConfig(url=standin.url, steps=8, poll_interval_s=0.02, polling=True)
         )
 
     live = start_server(prepare=prepare)

@@ -214,7 +214,6 @@ def test_settings_build_each_side_and_check_what_they_need(
                 "url": f"{stand_in.url}/v1/chat/completions",
                 "side": "output",
                 "on_error": "skip",
-                "nudity": True,
             },
             {
                 "kind": "python",
@@ -227,7 +226,7 @@ def test_settings_build_each_side_and_check_what_they_need(
     outputs = build_classifiers(settings, "output")
     assert [c.name for c in inputs] == ["openai_moderation", "plugin"]
     assert [c.name for c in outputs] == ["llama_guard", "plugin"]
-    assert isinstance(outputs[0], Guarded) and outputs[0].nudity
+    assert isinstance(outputs[0], Guarded) and not outputs[0].nudity
     inputs[0].check(Content(text="hello"))
     assert stand_in.auth[-1] == "Bearer sk-env"
     assert inputs[1].check(Content(text="a quokka"))[0] == {Category.HATE: 0.8}
@@ -239,6 +238,12 @@ def test_settings_build_each_side_and_check_what_they_need(
         ClassifierSpec(kind="llama_guard", url="ftp://example")
     with pytest.raises(ValueError, match="factory"):
         ClassifierSpec(kind="python")
+    url = f"{stand_in.url}/v1/moderations"
+    with pytest.raises(ValueError, match="needs images"):  # it would never see a frame
+        ClassifierSpec(kind="openai_moderation", url=url, nudity=True)
+    with pytest.raises(ValueError, match="cannot be skipped"):
+        ClassifierSpec(kind="openai_moderation", url=url, nudity=True, images=True, on_error="skip")
+    assert ClassifierSpec(kind="openai_moderation", url=url, nudity=True, images=True).nudity
 
 
 @dataclass

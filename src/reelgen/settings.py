@@ -48,6 +48,13 @@ class ClassifierSpec(BaseModel):
                 raise ValueError("a python classifier needs factory (module:function)")
         elif not self.url or not self.url.startswith(("http://", "https://")):
             raise ValueError(f"a {self.kind} classifier needs an http(s) url")
+        if self.nudity and self.kind != "python" and not (self.images and self.on("output")):
+            raise ValueError("nudity: true needs images: true and the output side")
+        if self.nudity and self.on_error == "skip":
+            raise ValueError(
+                "a nudity classifier cannot be skipped when it fails (on_error: skip): a clip "
+                "would be published without a nudity check"
+            )
         return self
 
     def on(self, side: Literal["input", "output"]) -> bool:
@@ -72,12 +79,19 @@ class RemoteModelSpec(BaseModel):
     webhook_listen: str | None = None
     """`host:port` where the worker receives the service's webhooks; unset: it polls."""
     webhook_url: str | None = None
+    polling: bool = False
+    """Poll instead of webhooks: only for services that keep finished predictions."""
     styles: list[str] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _url(self) -> RemoteModelSpec:
         if not self.url.startswith(("http://", "https://")):
             raise ValueError("a remote model needs an http(s) url")
+        if not self.webhook_listen and not self.polling:
+            raise ValueError(
+                "Cog reports progress only by webhook: set webhook_listen (and webhook_url), "
+                "or polling=true for a service that keeps finished predictions"
+            )
         return self
 
 

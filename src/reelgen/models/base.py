@@ -31,7 +31,7 @@ class GenerationSpec:
     reference_image: bytes | None = None
     """An already validated PNG/JPEG/WebP image that guides the first frame and palette."""
     run_id: str = ""
-    """Which attempt of which job this is (not part of the output): for a service that
+    """Which claim of which job this is (not part of the output): for a service that
     deduplicates retried requests by it."""
 
     @property

@@ -18,9 +18,11 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import hmac
 import json
 import logging
 import re
+import secrets
 import tempfile
 import threading
 import time
@@ -72,7 +74,12 @@ class CogConfig:
     """A prediction that has not ended by then is cancelled and the attempt fails."""
     request_timeout_s: float = 30.0
     webhook_listen: str | None = None
-    """`host:port` to receive the service's webhooks on; None: poll instead."""
+    """`host:port` to receive the service's webhooks on (Cog's documented way)."""
+    polling: bool = False
+    """Poll by repeating the idempotent PUT instead: only for services that keep a finished
+    prediction's state (Cog itself answers a PUT after the end with a new prediction)."""
+    silence_s: float = 600.0
+    """With webhooks: a prediction that says nothing for this long is given up (cancelled)."""
     webhook_url: str | None = None
     """The URL the service reaches that listener at (default: http://host:port)."""
     styles: frozenset[str] = frozenset()
@@ -92,6 +99,12 @@ class CogModel:
 
     def load(self) -> None:
         """Connects (the weights are the service's); starts the webhook listener."""
+        if not self.config.webhook_listen and not self.config.polling:
+            raise ValueError(
+                f"{self.name}: Cog reports a prediction's progress only by webhook: set "
+                "webhook_listen (and webhook_url), or polling=true for a service that keeps "
+                "finished predictions"
+            )
         self._client = httpx.Client(timeout=self.config.request_timeout_s)
         if self.config.webhook_listen:
             self._inbox = _WebhookInbox(self.config.webhook_listen, self.config.webhook_url)
@@ -118,16 +131,24 @@ class CogModel:
             body["webhook_events_filter"] = ["start", "logs", "completed"]
         deadline = time.monotonic() + self.config.timeout_s
         step, total = 0, self.config.steps
-        state = self._put(prediction_id, body)
+        state = self._put(prediction_id, body, deadline)
+        heard = time.monotonic()
         try:
             while state.get("status") not in TERMINAL:
-                if time.monotonic() > deadline:
+                now = time.monotonic()
+                if now > deadline:
                     raise TimeoutError(
                         f"the prediction did not end within {self.config.timeout_s:g} s"
                     )
+                if self._inbox is not None and now - heard > self.config.silence_s:
+                    raise TimeoutError(
+                        f"the inference service sent nothing for {self.config.silence_s:g} s"
+                    )
                 step, total = _progress(state.get("logs"), step, total)
                 on_step(StepInfo(min(step, total - 1), total, None))
-                state = self._next_state(prediction_id, body, state)
+                fresh = self._next_state(prediction_id, body, deadline)
+                if fresh is not None:
+                    state, heard = fresh, time.monotonic()
         except BaseException:
             self._cancel(prediction_id)
             raise
@@ -161,9 +182,10 @@ class CogModel:
                 out[theirs] = values[ours]
         return out
 
-    def _put(self, prediction_id: str, body: dict[str, Any]) -> dict[str, Any]:
+    def _put(self, prediction_id: str, body: dict[str, Any], deadline: float) -> dict[str, Any]:
         assert self._client is not None
-        for attempt in range(4):
+        attempt = 0
+        while True:
             try:
                 answer = self._client.put(
                     f"{self.config.url}/predictions/{prediction_id}",
@@ -174,8 +196,11 @@ class CogModel:
                 if attempt == 3:
                     raise RuntimeError(f"the inference service is unreachable: {exc}") from exc
                 time.sleep(0.5 * 2**attempt)
+                attempt += 1
                 continue
-            if answer.status_code == 409:  # every slot busy: wait for ours
+            if answer.status_code == 409:  # every slot busy: wait for one, to the deadline
+                if time.monotonic() > deadline:
+                    raise RuntimeError("the inference service had no free prediction slot")
                 time.sleep(self.config.poll_interval_s)
                 continue
             if answer.status_code not in (200, 201, 202):
@@ -183,17 +208,16 @@ class CogModel:
                     f"the inference service answered {answer.status_code}: {answer.text[:300]}"
                 )
             return dict(answer.json())
-        raise RuntimeError("the inference service has no free prediction slot")
 
     def _next_state(
-        self, prediction_id: str, body: dict[str, Any], last: dict[str, Any]
-    ) -> dict[str, Any]:
-        """The prediction's next state: from its webhook, or polled; `last` if nothing new
+        self, prediction_id: str, body: dict[str, Any], deadline: float
+    ) -> dict[str, Any] | None:
+        """The prediction's next state: from its webhook, or polled; None if nothing new
         came within the poll interval (the caller checks cancel and the lease meanwhile)."""
         if self._inbox is not None:
-            return self._inbox.wait(prediction_id, self.config.poll_interval_s) or last
+            return self._inbox.wait(prediction_id, self.config.poll_interval_s)
         time.sleep(self.config.poll_interval_s)
-        return self._put(prediction_id, body)
+        return self._put(prediction_id, body, deadline)
 
     def _cancel(self, prediction_id: str) -> None:
         if self._client is None:
@@ -287,7 +311,12 @@ class _WebhookInbox:
                 pass
 
             def do_POST(self) -> None:
-                prediction_id = self.path.rstrip("/").rpartition("/")[2]
+                parts = self.path.strip("/").split("/")
+                prediction_id = parts[1] if len(parts) == 3 and parts[0] == "webhooks" else ""
+                if not inbox.expects(prediction_id, parts[-1]):
+                    self.send_response(404)  # not a prediction of ours, or a forged secret
+                    self.end_headers()
+                    return
                 try:
                     state = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 except (ValueError, TypeError, KeyError):
@@ -302,12 +331,21 @@ class _WebhookInbox:
         bound = self._server.server_address[1]
         self.base = (public_url or f"http://{host or '127.0.0.1'}:{bound}").rstrip("/")
         self._states: dict[str, dict[str, Any]] = {}
+        self._secrets: dict[str, str] = {}
         self._fresh: set[str] = set()
         self._changed = threading.Condition()
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
 
     def url_for(self, prediction_id: str) -> str:
-        return f"{self.base}/webhooks/{prediction_id}"
+        """The prediction's webhook URL, with a secret only the service is told."""
+        with self._changed:
+            secret = self._secrets.setdefault(prediction_id, secrets.token_urlsafe(24))
+        return f"{self.base}/webhooks/{prediction_id}/{secret}"
+
+    def expects(self, prediction_id: str, secret: str) -> bool:
+        with self._changed:
+            known = self._secrets.get(prediction_id)
+        return known is not None and hmac.compare_digest(known, secret)
 
     def deliver(self, prediction_id: str, state: dict[str, Any]) -> None:
         with self._changed:
@@ -328,5 +366,6 @@ class _WebhookInbox:
 
     def forget(self, prediction_id: str) -> None:
         with self._changed:
+            self._secrets.pop(prediction_id, None)
             self._states.pop(prediction_id, None)
             self._fresh.discard(prediction_id)

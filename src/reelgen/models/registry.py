@@ -102,6 +102,7 @@ def _cog(name: str, settings: Settings) -> VideoModel:
             timeout_s=remote.timeout_s,
             webhook_listen=remote.webhook_listen,
             webhook_url=remote.webhook_url,
+            polling=remote.polling,
             styles=frozenset(remote.styles),
         ),
     )

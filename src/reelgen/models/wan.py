@@ -66,6 +66,10 @@ class WanModel:
         self.fps = config.fps
         self.pipe: Any = None
         self._loading = threading.Lock()
+        self._device = threading.Lock()
+        """Held by each denoising step and by a decode: the finishing thread's VAE decode and
+        the next job's steps take turns on the device (CPU offload moves modules between
+        them, and two at once would need both peaks of memory)."""
 
     def load(self) -> None:
         """Once per process (workers of one process share the pipeline)."""
@@ -136,11 +140,12 @@ class WanModel:
         fingerprint = self._fingerprint(spec, height, width, frames)
         guidance = cfg.guidance_scale
         guidance_2 = cfg.guidance_scale_2 if cfg.guidance_scale_2 is not None else guidance
-        with torch.no_grad():
+        cfg_on = guidance > 1.0  # decided once, for both of Wan 2.2's experts, as the pipeline does
+        with self._device, torch.no_grad():
             prompt_embeds, negative_embeds = pipe.encode_prompt(
                 prompt=spec.prompt,
                 negative_prompt=cfg.negative_prompt,
-                do_classifier_free_guidance=guidance > 1.0,
+                do_classifier_free_guidance=cfg_on,
                 num_videos_per_prompt=1,
                 max_sequence_length=cfg.max_sequence_length,
                 device=device,
@@ -171,7 +176,7 @@ class WanModel:
                 model, scale = pipe.transformer, guidance
             else:
                 model, scale = pipe.transformer_2, guidance_2
-            with torch.no_grad():
+            with self._device, torch.no_grad():
                 model_input = latents.to(dtype)
                 if pipe.config.expand_timesteps:
                     timestep = (mask[0][0][:, ::2, ::2] * t).flatten().unsqueeze(0)
@@ -183,7 +188,7 @@ class WanModel:
                     encoder_hidden_states=prompt_embeds,
                     return_dict=False,
                 )[0]
-                if scale > 1.0:
+                if cfg_on:
                     uncond = model(
                         hidden_states=model_input,
                         timestep=timestep,
@@ -209,7 +214,7 @@ class WanModel:
         import torch
 
         vae = self.pipe.vae
-        with torch.no_grad():
+        with self._device, torch.no_grad():
             latents = latents.to(vae.device, vae.dtype)
             shape = (1, vae.config.z_dim, 1, 1, 1)
             mean = torch.tensor(vae.config.latents_mean).view(shape).to(latents)

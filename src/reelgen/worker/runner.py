@@ -110,6 +110,8 @@ class Worker:
         self._busy_s = 0.0
         self._finisher: threading.Thread | None = None
         """The previous job's encode, output check and upload, while the next generates."""
+        self.free_mark: int | None = None
+        """The assignment mark from just before the last job left the GPU."""
 
     def run(self) -> None:
         p = self.platform
@@ -183,8 +185,12 @@ class Worker:
                     self._busy_s / max(1e-9, time.monotonic() - self._born)
                 )
                 # Free again: the dispatcher looks, and its answer comes on the bus; claiming
-                # before it came would only find nothing.
-                mark = p.bus.assignment_mark(self.id)
+                # before it came would only find nothing. The mark is from before the GPU
+                # was said to be free, so an answer that came meanwhile is not waited for.
+                mark = (
+                    self.free_mark if self.free_mark is not None else p.bus.assignment_mark(self.id)
+                )
+                self.free_mark = None
                 p.bus.work_available(self.model_name)
                 p.bus.wait_for_assignment(self.id, idle_wait, since=mark)
         finally:
@@ -211,7 +217,16 @@ class Worker:
         self.platform.bus.add_progress_listener(run.keeper.on_bus)
         run.keeper.start()
         generated: list[tuple[Clip, bool]] = []
-        if not self._settle(run, lambda: generated.append(run.generate())):
+
+        def phase() -> None:
+            generated.append(run.generate())
+            # At most one clip finishes at a time (memory stays bounded): the GPU is free
+            # for the next job only once the previous clip is done.
+            self._wait_for_finisher()
+            self.free_mark = self.platform.bus.assignment_mark(self.id)
+            run.left_gpu()
+
+        if not self._settle(run, phase):
             return None
         clip, resumed = generated[0]
         return lambda: self.finish(run, clip, resumed)
@@ -222,7 +237,24 @@ class Worker:
 
     def _settle(self, run: _JobRun, phase: Callable[[], None], *, final: bool = False) -> bool:
         """Runs one phase of `run`; on an error ends the job as the error says. True if
-        the phase completed (and, unless `final`, the job goes on)."""
+        the phase completed (and, unless `final`, the job goes on). The run's listener, temp
+        files and metric are released whatever happens, once it is over."""
+        done = False
+        try:
+            done = self._run_phase(run, phase, final=final)
+        except Exception:  # recording the outcome itself failed: the lease will expire
+            log.exception(
+                "could not record the job's outcome",
+                extra={"job_id": run.job.id, "worker_id": self.id},
+            )
+        finally:
+            if final or not done:
+                self.platform.bus.remove_progress_listener(run.keeper.on_bus)
+                run.cleanup()
+                self.platform.metrics.gpu_seconds.labels(run.job.model).observe(run.model_seconds)
+        return done
+
+    def _run_phase(self, run: _JobRun, phase: Callable[[], None], *, final: bool) -> bool:
         job = run.job
         ctx = {"job_id": job.id, "attempt": job.attempt, "worker_id": self.id}
         done = False
@@ -266,10 +298,6 @@ class Worker:
             self._end(
                 job, Status.FAILED, "generation_failed", f"Generation failed: {exc}", refund=True
             )
-        if final or not done:
-            self.platform.bus.remove_progress_listener(run.keeper.on_bus)
-            run.cleanup()
-            self.platform.metrics.gpu_seconds.labels(job.model).observe(run.model_seconds)
         return done
 
     def _wait_for_finisher(self) -> None:
@@ -499,7 +527,8 @@ class _JobRun:
     def spec(self) -> GenerationSpec:
         """What the model makes: the job's clip, or for an extension only its new part,
         conditioned on the last frame of the video it continues."""
-        run_id = f"{self.job.id}:{self.job.attempt}"
+        run_id = f"{self.job.id}:{self.token}"  # unique per claim (a handed-back job's
+        # next claim reuses its attempt number)
         if self.job.spec.operation is Operation.EXTEND:
             return self._extension_spec(run_id)
         key = self.job.spec.reference_key
@@ -620,8 +649,10 @@ class _JobRun:
             stage=Stage.GENERATING,
             force=True,
         )
-        generated = self._generate(spec)
-        # The stage change tells the dispatcher that the GPU is free; the lease stays held.
+        return self._generate(spec)
+
+    def left_gpu(self) -> None:
+        """The stage change tells the dispatcher that the GPU is free; the lease stays held."""
         self.report(
             step=self.total,
             total=self.total,
@@ -629,7 +660,6 @@ class _JobRun:
             stage=Stage.ENCODING,
             force=True,
         )
-        return generated
 
     def finish(self, clip: Clip, resumed: bool) -> None:
         """Decode and encode, the output check, upload, publish: off the GPU."""
