@@ -209,7 +209,7 @@ class LlamaGuard:
         api_key: str | None = None,
         images: bool = False,
         nudity: bool = False,
-        max_frames: int = 4,
+        max_frames: int = 1,  # Llama Guard 3 Vision takes one image a conversation
         categories: Mapping[str, str] | None = None,
         timeout_s: float = 5.0,
         retries: int = 2,
