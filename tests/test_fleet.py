@@ -40,7 +40,10 @@ def test_chaos_sigkill_workers_every_job_completes_once(tmp_path: Path, pg_url: 
         fleet.spawn("controller")
         workers = [fleet.spawn("worker") for _ in range(2)]
         jobs = [
-            fleet.submit(f"chaos {i} waves under a neon sky", size="256x144", seconds=2)
+            # Fixed seeds: the clips, and so the output checks' verdicts, are the same each run.
+            fleet.submit(
+                f"chaos {i} waves under a neon sky", size="256x144", seconds=2, seed=1000 + i
+            )
             for i in range(30)
         ]
         ids = [j.id for j in jobs]

@@ -288,7 +288,7 @@ def nudity_detector(settings: Settings) -> NudeNetNudity | None:
         return None
     with _moderators_lock:
         if not _nudity:
-            _nudity.append(NudeNetNudity())
+            _nudity.append(NudeNetNudity(min_score=settings.safety_nudity_min_score))
         return _nudity[0]
 
 

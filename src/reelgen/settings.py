@@ -158,6 +158,9 @@ class Settings(BaseSettings):
     """Threads that run the input checks, off the API's event loop."""
     safety_nudity_classifier: bool | None = None
     """Output nudity detection with NudeNet (the `nudity` extra); None: when installed."""
+    safety_nudity_min_score: float = Field(0.6, gt=0, le=1)
+    """NudeNet detections below this do not count. At 0.45 it took 3-12 % of the reference
+    model's "neon waves" clips for exposed genitals; at 0.6 none of 300 clips (docs/safety.md)."""
     safety_allow_no_nudity_classifier: bool = False
     """Lets a fleet worker start without an output nudity classifier (it refuses to)."""
     safety_hash_blocklist: Path | None = None

@@ -127,7 +127,7 @@ class NudeNetNudity:
     name = "nudenet"
     nudity = True
 
-    def __init__(self, min_score: float = 0.45):
+    def __init__(self, min_score: float = 0.6):
         from nudenet import NudeDetector
 
         self._detector = NudeDetector()
