@@ -18,108 +18,16 @@ from __future__ import annotations
 import shutil
 import statistics
 import subprocess
-import tempfile
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
-import httpx
-import uvicorn
-from _common import Check, bench_args, checks_table, emit, fmt, free_port, log, table
+from _common import Check, bench_args, checks_table, emit, fmt, log, table
+from _inprocess import platform_serving, wait_all
 
-from reelgen.api.app import create_app
-from reelgen.controller import loop as controller
-from reelgen.domain.jobs import Tier
 from reelgen.models.base import Clip, GenerationSpec, StepCallback, StepInfo
 from reelgen.models.wan import WanConfig, WanModel
-from reelgen.platform import build_api, worker_context
-from reelgen.services.accounts import create_key
-from reelgen.settings import Settings
-from reelgen.store.database import upgrade
-from reelgen.store.election import leadership_for
-from reelgen.worker.runner import Worker
-
-WORDS = [
-    "a",
-    "the",
-    "red",
-    "blue",
-    "cat",
-    "dog",
-    "on",
-    "in",
-    "over",
-    "sea",
-    "sky",
-    "city",
-    "night",
-    "runs",
-    "flies",
-    "paper",
-    "boat",
-]
-
-
-def build_pipe(*, tiny: bool, device: str) -> Any:
-    import torch
-    from diffusers import (
-        AutoencoderKLWan,
-        UniPCMultistepScheduler,
-        WanPipeline,
-        WanTransformer3DModel,
-    )
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast, UMT5Config, UMT5EncoderModel
-
-    torch.manual_seed(0)
-    vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)]
-    vocab += [("\u2581" + w, -1.0 - i / 100) for i, w in enumerate(WORDS)]
-    vocab += [(c, -5.0) for c in "abcdefghijklmnopqrstuvwxyz"]
-    raw = Tokenizer(models.Unigram(vocab, unk_id=2))
-    raw.pre_tokenizer = pre_tokenizers.Metaspace()
-    raw.decoder = decoders.Metaspace()
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=raw, pad_token="<pad>", eos_token="</s>", unk_token="<unk>"
-    )
-    dtype = torch.float32 if tiny else torch.bfloat16
-    text_dim = 32 if tiny else 4096
-    with torch.device(device):
-        encoder = UMT5EncoderModel(
-            UMT5Config(
-                vocab_size=len(vocab), d_model=text_dim, d_kv=8 if tiny else 64,
-                d_ff=64 if tiny else 10240, num_layers=2, num_heads=4 if tiny else 64,
-                relative_attention_num_buckets=8 if tiny else 32, is_encoder_decoder=False,
-                pad_token_id=0, eos_token_id=1,
-            )
-        ).to(dtype)  # fmt: skip
-        if tiny:
-            transformer = WanTransformer3DModel(
-                patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12,
-                in_channels=16, out_channels=16, text_dim=32, freq_dim=256, ffn_dim=32,
-                num_layers=2, rope_max_seq_len=32,
-            )  # fmt: skip
-            vae = AutoencoderKLWan(
-                base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
-                temperal_downsample=[False, True, True],
-            )  # fmt: skip
-        else:
-            transformer = WanTransformer3DModel(
-                patch_size=(1, 2, 2), num_attention_heads=12, attention_head_dim=128,
-                in_channels=16, out_channels=16, text_dim=4096, freq_dim=256, ffn_dim=8960,
-                num_layers=30, cross_attn_norm=True, qk_norm="rms_norm_across_heads",
-            )  # fmt: skip
-            vae = AutoencoderKLWan()
-        transformer = transformer.to(dtype)
-    scheduler = UniPCMultistepScheduler(
-        prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0
-    )
-    pipe = WanPipeline(
-        tokenizer=tokenizer, text_encoder=encoder, transformer=transformer, vae=vae,
-        scheduler=scheduler,
-    )  # fmt: skip
-    pipe.set_progress_bar_config(disable=True)
-    return pipe.to(device)
+from reelgen.models.wan_random import random_pipeline
 
 
 class Timed(WanModel):
@@ -190,7 +98,7 @@ def main() -> int:
     size = "64x64" if args.tiny else args.size
 
     started = time.monotonic()
-    pipe = build_pipe(tiny=args.tiny, device=device)
+    pipe = random_pipeline("tiny" if args.tiny else "1.3b", device)
     built_s = time.monotonic() - started
     log(f"pipeline built in {built_s:.1f} s on {device}")
     config = WanConfig(
@@ -202,60 +110,21 @@ def main() -> int:
     )
     model = Timed(pipe, config, device)
 
-    root = Path(tempfile.mkdtemp(prefix="reelgen-gpu-smoke-"))
-    settings = Settings(data_dir=root, checkpoint_every_steps=1000, paid_max_concurrent=100)
-    platform = build_api(settings)
-    upgrade(platform.db.engine)
-    key = create_key(platform, user_name="bench", tier=Tier.PAID)
-    worker = Worker(worker_context(platform, model))
-    stop = threading.Event()
-    threading.Thread(target=worker.run, daemon=True).start()
-    leadership = leadership_for(settings.resolved_database_url(), settings.data_dir)
-    threading.Thread(
-        target=controller.run_elected, args=(platform, stop, leadership), daemon=True
-    ).start()
-    port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(platform), host="127.0.0.1", port=port, log_level="error")
-    )
-    threading.Thread(target=server.run, daemon=True).start()
-    while not server.started:
-        time.sleep(0.01)
     utilization: list[int] = []
     sampling = threading.Event()
-    threading.Thread(target=sample_gpu, args=(sampling, utilization), daemon=True).start()
     body = {"prompt": "a red boat on the sea at night", "seconds": args.seconds, "size": size}
-    ends: dict[str, float] = {}
     submitted: dict[str, float] = {}
-    statuses: dict[str, str] = {}
-    try:
-        with httpx.Client(
-            base_url=f"http://127.0.0.1:{port}",
-            headers={"Authorization": f"Bearer {key}"},
-            timeout=60,
-        ) as http:
+    with platform_serving(model, paid_max_concurrent=100) as http:
+        threading.Thread(target=sample_gpu, args=(sampling, utilization), daemon=True).start()
+        try:
             for _ in range(args.jobs):
                 video_id = http.post("/v1/videos", json=body).json()["id"]
                 submitted[video_id] = time.monotonic()
-            deadline = time.monotonic() + 270
-            while len(ends) < len(submitted) and time.monotonic() < deadline:
-                for video_id in submitted:
-                    if video_id in ends:
-                        continue
-                    video = http.get(f"/v1/videos/{video_id}").json()
-                    if video["status"] in ("completed", "failed"):
-                        ends[video_id] = time.monotonic()
-                        statuses[video_id] = video["status"]
-                time.sleep(0.1)
-    finally:
-        sampling.set()
-        server.should_exit = True
-        stop.set()
-        worker.stop.set()
-        platform.bus.wake_workers_local()
-        time.sleep(0.5)
-        platform.close()
-        shutil.rmtree(root, ignore_errors=True)
+            ended = wait_all(http, submitted, 270)
+        finally:
+            sampling.set()
+    ends = {video_id: at for video_id, (_video, at) in ended.items()}
+    statuses = {video_id: video["status"] for video_id, (video, _at) in ended.items()}
 
     steps = model.steps_at
     per_step = [end - start for start, end in steps]

@@ -10,30 +10,15 @@ end, and each gap is the time between one job's last step and the next job's fir
 
 from __future__ import annotations
 
-import shutil
-import tempfile
-import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
-from typing import Any
 
-import httpx
 import numpy as np
-import uvicorn
-from _common import Check, bench_args, check_max, checks_table, emit, fmt, free_port, log, table
+from _common import Check, bench_args, check_max, checks_table, emit, fmt, log, table
+from _inprocess import platform_serving, wait_all
 
-from reelgen.api.app import create_app
-from reelgen.controller import loop as controller
-from reelgen.domain.jobs import Tier
 from reelgen.models.base import Clip, GenerationSpec, StepCallback, StepInfo
 from reelgen.models.reference import SAMPLE_RATE, ReferenceModel
-from reelgen.platform import build_api, worker_context
-from reelgen.services.accounts import create_key
-from reelgen.settings import Settings
-from reelgen.store.database import upgrade
-from reelgen.store.election import leadership_for
-from reelgen.worker.runner import Worker
 
 TARGET_SHARE = 0.98
 BODY = {"prompt": "a lighthouse at dusk, waves", "seconds": "2", "size": "1280x720"}
@@ -89,57 +74,18 @@ def main() -> int:
     parser.add_argument("--step-s", type=float, default=0.15)
     args = parser.parse_args()
 
-    root = Path(tempfile.mkdtemp(prefix="reelgen-bench-pipeline-"))
-    settings = Settings(
-        data_dir=root,
-        checkpoint_every_steps=1000,
+    device = SimulatedDevice(args.steps, args.step_s)
+    serving = platform_serving(
+        device,  # type: ignore[arg-type]
+        keep=args.keep,
         paid_max_concurrent=1000,
         paid_max_per_day=100_000,
     )
-    platform = build_api(settings)
-    upgrade(platform.db.engine)
-    key = create_key(platform, user_name="bench", tier=Tier.PAID)
-    device = SimulatedDevice(args.steps, args.step_s)
-    worker = Worker(worker_context(platform, device))  # type: ignore[arg-type]
-    stop = threading.Event()
-    leadership = leadership_for(settings.resolved_database_url(), settings.data_dir)
-    threading.Thread(target=worker.run, daemon=True).start()
-    threading.Thread(
-        target=controller.run_elected, args=(platform, stop, leadership), daemon=True
-    ).start()
-    port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(platform), host="127.0.0.1", port=port, log_level="error")
-    )
-    threading.Thread(target=server.run, daemon=True).start()
-    while not server.started:
-        time.sleep(0.01)
-    finished: dict[str, dict[str, Any]] = {}
-    try:
-        with httpx.Client(
-            base_url=f"http://127.0.0.1:{port}",
-            headers={"Authorization": f"Bearer {key}"},
-            timeout=30,
-        ) as http:
-            ids = [http.post("/v1/videos", json=BODY).json()["id"] for _ in range(args.jobs)]
-            log(f"{len(ids)} jobs queued")
-            deadline = time.monotonic() + 60 + args.jobs * args.steps * args.step_s * 3
-            while len(finished) < len(ids) and time.monotonic() < deadline:
-                for video_id in ids:
-                    if video_id not in finished:
-                        video = http.get(f"/v1/videos/{video_id}").json()
-                        if video["status"] in ("completed", "failed"):
-                            finished[video_id] = video
-                time.sleep(0.1)
-    finally:
-        server.should_exit = True
-        stop.set()
-        worker.stop.set()
-        platform.bus.wake_workers_local()
-        time.sleep(0.5)
-        platform.close()
-        if not args.keep:
-            shutil.rmtree(root, ignore_errors=True)
+    with serving as http:
+        ids = [http.post("/v1/videos", json=BODY).json()["id"] for _ in range(args.jobs)]
+        log(f"{len(ids)} jobs queued")
+        ended = wait_all(http, ids, 60 + args.jobs * args.steps * args.step_s * 3)
+    finished = {video_id: video for video_id, (video, _at) in ended.items()}
 
     completed = sum(1 for v in finished.values() if v["status"] == "completed")
     busy = device.busy
