@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
+
+if TYPE_CHECKING:
+    from reelgen.safety.learned import Example
 
 app = typer.Typer(no_args_is_help=True, help="Content safety.")
 
@@ -27,20 +30,10 @@ def evaluate_command(
 
     from reelgen.platform import safety_policy
     from reelgen.safety.evaluate import evaluate
-    from reelgen.safety.learned import builtin_examples, read_examples
     from reelgen.safety.text import TextModerator
     from reelgen.settings import Settings
 
-    if dataset == "builtin":
-        examples = builtin_examples("eval")
-    else:
-        path = Path(dataset)
-        if not path.is_file():
-            raise typer.BadParameter(f"{dataset} is not a file", param_hint="DATASET")
-        try:
-            examples = read_examples(path.read_text("utf-8").splitlines(), source=dataset)
-        except ValueError as e:
-            raise typer.BadParameter(str(e), param_hint="DATASET") from e
+    examples = _examples(dataset, builtin="eval")
     moderator = TextModerator(safety_policy(Settings()))
     report = evaluate(moderator, examples)
     console = Console()
@@ -84,7 +77,7 @@ def train_command(
     """Trains the prompt check's learned classifier (needs the `train` extra)."""
     from importlib import resources
 
-    from reelgen.safety.learned import SHIPPED, builtin_examples, read_examples
+    from reelgen.safety.learned import SHIPPED
 
     try:
         from reelgen.safety.training import train
@@ -92,15 +85,24 @@ def train_command(
         raise typer.BadParameter(
             f"training needs scikit-learn: pip install 'reelgen[train]' ({e})"
         ) from e
-    if dataset == "builtin":
-        examples = builtin_examples("train")
-    else:
-        path = Path(dataset)
-        if not path.is_file():
-            raise typer.BadParameter(f"{dataset} is not a file", param_hint="DATASET")
-        examples = read_examples(path.read_text("utf-8").splitlines(), source=dataset)
+    examples = _examples(dataset, builtin="train")
     model = train(examples)
     target = out or Path(str(resources.files("reelgen.safety").joinpath(SHIPPED)))
     with target.open("wb") as f:
         model.save(f)
     typer.echo(f"trained on {len(examples)} examples ({model.trained_on[:12]}); wrote {target}")
+
+
+def _examples(dataset: str, *, builtin: str) -> list[Example]:
+    """A labelled JSONL file's examples, or the shipped set `builtin` for "builtin"."""
+    from reelgen.safety.learned import builtin_examples, read_examples
+
+    if dataset == "builtin":
+        return builtin_examples(builtin)
+    path = Path(dataset)
+    if not path.is_file():
+        raise typer.BadParameter(f"{dataset} is not a file", param_hint="DATASET")
+    try:
+        return read_examples(path.read_text("utf-8").splitlines(), source=dataset)
+    except ValueError as e:
+        raise typer.BadParameter(str(e), param_hint="DATASET") from e
