@@ -3,11 +3,14 @@ made elsewhere (an inference service's output) and for clips that continue earli
 
 from __future__ import annotations
 
+import io
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import av
 import numpy as np
+from PIL import Image
 
 
 def read_frames(path: Path, width: int, height: int, count: int) -> Iterator[np.ndarray]:
@@ -29,15 +32,34 @@ def read_frames(path: Path, width: int, height: int, count: int) -> Iterator[np.
             yield last
 
 
-def last_frame(path: Path) -> np.ndarray:
-    """The file's last video frame, RGB, at its own size."""
+@dataclass(frozen=True, slots=True)
+class Ending:
+    """How a video ends, for continuing it."""
+
+    frame: np.ndarray
+    """Its last frame, RGB, at its own size."""
+    seconds: int
+    """Its length in whole seconds (frames over the stream's rate; at least 1)."""
+
+    def png(self) -> bytes:
+        buf = io.BytesIO()
+        Image.fromarray(self.frame).save(buf, format="PNG")
+        return buf.getvalue()
+
+
+def ending(path: Path) -> Ending:
+    """Reads the file once, to its last frame."""
     last = None
+    count = 0
     with av.open(str(path)) as container:
-        for frame in container.decode(container.streams.video[0]):
+        stream = container.streams.video[0]
+        for frame in container.decode(stream):
             last = frame
+            count += 1
         if last is None:
             raise ValueError(f"{path.name} has no video frames")
-        return last.to_ndarray(format="rgb24")
+        rate = float(stream.average_rate or stream.guessed_rate or 24)
+        return Ending(last.to_ndarray(format="rgb24"), max(1, round(count / rate)))
 
 
 def read_audio(path: Path, samples: int, rate: int) -> np.ndarray:

@@ -8,7 +8,6 @@ import binascii
 import contextlib
 import dataclasses
 import hashlib
-import io
 import json
 import math
 import re
@@ -19,8 +18,6 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-from PIL import Image
 
 from reelgen.domain.errors import Conflict, Forbidden, InvalidRequest, NotFound, RateLimited
 from reelgen.domain.jobs import (
@@ -38,8 +35,7 @@ from reelgen.domain.jobs import (
     parse_size,
 )
 from reelgen.domain.spec import JobSpec, Operation
-from reelgen.media.decode import last_frame
-from reelgen.media.encode import probe_video
+from reelgen.media.decode import ending
 from reelgen.models.base import GenerationSpec
 from reelgen.platform import ApiContext
 from reelgen.safety.verdict import Action, Verdict
@@ -624,18 +620,16 @@ def _extend_upload(
         f.write(data)
         f.flush()
         try:
-            info = probe_video(Path(f.name))
-            frame = last_frame(Path(f.name))
+            end = ending(Path(f.name))
         except Exception as exc:
             raise InvalidRequest(
                 f"The uploaded video cannot be read as a video: {exc}", param="video"
             ) from exc
-    size = f"{info.width}x{info.height}"
-    seconds = max(1, round(info.duration_seconds))
-    _longer(total, seconds, "the uploaded video")
-    buf = io.BytesIO()
-    Image.fromarray(frame).save(buf, format="PNG")
-    req = CreateVideo(prompt=prompt, seconds=total, size=size, reference_image=buf.getvalue())
+    height, width = end.frame.shape[:2]
+    _longer(total, end.seconds, "the uploaded video")
+    req = CreateVideo(
+        prompt=prompt, seconds=total, size=f"{width}x{height}", reference_image=end.png()
+    )
     job, _ = submit(
         platform,
         user,

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import io
 import itertools
 import logging
 import secrets
@@ -23,7 +22,6 @@ from pathlib import Path
 from typing import TypeVar
 
 import numpy as np
-from PIL import Image
 
 from reelgen.domain import events as ev
 from reelgen.domain.errors import LeaseLost, Unavailable
@@ -38,8 +36,8 @@ from reelgen.domain.jobs import (
     generation_progress,
 )
 from reelgen.domain.spec import Operation
-from reelgen.media.decode import last_frame, read_audio, read_frames
-from reelgen.media.encode import encode_clip, probe_video
+from reelgen.media.decode import ending, read_audio, read_frames
+from reelgen.media.encode import encode_clip
 from reelgen.models.base import Clip, GenerationSpec, StepInfo
 from reelgen.platform import WorkerContext
 from reelgen.safety.classifiers import ClassifierUnavailable
@@ -547,14 +545,10 @@ class _JobRun:
             raise RuntimeError(f"the video being extended ({what}) is no longer available")
         path = self.tmp / "source.mp4"
         path.write_bytes(self.p.objects.get(key))
-        if parent is not None:
-            seconds = parent.spec.seconds
-        else:
-            seconds = max(1, round(probe_video(path).duration_seconds))
-        buf = io.BytesIO()
-        Image.fromarray(last_frame(path)).save(buf, format="PNG")
+        end = ending(path)
+        seconds = parent.spec.seconds if parent is not None else end.seconds
         self.source = (path, seconds)
-        spec = GenerationSpec.of(self.job.spec, buf.getvalue(), run_id=run_id)
+        spec = GenerationSpec.of(self.job.spec, end.png(), run_id=run_id)
         return dataclasses.replace(spec, seconds=self.job.spec.seconds - seconds)
 
     def _stitched(self, clip: Clip) -> Clip:
