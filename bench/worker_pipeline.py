@@ -30,6 +30,7 @@ class SimulatedDevice:
     def __init__(self, steps: int, step_s: float):
         self.inner = ReferenceModel(steps=1)
         self.name, self.styles, self.fps = "reference", self.inner.styles, self.inner.fps
+        self.accepts, self.requires = self.inner.accepts, self.inner.requires
         self.steps, self.step_s = steps, step_s
         self.busy: list[tuple[float, float]] = []
         """(start, end) of every step, in time.monotonic()"""

@@ -170,3 +170,30 @@ def test_list_bad_params(live) -> None:
         assert _error(http.get("/v1/videos", params={"limit": "many"}))["param"] == "limit"
         assert _error(http.get("/v1/videos", params={"order": "up"}))["param"] == "order"
         assert http.get("/v1/videos", params={"after": "video_missing"}).status_code == 404
+
+
+def test_an_image_to_video_model_needs_its_image(start_server) -> None:
+    """A model that `requires` an image refuses a text-only request (rather than failing it
+    on a worker later) and takes one with an image."""
+    from reelgen.models.base import Conditioning
+    from reelgen.models.reference import ReferenceModel
+
+    class ImageOnly(ReferenceModel):
+        requires = frozenset({Conditioning.IMAGE})
+
+    def prepare(platform) -> None:
+        platform.models["reference"] = ImageOnly(steps=2)
+
+    live = start_server(prepare=prepare)
+    with live.client() as http:
+        body = _error(http.post("/v1/videos", json={"prompt": "a boat", "size": "64x64"}))
+        assert body["code"] == "missing_input" and body["param"] == "input_reference"
+        assert "from an image" in body["message"]
+        _assert_nothing_stored(live)
+        ok = http.post(
+            "/v1/videos",
+            files={"input_reference": ("a.png", png_bytes(64, 64), "image/png")},
+            data={"prompt": "a boat", "size": "64x64", "seconds": "1"},
+        )
+        assert ok.status_code == 200, ok.text
+        assert live.wait_for(ok.json()["id"])["status"] == "completed"

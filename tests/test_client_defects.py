@@ -34,17 +34,6 @@ def _noisy_png(target_bytes: int) -> bytes:
     return buf.getvalue()
 
 
-@pytest.mark.parametrize("path", ["/v1/videos/edits"])
-def test_unbuilt_operations_answer_a_clear_error_not_405(live, path: str) -> None:
-    with live.client() as http:
-        r = http.post(path, json={"prompt": "x", "video_id": "video_1"})
-    assert r.status_code == 400
-    error = r.json()["error"]
-    assert error["code"] == "unsupported_operation"
-    assert "not supported" in error["message"] and path in error["message"]
-    assert r.headers["x-should-retry"] == "false"
-
-
 @pytest.mark.parametrize(
     ("method", "path"),
     [

@@ -5,7 +5,14 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from reelgen.models.base import Clip, GenerationSpec, StepCallback, StepInfo, VideoModel
+from reelgen.models.base import (
+    Clip,
+    Conditioning,
+    GenerationSpec,
+    StepCallback,
+    StepInfo,
+    VideoModel,
+)
 from reelgen.platform import ApiContext
 
 LEASE_S = 0.6
@@ -29,6 +36,14 @@ class SlowSteps:
     @property
     def fps(self) -> int:
         return self.inner.fps
+
+    @property
+    def accepts(self) -> frozenset[Conditioning]:
+        return self.inner.accepts
+
+    @property
+    def requires(self) -> frozenset[Conditioning]:
+        return self.inner.requires
 
     def load(self) -> None:
         self.inner.load()

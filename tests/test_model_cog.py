@@ -4,6 +4,7 @@ from its logs, cancel, failures, and the whole path through a live server."""
 
 from __future__ import annotations
 
+import dataclasses
 import io
 from collections.abc import Iterator
 
@@ -149,3 +150,57 @@ def test_through_the_api_a_remote_model_makes_the_video(start_server, standin) -
         cancelled = live.wait_for(created["id"])
     assert cancelled["status"] == "failed" and cancelled["error"]["code"] == "cancelled", cancelled
     assert standin.cancelled  # the service was told
+
+
+def test_inputs_the_service_takes_decide_what_the_api_offers(
+    start_server, standin, tmp_path
+) -> None:
+    """The default mapping sends no source video, so the API refuses to edit with that model
+    (rather than making a clip that ignores the source); a service that maps `source_video`
+    gets the clip as a data URL; one that maps no image refuses reference images."""
+    from reelgen.models.base import Conditioning
+    from reelgen.models.cog import DEFAULT_INPUTS
+
+    from .cog_standin import make_mp4
+    from .helpers import png_bytes
+
+    assert CogModel("r", CogConfig(url=standin.url)).accepts == {Conditioning.IMAGE}
+    editing = _model(standin, inputs={**DEFAULT_INPUTS, "source_video": "video"})
+    assert editing.accepts == {Conditioning.IMAGE, Conditioning.VIDEO}
+    source = tmp_path / "source.mp4"
+    source.write_bytes(make_mp4(160, 96, 24, 24))
+    clip = editing.generate(dataclasses.replace(SPEC, source_video=source), lambda _: None)
+    assert len(list(clip.frames)) == clip.num_frames
+    (sent,) = standin.predictions.values()
+    assert sent.input["video"].startswith("data:video/mp4;base64,")
+
+    def prepare(platform) -> None:
+        platform.models["reference"] = CogModel(
+            "reference",
+            CogConfig(
+                url=standin.url,
+                steps=8,
+                polling=True,
+                inputs={**DEFAULT_INPUTS, "reference_image": ""},
+            ),
+        )
+
+    live = start_server(prepare=prepare)
+    with live.client() as http:
+        edit = http.post(
+            "/v1/videos/edits",
+            files={"video": ("a.mp4", make_mp4(256, 144, 24, 24), "video/mp4")},
+            data={"prompt": "a paper boat at night"},
+        )
+        assert edit.status_code == 400, edit.text
+        error = edit.json()["error"]
+        assert error["code"] == "unsupported_input" and error["param"] == "video"
+        assert "cannot edit videos" in error["message"]
+        image = http.post(
+            "/v1/videos",
+            files={"input_reference": ("a.png", png_bytes(), "image/png")},
+            data={"prompt": "a paper boat", "size": "256x144"},
+        )
+        assert image.status_code == 400, image.text
+        assert image.json()["error"]["param"] == "input_reference"
+        assert http.get("/v1/videos").json()["data"] == []  # nothing was accepted

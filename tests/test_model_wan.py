@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from reelgen.models.base import GenerationSpec, StepInfo
+from reelgen.models.base import Conditioning, GenerationSpec, StepInfo
 from reelgen.models.registry import build_model, served
 from reelgen.models.wan import WanConfig, WanModel
 from reelgen.settings import Settings
@@ -30,6 +30,12 @@ def test_wan_registry_entries_build_without_torch() -> None:
     assert big.estimate_seconds(spec) > 3 * model.estimate_seconds(spec) > 60  # cost model
     with pytest.raises(ValueError, match="needs its weights"):
         model.load()
+    assert model.accepts == frozenset() and model.requires == frozenset()
+    i2v = build_model("wan2.2-i2v-a14b", settings)
+    assert i2v.accepts == i2v.requires == {Conditioning.IMAGE}
+    ti2v = build_model("wan2.2-ti2v-5b", settings)
+    assert ti2v.accepts == {Conditioning.IMAGE} and ti2v.requires == frozenset()
+    assert ti2v.fps == 24
 
 
 @pytest.fixture(scope="module")
@@ -157,3 +163,151 @@ def test_wan_job_through_the_api_preempted_and_resumed(start_server, tiny: Path)
     # Exact equality of resumed latents is the test above; here two worker threads share
     # torch's CPU thread pool, whose float sums may differ in the last bits between runs.
     assert np.abs(a.astype(int) - b.astype(int)).mean() < 1.0
+
+
+def _picture(seed: int = 0) -> bytes:
+    """A 48x40 image with structure (a diagonal ramp and a block), as a PNG."""
+    import io
+
+    from PIL import Image
+
+    y, x = np.mgrid[0:40, 0:48]
+    rgb = np.stack([(x * 5) % 256, (y * 6) % 256, ((x + y) * 3 + seed * 40) % 256], -1)
+    rgb[10:25, 12:30] = (250, 240, 20)
+    buf = io.BytesIO()
+    Image.fromarray(rgb.astype(np.uint8)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+I2V_SPEC = GenerationSpec(**{**_fields(SPEC), "reference_image": _picture()})
+
+
+@pytest.fixture(scope="module", params=["i2v", "i2v-clip", "ti2v"])
+def tiny_i2v(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
+    pytest.importorskip("torch")
+    pytest.importorskip("diffusers")
+    from .wan_tiny import build
+
+    task = request.param
+    return task, build(tmp_path_factory.mktemp("wan") / f"tiny-{task}", task)
+
+
+def _i2v_model(task: str, path: Path) -> WanModel:
+    model = WanModel(
+        "wan-tiny-i2v",
+        WanConfig(
+            path=path, steps=4, device="cpu", dtype="float32", max_sequence_length=16,
+            task="i2v" if task == "i2v-clip" else task,  # type: ignore[arg-type]
+        ),
+    )  # fmt: skip
+    model.load()
+    return model
+
+
+@pytest.mark.diffusers
+def test_wan_image_to_video_own_loop_gives_the_pipelines_video(tiny_i2v) -> None:
+    """Each image-to-video layout: the adapter's loop makes, frame for frame, what
+    `WanImageToVideoPipeline.__call__` makes from the same image and seed."""
+    import io
+
+    import torch
+    from PIL import Image
+
+    task, path = tiny_i2v
+    model = _i2v_model(task, path)
+    assert Conditioning.IMAGE in model.accepts
+    assert model.requires == (frozenset() if task == "ti2v" else {Conditioning.IMAGE})
+    frames = np.stack(list(model.generate(I2V_SPEC, lambda info: None).frames))
+    image = Image.open(io.BytesIO(_picture())).convert("RGB")
+    expected = model.pipe(
+        image=image, prompt=SPEC.prompt, negative_prompt="", height=32, width=32, num_frames=9,
+        num_inference_steps=4, guidance_scale=5.0, max_sequence_length=16, output_type="np",
+        generator=torch.Generator().manual_seed(SPEC.seed),
+    ).frames[0]  # fmt: skip
+    expected = (np.clip(expected, 0, 1) * 255 + 0.5).astype(np.uint8)[:8]
+    assert np.array_equal(frames, expected)
+    other = np.stack(
+        list(
+            model.generate(
+                GenerationSpec(**{**_fields(I2V_SPEC), "reference_image": _picture(3)}),
+                lambda info: None,
+            ).frames
+        )
+    )
+    assert not np.array_equal(other, frames)  # the image conditions the clip
+    if task == "ti2v":  # text alone: WanPipeline's video
+        from diffusers import WanPipeline
+
+        text = np.stack(list(model.generate(SPEC, lambda info: None).frames))
+        parts = {k: v for k, v in model.pipe.components.items() if not k.startswith("image_")}
+        t2v = WanPipeline(**parts, expand_timesteps=True)
+        t2v.set_progress_bar_config(disable=True)
+        want = t2v(
+            prompt=SPEC.prompt, negative_prompt="", height=32, width=32, num_frames=9,
+            num_inference_steps=4, guidance_scale=5.0, max_sequence_length=16,
+            output_type="np", generator=torch.Generator().manual_seed(SPEC.seed),
+        ).frames[0]  # fmt: skip
+        assert np.array_equal(text, (np.clip(want, 0, 1) * 255 + 0.5).astype(np.uint8)[:8])
+    else:
+        with pytest.raises(ValueError, match="from an image"):
+            model.generate(SPEC, lambda info: None)
+
+
+@pytest.mark.diffusers
+def test_wan_image_to_video_checkpoint_resumes_to_the_same_video(tiny_i2v) -> None:
+    task, path = tiny_i2v
+    model = _i2v_model(task, path)
+    whole = np.stack(list(model.generate(I2V_SPEC, lambda info: None).frames))
+    saved: dict[str, bytes] = {}
+
+    def stop_at_two(info: StepInfo) -> None:
+        if info.step == 2:
+            assert info.snapshot is not None
+            saved["state"] = info.snapshot()
+            raise Stop
+
+    with pytest.raises(Stop):
+        model.generate(I2V_SPEC, stop_at_two)
+    other = _i2v_model(task, path)
+    steps: list[int] = []
+    resumed = other.generate(I2V_SPEC, lambda info: steps.append(info.step), saved["state"])
+    assert steps == [3, 4]
+    assert np.array_equal(np.stack(list(resumed.frames)), whole)
+    another = GenerationSpec(**{**_fields(I2V_SPEC), "reference_image": _picture(3)})
+    with pytest.raises(ValueError, match="another job"):
+        other.generate(another, lambda info: None, saved["state"])
+
+
+@pytest.mark.diffusers
+def test_wan_image_to_video_through_the_api(start_server, tmp_path: Path) -> None:
+    """An image-to-video model behind the API: a request with `input_reference` reaches the
+    worker's pipeline and makes a clip; one without is refused before anything is queued."""
+    import io
+
+    import av
+
+    from .wan_tiny import build
+
+    path = build(tmp_path / "tiny-i2v", "i2v")
+
+    def prepare(platform) -> None:
+        model = _i2v_model("i2v", path)
+        model.name = "reference"
+        platform.models["reference"] = model
+
+    live = start_server(prepare=prepare)
+    with live.client() as http:
+        refused = http.post("/v1/videos", json={"prompt": "a red boat", "size": "64x64"})
+        assert refused.status_code == 400 and refused.json()["error"]["code"] == "missing_input"
+        made = http.post(
+            "/v1/videos",
+            files={"input_reference": ("p.png", _picture(), "image/png")},
+            data={"prompt": "a red boat", "size": "64x64", "seconds": "1", "seed": "3"},
+        )
+        assert made.status_code == 200, made.text
+        video = live.wait_for(made.json()["id"], timeout=120)
+        assert video["status"] == "completed", video
+        data = http.get(f"/v1/videos/{video['id']}/content", follow_redirects=True).content
+    with av.open(io.BytesIO(data)) as container:
+        frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+    assert len(frames) == 16 and frames[0].shape == (64, 64, 3)

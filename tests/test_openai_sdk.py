@@ -206,3 +206,77 @@ def test_extend_continues_the_clip_to_its_new_total(sdk: openai.OpenAI, live) ->
     assert job is not None and job.spec.parent_id == source.id
     with pytest.raises(openai.BadRequestError, match="cannot be read"):
         sdk.videos.extend(prompt="x", seconds="2", video=("a.mp4", b"\x00" * 10, "video/mp4"))
+
+
+def test_edit_changes_a_clip_and_keeps_its_length_size_and_layout(sdk: openai.OpenAI, live) -> None:
+    """`videos.edit` with the clip uploaded (what this SDK sends) and, over plain HTTP, by
+    id: the edit has the source's length and size, follows its layout, and looks like the
+    new prompt rather than the source."""
+    import av
+    import httpx
+
+    from .cog_standin import make_mp4
+
+    def frames(video_id: str) -> np.ndarray:
+        data = sdk.videos.download_content(video_id).read()
+        with av.open(io.BytesIO(data)) as container:
+            return np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
+
+    def against_x(clip: np.ndarray) -> float:
+        return float(np.corrcoef(clip.mean(axis=(0, 1, 3)), np.arange(clip.shape[2]))[0, 1])
+
+    ramp = make_mp4(128, 72, 24, 24)  # a red ramp left to right
+    uploaded = sdk.videos.edit(
+        prompt="a green forest at dawn", video=("ramp.mp4", ramp, "video/mp4")
+    )
+    assert uploaded.size == "128x72" and uploaded.seconds == "1"
+    source = sdk.videos.create_and_poll(
+        prompt="a red kite over a beach", size="128x72", seconds="1", poll_interval_ms=50
+    )
+    with httpx.Client(base_url=live.url, headers={"Authorization": f"Bearer {live.paid_key}"}) as h:
+        r = h.post(
+            "/v1/videos/edits",
+            json={"prompt": "the kite at night under a full moon", "video": {"id": source.id}},
+        )
+        assert r.status_code == 200, r.text
+        by_id = r.json()["id"]
+        form = h.post("/v1/videos/edits", data={"prompt": "x", "video[id]": source.id})
+        assert form.status_code == 200, form.text
+        unknown = h.post(
+            "/v1/videos/edits", json={"prompt": "x", "seconds": "2", "video": {"id": source.id}}
+        )
+        assert unknown.status_code == 400 and unknown.json()["error"]["param"] == "seconds"
+        missing = h.post("/v1/videos/edits", json={"prompt": "x", "video": {"id": "video_no"}})
+        assert missing.status_code == 404
+    edited = sdk.videos.poll(uploaded.id, poll_interval_ms=50)
+    assert edited.status == "completed", edited.error
+    clip = frames(uploaded.id)
+    assert clip.shape == (24, 72, 128, 3)
+    assert against_x(clip) > 0.9  # the ramp's layout
+    assert clip[..., 1].mean() > 50  # the ramp has no green; the forest brings it
+    remixed = sdk.videos.remix(uploaded.id, prompt="a calm ocean at night")
+    again = sdk.videos.poll(remixed.id, poll_interval_ms=50)
+    assert again.status == "completed", again.error
+    redone = frames(remixed.id)
+    assert against_x(redone) > 0.9 and np.abs(redone.astype(int) - clip).mean() > 10
+
+    done = sdk.videos.poll(by_id, poll_interval_ms=50)
+    assert done.status == "completed", done.error
+    assert (done.size, done.seconds) == (source.size, source.seconds)
+    before, after = frames(source.id).astype(int), frames(by_id).astype(int)
+    assert after.shape == before.shape and np.abs(after - before).mean() > 10
+    job = live.platform.jobs.get(by_id)
+    assert job is not None and job.spec.parent_id == source.id
+    assert job.spec.operation.value == "edit" and job.spec.seed == source_seed(live, source.id)
+
+    with pytest.raises(openai.BadRequestError, match="cannot be read"):
+        sdk.videos.edit(prompt="x", video=("a.mp4", b"\x00" * 10, "video/mp4"))
+    with pytest.raises(openai.BadRequestError, match="100x60") as odd:
+        sdk.videos.edit(prompt="x", video=("odd.mp4", make_mp4(100, 60, 24, 24), "video/mp4"))
+    assert odd.value.body["param"] == "video"  # type: ignore[index]
+
+
+def source_seed(live, video_id: str) -> int:
+    job = live.platform.jobs.get(video_id)
+    assert job is not None
+    return job.spec.seed

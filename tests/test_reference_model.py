@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 from dataclasses import replace
 from itertools import combinations
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,6 +13,8 @@ from PIL import Image
 
 from reelgen.models.base import Clip, GenerationSpec, StepInfo
 from reelgen.models.reference import SAMPLE_RATE, STYLES, ReferenceModel
+
+from .cog_standin import make_mp4
 
 STEPS = 4
 PROMPT = "three red balloons rising over a city at sunset"
@@ -239,3 +242,57 @@ def test_spec_reference_image_is_part_of_the_fingerprint() -> None:
     snapshot = snapshot_at(make_spec(), 1)
     with pytest.raises(ValueError):
         ReferenceModel(steps=STEPS).generate(guided, ignore, resume_from=snapshot)
+
+
+def _source_clip(tmp_path: Path, name: str = "source.mp4", frames: int = 24) -> Path:
+    """A red ramp left to right whose blue rises over time (a layout and a motion)."""
+    path = tmp_path / name
+    path.write_bytes(make_mp4(128, 72, 24, frames, audio=False))
+    return path
+
+
+def _against_x(frames: np.ndarray) -> float:
+    """How closely brightness follows the horizontal position (1: the source's ramp)."""
+    return float(np.corrcoef(frames.mean(axis=(0, 1, 3)), np.arange(frames.shape[2]))[0, 1])
+
+
+def test_an_edit_keeps_the_source_layout_and_motion_in_the_prompts_colours(
+    tmp_path: Path,
+) -> None:
+    source = _source_clip(tmp_path)
+    edited, _ = render(make_spec("a green forest at dawn", source_video=source))
+    plain, _ = render(make_spec("a green forest at dawn"))
+    assert edited.shape == plain.shape
+    assert _against_x(edited) > 0.9 and abs(_against_x(plain)) < 0.5
+    blue = edited[..., 2].mean(axis=(1, 2))
+    assert blue[-1] - blue[0] > 40  # the source's blue rise survives
+    assert edited[..., 1].mean() > 50  # the source has no green; the forest brings it
+    assert mean_abs_diff(edited, plain) > 10
+
+
+def test_an_edit_runs_the_tail_of_the_schedule(tmp_path: Path) -> None:
+    spec = make_spec(source_video=_source_clip(tmp_path))
+    model = ReferenceModel(steps=10)
+    assert model.num_steps(spec) == 7 and model.num_steps(make_spec()) == 10
+    assert model.estimate_seconds(spec) < model.estimate_seconds(make_spec())
+    seen: list[tuple[int, int]] = []
+    model.generate(spec, lambda info: seen.append((info.step, info.total)))
+    assert seen == [(step, 7) for step in range(1, 8)]
+
+
+def test_an_edit_resumed_from_its_snapshot_is_byte_identical(tmp_path: Path) -> None:
+    spec = make_spec(source_video=_source_clip(tmp_path))
+    full, audio = render(spec, steps=6)
+    clip = ReferenceModel(steps=6).generate(spec, ignore, resume_from=snapshot_at(spec, 2, 6))
+    assert np.stack(list(clip.frames)).tobytes() == full.tobytes()
+    assert clip.audio.tobytes() == audio.tobytes()
+    assert render(spec, steps=6)[0].tobytes() == full.tobytes()
+
+
+def test_the_source_video_is_part_of_the_fingerprint(tmp_path: Path) -> None:
+    spec = make_spec(source_video=_source_clip(tmp_path))
+    other = make_spec(source_video=_source_clip(tmp_path, "other.mp4", frames=12))
+    snapshot = snapshot_at(spec, 1)
+    for wrong in (other, make_spec()):
+        with pytest.raises(ValueError):
+            ReferenceModel(steps=STEPS).generate(wrong, ignore, resume_from=snapshot)

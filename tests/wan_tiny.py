@@ -4,10 +4,11 @@ directory, as an operator's downloaded weights would be."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 
-def build(path: Path) -> Path:
+def build(path: Path, task: Literal["t2v", "i2v", "i2v-clip", "ti2v"] = "t2v") -> Path:
     from reelgen.models.wan_random import random_pipeline
 
-    random_pipeline("tiny").save_pretrained(str(path))
+    random_pipeline("tiny", task=task).save_pretrained(str(path))
     return path

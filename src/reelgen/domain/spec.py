@@ -16,9 +16,11 @@ class Operation(StrEnum):
     REMIX = "remix"
     """The parent's size, length, style, seed and reference with a new prompt."""
     EXTEND = "extend"
-    """Continues the parent clip (not served yet)."""
+    """Continues the parent clip (or an uploaded one): its frames, then new ones made from
+    its last frame."""
     EDIT = "edit"
-    """Changes the parent clip (not served yet)."""
+    """Changes the parent clip (or an uploaded one) as the prompt says, keeping its length,
+    size, layout and motion."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,53 +13,114 @@ import numpy as np
 from PIL import Image
 
 
-def read_frames(path: Path, width: int, height: int, count: int) -> Iterator[np.ndarray]:
+def read_frames(
+    path: Path, width: int, height: int, count: int, *, fps: float | None = None
+) -> Iterator[np.ndarray]:
     """Exactly `count` RGB frames of `width` x `height` (the last one repeated if the file has
-    fewer), one at a time."""
+    fewer), one at a time. `fps`: the file sampled at that rate by its timestamps (each frame
+    the one on screen at that time, so a 30 fps file read at 24 skips some); None: the
+    file's frames in order."""
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
-        last = None
-        n = 0
-        for frame in container.decode(stream):
-            if n == count:
-                break
-            last = frame.to_ndarray(format="rgb24", width=width, height=height)
+        if fps is None:
+            yield from _consecutive(container.decode(stream), width, height, count)
+        else:
+            yield from _resampled(container.decode(stream), width, height, count, fps)
+
+
+def _consecutive(
+    frames: Iterator[av.VideoFrame], width: int, height: int, count: int
+) -> Iterator[np.ndarray]:
+    last = None
+    n = 0
+    for frame in frames:
+        if n == count:
+            break
+        last = frame.to_ndarray(format="rgb24", width=width, height=height)
+        n += 1
+        yield last
+    if last is None:
+        raise ValueError("the video has no frames")
+    for _ in range(count - n):
+        yield last
+
+
+def _resampled(
+    frames: Iterator[av.VideoFrame], width: int, height: int, count: int, fps: float
+) -> Iterator[np.ndarray]:
+    shown: av.VideoFrame | None = None
+    """The frame on screen until the next one's time."""
+    image: np.ndarray | None = None
+    first: float | None = None
+    n = 0
+    for frame in frames:
+        at = frame.time if frame.time is not None else 0.0
+        first = at if first is None else first
+        while shown is not None and n < count and n / fps < at - first:
+            if image is None:
+                image = shown.to_ndarray(format="rgb24", width=width, height=height)
+            yield image
             n += 1
-            yield last
-        if last is None:
-            raise ValueError(f"{path.name} has no video frames")
+        if n == count:
+            return
+        shown, image = frame, None
+    if shown is None:
+        raise ValueError("the video has no frames")
+    if n < count:
+        last = (
+            image
+            if image is not None
+            else shown.to_ndarray(format="rgb24", width=width, height=height)
+        )
         for _ in range(count - n):
             yield last
 
 
 @dataclass(frozen=True, slots=True)
 class Ending:
-    """How a video ends, for continuing it."""
+    """How a video ends, for continuing it, and what it shows along the way."""
 
     frame: np.ndarray
     """Its last frame, RGB, at its own size."""
     seconds: int
     """Its length in whole seconds (frames over the stream's rate; at least 1)."""
+    stills: tuple[np.ndarray, ...] = ()
+    """Frames spread over it, when asked for (the last one when its length is unknown)."""
 
     def png(self) -> bytes:
-        buf = io.BytesIO()
-        Image.fromarray(self.frame).save(buf, format="PNG")
-        return buf.getvalue()
+        return png(self.frame)
 
 
-def ending(path: Path) -> Ending:
-    """Reads the file once, to its last frame."""
+def png(frame: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(frame).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def ending(path: Path, *, stills: int = 0) -> Ending:
+    """Reads the file once, to its last frame; `stills`: also keeps that many frames spread
+    over it (for checks that look at a whole clip)."""
     last = None
     count = 0
+    kept: list[np.ndarray] = []
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
+        rate = float(stream.average_rate or stream.guessed_rate or 24)
+        expected = stream.frames
+        if not expected and stream.duration is not None and stream.time_base is not None:
+            expected = round(float(stream.duration * stream.time_base) * rate)
+        picks = {int((k + 0.5) * expected / stills) for k in range(stills)} if expected else set()
         for frame in container.decode(stream):
+            if count in picks:
+                kept.append(frame.to_ndarray(format="rgb24"))
             last = frame
             count += 1
         if last is None:
             raise ValueError(f"{path.name} has no video frames")
-        rate = float(stream.average_rate or stream.guessed_rate or 24)
-        return Ending(last.to_ndarray(format="rgb24"), max(1, round(count / rate)))
+        final = last.to_ndarray(format="rgb24")
+        if stills and not kept:
+            kept.append(final)
+        return Ending(final, max(1, round(count / rate)), tuple(kept))
 
 
 def read_audio(path: Path, samples: int, rate: int) -> np.ndarray:

@@ -10,11 +10,23 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 
 from reelgen.domain.spec import JobSpec
+
+
+class Conditioning(StrEnum):
+    """What a model can be given besides the prompt (`VideoModel.accepts`)."""
+
+    IMAGE = "image"
+    """A reference image for the first frame: `input_reference`, and the last frame of a
+    video being extended."""
+    VIDEO = "video"
+    """A clip to edit (`POST /v1/videos/edits`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +42,9 @@ class GenerationSpec:
     fps: int = 24
     reference_image: bytes | None = None
     """An already validated PNG/JPEG/WebP image that guides the first frame and palette."""
+    source_video: Path | None = None
+    """An edit's source clip, a local MP4 (`Conditioning.VIDEO`): the output keeps its
+    motion and layout and changes what the prompt asks; it is read at the spec's size."""
     run_id: str = ""
     """Which claim of which job this is (not part of the output): for a service that
     deduplicates retried requests by it."""
@@ -92,6 +107,12 @@ class VideoModel(Protocol):
     """The `style` values this model understands."""
     fps: int
     """The frame rate its clips are made at (jobs for it take this rate)."""
+    accepts: frozenset[Conditioning]
+    """The inputs besides the prompt it uses; the API refuses a request that needs another
+    (a reference image for a text-only model would be ignored, not followed)."""
+    requires: frozenset[Conditioning]
+    """The inputs it cannot do without (an image-to-video model's image); a subset of
+    `accepts`."""
 
     def load(self) -> None:
         """Brings weights into memory; called once before the first generate."""

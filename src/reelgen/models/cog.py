@@ -36,7 +36,7 @@ import httpx
 import numpy as np
 
 from reelgen.media.decode import read_audio, read_frames
-from reelgen.models.base import Clip, GenerationSpec, StepCallback, StepInfo
+from reelgen.models.base import Clip, Conditioning, GenerationSpec, StepCallback, StepInfo
 
 log = logging.getLogger("reelgen.models.cog")
 
@@ -53,9 +53,11 @@ DEFAULT_INPUTS: Mapping[str, str] = {
     "height": "height",
     "seed": "seed",
     "reference_image": "image",
+    "source_video": "",
     "steps": "num_inference_steps",
 }
-"""Our field -> the predictor's input name; a field mapped to "" is not sent."""
+"""Our field -> the predictor's input name; a field mapped to "" is not sent (and the model
+is offered for no request that needs it: a service that edits videos maps `source_video`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +96,15 @@ class CogModel:
         self.config = config
         self.styles = config.styles
         self.fps = config.fps
+        self.accepts = frozenset(
+            kind
+            for kind, field_name in (
+                (Conditioning.IMAGE, "reference_image"),
+                (Conditioning.VIDEO, "source_video"),
+            )
+            if config.inputs.get(field_name)
+        )
+        self.requires: frozenset[Conditioning] = frozenset()
         self._client: httpx.Client | None = None
         self._inbox: _WebhookInbox | None = None
 
@@ -173,6 +184,11 @@ class CogModel:
             "reference_image": (
                 "data:image/png;base64," + base64.b64encode(spec.reference_image).decode()
                 if spec.reference_image
+                else None
+            ),
+            "source_video": (
+                "data:video/mp4;base64," + base64.b64encode(spec.source_video.read_bytes()).decode()
+                if spec.source_video is not None and self.config.inputs.get("source_video")
                 else None
             ),
         }

@@ -20,12 +20,14 @@ import math
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import cast
 
 import numpy as np
 from PIL import Image, ImageChops, ImageFilter, ImageOps
 
-from reelgen.models.base import Clip, GenerationSpec, StepCallback, StepInfo
+from reelgen.media.decode import read_frames
+from reelgen.models.base import Clip, Conditioning, GenerationSpec, StepCallback, StepInfo
 
 STYLES: frozenset[str] = frozenset({"cinematic", "anime", "noir", "watercolor", "pixel"})
 SAMPLE_RATE = 48_000
@@ -41,6 +43,11 @@ _NOISE_RHO = 0.85
 _CHUNK_ELEMS = 1 << 17
 _TILE = 128
 _MAX_OBJECTS = 12
+_EDIT_STRENGTH = 0.7
+"""How much of the schedule an edit runs: it starts from the source clip noised to the
+level of step `(1 - strength) * steps` (SDEdit), so its layout and motion survive."""
+_EDIT_PAINT = 0.3
+"""The share of the prompt's own scene painted over the recoloured source."""
 
 # Seconds, fitted on the 2-core dev VM from 360p..1792x1024 runs of generate + encode_clip
 # (libx264 veryfast), with other work on the box; used only for ETAs and scheduling.
@@ -872,6 +879,57 @@ class _Painter:
                 rgb[c] += (rgb[c] - lum) * np.float32(0.25)
 
 
+def _load_source(path: Path, geo: _Geometry) -> np.ndarray:
+    """An edit's source clip on the latent grid: RGB in [0, 1], shape (3, T, h, w), one
+    source frame per latent frame (the one shown at that latent frame's time)."""
+    wanted = np.minimum(np.round(geo.taus * geo.fps).astype(np.int64), geo.num_frames - 1)
+    out = np.empty((3, geo.latent_frames, geo.latent_height, geo.latent_width), np.float32)
+    frames = read_frames(path, geo.latent_width, geo.latent_height, geo.num_frames, fps=geo.fps)
+    for k, frame in enumerate(frames):
+        for i in np.flatnonzero(wanted == k):
+            out[:, i] = frame.transpose(2, 0, 1) / np.float32(255)
+    return out
+
+
+class _Edit:
+    """An edit's 'prediction': the source clip's layout and motion, recoloured into the new
+    prompt's palette (its shadows to the ground colour, midtones to the subject's, lights
+    to the highlight), with a share of the prompt's own scene painted over it."""
+
+    def __init__(self, painter: _Painter, source: np.ndarray) -> None:
+        self.painter, self.source, self.geo = painter, source, painter.geo
+
+    def render(self, frames: slice, sigma: float) -> np.ndarray:
+        out = self.painter.render(frames, sigma)
+        src = self.source[:, frames]
+        lum = src[0] * np.float32(0.3) + src[1] * np.float32(0.59) + src[2] * np.float32(0.11)
+        low = np.clip(lum * 2, 0.0, 1.0)
+        high = np.clip(lum * 2 - 1, 0.0, 1.0)
+        pal = self.painter.scene.palette
+        for c in range(3):
+            graded = pal[2, c] + (pal[3, c] - pal[2, c]) * low + (pal[4, c] - pal[3, c]) * high
+            kept = np.float32(0.4) * src[c] + np.float32(0.6) * graded
+            out[c] *= np.float32(_EDIT_PAINT)
+            out[c] += np.float32(1 - _EDIT_PAINT) * kept
+        np.clip(out, 0.0, 1.0, out=out)
+        return out
+
+
+def _source_latents(source: np.ndarray) -> np.ndarray:
+    features = np.empty((LATENT_CHANNELS, *source.shape[1:]), np.float32)
+    features[:3] = source
+    features[3] = 0.12
+    return _encode_features(features)
+
+
+def _sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 def _sigmas(total: int) -> np.ndarray:
     """Shifted flow-matching schedule from pure noise (1) down to a small floor."""
     t = np.linspace(1.0, 0.0, total + 1)
@@ -913,6 +971,7 @@ def _encode_features(features: np.ndarray) -> np.ndarray:
 
 def _fingerprint(spec: GenerationSpec, steps: int) -> str:
     ref = hashlib.sha256(spec.reference_image).hexdigest() if spec.reference_image else None
+    source = _sha256_file(spec.source_video) if spec.source_video is not None else None
     fields = {
         "model": "reference",
         "format": _SNAPSHOT_FORMAT,
@@ -925,6 +984,8 @@ def _fingerprint(spec: GenerationSpec, steps: int) -> str:
         "style": spec.style,
         "fps": spec.fps,
         "reference": ref,
+        "source": source,
+        "edit_strength": _EDIT_STRENGTH if source is not None else None,
     }
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
 
@@ -974,6 +1035,8 @@ class ReferenceModel:
     name = "reference"
     styles = STYLES
     fps = 24
+    accepts = frozenset({Conditioning.IMAGE, Conditioning.VIDEO})
+    requires: frozenset[Conditioning] = frozenset()
 
     def __init__(self, steps: int = 30) -> None:
         if steps < 1:
@@ -985,6 +1048,9 @@ class ReferenceModel:
         self.loaded = True
 
     def num_steps(self, spec: GenerationSpec) -> int:
+        """The steps a run makes: an edit runs only the last `_EDIT_STRENGTH` of them."""
+        if spec.source_video is not None:
+            return max(1, round(self.steps * _EDIT_STRENGTH))
         return self.steps
 
     def estimate_seconds(self, spec: GenerationSpec) -> float:
@@ -998,7 +1064,7 @@ class ReferenceModel:
         )
         pixels = spec.num_frames * spec.width * spec.height
         return (
-            self.steps * per_step
+            self.num_steps(spec) * per_step
             + _COST_PER_OUTPUT_PIXEL * pixels
             + _COST_PER_AUDIO_SECOND * spec.seconds
             + _COST_FIXED
@@ -1012,22 +1078,30 @@ class ReferenceModel:
     ) -> Clip:
         _validate(spec)
         geo = _Geometry.of(spec)
-        total = self.steps
-        fingerprint = _fingerprint(spec, total)
+        steps = self.num_steps(spec)
+        skip = self.steps - steps  # where an edit joins the schedule (0: from pure noise)
+        fingerprint = _fingerprint(spec, self.steps)
         if resume_from is None:
             start, latents = 0, None
         else:
-            start, latents = _restore(resume_from, fingerprint, geo, total)
+            start, latents = _restore(resume_from, fingerprint, geo, steps)
         scene = _build_scene(spec, geo)
-        if start < total:
+        if start < steps:
             bank = _noise(_rng(spec.seed, 0x1217), geo.latent_shape)
             painter = _Painter(scene, geo)
-            sigmas = _sigmas(total)
+            renderer: _Painter | _Edit = painter
+            sigmas = _sigmas(self.steps)
+            if spec.source_video is not None:
+                source = _load_source(spec.source_video, geo)
+                renderer = _Edit(painter, source)
+                if latents is None:
+                    sigma = np.float32(sigmas[skip])
+                    latents = _source_latents(source) * (1 - sigma) + bank * sigma
             latents = bank if latents is None else latents
-            for step in range(start + 1, total + 1):
-                latents = _denoise(painter, latents, bank, spec.seed, step, sigmas)
+            for step in range(start + 1, steps + 1):
+                latents = _denoise(renderer, latents, bank, spec.seed, skip + step, sigmas)
                 snapshot = functools.partial(_snapshot, fingerprint, step, latents)
-                on_step(StepInfo(step, total, snapshot))
+                on_step(StepInfo(step, steps, snapshot))
         assert latents is not None
         audio = _render_audio(scene, spec)
         return Clip(
@@ -1042,7 +1116,7 @@ class ReferenceModel:
 
 
 def _denoise(
-    painter: _Painter,
+    painter: _Painter | _Edit,
     latents: np.ndarray,
     bank: np.ndarray,
     seed: int,

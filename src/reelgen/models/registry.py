@@ -62,10 +62,13 @@ def _wan(name: str, entry: Mapping[str, Any], path: Path | None) -> VideoModel:
 
     known = {"adapter", "steps", "guidance_scale", "guidance_scale_2", "fps", "dtype",
              "max_sequence_length", "cost_class", "negative_prompt", "cpu_offload",
-             "vae_tiling", "device"}  # fmt: skip
+             "vae_tiling", "device", "task"}  # fmt: skip
     unknown = set(entry) - known
     if unknown:
         raise ValueError(f"registry.toml: {name} has unknown keys {sorted(unknown)}")
+    task = entry.get("task", "t2v")
+    if task not in ("t2v", "i2v", "ti2v"):
+        raise ValueError(f"registry.toml: {name} has task {task!r}; one of t2v, i2v, ti2v")
     cost = measured_models().get(str(entry.get("cost_class", "")))
     return WanModel(
         name,
@@ -82,6 +85,7 @@ def _wan(name: str, entry: Mapping[str, Any], path: Path | None) -> VideoModel:
             cost=cost,
             enable_vae_tiling=bool(entry.get("vae_tiling", False)),
             cpu_offload=bool(entry.get("cpu_offload", False)),
+            task=task,
         ),
     )
 

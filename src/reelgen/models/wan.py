@@ -1,5 +1,6 @@
-"""Wan 2.1 / 2.2 text-to-video through diffusers (the `diffusers` extra: torch, diffusers,
-transformers), loaded from a local directory the operator downloaded; nothing is fetched.
+"""Wan 2.1 / 2.2 text-to-video and image-to-video through diffusers (the `diffusers` extra:
+torch, diffusers, transformers), loaded from a local directory the operator downloaded;
+nothing is fetched.
 
 The adapter owns the denoising loop (`WanPipeline` takes no `timesteps`, so a run cannot
 resume through its `__call__`): the pipeline's own `encode_prompt` and `prepare_latents`,
@@ -11,6 +12,14 @@ checkpoint is the latents with the scheduler's state (UniPC keeps the previous m
 outputs; flow-matching Euler only its step index), so a resumed run, on any worker, ends
 with the same latents as an uninterrupted one. The VAE decode runs when the clip's frames
 are read, on the worker's finishing thread.
+
+Image-to-video (`task`): `WanImageToVideoPipeline` directories. Its `prepare_latents` VAE-
+encodes the reference image into a condition that each step joins to the latents: beside
+them on the channel axis with a first-frame mask (Wan 2.1 I2V, which also feeds the image's
+CLIP embedding to the transformer, and Wan 2.2 I2V), or in place of the first latent frame,
+whose timestep is zero (Wan 2.2 TI2V, `expand_timesteps`, which also makes videos from text
+alone). The reference image conditions the first frame; an extension's is the last frame of
+the video it continues.
 """
 
 from __future__ import annotations
@@ -25,15 +34,21 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
-from reelgen.models.base import Clip, GenerationSpec, StepCallback, StepInfo
+from reelgen.models.base import Clip, Conditioning, GenerationSpec, StepCallback, StepInfo
 from reelgen.scheduler.cost import CostModel
 
 _SNAPSHOT_FORMAT = "reelgen-wan-snapshot/1"
 SAMPLE_RATE = 48_000
+
+
+Task = Literal["t2v", "i2v", "ti2v"]
+"""t2v: a `WanPipeline`, text only; i2v: a `WanImageToVideoPipeline`, an image required;
+ti2v: a `WanImageToVideoPipeline` directory that also makes videos from text alone (Wan 2.2
+TI2V-5B: `expand_timesteps`, the image in place of the first latent frame)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +69,7 @@ class WanConfig:
     styles: frozenset[str] = field(default_factory=frozenset)
     enable_vae_tiling: bool = False
     cpu_offload: bool = False
+    task: Task = "t2v"
 
 
 class WanModel:
@@ -64,6 +80,12 @@ class WanModel:
         self.config = config
         self.styles = config.styles
         self.fps = config.fps
+        self.accepts: frozenset[Conditioning] = (
+            frozenset() if config.task == "t2v" else frozenset({Conditioning.IMAGE})
+        )
+        self.requires: frozenset[Conditioning] = (
+            frozenset({Conditioning.IMAGE}) if config.task == "i2v" else frozenset()
+        )
         self.pipe: Any = None
         self._loading = threading.Lock()
         self._device = threading.Lock()
@@ -87,14 +109,15 @@ class WanModel:
             raise ValueError(f"{path} is not a diffusers pipeline directory (no model_index.json)")
         try:
             import torch
-            from diffusers import WanPipeline
+            from diffusers import WanImageToVideoPipeline, WanPipeline
         except ImportError as exc:
             raise RuntimeError(
                 f"{self.name} needs the diffusers extra: pip install torch, then "
                 f"pip install 'reelgen[diffusers]' ({exc})"
             ) from exc
         dtype = getattr(torch, self.config.dtype)
-        pipe = WanPipeline.from_pretrained(str(path), dtype=dtype, local_files_only=True)
+        kind = WanPipeline if self.config.task == "t2v" else WanImageToVideoPipeline
+        pipe = kind.from_pretrained(str(path), dtype=dtype, local_files_only=True)
         pipe.set_progress_bar_config(disable=True)
         if self.config.cpu_offload:
             pipe.enable_model_cpu_offload(device=self.config.device)
@@ -137,10 +160,13 @@ class WanModel:
         pipe, cfg = self.pipe, self.config
         device = pipe._execution_device
         height, width, frames = self.geometry(spec)
-        fingerprint = self._fingerprint(spec, height, width, frames)
+        image = self._image(spec)
+        fingerprint = self._fingerprint(spec, height, width, frames, image is not None)
         guidance = cfg.guidance_scale
         guidance_2 = cfg.guidance_scale_2 if cfg.guidance_scale_2 is not None else guidance
         cfg_on = guidance > 1.0  # decided once, for both of Wan 2.2's experts, as the pipeline does
+        expert = pipe.transformer if pipe.transformer is not None else pipe.transformer_2
+        dtype = expert.dtype
         with self._device, torch.no_grad():
             prompt_embeds, negative_embeds = pipe.encode_prompt(
                 prompt=spec.prompt,
@@ -150,8 +176,10 @@ class WanModel:
                 max_sequence_length=cfg.max_sequence_length,
                 device=device,
             )
-        expert = pipe.transformer if pipe.transformer is not None else pipe.transformer_2
-        dtype = expert.dtype
+            extra: dict[str, Any] = {}  # Wan 2.1 I2V: the image's CLIP embedding too
+            clip_dim = pipe.transformer.config.image_dim if pipe.transformer is not None else None
+            if image is not None and clip_dim is not None:
+                extra["encoder_hidden_states_image"] = pipe.encode_image(image, device).to(dtype)
         prompt_embeds = prompt_embeds.to(dtype)
         if negative_embeds is not None:
             negative_embeds = negative_embeds.to(dtype)
@@ -160,16 +188,17 @@ class WanModel:
         timesteps = scheduler.timesteps
         scheduler.set_begin_index(0)
         generator = torch.Generator(device="cpu").manual_seed(spec.seed)
-        latents = pipe.prepare_latents(
-            1, expert.config.in_channels, height, width, frames, torch.float32, device, generator
-        )
+        with self._device, torch.no_grad():  # the VAE encodes the image
+            latents, condition, mask = self._latents(
+                image, height, width, frames, expert, device, generator
+            )
         start = 0
         if resume_from is not None:
             start, latents = _restore(resume_from, fingerprint, scheduler, device)
         boundary = None
         if pipe.config.boundary_ratio is not None:
             boundary = pipe.config.boundary_ratio * scheduler.config.num_train_timesteps
-        mask = torch.ones(latents.shape, dtype=torch.float32, device=device)
+        expand = bool(pipe.config.expand_timesteps)
         for i in range(start, cfg.steps):
             t = timesteps[i]
             if boundary is None or t >= boundary:
@@ -177,8 +206,13 @@ class WanModel:
             else:
                 model, scale = pipe.transformer_2, guidance_2
             with self._device, torch.no_grad():
-                model_input = latents.to(dtype)
-                if pipe.config.expand_timesteps:
+                if condition is None:
+                    model_input = latents.to(dtype)
+                elif expand:
+                    model_input = ((1 - mask) * condition + mask * latents).to(dtype)
+                else:
+                    model_input = torch.cat([latents, condition], dim=1).to(dtype)
+                if expand:
                     timestep = (mask[0][0][:, ::2, ::2] * t).flatten().unsqueeze(0)
                 else:
                     timestep = t.expand(latents.shape[0])
@@ -187,6 +221,7 @@ class WanModel:
                     timestep=timestep,
                     encoder_hidden_states=prompt_embeds,
                     return_dict=False,
+                    **extra,
                 )[0]
                 if cfg_on:
                     uncond = model(
@@ -194,11 +229,14 @@ class WanModel:
                         timestep=timestep,
                         encoder_hidden_states=negative_embeds,
                         return_dict=False,
+                        **extra,
                     )[0]
                     noise = uncond + scale * (noise - uncond)
                 latents = scheduler.step(noise, t, latents, return_dict=False)[0]
             snapshot = functools.partial(_snapshot, fingerprint, i + 1, latents, scheduler)
             on_step(StepInfo(i + 1, cfg.steps, snapshot))
+        if condition is not None and expand:  # the image is the first frame
+            latents = (1 - mask) * condition + mask * latents
         return Clip(
             width=spec.width,
             height=spec.height,
@@ -208,6 +246,50 @@ class WanModel:
             audio=np.zeros((2, spec.seconds * SAMPLE_RATE), dtype=np.float32),
             sample_rate=SAMPLE_RATE,
         )
+
+    def _image(self, spec: GenerationSpec) -> Any:
+        """The reference image (PIL, RGB) an image-to-video pipeline is conditioned on."""
+        if self.config.task == "t2v" or spec.reference_image is None:
+            if self.config.task == "i2v":
+                raise ValueError(f"{self.name} makes videos from an image; the job has none")
+            return None
+        from PIL import Image
+
+        return Image.open(io.BytesIO(spec.reference_image)).convert("RGB")
+
+    def _latents(
+        self,
+        image: Any,
+        height: int,
+        width: int,
+        frames: int,
+        expert: Any,
+        device: Any,
+        generator: Any,
+    ) -> tuple[Any, Any, Any]:
+        """(the starting noise, the image's condition or None, the mask of latent positions
+        that are denoised: all of them, except the first frame of an `expand_timesteps`
+        image's), drawn and encoded as the pipelines do."""
+        import torch
+        from diffusers import WanPipeline
+
+        pipe = self.pipe
+        if image is None:  # `WanPipeline`'s noise, for a text job on either kind of pipeline
+            latents = WanPipeline.prepare_latents(
+                pipe, 1, expert.config.in_channels, height, width, frames, torch.float32,
+                device, generator,
+            )  # fmt: skip
+            return latents, None, torch.ones(latents.shape, dtype=torch.float32, device=device)
+        pixels = pipe.video_processor.preprocess(image, height=height, width=width)
+        out = pipe.prepare_latents(
+            pixels.to(device, dtype=torch.float32), 1, pipe.vae.config.z_dim, height, width,
+            frames, torch.float32, device, generator,
+        )  # fmt: skip
+        if pipe.config.expand_timesteps:
+            latents, condition, first_frame = out
+            return latents, condition, first_frame
+        latents, condition = out
+        return latents, condition, torch.ones(latents.shape, dtype=torch.float32, device=device)
 
     def decode(self, latents: Any) -> Any:
         """Latents -> video in [0, 1], (frames, height, width, 3) float32 on the CPU."""
@@ -237,17 +319,22 @@ class WanModel:
                 rgb = np.asarray(resized)
             yield rgb
 
-    def _fingerprint(self, spec: GenerationSpec, height: int, width: int, frames: int) -> str:
+    def _fingerprint(
+        self, spec: GenerationSpec, height: int, width: int, frames: int, image: bool
+    ) -> str:
         cfg = self.config
+        ref = spec.reference_image
         fields = {
             "format": _SNAPSHOT_FORMAT,
             "model": self.name,
+            "task": cfg.task,
             "steps": cfg.steps,
             "guidance": [cfg.guidance_scale, cfg.guidance_scale_2],
             "negative": cfg.negative_prompt,
             "prompt": spec.prompt,
             "seed": spec.seed,
             "geometry": [height, width, frames],
+            "image": hashlib.sha256(ref).hexdigest() if image and ref is not None else None,
         }
         return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
 

@@ -4,6 +4,7 @@ its audit row, and the refusal a block turns into."""
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from typing import Any
 
 from reelgen.domain.errors import ModerationBlocked, ModerationUnavailable
@@ -14,12 +15,18 @@ from reelgen.safety.verdict import DESCRIPTIONS, Verdict
 
 
 def check_input(
-    platform: ApiContext, prompt: str, style: str | None, image: bytes | None, *, consent: bool
+    platform: ApiContext,
+    prompt: str,
+    style: str | None,
+    images: Sequence[bytes],
+    *,
+    consent: bool,
 ) -> list[Verdict]:
-    """The reference image's verdict when there is one, and the prompt's (a face in the
-    image makes the prompt's person rules apply to whoever it shows)."""
+    """Each image's verdict, in order, then the prompt's (a face in any image makes the
+    prompt's person rules apply to whoever it shows). `images`: the reference image, or
+    frames of a video to edit."""
     try:
-        return _check_input(platform, prompt, style, image, consent=consent)
+        return _check_input(platform, prompt, style, images, consent=consent)
     except ClassifierUnavailable as exc:
         raise ModerationUnavailable(
             f"Content moderation is unavailable right now ({exc.name} did not answer); "
@@ -29,17 +36,24 @@ def check_input(
 
 
 def _check_input(
-    platform: ApiContext, prompt: str, style: str | None, image: bytes | None, *, consent: bool
+    platform: ApiContext,
+    prompt: str,
+    style: str | None,
+    images: Sequence[bytes],
+    *,
+    consent: bool,
 ) -> list[Verdict]:
     text = platform.moderator.check(prompt, style=style, consent=consent)
-    if image is None:
+    if not images:
         return [text]
-    pictured = platform.image_moderator.check(
-        image, consent=consent, minor_in_prompt=bool(text.details.get("minor"))
-    )
-    if platform.image_moderator.has_face(pictured):
+    minor = bool(text.details.get("minor"))
+    pictured = [
+        platform.image_moderator.check(image, consent=consent, minor_in_prompt=minor)
+        for image in images
+    ]
+    if any(platform.image_moderator.has_face(v) for v in pictured):
         text = platform.moderator.check(prompt, style=style, consent=consent, reference_face=True)
-    return [pictured, text]  # on a tie the refusal names the image
+    return [*pictured, text]  # on a tie the refusal names an image
 
 
 def worst(verdicts: list[Verdict]) -> Verdict:
@@ -50,14 +64,24 @@ def worst(verdicts: list[Verdict]) -> Verdict:
 
 
 def audit_rows(
-    platform: ApiContext, verdicts: list[Verdict], *, user: User, prompt: str, image: bytes | None
+    platform: ApiContext,
+    verdicts: list[Verdict],
+    *,
+    user: User,
+    prompt: str,
+    images: Sequence[bytes],
 ) -> list[dict[str, Any]]:
+    """One row per verdict; an image's row names the image by its hash, not the prompt
+    (`verdicts` in `check_input`'s order)."""
     rows = []
+    pictures = iter(images)
     for v in verdicts:
         row = audit_row(platform, v, user_id=user.id, prompt=prompt)
-        if v.stage == "input_image" and image is not None:
-            row["content_sha256"] = hashlib.sha256(image).hexdigest()
-            row["prompt"] = None
+        if v.stage == "input_image":
+            image = next(pictures, None)
+            if image is not None:
+                row["content_sha256"] = hashlib.sha256(image).hexdigest()
+                row["prompt"] = None
         rows.append(row)
     return rows
 

@@ -24,6 +24,9 @@ from reelgen.domain.jobs import (
     DAY_S,
     DEFAULT_SECONDS,
     DEFAULT_SIZE,
+    MAX_SECONDS,
+    MIN_SECONDS,
+    SIZES,
     Job,
     Stage,
     Status,
@@ -35,8 +38,8 @@ from reelgen.domain.jobs import (
     parse_size,
 )
 from reelgen.domain.spec import JobSpec, Operation
-from reelgen.media.decode import ending
-from reelgen.models.base import GenerationSpec
+from reelgen.media.decode import Ending, ending, png
+from reelgen.models.base import Conditioning, GenerationSpec
 from reelgen.platform import ApiContext
 from reelgen.safety.verdict import Action, Verdict
 from reelgen.services import moderation
@@ -246,6 +249,19 @@ class _Submission:
     image: bytes | None
     reference_key: str | None
     audit: list[dict[str, Any]] | None = None
+    screened: tuple[bytes, ...] = ()
+    """More images for the input checks: frames of an uploaded video to edit."""
+    source_video: bytes | None = None
+    """An uploaded video the job extends or edits, stored with its inputs."""
+
+    @property
+    def images(self) -> tuple[bytes, ...]:
+        """What the input checks look at besides the prompt."""
+        return (self.image, *self.screened) if self.image is not None else self.screened
+
+    @property
+    def has_inputs(self) -> bool:
+        return self.reference_key is not None or self.source_video is not None
 
 
 def _prepare(
@@ -264,6 +280,7 @@ def _prepare(
     raw = secrets.token_bytes(20)  # one system call for the id and the seed
     seed = req.seed if req.seed is not None else int.from_bytes(raw[16:]) % MAX_SEED
     spec, image = _validated(platform, req, seed=seed)
+    _check_inputs(platform, spec.model, req.model, image is not None, operation)
     job_id = f"video_{raw[:16].hex()}"
     reference_key = keys.reference(job_id) if image is not None else None
     spec = dataclasses.replace(
@@ -280,6 +297,8 @@ def _prepare(
     cost_view = GenerationSpec.of(spec)
     if operation is Operation.EXTEND and parent is not None:  # only the new part is made
         cost_view = dataclasses.replace(cost_view, seconds=spec.seconds - parent.spec.seconds)
+    if operation is Operation.EDIT:  # an edit's step count; estimates read no file
+        cost_view = dataclasses.replace(cost_view, source_video=Path(keys.source_video(job_id)))
     estimated_s = model.estimate_seconds(cost_view)
     row = dict(
         spec.columns(),
@@ -312,9 +331,43 @@ def _prepare(
     )
 
 
-def _store_image(platform: ApiContext, sub: _Submission) -> None:
+def _check_inputs(
+    platform: ApiContext, model: str, requested: str | None, image: bool, operation: Operation
+) -> None:
+    """Refuses what the model would ignore (a reference image, or a video's last frame to
+    continue from, for a model that takes none; a video to edit for one that cannot) and a
+    request without the image an image-to-video model needs."""
+    adapter = platform.models[model]
+    name = requested or model
+    needs, param = None, "video"
+    if operation is Operation.EDIT:
+        needs, what = Conditioning.VIDEO, "edit videos"
+    elif operation is Operation.EXTEND:
+        needs, what = Conditioning.IMAGE, "continue videos (it takes no image to start from)"
+    elif image:
+        needs, what, param = Conditioning.IMAGE, "take a reference image", "input_reference"
+    if needs is not None and needs not in adapter.accepts:
+        able = sorted(n for n, m in platform.models.items() if needs in m.accepts)
+        hint = f" Models that can: {', '.join(able)}." if able else ""
+        raise InvalidRequest(
+            f"The model {name} cannot {what}.{hint}", param=param, code="unsupported_input"
+        )
+    if Conditioning.IMAGE in adapter.requires and needs is None:
+        raise InvalidRequest(
+            f"The model {name} makes videos from an image: send one as input_reference.",
+            param="input_reference",
+            code="missing_input",
+        )
+
+
+def _store_inputs(platform: ApiContext, sub: _Submission) -> None:
+    """The job's inputs: its reference image and an uploaded source video."""
     if sub.image is not None and sub.reference_key is not None:
         platform.objects.put(sub.reference_key, sub.image)
+    if sub.source_video is not None:
+        platform.objects.put(
+            keys.source_video(sub.job_id), sub.source_video, content_type="video/mp4"
+        )
 
 
 def _check(platform: ApiContext, user: User, sub: _Submission) -> list[Verdict]:
@@ -322,7 +375,7 @@ def _check(platform: ApiContext, user: User, sub: _Submission) -> list[Verdict]:
         platform,
         str(sub.row["prompt"]),
         sub.row["style"],
-        sub.image,
+        sub.images,
         consent=user.likeness_consent,
     )
 
@@ -334,7 +387,7 @@ def _moderated(
     be generated. One that needs a review is queued held (`awaiting_review`) until an
     admin decides."""
     rows = moderation.audit_rows(
-        platform, verdicts, user=user, prompt=str(sub.row["prompt"]), image=sub.image
+        platform, verdicts, user=user, prompt=str(sub.row["prompt"]), images=sub.images
     )
     verdict = moderation.worst(verdicts)
     if verdict.action is Action.BLOCK:
@@ -362,10 +415,10 @@ def _settle(platform: ApiContext, sub: _Submission, outcome: Future[Submitted]) 
     try:
         done = outcome.result()
     except BaseException:
-        if sub.reference_key is not None:
+        if sub.has_inputs:
             platform.objects.delete_prefix(keys.inputs_prefix(sub.job_id))
         raise
-    if not done.created and sub.reference_key is not None:
+    if not done.created and sub.has_inputs:
         platform.objects.delete_prefix(keys.inputs_prefix(sub.job_id))
     if done.created:
         platform.bus.work_available(done.job.model)
@@ -381,18 +434,19 @@ def submit(
     parent: Job | None = None,
     operation: Operation = Operation.CREATE,
     source_video: bytes | None = None,
+    screened: tuple[bytes, ...] = (),
 ) -> tuple[Job, bool]:
-    """Validates, stores the reference image (and an extension's uploaded source video), and
-    enqueues; nothing is stored on refusal.
+    """Validates, stores the reference image (and an extension's or edit's uploaded source
+    video), and enqueues; nothing is stored on refusal. `screened`: more images for the
+    input checks.
 
     Returns once the job is committed; concurrent submits share a commit (group commit)."""
     sub = _prepare(
         platform, user, req, idempotency_key=idempotency_key, parent=parent, operation=operation
     )
+    sub = dataclasses.replace(sub, screened=screened, source_video=source_video)
     sub = _moderated(platform, user, sub, _check(platform, user, sub))
-    _store_image(platform, sub)
-    if source_video is not None:
-        platform.objects.put(keys.source_video(sub.job_id), source_video, content_type="video/mp4")
+    _store_inputs(platform, sub)
     done = _settle(platform, sub, _enqueue(platform, sub))
     return done.job, done.created
 
@@ -416,7 +470,7 @@ async def submit_async(
         await asyncio.to_thread(_moderated, platform, user, sub, verdicts)  # raises
     sub = _moderated(platform, user, sub, verdicts)
     if sub.image is not None:
-        await asyncio.to_thread(_store_image, platform, sub)
+        await asyncio.to_thread(_store_inputs, platform, sub)
     outcome = _enqueue(platform, sub)
     with contextlib.suppress(Exception):  # _settle re-raises it
         await asyncio.wrap_future(outcome)
@@ -507,7 +561,9 @@ def delete(platform: ApiContext, user: User, video_id: str) -> None:
 def remix(
     platform: ApiContext, user: User, video_id: str, prompt: str | None, idempotency_key: str | None
 ) -> Job:
-    """A new job with the source's size, length, style and seed and a new prompt."""
+    """A new job with the source's size, length, style and seed and a new prompt. An edit
+    or an extension is remixed by editing or extending its own source again with the new
+    prompt (the new video names that source as its parent)."""
     source = get_job(platform, user, video_id)
     if source.status is not Status.COMPLETED:
         raise InvalidRequest(
@@ -515,6 +571,8 @@ def remix(
             param="video_id",
         )
     spec = source.spec
+    if spec.operation in (Operation.EDIT, Operation.EXTEND):
+        return _redo(platform, user, source, prompt, idempotency_key)
     image = None
     if spec.reference_key is not None:
         if not platform.objects.exists(spec.reference_key):
@@ -545,6 +603,27 @@ def remix(
     return job
 
 
+def _redo(
+    platform: ApiContext, user: User, job: Job, prompt: str | None, idempotency_key: str | None
+) -> Job:
+    origin: str | bytes
+    if job.spec.parent_id is not None:
+        origin = job.spec.parent_id
+    else:
+        key = keys.source_video(job.id)
+        if not platform.objects.exists(key):
+            raise InvalidRequest(
+                f"The video {job.id} was made from an upload that is no longer stored, so "
+                "it cannot be remixed.",
+                param="video_id",
+                code="video_expired",
+            )
+        origin = platform.objects.get(key)
+    if job.spec.operation is Operation.EDIT:
+        return edit(platform, user, origin, prompt, idempotency_key)
+    return extend(platform, user, origin, prompt, job.spec.seconds, idempotency_key)
+
+
 def extend(
     platform: ApiContext,
     user: User,
@@ -562,36 +641,101 @@ def extend(
         )
     total = parse_seconds(seconds)
     if isinstance(source, bytes):
-        return _extend_upload(platform, user, source, prompt, total, idempotency_key)
-    parent = get_job(platform, user, source)
+        end = _read_upload(source, stills=0)
+        _longer(total, end.seconds, "the uploaded video")
+        req = CreateVideo(
+            prompt=prompt, seconds=total, size=_upload_size(end), reference_image=end.png()
+        )
+        # its last frame goes through the reference-image checks (it conditions the model)
+        return _derived(platform, user, req, idempotency_key, Operation.EXTEND, upload=source)
+    parent = _completed(platform, user, source, "extended")
+    _longer(total, parent.spec.seconds, source)
+    req = _like(parent, prompt, seconds=total)
+    return _derived(platform, user, req, idempotency_key, Operation.EXTEND, parent=parent)
+
+
+def edit(
+    platform: ApiContext,
+    user: User,
+    source: str | bytes,
+    prompt: str | None,
+    idempotency_key: str | None,
+) -> Job:
+    """A new job that changes a video (a completed one by id, or an uploaded MP4) as the
+    prompt says: the same length and size, the source's motion and layout kept."""
+    if isinstance(source, bytes):
+        end = _read_upload(source, stills=EDIT_STILLS)
+        if not MIN_SECONDS <= end.seconds <= MAX_SECONDS:
+            raise InvalidRequest(
+                f"The uploaded video is {end.seconds} s long; videos from {MIN_SECONDS} to "
+                f"{MAX_SECONDS} s can be edited.",
+                param="video",
+            )
+        req = CreateVideo(prompt=prompt, seconds=end.seconds, size=_upload_size(end))
+        screened = tuple(png(still) for still in end.stills)
+        return _derived(
+            platform, user, req, idempotency_key, Operation.EDIT, upload=source, screened=screened
+        )
+    parent = _completed(platform, user, source, "edited")
+    req = _like(parent, prompt, seconds=parent.spec.seconds)
+    return _derived(platform, user, req, idempotency_key, Operation.EDIT, parent=parent)
+
+
+EDIT_STILLS = 4
+"""Frames of an uploaded video to edit that go through the reference-image checks (all of
+it shapes the output; a video of ours passed the output checks when it was made)."""
+
+
+def _completed(platform: ApiContext, user: User, video_id: str, verb: str) -> Job:
+    """The caller's completed video, whose file is still stored."""
+    parent = get_job(platform, user, video_id)
     if parent.status is not Status.COMPLETED or parent.video_key is None:
         raise InvalidRequest(
-            f"Only completed videos can be extended; {source} is {parent.status.value}.",
+            f"Only completed videos can be {verb}; {video_id} is {parent.status.value}.",
             param="video",
         )
     if not platform.objects.exists(parent.video_key):
         raise InvalidRequest(
-            f"The video {source} has expired or was deleted, so it cannot be extended.",
+            f"The video {video_id} has expired or was deleted, so it cannot be {verb}.",
             param="video",
             code="video_expired",
         )
-    _longer(total, parent.spec.seconds, source)
+    return parent
+
+
+def _like(parent: Job, prompt: str | None, *, seconds: int) -> CreateVideo:
+    """A request with the parent's model, size, style and seed and a new prompt."""
     spec = parent.spec
-    req = CreateVideo(
+    return CreateVideo(
         prompt=prompt,
         model=spec.requested_model,
-        seconds=total,
+        seconds=seconds,
         size=spec.size,
         style=spec.style,
         seed=spec.seed,
     )
+
+
+def _derived(
+    platform: ApiContext,
+    user: User,
+    req: CreateVideo,
+    idempotency_key: str | None,
+    operation: Operation,
+    *,
+    parent: Job | None = None,
+    upload: bytes | None = None,
+    screened: tuple[bytes, ...] = (),
+) -> Job:
     job, _ = submit(
         platform,
         user,
         req,
         idempotency_key=idempotency_key,
         parent=parent,
-        operation=Operation.EXTEND,
+        operation=operation,
+        source_video=upload,
+        screened=screened,
     )
     return job
 
@@ -605,40 +749,29 @@ def _longer(total: int, seconds: int, what: str) -> None:
         )
 
 
-def _extend_upload(
-    platform: ApiContext,
-    user: User,
-    data: bytes,
-    prompt: str | None,
-    total: int,
-    idempotency_key: str | None,
-) -> Job:
-    """The uploaded video is read back to learn its size and length; its last frame goes
-    through the reference-image checks (it conditions the model), and the file is kept with
-    the job's inputs for the worker to stitch."""
+def _read_upload(data: bytes, *, stills: int) -> Ending:
+    """An uploaded source video, read back to learn its size and length (kept with the
+    job's inputs for the worker when the job is accepted)."""
     with tempfile.NamedTemporaryFile(suffix=".mp4") as f:
         f.write(data)
         f.flush()
         try:
-            end = ending(Path(f.name))
+            return ending(Path(f.name), stills=stills)
         except Exception as exc:
             raise InvalidRequest(
                 f"The uploaded video cannot be read as a video: {exc}", param="video"
             ) from exc
+
+
+def _upload_size(end: Ending) -> str:
     height, width = end.frame.shape[:2]
-    _longer(total, end.seconds, "the uploaded video")
-    req = CreateVideo(
-        prompt=prompt, seconds=total, size=f"{width}x{height}", reference_image=end.png()
-    )
-    job, _ = submit(
-        platform,
-        user,
-        req,
-        idempotency_key=idempotency_key,
-        operation=Operation.EXTEND,
-        source_video=data,
-    )
-    return job
+    size = f"{width}x{height}"
+    if size not in SIZES:
+        raise InvalidRequest(
+            f"The uploaded video is {size}; videos of these sizes can be used: {', '.join(SIZES)}.",
+            param="video",
+        )
+    return size
 
 
 def content_key(platform: ApiContext, user: User, video_id: str, variant: Variant) -> str:

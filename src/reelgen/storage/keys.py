@@ -26,7 +26,7 @@ def reference(job_id: str) -> str:
 
 
 def source_video(job_id: str) -> str:
-    """An uploaded video that the job continues."""
+    """An uploaded video that the job continues or edits."""
     return f"inputs/{job_id}/source.mp4"
 
 

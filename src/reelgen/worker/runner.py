@@ -523,29 +523,42 @@ class _JobRun:
             raise CancelledByUser
 
     def spec(self) -> GenerationSpec:
-        """What the model makes: the job's clip, or for an extension only its new part,
-        conditioned on the last frame of the video it continues."""
+        """What the model makes: the job's clip; for an extension only its new part,
+        conditioned on the last frame of the video it continues; for an edit, the job's
+        clip from the video it changes."""
         run_id = f"{self.job.id}:{self.token}"  # unique per claim (a handed-back job's
         # next claim reuses its attempt number)
-        if self.job.spec.operation is Operation.EXTEND:
+        operation = self.job.spec.operation
+        if operation is Operation.EXTEND:
             return self._extension_spec(run_id)
+        if operation is Operation.EDIT:
+            spec = GenerationSpec.of(self.job.spec, run_id=run_id)
+            return dataclasses.replace(spec, source_video=self._fetch_source())
         key = self.job.spec.reference_key
         image = self.p.objects.get(key) if key else None
         return GenerationSpec.of(self.job.spec, image, run_id=run_id)
 
-    def _extension_spec(self, run_id: str) -> GenerationSpec:
+    def _fetch_source(self) -> Path:
+        """A local copy of the video an extension continues or an edit changes: a completed
+        video of ours, or the one uploaded with the request (kept with the job's inputs)."""
         parent_id = self.job.spec.parent_id
-        if parent_id is not None:  # a completed video of ours
+        if parent_id is not None:
             parent = self.p.jobs.get(parent_id)
             key = parent.video_key if parent is not None else None
             what = parent_id
-        else:  # an uploaded one, kept with the job's inputs
-            parent, key, what = None, keys.source_video(self.job.id), "the uploaded video"
+        else:
+            key, what = keys.source_video(self.job.id), "the uploaded video"
         if key is None or not self.p.objects.exists(key):
-            raise RuntimeError(f"the video being extended ({what}) is no longer available")
+            raise RuntimeError(f"the source video ({what}) is no longer available")
         path = self.tmp / "source.mp4"
         path.write_bytes(self.p.objects.get(key))
+        return path
+
+    def _extension_spec(self, run_id: str) -> GenerationSpec:
+        path = self._fetch_source()
         end = ending(path)
+        parent_id = self.job.spec.parent_id
+        parent = self.p.jobs.get(parent_id) if parent_id is not None else None
         seconds = parent.spec.seconds if parent is not None else end.seconds
         self.source = (path, seconds)
         spec = GenerationSpec.of(self.job.spec, end.png(), run_id=run_id)
@@ -557,7 +570,7 @@ class _JobRun:
             return clip
         path, seconds = self.source
         spec = self.job.spec
-        head = read_frames(path, spec.width, spec.height, seconds * spec.fps)
+        head = read_frames(path, spec.width, spec.height, seconds * spec.fps, fps=spec.fps)
         audio = read_audio(path, seconds * clip.sample_rate, clip.sample_rate)
         tail = clip.audio if clip.audio.shape[0] == 2 else np.repeat(clip.audio[:1], 2, axis=0)
         return Clip(

@@ -214,7 +214,40 @@ async def extend_video(
     idempotency_key: Annotated[str | None, Header()] = None,
 ) -> VideoPublic:
     """Continues a completed video (`video: {"id": ...}`, as the openai SDK's `videos.extend`
-    sends it); `seconds` is the extended video's total length."""
+    sends it) or an uploaded MP4; `seconds` is the extended video's total length."""
+    source, prompt, fields = await _source_request(request, platform, {"prompt", "seconds"})
+    seconds = fields.get("seconds")
+    if seconds is not None and not isinstance(seconds, str | int):
+        raise InvalidRequest("seconds must be a string or an integer.", param="seconds")
+    return await run_sync(
+        platform, _extend, platform, user, source, prompt, seconds, idempotency_key
+    )
+
+
+@router.post(
+    "/edits",
+    response_model=VideoPublic,
+    responses=error_responses(400, 401, 404, 409, 429),
+)
+async def edit_video(
+    request: Request,
+    platform: ApiDep,
+    user: CurrentUser,
+    idempotency_key: Annotated[str | None, Header()] = None,
+) -> VideoPublic:
+    """Changes a completed video (`video: {"id": ...}`, as the openai SDK's `videos.edit`
+    sends it) or an uploaded MP4 as the prompt says: same length and size, the source's
+    motion and layout kept."""
+    source, prompt, _ = await _source_request(request, platform, {"prompt"})
+    return await run_sync(platform, _edit, platform, user, source, prompt, idempotency_key)
+
+
+async def _source_request(
+    request: Request, platform: ApiContext, allowed: set[str]
+) -> tuple[str | bytes, str, dict[str, Any]]:
+    """(the source video: an id, or an uploaded file's bytes; the prompt; all fields) of a request
+    that derives a video from another, as JSON (`video: {"id": ...}`) or a form (`video[id]`
+    or a `video` file). `prompt` is required."""
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     uploaded: bytes | None = None
     if content_type == "application/json":
@@ -224,24 +257,23 @@ async def extend_video(
             raise InvalidRequest("The request body is not valid JSON.") from None
         if not isinstance(body, dict):
             raise InvalidRequest("The request body must be a JSON object.")
-        video = body.get("video")
+        video = body.pop("video", None)
         video_id = video.get("id") if isinstance(video, dict) else None
-        prompt, seconds = body.get("prompt"), body.get("seconds")
-        unknown = set(body) - {"prompt", "seconds", "video"}
+        fields: dict[str, Any] = body
+        unknown = set(fields) - allowed
     elif content_type in ("multipart/form-data", "application/x-www-form-urlencoded"):
         limit = platform.settings.max_source_video_bytes
         async with request.form(max_files=1, max_fields=8, max_part_size=limit + 1) as form:
-            fields: dict[str, Any] = dict(form.multi_items())
-            upload = fields.get("video")
+            fields = dict(form.multi_items())
+            upload = fields.pop("video", None)
             if isinstance(upload, UploadFile):
                 uploaded = await upload.read(limit + 1)
                 if len(uploaded) > limit:
                     raise InvalidRequest(
                         f"The uploaded video is larger than {limit} bytes.", param="video"
                     )
-        video_id = fields.get("video[id]")
-        prompt, seconds = fields.get("prompt"), fields.get("seconds")
-        unknown = set(fields) - {"prompt", "seconds", "video[id]", "video"}
+        video_id = fields.pop("video[id]", None)
+        unknown = set(fields) - allowed
     else:
         raise InvalidRequest(
             f"Content-Type must be application/json or multipart/form-data; got {content_type}."
@@ -254,14 +286,10 @@ async def extend_video(
             "video is required: the id of a completed video (video[id]) or an uploaded MP4.",
             param="video",
         )
+    prompt = fields.get("prompt")
     if not isinstance(prompt, str):
         raise InvalidRequest("prompt is required.", param="prompt")
-    if seconds is not None and not isinstance(seconds, str | int):
-        raise InvalidRequest("seconds must be a string or an integer.", param="seconds")
-    source: str | bytes = uploaded if uploaded is not None else str(video_id)
-    return await run_sync(
-        platform, _extend, platform, user, source, prompt, seconds, idempotency_key
-    )
+    return (uploaded if uploaded is not None else str(video_id)), prompt, fields
 
 
 def _extend(
@@ -276,8 +304,18 @@ def _extend(
     return _public(platform, job)
 
 
+def _edit(
+    platform: ApiContext,
+    user: User,
+    source: str | bytes,
+    prompt: str,
+    idempotency_key: str | None,
+) -> VideoPublic:
+    job = videos.edit(platform, user, source, prompt, idempotency_key)
+    return _public(platform, job)
+
+
 UNSUPPORTED = {
-    "edits": "Editing a video",
     "characters": "Characters",
 }
 
@@ -521,7 +559,6 @@ async def _event_stream(
 
 
 for _op, _path, _method in (
-    ("edits", "/edits", "POST"),
     ("characters", "/characters", "POST"),
     *(
         ("characters", "/characters/{character_path:path}", method)
