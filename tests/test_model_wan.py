@@ -110,7 +110,7 @@ def test_wan_checkpoint_resumes_to_the_same_video(tiny: Path, scheduler: str) ->
         other.generate(
             GenerationSpec(**{**_fields(SPEC), "seed": 6}), lambda info: None, saved["state"]
         )
-    with pytest.raises(ValueError, match="not a Wan checkpoint"):
+    with pytest.raises(ValueError, match="not a checkpoint of Wan"):
         other.generate(SPEC, lambda info: None, b"garbage")
 
 

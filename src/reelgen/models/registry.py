@@ -15,7 +15,7 @@ from typing import Any
 from reelgen.models.base import VideoModel
 from reelgen.settings import Settings
 
-ADAPTERS = frozenset({"reference", "wan"})
+ADAPTERS = frozenset({"reference", "wan", "ltx"})
 
 
 @cache
@@ -53,6 +53,8 @@ def build_model(name: str, settings: Settings, *, path: Path | None = None) -> V
         from reelgen.models.reference import ReferenceModel
 
         return ReferenceModel(steps=settings.reference_steps)
+    if entry["adapter"] == "ltx":
+        return _ltx(name, entry, path or settings.model_path)
     return _wan(name, entry, path or settings.model_path)
 
 
@@ -63,9 +65,7 @@ def _wan(name: str, entry: Mapping[str, Any], path: Path | None) -> VideoModel:
     known = {"adapter", "steps", "guidance_scale", "guidance_scale_2", "fps", "dtype",
              "max_sequence_length", "cost_class", "negative_prompt", "cpu_offload",
              "vae_tiling", "device", "task"}  # fmt: skip
-    unknown = set(entry) - known
-    if unknown:
-        raise ValueError(f"registry.toml: {name} has unknown keys {sorted(unknown)}")
+    _known_keys(name, entry, known)
     task = entry.get("task", "t2v")
     if task not in ("t2v", "i2v", "ti2v"):
         raise ValueError(f"registry.toml: {name} has task {task!r}; one of t2v, i2v, ti2v")
@@ -88,6 +88,42 @@ def _wan(name: str, entry: Mapping[str, Any], path: Path | None) -> VideoModel:
             task=task,
         ),
     )
+
+
+def _ltx(name: str, entry: Mapping[str, Any], path: Path | None) -> VideoModel:
+    from reelgen.models.ltx import LtxConfig, LtxModel
+    from reelgen.scheduler.cost import measured_models
+
+    known = {"adapter", "steps", "guidance_scale", "guidance_rescale", "fps", "dtype",
+             "max_sequence_length", "cost_class", "negative_prompt", "cpu_offload",
+             "vae_tiling", "device", "decode_timestep", "decode_noise_scale"}  # fmt: skip
+    _known_keys(name, entry, known)
+    noise = entry.get("decode_noise_scale")
+    return LtxModel(
+        name,
+        LtxConfig(
+            path=path,
+            steps=int(entry.get("steps", 50)),
+            guidance_scale=float(entry.get("guidance_scale", 3.0)),
+            guidance_rescale=float(entry.get("guidance_rescale", 0.0)),
+            negative_prompt=str(entry.get("negative_prompt", "")),
+            max_sequence_length=int(entry.get("max_sequence_length", 128)),
+            decode_timestep=float(entry.get("decode_timestep", 0.0)),
+            decode_noise_scale=float(noise) if noise is not None else None,
+            device=str(entry.get("device", "cuda")),
+            dtype=str(entry.get("dtype", "bfloat16")),
+            fps=int(entry.get("fps", 24)),
+            cost=measured_models().get(str(entry.get("cost_class", ""))),
+            enable_vae_tiling=bool(entry.get("vae_tiling", False)),
+            cpu_offload=bool(entry.get("cpu_offload", False)),
+        ),
+    )
+
+
+def _known_keys(name: str, entry: Mapping[str, Any], known: set[str]) -> None:
+    unknown = set(entry) - known
+    if unknown:
+        raise ValueError(f"registry.toml: {name} has unknown keys {sorted(unknown)}")
 
 
 def _cog(name: str, settings: Settings) -> VideoModel:

@@ -29,7 +29,6 @@ import functools
 import hashlib
 import io
 import json
-import math
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -39,6 +38,7 @@ from typing import Any, Literal
 import numpy as np
 
 from reelgen.models.base import Clip, Conditioning, GenerationSpec, StepCallback, StepInfo
+from reelgen.models.diffusers_state import job_frames, load_pipeline, restore, rounded, save
 from reelgen.scheduler.cost import CostModel
 
 _SNAPSHOT_FORMAT = "reelgen-wan-snapshot/1"
@@ -100,32 +100,12 @@ class WanModel:
                 self.pipe = self._load()
 
     def _load(self) -> Any:
-        path = self.config.path
-        if path is None:
-            raise ValueError(
-                f"{self.name} needs its weights: --model-path DIR or REELGEN_MODEL_PATH"
-            )
-        if not (path / "model_index.json").is_file():
-            raise ValueError(f"{path} is not a diffusers pipeline directory (no model_index.json)")
-        try:
-            import torch
-            from diffusers import WanImageToVideoPipeline, WanPipeline
-        except ImportError as exc:
-            raise RuntimeError(
-                f"{self.name} needs the diffusers extra: pip install torch, then "
-                f"pip install 'reelgen[diffusers]' ({exc})"
-            ) from exc
-        dtype = getattr(torch, self.config.dtype)
-        kind = WanPipeline if self.config.task == "t2v" else WanImageToVideoPipeline
-        pipe = kind.from_pretrained(str(path), dtype=dtype, local_files_only=True)
-        pipe.set_progress_bar_config(disable=True)
-        if self.config.cpu_offload:
-            pipe.enable_model_cpu_offload(device=self.config.device)
-        else:
-            pipe.to(self.config.device)
-        if self.config.enable_vae_tiling:
-            pipe.vae.enable_tiling()
-        return pipe
+        cfg = self.config
+        kind = "WanPipeline" if cfg.task == "t2v" else "WanImageToVideoPipeline"
+        return load_pipeline(
+            self.name, cfg.path, kind, dtype=cfg.dtype, device=cfg.device,
+            cpu_offload=cfg.cpu_offload, vae_tiling=cfg.enable_vae_tiling,
+        )  # fmt: skip
 
     def num_steps(self, spec: GenerationSpec) -> int:
         return self.config.steps
@@ -144,11 +124,7 @@ class WanModel:
         patch = pipe.transformer.config.patch_size
         h_unit = pipe.vae_scale_factor_spatial * patch[1]
         w_unit = pipe.vae_scale_factor_spatial * patch[2]
-        t_unit = pipe.vae_scale_factor_temporal
-        height = max(h_unit, spec.height // h_unit * h_unit)
-        width = max(w_unit, spec.width // w_unit * w_unit)
-        frames = math.ceil(max(0, spec.num_frames - 1) / t_unit) * t_unit + 1
-        return height, width, frames
+        return rounded(spec, h_unit, w_unit, pipe.vae_scale_factor_temporal)
 
     def generate(
         self, spec: GenerationSpec, on_step: StepCallback, resume_from: bytes | None = None
@@ -194,7 +170,7 @@ class WanModel:
             )
         start = 0
         if resume_from is not None:
-            start, latents = _restore(resume_from, fingerprint, scheduler, device)
+            start, latents = restore(resume_from, fingerprint, scheduler, device, "Wan")
         boundary = None
         if pipe.config.boundary_ratio is not None:
             boundary = pipe.config.boundary_ratio * scheduler.config.num_train_timesteps
@@ -233,7 +209,7 @@ class WanModel:
                     )[0]
                     noise = uncond + scale * (noise - uncond)
                 latents = scheduler.step(noise, t, latents, return_dict=False)[0]
-            snapshot = functools.partial(_snapshot, fingerprint, i + 1, latents, scheduler)
+            snapshot = functools.partial(save, fingerprint, i + 1, latents, scheduler)
             on_step(StepInfo(i + 1, cfg.steps, snapshot))
         if condition is not None and expand:  # the image is the first frame
             latents = (1 - mask) * condition + mask * latents
@@ -306,18 +282,7 @@ class WanModel:
         return video[0]
 
     def _decode(self, latents: Any, spec: GenerationSpec) -> Iterator[np.ndarray]:
-        from PIL import Image
-
-        video = self.decode(latents)
-        for k in range(spec.num_frames):
-            frame = video[min(k, len(video) - 1)]
-            rgb = (np.clip(frame, 0.0, 1.0) * 255 + 0.5).astype(np.uint8)
-            if rgb.shape[:2] != (spec.height, spec.width):
-                resized = Image.fromarray(rgb).resize(
-                    (spec.width, spec.height), Image.Resampling.BICUBIC
-                )
-                rgb = np.asarray(resized)
-            yield rgb
+        yield from job_frames(self.decode(latents), spec)
 
     def _fingerprint(
         self, spec: GenerationSpec, height: int, width: int, frames: int, image: bool
@@ -337,50 +302,3 @@ class WanModel:
             "image": hashlib.sha256(ref).hexdigest() if image and ref is not None else None,
         }
         return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
-
-
-_STATE_TYPES = (int, float, bool, list, tuple, type(None))
-
-
-def _snapshot(fingerprint: str, step: int, latents: Any, scheduler: Any) -> bytes:
-    """The latents and the scheduler's mutable state after `step`, as torch's safe format."""
-    import torch
-
-    state = {
-        key: value
-        for key, value in vars(scheduler).items()
-        if not key.startswith("_internal")
-        and (torch.is_tensor(value) or isinstance(value, _STATE_TYPES))
-    }
-    buf = io.BytesIO()
-    torch.save(
-        {"fingerprint": fingerprint, "step": step, "latents": latents.cpu(), "scheduler": state},
-        buf,
-    )
-    return buf.getvalue()
-
-
-def _restore(data: bytes, fingerprint: str, scheduler: Any, device: Any) -> tuple[int, Any]:
-    import torch
-
-    try:
-        saved = torch.load(io.BytesIO(data), weights_only=True, map_location="cpu")
-    except Exception as exc:
-        raise ValueError(f"not a Wan checkpoint: {exc}") from exc
-    if not isinstance(saved, dict) or saved.get("fingerprint") != fingerprint:
-        raise ValueError("the checkpoint belongs to another job or model setting")
-    for key, value in saved["scheduler"].items():
-        setattr(scheduler, key, _to(value, device))
-    return int(saved["step"]), saved["latents"].to(device)
-
-
-def _to(value: Any, device: Any) -> Any:
-    import torch
-
-    if torch.is_tensor(value):
-        return value.to(device)
-    if isinstance(value, list):
-        return [_to(v, device) for v in value]
-    if isinstance(value, tuple):
-        return tuple(_to(v, device) for v in value)
-    return value

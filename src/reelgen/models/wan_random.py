@@ -46,28 +46,19 @@ def random_pipeline(
         WanPipeline,
         WanTransformer3DModel,
     )
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast, UMT5Config, UMT5EncoderModel
+    from transformers import UMT5Config, UMT5EncoderModel
 
     tiny = shape == "tiny"
     if task != "t2v" and not tiny:
         raise ValueError("the image-to-video layouts come in the tiny shape only")
     torch.manual_seed(0)
-    vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)]
-    vocab += [("\u2581" + w, -1.0 - i / 100) for i, w in enumerate(WORDS)]
-    vocab += [(c, -5.0) for c in "abcdefghijklmnopqrstuvwxyz"]
-    raw = Tokenizer(models.Unigram(vocab, unk_id=2))
-    raw.pre_tokenizer = pre_tokenizers.Metaspace()
-    raw.decoder = decoders.Metaspace()
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=raw, pad_token="<pad>", eos_token="</s>", unk_token="<unk>"
-    )
+    tokenizer = small_tokenizer()
     dtype = torch.float32 if tiny else torch.bfloat16
     text_dim = 32 if tiny else 4096
     with torch.device(device):
         encoder = UMT5EncoderModel(
             UMT5Config(
-                vocab_size=len(vocab), d_model=text_dim, d_kv=8 if tiny else 64,
+                vocab_size=len(tokenizer), d_model=text_dim, d_kv=8 if tiny else 64,
                 d_ff=64 if tiny else 10240, num_layers=2, num_heads=4 if tiny else 64,
                 relative_attention_num_buckets=8 if tiny else 32, is_encoder_decoder=False,
                 pad_token_id=0, eos_token_id=1,
@@ -121,3 +112,19 @@ def _clip_image_encoder(device: str) -> dict[str, Any]:
     )  # fmt: skip
     processor = CLIPImageProcessor(crop_size=32, size={"shortest_edge": 32})
     return {"image_encoder": CLIPVisionModel(config).to(device), "image_processor": processor}
+
+
+def small_tokenizer() -> Any:
+    """A unigram tokenizer over `WORDS` and single letters, made in memory."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)]
+    vocab += [("\u2581" + w, -1.0 - i / 100) for i, w in enumerate(WORDS)]
+    vocab += [(c, -5.0) for c in "abcdefghijklmnopqrstuvwxyz"]
+    raw = Tokenizer(models.Unigram(vocab, unk_id=2))
+    raw.pre_tokenizer = pre_tokenizers.Metaspace()
+    raw.decoder = decoders.Metaspace()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=raw, pad_token="<pad>", eos_token="</s>", unk_token="<unk>"
+    )

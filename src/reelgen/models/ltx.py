@@ -1,0 +1,247 @@
+"""LTX-Video text-to-video through diffusers (`LTXPipeline`; the `diffusers` extra), loaded
+from a local directory the operator downloaded; nothing is fetched.
+
+As with Wan, the adapter owns the denoising loop so that a run can resume from a checkpoint:
+the pipeline's own `encode_prompt` and `prepare_latents` (packed into a token sequence),
+the flow-matching schedule shifted for the clip's sequence length as `LTXPipeline.__call__`
+computes it, then per step the transformer (negative and positive prompt in one batch) and
+the scheduler's step. The same seed gives the same video as the pipeline (a test holds it to
+the pipeline's own output). The VAE decode (with LTX 0.9.1+'s timestep-conditioned decoder,
+a little noise drawn from the job's generator) runs when the clip's frames are read, on the
+worker's finishing thread.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import hashlib
+import json
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from reelgen.models.base import Clip, Conditioning, GenerationSpec, StepCallback, StepInfo
+from reelgen.models.diffusers_state import job_frames, load_pipeline, restore, rounded, save
+from reelgen.scheduler.cost import CostModel
+
+_SNAPSHOT_FORMAT = "reelgen-ltx-snapshot/1"
+SAMPLE_RATE = 48_000
+
+
+@dataclass(frozen=True, slots=True)
+class LtxConfig:
+    path: Path | None
+    """The pipeline's directory (model_index.json and its components); a worker needs it."""
+    steps: int = 50
+    guidance_scale: float = 3.0
+    guidance_rescale: float = 0.0
+    negative_prompt: str = ""
+    max_sequence_length: int = 128
+    decode_timestep: float = 0.0
+    decode_noise_scale: float | None = None
+    """For a timestep-conditioned VAE (None: `decode_timestep`)."""
+    device: str = "cuda"
+    dtype: str = "bfloat16"
+    fps: int = 24
+    cost: CostModel | None = None
+    """Prices a clip for ETAs, quotas and scheduling (None: a rough per-step guess)."""
+    styles: frozenset[str] = field(default_factory=frozenset)
+    enable_vae_tiling: bool = False
+    cpu_offload: bool = False
+
+
+class LtxModel:
+    """`VideoModel` over a diffusers `LTXPipeline` directory."""
+
+    accepts: frozenset[Conditioning] = frozenset()
+    requires: frozenset[Conditioning] = frozenset()
+
+    def __init__(self, name: str, config: LtxConfig):
+        self.name = name
+        self.config = config
+        self.styles = config.styles
+        self.fps = config.fps
+        self.pipe: Any = None
+        self._loading = threading.Lock()
+        self._device = threading.Lock()
+        """Held by each step and by a decode (see `WanModel`)."""
+
+    def load(self) -> None:
+        """Once per process (workers of one process share the pipeline)."""
+        with self._loading:
+            if self.pipe is None:
+                self.pipe = self._load()
+
+    def _load(self) -> Any:
+        cfg = self.config
+        return load_pipeline(
+            self.name, cfg.path, "LTXPipeline", dtype=cfg.dtype, device=cfg.device,
+            cpu_offload=cfg.cpu_offload, vae_tiling=cfg.enable_vae_tiling,
+        )  # fmt: skip
+
+    def num_steps(self, spec: GenerationSpec) -> int:
+        return self.config.steps
+
+    def estimate_seconds(self, spec: GenerationSpec) -> float:
+        cost = self.config.cost
+        if cost is None:  # LTX-Video 2B runs about 4x faster than Wan 1.3B at 768x512
+            return self.config.steps * 1.5 * spec.width * spec.height / (768 * 512)
+        return cost.wall_seconds(spec.width, spec.height, spec.num_frames, steps=self.config.steps)
+
+    def geometry(self, spec: GenerationSpec) -> tuple[int, int, int]:
+        """(height, width, frames) the pipeline runs at: sizes rounded down to what the VAE
+        and patches divide, frames up to `8k + 1` (the extra ones are dropped)."""
+        pipe = self.pipe
+        unit = pipe.vae_spatial_compression_ratio * pipe.transformer_spatial_patch_size
+        t_unit = pipe.vae_temporal_compression_ratio * pipe.transformer_temporal_patch_size
+        return rounded(spec, unit, unit, t_unit)
+
+    def generate(
+        self, spec: GenerationSpec, on_step: StepCallback, resume_from: bytes | None = None
+    ) -> Clip:
+        import torch
+        from diffusers.pipelines.ltx.pipeline_ltx import calculate_shift, rescale_noise_cfg
+
+        if self.pipe is None:
+            self.load()
+        pipe, cfg = self.pipe, self.config
+        device = pipe._execution_device
+        height, width, frames = self.geometry(spec)
+        fingerprint = self._fingerprint(spec, height, width, frames)
+        cfg_on = cfg.guidance_scale > 1.0
+        with self._device, torch.no_grad():
+            embeds, mask, negative, negative_mask = pipe.encode_prompt(
+                prompt=spec.prompt,
+                negative_prompt=cfg.negative_prompt,
+                do_classifier_free_guidance=cfg_on,
+                num_videos_per_prompt=1,
+                max_sequence_length=cfg.max_sequence_length,
+                device=device,
+            )
+        if cfg_on:
+            embeds = torch.cat([negative, embeds], dim=0)
+            mask = torch.cat([negative_mask, mask], dim=0)
+        generator = torch.Generator(device="cpu").manual_seed(spec.seed)
+        latents = pipe.prepare_latents(
+            1, pipe.transformer.config.in_channels, height, width, frames, torch.float32,
+            device, generator,
+        )  # fmt: skip
+        grid = (
+            (frames - 1) // pipe.vae_temporal_compression_ratio + 1,
+            height // pipe.vae_spatial_compression_ratio,
+            width // pipe.vae_spatial_compression_ratio,
+        )
+        scheduler = copy.deepcopy(pipe.scheduler)  # a run's own state (several may share a pipe)
+        conf = scheduler.config
+        mu = calculate_shift(
+            grid[0] * grid[1] * grid[2],
+            conf.get("base_image_seq_len", 256),
+            conf.get("max_image_seq_len", 4096),
+            conf.get("base_shift", 0.5),
+            conf.get("max_shift", 1.15),
+        )
+        sigmas = np.linspace(1.0, 1 / cfg.steps, cfg.steps)
+        scheduler.set_timesteps(sigmas=sigmas, device=device, mu=mu)
+        timesteps = scheduler.timesteps
+        start = 0
+        if resume_from is not None:
+            start, latents = restore(resume_from, fingerprint, scheduler, device, "LTX-Video")
+        rope = (
+            pipe.vae_temporal_compression_ratio / spec.fps,
+            pipe.vae_spatial_compression_ratio,
+            pipe.vae_spatial_compression_ratio,
+        )
+        for i in range(start, cfg.steps):
+            t = timesteps[i]
+            with self._device, torch.no_grad():
+                model_input = torch.cat([latents] * 2) if cfg_on else latents
+                model_input = model_input.to(embeds.dtype)
+                noise = pipe.transformer(
+                    hidden_states=model_input,
+                    encoder_hidden_states=embeds,
+                    timestep=t.expand(model_input.shape[0]),
+                    encoder_attention_mask=mask,
+                    num_frames=grid[0],
+                    height=grid[1],
+                    width=grid[2],
+                    rope_interpolation_scale=rope,
+                    return_dict=False,
+                )[0].float()
+                if cfg_on:
+                    uncond, cond = noise.chunk(2)
+                    noise = uncond + cfg.guidance_scale * (cond - uncond)
+                    if cfg.guidance_rescale > 0:
+                        noise = rescale_noise_cfg(
+                            noise, cond, guidance_rescale=cfg.guidance_rescale
+                        )
+                latents = scheduler.step(noise, t, latents, return_dict=False)[0]
+            snapshot = functools.partial(save, fingerprint, i + 1, latents, scheduler)
+            on_step(StepInfo(i + 1, cfg.steps, snapshot))
+        return Clip(
+            width=spec.width,
+            height=spec.height,
+            fps=spec.fps,
+            num_frames=spec.num_frames,
+            frames=self._decode(latents, grid, embeds.dtype, generator, spec),
+            audio=np.zeros((2, spec.seconds * SAMPLE_RATE), dtype=np.float32),
+            sample_rate=SAMPLE_RATE,
+        )
+
+    def decode(self, latents: Any, grid: tuple[int, int, int], dtype: Any, generator: Any) -> Any:
+        """Packed latents -> video in [0, 1], (frames, height, width, 3) float32 on the CPU,
+        as the pipeline decodes them (the decode noise drawn from the job's generator)."""
+        import torch
+        from diffusers.utils.torch_utils import randn_tensor
+
+        pipe, cfg = self.pipe, self.config
+        vae = pipe.vae
+        with self._device, torch.no_grad():
+            latents = pipe._unpack_latents(
+                latents, *grid, pipe.transformer_spatial_patch_size,
+                pipe.transformer_temporal_patch_size,
+            )  # fmt: skip
+            latents = pipe._denormalize_latents(
+                latents, vae.latents_mean, vae.latents_std, vae.config.scaling_factor
+            ).to(dtype)
+            timestep = None
+            if vae.config.timestep_conditioning:
+                noise = randn_tensor(
+                    latents.shape, generator=generator, device=latents.device, dtype=latents.dtype
+                )
+                scale = cfg.decode_noise_scale
+                scale = cfg.decode_timestep if scale is None else scale
+                timestep = torch.tensor([cfg.decode_timestep], device=latents.device, dtype=dtype)
+                latents = (1 - scale) * latents + scale * noise
+            video = vae.decode(latents.to(vae.dtype), timestep, return_dict=False)[0]
+            video = pipe.video_processor.postprocess_video(video, output_type="np")
+        return video[0]
+
+    def _decode(
+        self,
+        latents: Any,
+        grid: tuple[int, int, int],
+        dtype: Any,
+        generator: Any,
+        spec: GenerationSpec,
+    ) -> Iterator[np.ndarray]:
+        yield from job_frames(self.decode(latents, grid, dtype, generator), spec)
+
+    def _fingerprint(self, spec: GenerationSpec, height: int, width: int, frames: int) -> str:
+        cfg = self.config
+        fields = {
+            "format": _SNAPSHOT_FORMAT,
+            "model": self.name,
+            "steps": cfg.steps,
+            "guidance": [cfg.guidance_scale, cfg.guidance_rescale],
+            "negative": cfg.negative_prompt,
+            "prompt": spec.prompt,
+            "seed": spec.seed,
+            "fps": spec.fps,
+            "geometry": [height, width, frames],
+        }
+        return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()

@@ -1,0 +1,106 @@
+"""The LTX-Video adapter: its own denoising loop gives the pipeline's video, checkpoints
+resume to the same video, and the registry entry builds without torch. The pipeline tests
+run a tiny random-weight pipeline on the CPU (`make test-diffusers`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from reelgen.models.base import GenerationSpec, StepInfo
+from reelgen.models.ltx import LtxConfig, LtxModel
+from reelgen.models.registry import build_model
+from reelgen.settings import Settings
+
+SPEC = GenerationSpec(prompt="a red boat on the sea", seconds=1, width=32, height=32, seed=5, fps=8)
+
+
+def test_ltx_registry_entry_builds_without_torch() -> None:
+    model = build_model("ltx-video-2b", Settings(default_model="ltx-video-2b"))
+    assert isinstance(model, LtxModel) and model.fps == 24 and model.num_steps(SPEC) == 50
+    assert model.accepts == model.requires == frozenset()
+    assert model.config.decode_timestep == 0.03 and model.config.decode_noise_scale == 0.025
+    spec = GenerationSpec(prompt="x", seconds=5, width=768, height=512, seed=1, fps=24)
+    assert model.estimate_seconds(spec) > 10
+    with pytest.raises(ValueError, match="needs its weights"):
+        model.load()
+
+
+@pytest.fixture(scope="module", params=[False, True], ids=["plain-vae", "timestep-vae"])
+def tiny(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    pytest.importorskip("torch")
+    pytest.importorskip("diffusers")
+    from .ltx_tiny import build
+
+    return build(tmp_path_factory.mktemp("ltx") / "tiny", timestep_conditioning=request.param)
+
+
+def _model(path: Path, steps: int = 4) -> LtxModel:
+    model = LtxModel(
+        "ltx-tiny",
+        LtxConfig(
+            path=path, steps=steps, device="cpu", dtype="float32", max_sequence_length=16,
+            decode_timestep=0.05, decode_noise_scale=0.025,
+        ),
+    )  # fmt: skip
+    model.load()
+    return model
+
+
+@pytest.mark.diffusers
+def test_ltx_own_loop_gives_the_pipelines_video(tiny: Path) -> None:
+    import torch
+
+    model = _model(tiny)
+    steps: list[int] = []
+    clip = model.generate(SPEC, lambda info: steps.append(info.step))
+    frames = np.stack(list(clip.frames))
+    assert steps == [1, 2, 3, 4]
+    height, width, count = model.geometry(SPEC)
+    assert (height, width) == (32, 32) and count % 4 == 1 and count >= 8
+    assert frames.shape == (8, 32, 32, 3) and frames.dtype == np.uint8
+    expected = model.pipe(
+        prompt=SPEC.prompt, negative_prompt="", height=height, width=width, num_frames=count,
+        frame_rate=SPEC.fps, num_inference_steps=4, guidance_scale=3.0, max_sequence_length=16,
+        decode_timestep=0.05, decode_noise_scale=0.025, output_type="np",
+        generator=torch.Generator().manual_seed(SPEC.seed),
+    ).frames[0]  # fmt: skip
+    expected = (np.clip(expected, 0, 1) * 255 + 0.5).astype(np.uint8)[:8]
+    assert np.array_equal(frames, expected)
+    assert frames.std() > 1
+
+
+class Stop(Exception):
+    pass
+
+
+@pytest.mark.diffusers
+def test_ltx_checkpoint_resumes_to_the_same_video(tiny: Path) -> None:
+    model = _model(tiny)
+    whole = np.stack(list(model.generate(SPEC, lambda info: None).frames))
+    saved: dict[str, bytes] = {}
+
+    def stop_at_two(info: StepInfo) -> None:
+        if info.step == 2:
+            assert info.snapshot is not None
+            saved["state"] = info.snapshot()
+            raise Stop
+
+    with pytest.raises(Stop):
+        model.generate(SPEC, stop_at_two)
+    other = _model(tiny)  # another worker's copy
+    steps: list[int] = []
+    resumed = other.generate(SPEC, lambda info: steps.append(info.step), saved["state"])
+    assert steps == [3, 4]
+    assert np.array_equal(np.stack(list(resumed.frames)), whole)
+    reseeded = GenerationSpec(**{**_fields(SPEC), "seed": 6})
+    with pytest.raises(ValueError, match="another job"):
+        other.generate(reseeded, lambda info: None, saved["state"])
+    with pytest.raises(ValueError, match="not a checkpoint of LTX-Video"):
+        other.generate(SPEC, lambda info: None, b"garbage")
+
+
+def _fields(spec: GenerationSpec) -> dict[str, object]:
+    return {name: getattr(spec, name) for name in spec.__dataclass_fields__}
