@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import io
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -55,9 +55,16 @@ def load_pipeline(
     return pipe
 
 
-def save(fingerprint: str, step: int, latents: Any, scheduler: Any) -> bytes:
+def save(
+    fingerprint: str,
+    step: int,
+    latents: Any,
+    scheduler: Any,
+    extra: Mapping[str, Any] | None = None,
+) -> bytes:
     """The latents and the scheduler's mutable state after `step` (UniPC keeps its previous
-    model outputs and order; flow-matching Euler its step index)."""
+    model outputs and order; flow-matching Euler its step index), and what else the loop
+    carries between steps (`extra`: CogVideoX's previous prediction and its generator)."""
     import torch
 
     state = {
@@ -66,9 +73,16 @@ def save(fingerprint: str, step: int, latents: Any, scheduler: Any) -> bytes:
         if not key.startswith("_internal")
         and (torch.is_tensor(value) or isinstance(value, _STATE_TYPES))
     }
+    kept = {key: _to(value, "cpu") for key, value in (extra or {}).items()}
     buf = io.BytesIO()
     torch.save(
-        {"fingerprint": fingerprint, "step": step, "latents": latents.cpu(), "scheduler": state},
+        {
+            "fingerprint": fingerprint,
+            "step": step,
+            "latents": latents.cpu(),
+            "scheduler": state,
+            "extra": kept,
+        },
         buf,
     )
     return buf.getvalue()
@@ -76,9 +90,9 @@ def save(fingerprint: str, step: int, latents: Any, scheduler: Any) -> bytes:
 
 def restore(
     data: bytes, fingerprint: str, scheduler: Any, device: Any, family: str
-) -> tuple[int, Any]:
-    """(the step it was taken after, the latents on `device`); sets the scheduler's state.
-    Refuses another job's or another setting's checkpoint."""
+) -> tuple[int, Any, dict[str, Any]]:
+    """(the step it was taken after, the latents on `device`, the loop's `extra` on
+    `device`); sets the scheduler's state. Refuses another job's or setting's checkpoint."""
     import torch
 
     try:
@@ -89,7 +103,8 @@ def restore(
         raise ValueError("the checkpoint belongs to another job or model setting")
     for key, value in saved["scheduler"].items():
         setattr(scheduler, key, _to(value, device))
-    return int(saved["step"]), saved["latents"].to(device)
+    extra = {key: _to(value, device) for key, value in saved.get("extra", {}).items()}
+    return int(saved["step"]), saved["latents"].to(device), extra
 
 
 def _to(value: Any, device: Any) -> Any:

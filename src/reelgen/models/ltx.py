@@ -150,7 +150,7 @@ class LtxModel:
         timesteps = scheduler.timesteps
         start = 0
         if resume_from is not None:
-            start, latents = restore(resume_from, fingerprint, scheduler, device, "LTX-Video")
+            start, latents, _ = restore(resume_from, fingerprint, scheduler, device, "LTX-Video")
         rope = (
             pipe.vae_temporal_compression_ratio / spec.fps,
             pipe.vae_spatial_compression_ratio,

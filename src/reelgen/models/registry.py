@@ -15,7 +15,7 @@ from typing import Any
 from reelgen.models.base import VideoModel
 from reelgen.settings import Settings
 
-ADAPTERS = frozenset({"reference", "wan", "ltx"})
+ADAPTERS = frozenset({"reference", "wan", "ltx", "cogvideox"})
 
 
 @cache
@@ -55,6 +55,8 @@ def build_model(name: str, settings: Settings, *, path: Path | None = None) -> V
         return ReferenceModel(steps=settings.reference_steps)
     if entry["adapter"] == "ltx":
         return _ltx(name, entry, path or settings.model_path)
+    if entry["adapter"] == "cogvideox":
+        return _cogvideox(name, entry, path or settings.model_path)
     return _wan(name, entry, path or settings.model_path)
 
 
@@ -113,6 +115,33 @@ def _ltx(name: str, entry: Mapping[str, Any], path: Path | None) -> VideoModel:
             device=str(entry.get("device", "cuda")),
             dtype=str(entry.get("dtype", "bfloat16")),
             fps=int(entry.get("fps", 24)),
+            cost=measured_models().get(str(entry.get("cost_class", ""))),
+            enable_vae_tiling=bool(entry.get("vae_tiling", False)),
+            cpu_offload=bool(entry.get("cpu_offload", False)),
+        ),
+    )
+
+
+def _cogvideox(name: str, entry: Mapping[str, Any], path: Path | None) -> VideoModel:
+    from reelgen.models.cogvideox import CogVideoXConfig, CogVideoXModel
+    from reelgen.scheduler.cost import measured_models
+
+    known = {"adapter", "steps", "guidance_scale", "dynamic_cfg", "fps", "dtype",
+             "max_sequence_length", "cost_class", "negative_prompt", "cpu_offload",
+             "vae_tiling", "device"}  # fmt: skip
+    _known_keys(name, entry, known)
+    return CogVideoXModel(
+        name,
+        CogVideoXConfig(
+            path=path,
+            steps=int(entry.get("steps", 50)),
+            guidance_scale=float(entry.get("guidance_scale", 6.0)),
+            dynamic_cfg=bool(entry.get("dynamic_cfg", False)),
+            negative_prompt=str(entry.get("negative_prompt", "")),
+            max_sequence_length=int(entry.get("max_sequence_length", 226)),
+            device=str(entry.get("device", "cuda")),
+            dtype=str(entry.get("dtype", "bfloat16")),
+            fps=int(entry.get("fps", 8)),
             cost=measured_models().get(str(entry.get("cost_class", ""))),
             enable_vae_tiling=bool(entry.get("vae_tiling", False)),
             cpu_offload=bool(entry.get("cpu_offload", False)),

@@ -170,7 +170,7 @@ class WanModel:
             )
         start = 0
         if resume_from is not None:
-            start, latents = restore(resume_from, fingerprint, scheduler, device, "Wan")
+            start, latents, _ = restore(resume_from, fingerprint, scheduler, device, "Wan")
         boundary = None
         if pipe.config.boundary_ratio is not None:
             boundary = pipe.config.boundary_ratio * scheduler.config.num_train_timesteps

@@ -1,0 +1,220 @@
+"""CogVideoX 1.0 / 1.5 text-to-video through diffusers (`CogVideoXPipeline`; the
+`diffusers` extra), loaded from a local directory the operator downloaded; nothing is
+fetched.
+
+The adapter owns the denoising loop, as for Wan and LTX-Video: the pipeline's own
+`encode_prompt`, `prepare_latents` and rotary embeddings, then per step the transformer
+(negative and positive prompt in one batch, with CogVideoX's optional dynamic guidance) and
+the scheduler's step. CogVideoX's DPM scheduler keeps history outside itself: each step
+takes the previous step's predicted clean sample, and draws fresh noise from the job's
+generator. A checkpoint therefore holds, besides the latents and the scheduler's state, that
+prediction and the generator's state, so a resumed run gives the same video as an
+uninterrupted one (a test holds the loop to the pipeline's own output and resumes it).
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import hashlib
+import json
+import math
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from reelgen.models.base import Clip, Conditioning, GenerationSpec, StepCallback, StepInfo
+from reelgen.models.diffusers_state import job_frames, load_pipeline, restore, rounded, save
+from reelgen.scheduler.cost import CostModel
+
+_SNAPSHOT_FORMAT = "reelgen-cogvideox-snapshot/1"
+SAMPLE_RATE = 48_000
+
+
+@dataclass(frozen=True, slots=True)
+class CogVideoXConfig:
+    path: Path | None
+    """The pipeline's directory (model_index.json and its components); a worker needs it."""
+    steps: int = 50
+    guidance_scale: float = 6.0
+    dynamic_cfg: bool = False
+    """Guidance that rises over the schedule (recommended for the 5B models)."""
+    negative_prompt: str = ""
+    max_sequence_length: int = 226
+    device: str = "cuda"
+    dtype: str = "bfloat16"
+    fps: int = 8
+    cost: CostModel | None = None
+    """Prices a clip for ETAs, quotas and scheduling (None: a rough per-step guess)."""
+    styles: frozenset[str] = field(default_factory=frozenset)
+    enable_vae_tiling: bool = False
+    cpu_offload: bool = False
+
+
+class CogVideoXModel:
+    """`VideoModel` over a diffusers `CogVideoXPipeline` directory."""
+
+    accepts: frozenset[Conditioning] = frozenset()
+    requires: frozenset[Conditioning] = frozenset()
+
+    def __init__(self, name: str, config: CogVideoXConfig):
+        self.name = name
+        self.config = config
+        self.styles = config.styles
+        self.fps = config.fps
+        self.pipe: Any = None
+        self._loading = threading.Lock()
+        self._device = threading.Lock()
+        """Held by each step and by a decode (see `WanModel`)."""
+
+    def load(self) -> None:
+        """Once per process (workers of one process share the pipeline)."""
+        with self._loading:
+            if self.pipe is None:
+                self.pipe = self._load()
+
+    def _load(self) -> Any:
+        cfg = self.config
+        return load_pipeline(
+            self.name, cfg.path, "CogVideoXPipeline", dtype=cfg.dtype, device=cfg.device,
+            cpu_offload=cfg.cpu_offload, vae_tiling=cfg.enable_vae_tiling,
+        )  # fmt: skip
+
+    def num_steps(self, spec: GenerationSpec) -> int:
+        return self.config.steps
+
+    def estimate_seconds(self, spec: GenerationSpec) -> float:
+        cost = self.config.cost
+        if cost is None:  # CogVideoX-5B: about 3 min for 50 steps of 49 frames at 720x480
+            return self.config.steps * 3.6 * spec.width * spec.height / (720 * 480)
+        return cost.wall_seconds(spec.width, spec.height, spec.num_frames, steps=self.config.steps)
+
+    def geometry(self, spec: GenerationSpec) -> tuple[int, int, int]:
+        """(height, width, frames) the pipeline runs at: sizes rounded down to what the VAE
+        and patches divide, frames up to `4k + 1` (the extra ones are dropped)."""
+        pipe = self.pipe
+        unit = pipe.vae_scale_factor_spatial * pipe.transformer.config.patch_size
+        return rounded(spec, unit, unit, pipe.vae_scale_factor_temporal)
+
+    def generate(
+        self, spec: GenerationSpec, on_step: StepCallback, resume_from: bytes | None = None
+    ) -> Clip:
+        import torch
+        from diffusers import CogVideoXDPMScheduler
+
+        if self.pipe is None:
+            self.load()
+        pipe, cfg = self.pipe, self.config
+        device = pipe._execution_device
+        height, width, frames = self.geometry(spec)
+        fingerprint = self._fingerprint(spec, height, width, frames)
+        cfg_on = cfg.guidance_scale > 1.0
+        with self._device, torch.no_grad():
+            embeds, negative = pipe.encode_prompt(
+                spec.prompt,
+                cfg.negative_prompt,
+                cfg_on,
+                num_videos_per_prompt=1,
+                max_sequence_length=cfg.max_sequence_length,
+                device=device,
+            )
+        if cfg_on:
+            embeds = torch.cat([negative, embeds], dim=0)
+        scheduler = copy.deepcopy(pipe.scheduler)  # a run's own state (several may share a pipe)
+        scheduler.set_timesteps(cfg.steps, device=device)
+        timesteps = scheduler.timesteps
+        padding = 0  # CogVideoX 1.5: latent frames padded to a multiple of the time patch
+        patch_t = pipe.transformer.config.patch_size_t
+        latent_frames = (frames - 1) // pipe.vae_scale_factor_temporal + 1
+        if patch_t is not None and latent_frames % patch_t:
+            padding = patch_t - latent_frames % patch_t
+        generator = torch.Generator(device="cpu").manual_seed(spec.seed)
+        latents = pipe.prepare_latents(
+            1, pipe.transformer.config.in_channels,
+            frames + padding * pipe.vae_scale_factor_temporal, height, width, embeds.dtype,
+            device, generator,
+        )  # fmt: skip
+        dpm = isinstance(scheduler, CogVideoXDPMScheduler)
+        previous = None  # the DPM solver's last predicted clean sample
+        start = 0
+        if resume_from is not None:
+            start, latents, extra = restore(
+                resume_from, fingerprint, scheduler, device, "CogVideoX"
+            )
+            previous = extra.get("previous")
+            generator.set_state(extra["generator"].cpu())
+        rotary = None
+        if pipe.transformer.config.use_rotary_positional_embeddings:
+            rotary = pipe._prepare_rotary_positional_embeddings(
+                height, width, latents.size(1), device
+            )
+        for i in range(start, cfg.steps):
+            t = timesteps[i]
+            with self._device, torch.no_grad():
+                model_input = torch.cat([latents] * 2) if cfg_on else latents
+                model_input = scheduler.scale_model_input(model_input, t)
+                noise = pipe.transformer(
+                    hidden_states=model_input,
+                    encoder_hidden_states=embeds,
+                    timestep=t.expand(model_input.shape[0]),
+                    image_rotary_emb=rotary,
+                    return_dict=False,
+                )[0].float()
+                if cfg_on:
+                    scale = cfg.guidance_scale
+                    if cfg.dynamic_cfg:
+                        rise = (cfg.steps - t.item()) / cfg.steps
+                        scale = 1 + scale * (1 - math.cos(math.pi * rise**5.0)) / 2
+                    uncond, cond = noise.chunk(2)
+                    noise = uncond + scale * (cond - uncond)
+                if dpm:
+                    back = timesteps[i - 1] if i > 0 else None
+                    latents, previous = scheduler.step(
+                        noise, previous, t, back, latents, generator=generator, return_dict=False
+                    )
+                else:
+                    latents = scheduler.step(noise, t, latents, return_dict=False)[0]
+                latents = latents.to(embeds.dtype)
+            extra = {"previous": previous, "generator": generator.get_state()}
+            snapshot = functools.partial(save, fingerprint, i + 1, latents, scheduler, extra)
+            on_step(StepInfo(i + 1, cfg.steps, snapshot))
+        return Clip(
+            width=spec.width,
+            height=spec.height,
+            fps=spec.fps,
+            num_frames=spec.num_frames,
+            frames=self._decode(latents[:, padding:], spec),
+            audio=np.zeros((2, spec.seconds * SAMPLE_RATE), dtype=np.float32),
+            sample_rate=SAMPLE_RATE,
+        )
+
+    def decode(self, latents: Any) -> Any:
+        """Latents -> video in [0, 1], (frames, height, width, 3) float32 on the CPU."""
+        import torch
+
+        pipe = self.pipe
+        with self._device, torch.no_grad():
+            video = pipe.decode_latents(latents.to(pipe.vae.dtype))
+            video = pipe.video_processor.postprocess_video(video=video, output_type="np")
+        return video[0]
+
+    def _decode(self, latents: Any, spec: GenerationSpec) -> Iterator[np.ndarray]:
+        yield from job_frames(self.decode(latents), spec)
+
+    def _fingerprint(self, spec: GenerationSpec, height: int, width: int, frames: int) -> str:
+        cfg = self.config
+        fields = {
+            "format": _SNAPSHOT_FORMAT,
+            "model": self.name,
+            "steps": cfg.steps,
+            "guidance": [cfg.guidance_scale, cfg.dynamic_cfg],
+            "negative": cfg.negative_prompt,
+            "prompt": spec.prompt,
+            "seed": spec.seed,
+            "geometry": [height, width, frames],
+        }
+        return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()

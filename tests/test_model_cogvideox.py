@@ -1,0 +1,105 @@
+"""The CogVideoX adapter: its own denoising loop gives the pipeline's video, checkpoints
+(with the DPM solver's history and the generator's state) resume to the same video, and
+the registry entries build without torch. The pipeline tests run a tiny random-weight
+pipeline on the CPU (`make test-diffusers`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from reelgen.models.base import GenerationSpec, StepInfo
+from reelgen.models.cogvideox import CogVideoXConfig, CogVideoXModel
+from reelgen.models.registry import build_model
+from reelgen.settings import Settings
+
+SPEC = GenerationSpec(prompt="a red boat on the sea", seconds=1, width=32, height=32, seed=5, fps=8)
+
+
+def test_cogvideox_registry_entries_build_without_torch() -> None:
+    settings = Settings(default_model="cogvideox-5b")
+    model = build_model("cogvideox-5b", settings)
+    assert isinstance(model, CogVideoXModel) and model.fps == 8 and model.num_steps(SPEC) == 50
+    assert model.config.dynamic_cfg and model.accepts == model.requires == frozenset()
+    assert not build_model("cogvideox-2b", settings).config.dynamic_cfg  # type: ignore[attr-defined]
+    assert build_model("cogvideox1.5-5b", settings).fps == 16
+    spec = GenerationSpec(prompt="x", seconds=6, width=720, height=480, seed=1, fps=8)
+    assert model.estimate_seconds(spec) > 60
+    with pytest.raises(ValueError, match="needs its weights"):
+        model.load()
+
+
+@pytest.fixture(scope="module", params=["dpm", "ddim"])
+def tiny(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    pytest.importorskip("torch")
+    pytest.importorskip("diffusers")
+    from .cogvideox_tiny import build
+
+    return build(tmp_path_factory.mktemp("cogvideox") / "tiny", scheduler=request.param)
+
+
+def _model(path: Path, dynamic: bool = True) -> CogVideoXModel:
+    model = CogVideoXModel(
+        "cogvideox-tiny",
+        CogVideoXConfig(
+            path=path, steps=4, device="cpu", dtype="float32", max_sequence_length=16,
+            dynamic_cfg=dynamic,
+        ),
+    )  # fmt: skip
+    model.load()
+    return model
+
+
+@pytest.mark.diffusers
+def test_cogvideox_own_loop_gives_the_pipelines_video(tiny) -> None:
+    import torch
+
+    path = tiny
+    model = _model(path)
+    steps: list[int] = []
+    clip = model.generate(SPEC, lambda info: steps.append(info.step))
+    frames = np.stack(list(clip.frames))
+    assert steps == [1, 2, 3, 4]
+    assert model.geometry(SPEC) == (32, 32, 9)
+    assert frames.shape == (8, 32, 32, 3) and frames.dtype == np.uint8
+    expected = model.pipe(
+        prompt=SPEC.prompt, negative_prompt="", height=32, width=32, num_frames=9,
+        num_inference_steps=4, guidance_scale=6.0, use_dynamic_cfg=True,
+        max_sequence_length=16, output_type="np",
+        generator=torch.Generator().manual_seed(SPEC.seed),
+    ).frames[0]  # fmt: skip
+    expected = (np.clip(expected, 0, 1) * 255 + 0.5).astype(np.uint8)[:8]
+    assert np.array_equal(frames, expected)
+    assert frames.std() > 1
+
+
+class Stop(Exception):
+    pass
+
+
+@pytest.mark.diffusers
+def test_cogvideox_checkpoint_resumes_to_the_same_video(tiny) -> None:
+    path = tiny
+    model = _model(path)
+    whole = np.stack(list(model.generate(SPEC, lambda info: None).frames))
+    saved: dict[str, bytes] = {}
+
+    def stop_at_two(info: StepInfo) -> None:
+        if info.step == 2:
+            assert info.snapshot is not None
+            saved["state"] = info.snapshot()
+            raise Stop
+
+    with pytest.raises(Stop):
+        model.generate(SPEC, stop_at_two)
+    other = _model(path)  # another worker's copy
+    steps: list[int] = []
+    resumed = other.generate(SPEC, lambda info: steps.append(info.step), saved["state"])
+    assert steps == [3, 4]
+    assert np.array_equal(np.stack(list(resumed.frames)), whole)
+    with pytest.raises(ValueError, match="another job"):
+        _model(path, dynamic=False).generate(SPEC, lambda info: None, saved["state"])
+    with pytest.raises(ValueError, match="not a checkpoint of CogVideoX"):
+        other.generate(SPEC, lambda info: None, b"garbage")
