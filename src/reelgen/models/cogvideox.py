@@ -19,7 +19,6 @@ import functools
 import hashlib
 import json
 import math
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,8 +26,8 @@ from typing import Any
 
 import numpy as np
 
-from reelgen.models.base import Clip, Conditioning, GenerationSpec, StepCallback, StepInfo
-from reelgen.models.diffusers_state import job_frames, load_pipeline, restore, rounded, save
+from reelgen.models.base import Clip, GenerationSpec, StepCallback, StepInfo
+from reelgen.models.diffusers_shared import PipelineModel, job_frames, restore, rounded, save
 from reelgen.scheduler.cost import CostModel
 
 _SNAPSHOT_FORMAT = "reelgen-cogvideox-snapshot/1"
@@ -55,43 +54,13 @@ class CogVideoXConfig:
     cpu_offload: bool = False
 
 
-class CogVideoXModel:
+class CogVideoXModel(PipelineModel[CogVideoXConfig]):
     """`VideoModel` over a diffusers `CogVideoXPipeline` directory."""
 
-    accepts: frozenset[Conditioning] = frozenset()
-    requires: frozenset[Conditioning] = frozenset()
+    rough_step_s = (3.6, 720 * 480)  # CogVideoX-5B: about 3 min for 50 steps at 720x480
 
-    def __init__(self, name: str, config: CogVideoXConfig):
-        self.name = name
-        self.config = config
-        self.styles = config.styles
-        self.fps = config.fps
-        self.pipe: Any = None
-        self._loading = threading.Lock()
-        self._device = threading.Lock()
-        """Held by each step and by a decode (see `WanModel`)."""
-
-    def load(self) -> None:
-        """Once per process (workers of one process share the pipeline)."""
-        with self._loading:
-            if self.pipe is None:
-                self.pipe = self._load()
-
-    def _load(self) -> Any:
-        cfg = self.config
-        return load_pipeline(
-            self.name, cfg.path, "CogVideoXPipeline", dtype=cfg.dtype, device=cfg.device,
-            cpu_offload=cfg.cpu_offload, vae_tiling=cfg.enable_vae_tiling,
-        )  # fmt: skip
-
-    def num_steps(self, spec: GenerationSpec) -> int:
-        return self.config.steps
-
-    def estimate_seconds(self, spec: GenerationSpec) -> float:
-        cost = self.config.cost
-        if cost is None:  # CogVideoX-5B: about 3 min for 50 steps of 49 frames at 720x480
-            return self.config.steps * 3.6 * spec.width * spec.height / (720 * 480)
-        return cost.wall_seconds(spec.width, spec.height, spec.num_frames, steps=self.config.steps)
+    def pipeline_class(self) -> str:
+        return "CogVideoXPipeline"
 
     def geometry(self, spec: GenerationSpec) -> tuple[int, int, int]:
         """(height, width, frames) the pipeline runs at: sizes rounded down to what the VAE

@@ -17,7 +17,6 @@ import copy
 import functools
 import hashlib
 import json
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,8 +24,8 @@ from typing import Any
 
 import numpy as np
 
-from reelgen.models.base import Clip, Conditioning, GenerationSpec, StepCallback, StepInfo
-from reelgen.models.diffusers_state import job_frames, load_pipeline, restore, rounded, save
+from reelgen.models.base import Clip, GenerationSpec, StepCallback, StepInfo
+from reelgen.models.diffusers_shared import PipelineModel, job_frames, restore, rounded, save
 from reelgen.scheduler.cost import CostModel
 
 _SNAPSHOT_FORMAT = "reelgen-ltx-snapshot/1"
@@ -55,43 +54,13 @@ class LtxConfig:
     cpu_offload: bool = False
 
 
-class LtxModel:
+class LtxModel(PipelineModel[LtxConfig]):
     """`VideoModel` over a diffusers `LTXPipeline` directory."""
 
-    accepts: frozenset[Conditioning] = frozenset()
-    requires: frozenset[Conditioning] = frozenset()
+    rough_step_s = (1.5, 768 * 512)  # about 4x Wan 1.3B's speed at 768x512
 
-    def __init__(self, name: str, config: LtxConfig):
-        self.name = name
-        self.config = config
-        self.styles = config.styles
-        self.fps = config.fps
-        self.pipe: Any = None
-        self._loading = threading.Lock()
-        self._device = threading.Lock()
-        """Held by each step and by a decode (see `WanModel`)."""
-
-    def load(self) -> None:
-        """Once per process (workers of one process share the pipeline)."""
-        with self._loading:
-            if self.pipe is None:
-                self.pipe = self._load()
-
-    def _load(self) -> Any:
-        cfg = self.config
-        return load_pipeline(
-            self.name, cfg.path, "LTXPipeline", dtype=cfg.dtype, device=cfg.device,
-            cpu_offload=cfg.cpu_offload, vae_tiling=cfg.enable_vae_tiling,
-        )  # fmt: skip
-
-    def num_steps(self, spec: GenerationSpec) -> int:
-        return self.config.steps
-
-    def estimate_seconds(self, spec: GenerationSpec) -> float:
-        cost = self.config.cost
-        if cost is None:  # LTX-Video 2B runs about 4x faster than Wan 1.3B at 768x512
-            return self.config.steps * 1.5 * spec.width * spec.height / (768 * 512)
-        return cost.wall_seconds(spec.width, spec.height, spec.num_frames, steps=self.config.steps)
+    def pipeline_class(self) -> str:
+        return "LTXPipeline"
 
     def geometry(self, spec: GenerationSpec) -> tuple[int, int, int]:
         """(height, width, frames) the pipeline runs at: sizes rounded down to what the VAE

@@ -29,7 +29,6 @@ import functools
 import hashlib
 import io
 import json
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,7 +37,7 @@ from typing import Any, Literal
 import numpy as np
 
 from reelgen.models.base import Clip, Conditioning, GenerationSpec, StepCallback, StepInfo
-from reelgen.models.diffusers_state import job_frames, load_pipeline, restore, rounded, save
+from reelgen.models.diffusers_shared import PipelineModel, job_frames, restore, rounded, save
 from reelgen.scheduler.cost import CostModel
 
 _SNAPSHOT_FORMAT = "reelgen-wan-snapshot/1"
@@ -72,51 +71,21 @@ class WanConfig:
     task: Task = "t2v"
 
 
-class WanModel:
+class WanModel(PipelineModel[WanConfig]):
     """`VideoModel` over a diffusers `WanPipeline` directory."""
 
+    rough_step_s = (30.0, 1280 * 720)
+
     def __init__(self, name: str, config: WanConfig):
-        self.name = name
-        self.config = config
-        self.styles = config.styles
-        self.fps = config.fps
-        self.accepts: frozenset[Conditioning] = (
-            frozenset() if config.task == "t2v" else frozenset({Conditioning.IMAGE})
-        )
-        self.requires: frozenset[Conditioning] = (
-            frozenset({Conditioning.IMAGE}) if config.task == "i2v" else frozenset()
-        )
-        self.pipe: Any = None
-        self._loading = threading.Lock()
-        self._device = threading.Lock()
-        """Held by each denoising step and by a decode: the finishing thread's VAE decode and
-        the next job's steps take turns on the device (CPU offload moves modules between
-        them, and two at once would need both peaks of memory)."""
+        super().__init__(name, config)
+        if config.task != "t2v":
+            self.accepts = frozenset({Conditioning.IMAGE})
+        if config.task == "i2v":
+            self.requires = frozenset({Conditioning.IMAGE})
 
-    def load(self) -> None:
-        """Once per process (workers of one process share the pipeline)."""
-        with self._loading:
-            if self.pipe is None:
-                self.pipe = self._load()
+    def pipeline_class(self) -> str:
+        return "WanPipeline" if self.config.task == "t2v" else "WanImageToVideoPipeline"
 
-    def _load(self) -> Any:
-        cfg = self.config
-        kind = "WanPipeline" if cfg.task == "t2v" else "WanImageToVideoPipeline"
-        return load_pipeline(
-            self.name, cfg.path, kind, dtype=cfg.dtype, device=cfg.device,
-            cpu_offload=cfg.cpu_offload, vae_tiling=cfg.enable_vae_tiling,
-        )  # fmt: skip
-
-    def num_steps(self, spec: GenerationSpec) -> int:
-        return self.config.steps
-
-    def estimate_seconds(self, spec: GenerationSpec) -> float:
-        cost = self.config.cost
-        if cost is None:
-            return self.config.steps * 30.0 * spec.width * spec.height / (1280 * 720)
-        return cost.wall_seconds(spec.width, spec.height, spec.num_frames, steps=self.config.steps)
-
-    # ---- generation --------------------------------------------------------------------
     def geometry(self, spec: GenerationSpec) -> tuple[int, int, int]:
         """(height, width, frames) the pipeline runs at: sizes rounded down to what the VAE
         and patches divide, frames up to `4k + 1` (the extra ones are dropped)."""

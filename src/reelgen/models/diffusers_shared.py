@@ -1,20 +1,97 @@
-"""What the diffusers adapters (Wan, LTX-Video) share: loading a pipeline from the
-operator's directory, a checkpoint of their own denoising loop (the latents and the
-scheduler's mutable state, in torch's safe format, with a fingerprint of the job and the
-settings) and the decoded video turned into the job's frames. Needs the diffusers extra for
-all but `job_frames`; imported only by those adapters."""
+"""What the diffusers adapters (Wan, LTX-Video, CogVideoX) share: the adapter's frame
+(`PipelineModel`: loading a pipeline once from the operator's directory, the device lock,
+pricing), a checkpoint of their own denoising loop (the latents and the scheduler's
+mutable state, in torch's safe format, with a fingerprint of the job and the settings),
+the size a pipeline runs a job at, and the decoded video turned into the job's frames.
+Torch and diffusers are imported only when a pipeline loads or runs."""
 
 from __future__ import annotations
 
 import io
 import math
+import threading
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
 import numpy as np
 
-from reelgen.models.base import GenerationSpec
+from reelgen.models.base import Conditioning, GenerationSpec
+from reelgen.scheduler.cost import CostModel
+
+
+class PipelineSettings(Protocol):
+    """The registry settings every diffusers adapter has."""
+
+    @property
+    def path(self) -> Path | None: ...
+    @property
+    def steps(self) -> int: ...
+    @property
+    def device(self) -> str: ...
+    @property
+    def dtype(self) -> str: ...
+    @property
+    def fps(self) -> int: ...
+    @property
+    def cost(self) -> CostModel | None: ...
+    @property
+    def styles(self) -> frozenset[str]: ...
+    @property
+    def enable_vae_tiling(self) -> bool: ...
+    @property
+    def cpu_offload(self) -> bool: ...
+
+
+C = TypeVar("C", bound=PipelineSettings)
+
+
+class PipelineModel(Generic[C]):
+    """A `VideoModel` over a diffusers pipeline directory, less its denoising loop."""
+
+    accepts: frozenset[Conditioning] = frozenset()
+    requires: frozenset[Conditioning] = frozenset()
+    rough_step_s: ClassVar[tuple[float, int]]
+    """(seconds per step, at this many pixels): the price of a clip when no cost model
+    was measured for the model."""
+
+    def __init__(self, name: str, config: C):
+        self.name = name
+        self.config = config
+        self.styles = config.styles
+        self.fps = config.fps
+        self.pipe: Any = None
+        self._loading = threading.Lock()
+        self._device = threading.Lock()
+        """Held by each denoising step and by a decode: the finishing thread's VAE decode and
+        the next job's steps take turns on the device (CPU offload moves modules between
+        them, and two at once would need both peaks of memory)."""
+
+    def pipeline_class(self) -> str:
+        """The diffusers class the directory holds."""
+        raise NotImplementedError
+
+    def load(self) -> None:
+        """Once per process (workers of one process share the pipeline)."""
+        with self._loading:
+            if self.pipe is None:
+                cfg = self.config
+                self.pipe = load_pipeline(
+                    self.name, cfg.path, self.pipeline_class(), dtype=cfg.dtype,
+                    device=cfg.device, cpu_offload=cfg.cpu_offload,
+                    vae_tiling=cfg.enable_vae_tiling,
+                )  # fmt: skip
+
+    def num_steps(self, spec: GenerationSpec) -> int:
+        return self.config.steps
+
+    def estimate_seconds(self, spec: GenerationSpec) -> float:
+        cost, steps = self.config.cost, self.config.steps
+        if cost is None:
+            per_step, pixels = self.rough_step_s
+            return steps * per_step * spec.width * spec.height / pixels
+        return cost.wall_seconds(spec.width, spec.height, spec.num_frames, steps=steps)
+
 
 _STATE_TYPES = (int, float, bool, list, tuple, type(None))
 
