@@ -37,7 +37,7 @@ test: setup lint test-diffusers
 	$(BIN)/pytest -q -m "not diffusers"
 
 test-diffusers: setup-diffusers
-	$(DIFFUSERS_VENV)/bin/pytest -q -m diffusers tests/test_model_wan.py tests/test_model_ltx.py tests/test_model_cogvideox.py
+	$(DIFFUSERS_VENV)/bin/pytest -q -m diffusers tests/test_model_wan.py tests/test_model_ltx.py tests/test_model_cogvideox.py tests/test_diffusers_api.py
 
 test-fast: setup   # pure and in-process tests only, about a minute and a half on 2 cores
 	$(BIN)/pytest -q -m "not slow and not diffusers"

@@ -118,53 +118,6 @@ def _fields(spec: GenerationSpec) -> dict[str, object]:
     return {name: getattr(spec, name) for name in spec.__dataclass_fields__}
 
 
-@pytest.mark.diffusers
-def test_wan_job_through_the_api_preempted_and_resumed(start_server, tiny: Path) -> None:
-    """A job preempted mid-run checkpoints, is handed back, resumes from its checkpoint, and
-    ends with (within float noise) the video of an uninterrupted job of the same seed."""
-    import io
-    import time
-
-    import av
-
-    def prepare(platform) -> None:
-        model = _model(tiny, steps=60)
-        model.name = "reference"  # the adapter the test server's workers serve
-        platform.models["reference"] = model
-
-    live = start_server(workers=2, prepare=prepare, checkpoint_every_steps=1)
-    body = {"prompt": "a blue cat", "seconds": "1", "size": "64x64", "seed": 11}
-    with live.client() as http:
-        preempted = http.post("/v1/videos", json=body).json()["id"]
-        deadline = time.monotonic() + 60
-        while (job := live.platform.jobs.get(preempted)) is not None and job.step < 5:
-            assert time.monotonic() < deadline, (job.status, job.stage, job.step, job.error_code)
-            time.sleep(0.01)
-        assert live.platform.jobs.request_preempt(preempted, live.platform.clock())
-        assert live.wait_for(preempted, timeout=120)["status"] == "completed"
-        whole = http.post("/v1/videos", json=body).json()["id"]
-        assert live.wait_for(whole, timeout=120)["status"] == "completed"
-        clips = [
-            http.get(f"/v1/videos/{v}/content", follow_redirects=True).content
-            for v in (preempted, whole)
-        ]
-    events = live.platform.jobs.events_after(preempted)
-    released = [e for e in events if e.kind == "released"]
-    assert len(released) == 1 and released[0].payload.reason == "preempted"
-    starts = [e for e in events if e.kind == "started"]
-    assert len(starts) == 2 and starts[1].payload.resume_step == released[0].payload.step > 0
-
-    def frames(data: bytes) -> np.ndarray:
-        with av.open(io.BytesIO(data)) as container:
-            return np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
-
-    a, b = frames(clips[0]), frames(clips[1])
-    assert a.shape == b.shape == (16, 64, 64, 3)  # the model's 16 fps
-    # Exact equality of resumed latents is the test above; here two worker threads share
-    # torch's CPU thread pool, whose float sums may differ in the last bits between runs.
-    assert np.abs(a.astype(int) - b.astype(int)).mean() < 1.0
-
-
 def _picture(seed: int = 0) -> bytes:
     """A 48x40 image with structure (a diagonal ramp and a block), as a PNG."""
     import io
