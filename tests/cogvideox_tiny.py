@@ -1,18 +1,20 @@
 """A tiny random-weight CogVideoX pipeline, saved as a diffusers pipeline directory, as an
 operator's downloaded weights would be (built offline: a 2-layer T5 encoder, a 1-layer
-transformer, a small VAE; the DPM scheduler of the 5B models, or DDIM of the 2B)."""
+transformer, a small VAE; the DPM scheduler of the 5B models, or DDIM of the 2B; `i2v`: the
+image-to-video layout, the image's latents beside the noise, with rotary positions)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 
-def build(path: Path, *, scheduler: str = "dpm") -> Path:
+def build(path: Path, *, scheduler: str = "dpm", i2v: bool = False) -> Path:
     import torch
     from diffusers import (
         AutoencoderKLCogVideoX,
         CogVideoXDDIMScheduler,
         CogVideoXDPMScheduler,
+        CogVideoXImageToVideoPipeline,
         CogVideoXPipeline,
         CogVideoXTransformer3DModel,
     )
@@ -30,9 +32,11 @@ def build(path: Path, *, scheduler: str = "dpm") -> Path:
         )
     )  # fmt: skip
     transformer = CogVideoXTransformer3DModel(
-        num_attention_heads=4, attention_head_dim=8, in_channels=4, out_channels=4,
-        time_embed_dim=2, text_embed_dim=32, num_layers=1, sample_width=4, sample_height=4,
-        sample_frames=9, patch_size=2, temporal_compression_ratio=4, max_text_seq_length=16,
+        num_attention_heads=4, attention_head_dim=16 if i2v else 8,
+        in_channels=8 if i2v else 4, out_channels=4, time_embed_dim=2, text_embed_dim=32,
+        num_layers=1, sample_width=4, sample_height=4, sample_frames=9, patch_size=2,
+        temporal_compression_ratio=4, max_text_seq_length=16,
+        use_rotary_positional_embeddings=i2v,
     )  # fmt: skip
     vae = AutoencoderKLCogVideoX(
         in_channels=3, out_channels=3, down_block_types=("CogVideoXDownBlock3D",) * 4,
@@ -41,7 +45,7 @@ def build(path: Path, *, scheduler: str = "dpm") -> Path:
         temporal_compression_ratio=4,
     )  # fmt: skip
     kind = CogVideoXDPMScheduler if scheduler == "dpm" else CogVideoXDDIMScheduler
-    pipe = CogVideoXPipeline(
+    pipe = (CogVideoXImageToVideoPipeline if i2v else CogVideoXPipeline)(
         tokenizer=tokenizer,
         text_encoder=encoder,
         vae=vae,

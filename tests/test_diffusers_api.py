@@ -1,8 +1,10 @@
 """Each diffusers family (wan, ltx, cogvideox) behind the API with real workers: a job
 preempted mid-run checkpoints, is handed back, resumes from its checkpoint on a worker and
 makes, frame for frame, the video of an uninterrupted job; a cancelled job stops at its next
-step and the worker goes on with the next one. Tiny random-weight pipelines on the CPU
-(`make test-diffusers`); each step is paced so that the test can act mid-run.
+step and the worker goes on with the next one; an uploaded clip is extended by the
+image-capable model of each family, conditioned on the clip's last frame. Tiny random-weight
+pipelines on the CPU (`make test-diffusers`); each step is paced so that the test can act
+mid-run.
 
 The frames are compared as the model hands them to the encoder: libx264's output for the
 same frames is not bit-identical from run to run when the machine is busy."""
@@ -42,16 +44,24 @@ def family(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
     return name, build(root)
 
 
-def _adapter(name: str, path: Path, steps: int, made: dict[str, list[str]] | None = None) -> Any:
+def _adapter(
+    name: str,
+    path: Path,
+    steps: int,
+    made: dict[str, list[str]] | None = None,
+    task: str = "t2v",
+    images: list[bytes] | None = None,
+) -> Any:
     """The family's adapter, serving as the test server's model, each step paced; `made`:
-    each run's frames (hashed) by job id, as the encoder receives them."""
+    each run's frames (hashed) by job id, as the encoder receives them; `images`: the
+    reference image of each run."""
     common: dict[str, Any] = dict(
         path=path, steps=steps, device="cpu", dtype="float32", max_sequence_length=16
     )
     if name == "wan":
         from reelgen.models.wan import WanConfig, WanModel
 
-        model: Any = WanModel("reference", WanConfig(**common))
+        model: Any = WanModel("reference", WanConfig(**common, task=task))  # type: ignore[arg-type]
     elif name == "ltx":
         from reelgen.models.ltx import LtxConfig, LtxModel
 
@@ -59,11 +69,17 @@ def _adapter(name: str, path: Path, steps: int, made: dict[str, list[str]] | Non
     else:
         from reelgen.models.cogvideox import CogVideoXConfig, CogVideoXModel
 
-        model = CogVideoXModel("reference", CogVideoXConfig(**common, dynamic_cfg=True))
+        model = CogVideoXModel(
+            "reference",
+            CogVideoXConfig(**common, dynamic_cfg=True, task=task),  # type: ignore[arg-type]
+        )
     model.load()
     generate = model.generate
 
     def paced(spec: GenerationSpec, on_step: StepCallback, resume_from: bytes | None = None):
+        if images is not None and spec.reference_image is not None:
+            images.append(spec.reference_image)
+
         def step(info: Any) -> None:
             time.sleep(STEP_S)
             on_step(info)
@@ -158,3 +174,58 @@ def test_job_through_the_api_cancelled_mid_run(start_server, family) -> None:
         _wait_step(live, quick, 1)  # the worker took the next job
         assert http.post(f"/v1/videos/{quick}/cancel").status_code == 200
         assert live.wait_for(quick, timeout=60)["error"]["code"] == "cancelled"
+
+
+@pytest.fixture(scope="module", params=FAMILIES)
+def image_family(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
+    """Each family's image-to-video model: Wan 2.2 I2V's layout, LTX-Video (one model for
+    both), CogVideoX I2V."""
+    import torch
+
+    torch.set_num_threads(1)
+    name = request.param
+    root = tmp_path_factory.mktemp(name) / "tiny-i2v"
+    if name == "wan":
+        from .wan_tiny import build
+
+        return name, build(root, "i2v"), "i2v"
+    if name == "ltx":
+        from .ltx_tiny import build as build_ltx
+
+        return name, build_ltx(root), "t2v"
+    from .cogvideox_tiny import build as build_cogvideox
+
+    return name, build_cogvideox(root, i2v=True), "i2v"
+
+
+@pytest.mark.diffusers
+def test_job_through_the_api_extends_an_uploaded_clip(start_server, image_family) -> None:
+    from PIL import Image
+
+    from .cog_standin import make_mp4
+
+    name, path, task = image_family
+    images: list[bytes] = []
+
+    def prepare(platform) -> None:
+        platform.models["reference"] = _adapter(name, path, steps=4, task=task, images=images)
+
+    live = start_server(prepare=prepare)
+    fps = live.platform.models["reference"].fps
+    source = make_mp4(64, 64, fps, fps)
+    with live.client() as http:
+        made = http.post(
+            "/v1/videos/extensions",
+            files={"video": ("source.mp4", source, "video/mp4")},
+            data={"prompt": "the boat sails on", "seconds": "2"},
+        )
+        assert made.status_code == 200, made.text
+        video = live.wait_for(made.json()["id"], timeout=120)
+        assert video["status"] == "completed" and video["seconds"] == "2", video
+        data = http.get(f"/v1/videos/{video['id']}/content", follow_redirects=True).content
+    out, before = _frames(data).astype(int), _frames(source).astype(int)
+    assert out.shape == (2 * fps, 64, 64, 3)
+    assert np.abs(out[:fps] - before).mean() < 8  # the source first, encoded again
+    (image,) = images  # the model was conditioned on the source's last frame
+    last = np.asarray(Image.open(io.BytesIO(image)).convert("RGB")).astype(int)
+    assert last.shape == (64, 64, 3) and np.abs(last - before[-1]).mean() < 8

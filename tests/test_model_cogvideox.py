@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from reelgen.models.base import GenerationSpec, StepInfo
+from reelgen.models.base import Conditioning, GenerationSpec, StepInfo
 from reelgen.models.cogvideox import CogVideoXConfig, CogVideoXModel
 from reelgen.models.registry import build_model
 from reelgen.settings import Settings
@@ -25,6 +25,8 @@ def test_cogvideox_registry_entries_build_without_torch() -> None:
     assert model.config.dynamic_cfg and model.accepts == model.requires == frozenset()
     assert not build_model("cogvideox-2b", settings).config.dynamic_cfg  # type: ignore[attr-defined]
     assert build_model("cogvideox1.5-5b", settings).fps == 16
+    i2v = build_model("cogvideox-5b-i2v", settings)
+    assert i2v.accepts == i2v.requires == {Conditioning.IMAGE}
     spec = GenerationSpec(prompt="x", seconds=6, width=720, height=480, seed=1, fps=8)
     assert model.estimate_seconds(spec) > 60
     with pytest.raises(ValueError, match="needs its weights"):
@@ -40,12 +42,12 @@ def tiny(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
     return build(tmp_path_factory.mktemp("cogvideox") / "tiny", scheduler=request.param)
 
 
-def _model(path: Path, dynamic: bool = True) -> CogVideoXModel:
+def _model(path: Path, dynamic: bool = True, task: str = "t2v") -> CogVideoXModel:
     model = CogVideoXModel(
         "cogvideox-tiny",
         CogVideoXConfig(
             path=path, steps=4, device="cpu", dtype="float32", max_sequence_length=16,
-            dynamic_cfg=dynamic,
+            dynamic_cfg=dynamic, task=task,  # type: ignore[arg-type]
         ),
     )  # fmt: skip
     model.load()
@@ -103,3 +105,71 @@ def test_cogvideox_checkpoint_resumes_to_the_same_video(tiny) -> None:
         _model(path, dynamic=False).generate(SPEC, lambda info: None, saved["state"])
     with pytest.raises(ValueError, match="not a checkpoint of CogVideoX"):
         other.generate(SPEC, lambda info: None, b"garbage")
+
+
+def _picture(seed: int = 0) -> bytes:
+    import io
+
+    from PIL import Image
+
+    y, x = np.mgrid[0:40, 0:48]
+    rgb = np.stack([(x * 5) % 256, (y * 6) % 256, ((x + y) * 3 + seed * 40) % 256], -1)
+    buf = io.BytesIO()
+    Image.fromarray(rgb.astype(np.uint8)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _fields(spec: GenerationSpec) -> dict[str, object]:
+    return {name: getattr(spec, name) for name in spec.__dataclass_fields__}
+
+
+I2V_SPEC = GenerationSpec(**{**_fields(SPEC), "reference_image": _picture()})
+
+
+@pytest.fixture(scope="module")
+def tiny_i2v(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    pytest.importorskip("torch")
+    pytest.importorskip("diffusers")
+    from .cogvideox_tiny import build
+
+    return build(tmp_path_factory.mktemp("cogvideox") / "tiny-i2v", i2v=True)
+
+
+@pytest.mark.diffusers
+def test_cogvideox_image_to_video_own_loop_gives_the_pipelines_video(tiny_i2v: Path) -> None:
+    import io
+
+    import torch
+    from PIL import Image
+
+    model = _model(tiny_i2v, task="i2v")
+    frames = np.stack(list(model.generate(I2V_SPEC, lambda info: None).frames))
+    expected = model.pipe(
+        image=Image.open(io.BytesIO(_picture())).convert("RGB"), prompt=SPEC.prompt,
+        negative_prompt="", height=32, width=32, num_frames=9, num_inference_steps=4,
+        guidance_scale=6.0, use_dynamic_cfg=True, max_sequence_length=16, output_type="np",
+        generator=torch.Generator().manual_seed(SPEC.seed),
+    ).frames[0]  # fmt: skip
+    assert np.array_equal(frames, (np.clip(expected, 0, 1) * 255 + 0.5).astype(np.uint8)[:8])
+    other = GenerationSpec(**{**_fields(I2V_SPEC), "reference_image": _picture(3)})
+    assert not np.array_equal(np.stack(list(model.generate(other, lambda i: None).frames)), frames)
+    with pytest.raises(ValueError, match="from an image"):
+        model.generate(SPEC, lambda info: None)
+
+
+@pytest.mark.diffusers
+def test_cogvideox_image_to_video_checkpoint_resumes_to_the_same_video(tiny_i2v: Path) -> None:
+    model = _model(tiny_i2v, task="i2v")
+    whole = np.stack(list(model.generate(I2V_SPEC, lambda info: None).frames))
+    saved: dict[str, bytes] = {}
+
+    def stop_at_two(info: StepInfo) -> None:
+        if info.step == 2:
+            assert info.snapshot is not None
+            saved["state"] = info.snapshot()
+            raise Stop
+
+    with pytest.raises(Stop):
+        model.generate(I2V_SPEC, stop_at_two)
+    resumed = _model(tiny_i2v, task="i2v").generate(I2V_SPEC, lambda info: None, saved["state"])
+    assert np.array_equal(np.stack(list(resumed.frames)), whole)

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from reelgen.models.base import GenerationSpec, StepInfo
+from reelgen.models.base import Conditioning, GenerationSpec, StepInfo
 from reelgen.models.ltx import LtxConfig, LtxModel
 from reelgen.models.registry import build_model
 from reelgen.settings import Settings
@@ -20,7 +20,7 @@ SPEC = GenerationSpec(prompt="a red boat on the sea", seconds=1, width=32, heigh
 def test_ltx_registry_entry_builds_without_torch() -> None:
     model = build_model("ltx-video-2b", Settings(default_model="ltx-video-2b"))
     assert isinstance(model, LtxModel) and model.fps == 24 and model.num_steps(SPEC) == 50
-    assert model.accepts == model.requires == frozenset()
+    assert model.accepts == {Conditioning.IMAGE} and model.requires == frozenset()
     assert model.config.decode_timestep == 0.03 and model.config.decode_noise_scale == 0.025
     spec = GenerationSpec(prompt="x", seconds=5, width=768, height=512, seed=1, fps=24)
     assert model.estimate_seconds(spec) > 10
@@ -61,7 +61,11 @@ def test_ltx_own_loop_gives_the_pipelines_video(tiny: Path) -> None:
     height, width, count = model.geometry(SPEC)
     assert (height, width) == (32, 32) and count % 4 == 1 and count >= 8
     assert frames.shape == (8, 32, 32, 3) and frames.dtype == np.uint8
-    expected = model.pipe(
+    from diffusers import LTXPipeline
+
+    text_only = LTXPipeline(**model.pipe.components)
+    text_only.set_progress_bar_config(disable=True)
+    expected = text_only(
         prompt=SPEC.prompt, negative_prompt="", height=height, width=width, num_frames=count,
         frame_rate=SPEC.fps, num_inference_steps=4, guidance_scale=3.0, max_sequence_length=16,
         decode_timestep=0.05, decode_noise_scale=0.025, output_type="np",
@@ -104,3 +108,62 @@ def test_ltx_checkpoint_resumes_to_the_same_video(tiny: Path) -> None:
 
 def _fields(spec: GenerationSpec) -> dict[str, object]:
     return {name: getattr(spec, name) for name in spec.__dataclass_fields__}
+
+
+def _picture(seed: int = 0) -> bytes:
+    import io
+
+    from PIL import Image
+
+    y, x = np.mgrid[0:40, 0:48]
+    rgb = np.stack([(x * 5) % 256, (y * 6) % 256, ((x + y) * 3 + seed * 40) % 256], -1)
+    buf = io.BytesIO()
+    Image.fromarray(rgb.astype(np.uint8)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+I2V_SPEC = GenerationSpec(**{**_fields(SPEC), "reference_image": _picture()})
+
+
+@pytest.mark.diffusers
+def test_ltx_image_to_video_own_loop_gives_the_pipelines_video(tiny: Path) -> None:
+    """With an image, the loop makes what `LTXImageToVideoPipeline.__call__` makes from the
+    same image and seed, and another image makes another clip."""
+    import io
+
+    import torch
+    from PIL import Image
+
+    model = _model(tiny)
+    frames = np.stack(list(model.generate(I2V_SPEC, lambda info: None).frames))
+    height, width, count = model.geometry(SPEC)
+    expected = model.pipe(
+        image=Image.open(io.BytesIO(_picture())).convert("RGB"), prompt=SPEC.prompt,
+        negative_prompt="", height=height, width=width, num_frames=count, frame_rate=SPEC.fps,
+        num_inference_steps=4, guidance_scale=3.0, max_sequence_length=16,
+        decode_timestep=0.05, decode_noise_scale=0.025, output_type="np",
+        generator=torch.Generator().manual_seed(SPEC.seed),
+    ).frames[0]  # fmt: skip
+    assert np.array_equal(frames, (np.clip(expected, 0, 1) * 255 + 0.5).astype(np.uint8)[:8])
+    other = GenerationSpec(**{**_fields(I2V_SPEC), "reference_image": _picture(3)})
+    assert not np.array_equal(np.stack(list(model.generate(other, lambda i: None).frames)), frames)
+
+
+@pytest.mark.diffusers
+def test_ltx_image_to_video_checkpoint_resumes_to_the_same_video(tiny: Path) -> None:
+    model = _model(tiny)
+    whole = np.stack(list(model.generate(I2V_SPEC, lambda info: None).frames))
+    saved: dict[str, bytes] = {}
+
+    def stop_at_two(info: StepInfo) -> None:
+        if info.step == 2:
+            assert info.snapshot is not None
+            saved["state"] = info.snapshot()
+            raise Stop
+
+    with pytest.raises(Stop):
+        model.generate(I2V_SPEC, stop_at_two)
+    resumed = _model(tiny).generate(I2V_SPEC, lambda info: None, saved["state"])
+    assert np.array_equal(np.stack(list(resumed.frames)), whole)
+    with pytest.raises(ValueError, match="another job"):  # the image is in the fingerprint
+        _model(tiny).generate(SPEC, lambda info: None, saved["state"])

@@ -1,6 +1,6 @@
-"""CogVideoX 1.0 / 1.5 text-to-video through diffusers (`CogVideoXPipeline`; the
-`diffusers` extra), loaded from a local directory the operator downloaded; nothing is
-fetched.
+"""CogVideoX 1.0 / 1.5 text-to-video and image-to-video through diffusers
+(`CogVideoXPipeline`, `CogVideoXImageToVideoPipeline`; the `diffusers` extra), loaded from a
+local directory the operator downloaded; nothing is fetched.
 
 The adapter owns the denoising loop, as for Wan and LTX-Video: the pipeline's own
 `encode_prompt`, `prepare_latents` and rotary embeddings, then per step the transformer
@@ -10,6 +10,10 @@ takes the previous step's predicted clean sample, and draws fresh noise from the
 generator. A checkpoint therefore holds, besides the latents and the scheduler's state, that
 prediction and the generator's state, so a resumed run gives the same video as an
 uninterrupted one (a test holds the loop to the pipeline's own output and resumes it).
+
+The image-to-video models (`task = "i2v"`, their own weights) need an image: its latents,
+sampled from the VAE with the job's generator, ride beside the noise on the channel axis at
+the first latent frame, as `CogVideoXImageToVideoPipeline` does.
 """
 
 from __future__ import annotations
@@ -17,16 +21,17 @@ from __future__ import annotations
 import copy
 import functools
 import hashlib
+import io
 import json
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
-from reelgen.models.base import Clip, GenerationSpec, StepCallback, StepInfo
+from reelgen.models.base import Clip, Conditioning, GenerationSpec, StepCallback, StepInfo
 from reelgen.models.diffusers_shared import PipelineModel, job_frames, restore, rounded, save
 from reelgen.scheduler.cost import CostModel
 
@@ -52,6 +57,7 @@ class CogVideoXConfig:
     styles: frozenset[str] = field(default_factory=frozenset)
     enable_vae_tiling: bool = False
     cpu_offload: bool = False
+    task: Literal["t2v", "i2v"] = "t2v"
 
 
 class CogVideoXModel(PipelineModel[CogVideoXConfig]):
@@ -59,8 +65,13 @@ class CogVideoXModel(PipelineModel[CogVideoXConfig]):
 
     rough_step_s = (3.6, 720 * 480)  # CogVideoX-5B: about 3 min for 50 steps at 720x480
 
+    def __init__(self, name: str, config: CogVideoXConfig):
+        super().__init__(name, config)
+        if config.task == "i2v":
+            self.accepts = self.requires = frozenset({Conditioning.IMAGE})
+
     def pipeline_class(self) -> str:
-        return "CogVideoXPipeline"
+        return "CogVideoXPipeline" if self.config.task == "t2v" else "CogVideoXImageToVideoPipeline"
 
     def geometry(self, spec: GenerationSpec) -> tuple[int, int, int]:
         """(height, width, frames) the pipeline runs at: sizes rounded down to what the VAE
@@ -102,11 +113,12 @@ class CogVideoXModel(PipelineModel[CogVideoXConfig]):
         if patch_t is not None and latent_frames % patch_t:
             padding = patch_t - latent_frames % patch_t
         generator = torch.Generator(device="cpu").manual_seed(spec.seed)
-        latents = pipe.prepare_latents(
-            1, pipe.transformer.config.in_channels,
-            frames + padding * pipe.vae_scale_factor_temporal, height, width, embeds.dtype,
-            device, generator,
-        )  # fmt: skip
+        padded = frames + padding * pipe.vae_scale_factor_temporal
+        with self._device, torch.no_grad():  # the VAE encodes the image
+            latents, image = self._latents(spec, padded, height, width, embeds.dtype, generator)
+        ofs = None  # CogVideoX 1.5 I2V's fixed offset embedding
+        if pipe.transformer.config.ofs_embed_dim is not None:
+            ofs = latents.new_full((1,), fill_value=2.0)
         dpm = isinstance(scheduler, CogVideoXDPMScheduler)
         previous = None  # the DPM solver's last predicted clean sample
         start = 0
@@ -126,10 +138,14 @@ class CogVideoXModel(PipelineModel[CogVideoXConfig]):
             with self._device, torch.no_grad():
                 model_input = torch.cat([latents] * 2) if cfg_on else latents
                 model_input = scheduler.scale_model_input(model_input, t)
+                if image is not None:
+                    beside = torch.cat([image] * 2) if cfg_on else image
+                    model_input = torch.cat([model_input, beside], dim=2)
                 noise = pipe.transformer(
                     hidden_states=model_input,
                     encoder_hidden_states=embeds,
                     timestep=t.expand(model_input.shape[0]),
+                    ofs=ofs,
                     image_rotary_emb=rotary,
                     return_dict=False,
                 )[0].float()
@@ -161,6 +177,30 @@ class CogVideoXModel(PipelineModel[CogVideoXConfig]):
             sample_rate=SAMPLE_RATE,
         )
 
+    def _latents(
+        self, spec: GenerationSpec, frames: int, height: int, width: int, dtype: Any, generator: Any
+    ) -> tuple[Any, Any]:
+        """(the starting noise, the image's latents or None), drawn as the pipelines do."""
+        pipe = self.pipe
+        device = pipe._execution_device
+        channels = pipe.transformer.config.in_channels
+        if self.config.task == "t2v":
+            latents = pipe.prepare_latents(
+                1, channels, frames, height, width, dtype, device, generator
+            )
+            return latents, None
+        if spec.reference_image is None:
+            raise ValueError(f"{self.name} makes videos from an image; the job has none")
+        from PIL import Image
+
+        picture = Image.open(io.BytesIO(spec.reference_image)).convert("RGB")
+        pixels = pipe.video_processor.preprocess(picture, height=height, width=width)
+        latents, image = pipe.prepare_latents(
+            pixels.to(device, dtype=dtype), 1, channels // 2, frames, height, width, dtype,
+            device, generator,
+        )  # fmt: skip
+        return latents, image
+
     def decode(self, latents: Any) -> Any:
         """Latents -> video in [0, 1], (frames, height, width, 3) float32 on the CPU."""
         import torch
@@ -185,5 +225,11 @@ class CogVideoXModel(PipelineModel[CogVideoXConfig]):
             "prompt": spec.prompt,
             "seed": spec.seed,
             "geometry": [height, width, frames],
+            "task": cfg.task,
+            "image": (
+                hashlib.sha256(spec.reference_image).hexdigest()
+                if spec.reference_image and cfg.task == "i2v"
+                else None
+            ),
         }
         return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()

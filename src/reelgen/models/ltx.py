@@ -1,5 +1,7 @@
-"""LTX-Video text-to-video through diffusers (`LTXPipeline`; the `diffusers` extra), loaded
-from a local directory the operator downloaded; nothing is fetched.
+"""LTX-Video text-to-video and image-to-video through diffusers (the `diffusers` extra),
+loaded from a local directory the operator downloaded; nothing is fetched. One LTX-Video
+directory serves both: it is loaded as `LTXImageToVideoPipeline` (the same components as
+`LTXPipeline`), and a job without an image runs as `LTXPipeline` would.
 
 As with Wan, the adapter owns the denoising loop so that a run can resume from a checkpoint:
 the pipeline's own `encode_prompt` and `prepare_latents` (packed into a token sequence),
@@ -9,6 +11,11 @@ the scheduler's step. The same seed gives the same video as the pipeline (a test
 the pipeline's own output). The VAE decode (with LTX 0.9.1+'s timestep-conditioned decoder,
 a little noise drawn from the job's generator) runs when the clip's frames are read, on the
 worker's finishing thread.
+
+With an image (a reference image, or the last frame of a video being extended), as
+`LTXImageToVideoPipeline` does: the image's latents (sampled from the VAE with the job's
+generator) are the first latent frame, whose tokens get timestep zero and are never
+stepped; the other frames start from noise.
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ from __future__ import annotations
 import copy
 import functools
 import hashlib
+import io
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -24,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from reelgen.models.base import Clip, GenerationSpec, StepCallback, StepInfo
+from reelgen.models.base import Clip, Conditioning, GenerationSpec, StepCallback, StepInfo
 from reelgen.models.diffusers_shared import PipelineModel, job_frames, restore, rounded, save
 from reelgen.scheduler.cost import CostModel
 
@@ -59,8 +67,10 @@ class LtxModel(PipelineModel[LtxConfig]):
 
     rough_step_s = (1.5, 768 * 512)  # about 4x Wan 1.3B's speed at 768x512
 
+    accepts = frozenset({Conditioning.IMAGE})
+
     def pipeline_class(self) -> str:
-        return "LTXPipeline"
+        return "LTXImageToVideoPipeline"
 
     def geometry(self, spec: GenerationSpec) -> tuple[int, int, int]:
         """(height, width, frames) the pipeline runs at: sizes rounded down to what the VAE
@@ -83,6 +93,11 @@ class LtxModel(PipelineModel[LtxConfig]):
         height, width, frames = self.geometry(spec)
         fingerprint = self._fingerprint(spec, height, width, frames)
         cfg_on = cfg.guidance_scale > 1.0
+        image = None
+        if spec.reference_image is not None:
+            from PIL import Image
+
+            image = Image.open(io.BytesIO(spec.reference_image)).convert("RGB")
         with self._device, torch.no_grad():
             embeds, mask, negative, negative_mask = pipe.encode_prompt(
                 prompt=spec.prompt,
@@ -96,10 +111,10 @@ class LtxModel(PipelineModel[LtxConfig]):
             embeds = torch.cat([negative, embeds], dim=0)
             mask = torch.cat([negative_mask, mask], dim=0)
         generator = torch.Generator(device="cpu").manual_seed(spec.seed)
-        latents = pipe.prepare_latents(
-            1, pipe.transformer.config.in_channels, height, width, frames, torch.float32,
-            device, generator,
-        )  # fmt: skip
+        with self._device, torch.no_grad():  # the VAE encodes the image
+            latents, first = self._latents(image, height, width, frames, embeds.dtype, generator)
+        if first is not None and cfg_on:
+            first = torch.cat([first, first])
         grid = (
             (frames - 1) // pipe.vae_temporal_compression_ratio + 1,
             height // pipe.vae_spatial_compression_ratio,
@@ -130,10 +145,13 @@ class LtxModel(PipelineModel[LtxConfig]):
             with self._device, torch.no_grad():
                 model_input = torch.cat([latents] * 2) if cfg_on else latents
                 model_input = model_input.to(embeds.dtype)
+                timestep = t.expand(model_input.shape[0])
+                if first is not None:  # the image's tokens are clean
+                    timestep = timestep.unsqueeze(-1) * (1 - first)
                 noise = pipe.transformer(
                     hidden_states=model_input,
                     encoder_hidden_states=embeds,
-                    timestep=t.expand(model_input.shape[0]),
+                    timestep=timestep,
                     encoder_attention_mask=mask,
                     num_frames=grid[0],
                     height=grid[1],
@@ -148,7 +166,10 @@ class LtxModel(PipelineModel[LtxConfig]):
                         noise = rescale_noise_cfg(
                             noise, cond, guidance_rescale=cfg.guidance_rescale
                         )
-                latents = scheduler.step(noise, t, latents, return_dict=False)[0]
+                if first is None:
+                    latents = scheduler.step(noise, t, latents, return_dict=False)[0]
+                else:
+                    latents = self._step_after_image(scheduler, noise, t, latents, grid)
             snapshot = functools.partial(save, fingerprint, i + 1, latents, scheduler)
             on_step(StepInfo(i + 1, cfg.steps, snapshot))
         return Clip(
@@ -160,6 +181,42 @@ class LtxModel(PipelineModel[LtxConfig]):
             audio=np.zeros((2, spec.seconds * SAMPLE_RATE), dtype=np.float32),
             sample_rate=SAMPLE_RATE,
         )
+
+    def _latents(
+        self, image: Any, height: int, width: int, frames: int, dtype: Any, generator: Any
+    ) -> tuple[Any, Any]:
+        """(the starting latents, packed; the mask of the image's tokens, or None), drawn as
+        `LTXPipeline` (no image) or `LTXImageToVideoPipeline` draws them."""
+        import torch
+        from diffusers import LTXPipeline
+
+        pipe = self.pipe
+        device = pipe._execution_device
+        channels = pipe.transformer.config.in_channels
+        if image is None:
+            latents = LTXPipeline.prepare_latents(
+                pipe, 1, channels, height, width, frames, torch.float32, device, generator
+            )
+            return latents, None
+        pixels = pipe.video_processor.preprocess(image, height=height, width=width)
+        latents, first = pipe.prepare_latents(
+            pixels.to(device=device, dtype=dtype), 1, channels, height, width, frames,
+            torch.float32, device, generator,
+        )  # fmt: skip
+        return latents, first
+
+    def _step_after_image(
+        self, scheduler: Any, noise: Any, t: Any, latents: Any, grid: tuple[int, int, int]
+    ) -> Any:
+        """The scheduler's step for every latent frame but the image's."""
+        import torch
+
+        pipe = self.pipe
+        p, p_t = pipe.transformer_spatial_patch_size, pipe.transformer_temporal_patch_size
+        noise = pipe._unpack_latents(noise, *grid, p, p_t)
+        latents = pipe._unpack_latents(latents, *grid, p, p_t)
+        stepped = scheduler.step(noise[:, :, 1:], t, latents[:, :, 1:], return_dict=False)[0]
+        return pipe._pack_latents(torch.cat([latents[:, :, :1], stepped], dim=2), p, p_t)
 
     def decode(self, latents: Any, grid: tuple[int, int, int], dtype: Any, generator: Any) -> Any:
         """Packed latents -> video in [0, 1], (frames, height, width, 3) float32 on the CPU,
@@ -212,5 +269,8 @@ class LtxModel(PipelineModel[LtxConfig]):
             "seed": spec.seed,
             "fps": spec.fps,
             "geometry": [height, width, frames],
+            "image": (
+                hashlib.sha256(spec.reference_image).hexdigest() if spec.reference_image else None
+            ),
         }
         return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()

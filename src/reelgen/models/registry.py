@@ -128,8 +128,11 @@ def _cogvideox(name: str, entry: Mapping[str, Any], path: Path | None) -> VideoM
 
     known = {"adapter", "steps", "guidance_scale", "dynamic_cfg", "fps", "dtype",
              "max_sequence_length", "cost_class", "negative_prompt", "cpu_offload",
-             "vae_tiling", "device"}  # fmt: skip
+             "vae_tiling", "device", "task"}  # fmt: skip
     _known_keys(name, entry, known)
+    task = entry.get("task", "t2v")
+    if task not in ("t2v", "i2v"):
+        raise ValueError(f"registry.toml: {name} has task {task!r}; one of t2v, i2v")
     return CogVideoXModel(
         name,
         CogVideoXConfig(
@@ -145,6 +148,7 @@ def _cogvideox(name: str, entry: Mapping[str, Any], path: Path | None) -> VideoM
             cost=measured_models().get(str(entry.get("cost_class", ""))),
             enable_vae_tiling=bool(entry.get("vae_tiling", False)),
             cpu_offload=bool(entry.get("cpu_offload", False)),
+            task=task,
         ),
     )
 
