@@ -30,7 +30,7 @@ def test_wan_registry_entries_build_without_torch() -> None:
     assert big.estimate_seconds(spec) > 3 * model.estimate_seconds(spec) > 60  # cost model
     with pytest.raises(ValueError, match="needs its weights"):
         model.load()
-    assert model.accepts == frozenset() and model.requires == frozenset()
+    assert model.accepts == {Conditioning.VIDEO} and model.requires == frozenset()  # edits
     i2v = build_model("wan2.2-i2v-a14b", settings)
     assert i2v.accepts == i2v.requires == {Conditioning.IMAGE}
     ti2v = build_model("wan2.2-ti2v-5b", settings)
@@ -264,3 +264,94 @@ def test_wan_image_to_video_through_the_api(start_server, tmp_path: Path) -> Non
     with av.open(io.BytesIO(data)) as container:
         frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
     assert len(frames) == 16 and frames[0].shape == (64, 64, 3)
+
+
+def _source_clip(path: Path) -> Path:
+    from .cog_standin import make_mp4
+
+    path.write_bytes(make_mp4(32, 32, 8, 9, audio=False))
+    return path
+
+
+@pytest.mark.diffusers
+def test_wan_edit_own_loop_gives_the_video_to_video_pipelines_video(
+    tiny: Path, tmp_path: Path
+) -> None:
+    """An edit (text-to-video Wan) makes what `WanVideoToVideoPipeline.__call__` makes from
+    the same clip, strength and seed, in the tail of the schedule, and resumes from a
+    checkpoint to the same video."""
+    import torch
+    from diffusers import WanVideoToVideoPipeline
+    from PIL import Image
+
+    from reelgen.media.decode import read_frames
+
+    model = _model(tiny, steps=10)
+    assert Conditioning.VIDEO in model.accepts
+    source = _source_clip(tmp_path / "source.mp4")
+    spec = GenerationSpec(**{**_fields(SPEC), "source_video": source})
+    assert model.num_steps(spec) == 7 and model.num_steps(SPEC) == 10
+    assert model.estimate_seconds(spec) < model.estimate_seconds(SPEC)
+    steps: list[tuple[int, int]] = []
+    frames = np.stack(list(model.generate(spec, lambda i: steps.append((i.step, i.total))).frames))
+    assert steps == [(k, 7) for k in range(1, 8)]
+    parts = {k: v for k, v in model.pipe.components.items() if k != "transformer_2"}
+    v2v = WanVideoToVideoPipeline(**parts)
+    v2v.set_progress_bar_config(disable=True)
+    video = [Image.fromarray(f) for f in read_frames(source, 32, 32, 9, fps=SPEC.fps)]
+    expected = v2v(
+        video=video, prompt=SPEC.prompt, negative_prompt="", height=32, width=32,
+        num_inference_steps=10, strength=0.7, guidance_scale=5.0, max_sequence_length=16,
+        output_type="np", generator=torch.Generator().manual_seed(SPEC.seed),
+    ).frames[0]  # fmt: skip
+    assert np.array_equal(frames, (np.clip(expected, 0, 1) * 255 + 0.5).astype(np.uint8)[:8])
+    plain = np.stack(list(_model(tiny, steps=10).generate(SPEC, lambda i: None).frames))
+    assert not np.array_equal(plain, frames)
+
+    saved: dict[str, bytes] = {}
+
+    def stop_at_three(info: StepInfo) -> None:
+        if info.step == 3:
+            assert info.snapshot is not None
+            saved["state"] = info.snapshot()
+            raise Stop
+
+    with pytest.raises(Stop):
+        model.generate(spec, stop_at_three)
+    resumed: list[int] = []
+    again = _model(tiny, steps=10).generate(spec, lambda i: resumed.append(i.step), saved["state"])
+    assert resumed == [4, 5, 6, 7]
+    assert np.array_equal(np.stack(list(again.frames)), frames)
+    with pytest.raises(ValueError, match="another job"):  # the source is in the fingerprint
+        _model(tiny, steps=10).generate(SPEC, lambda i: None, saved["state"])
+
+
+@pytest.mark.diffusers
+def test_wan_edit_through_the_api(start_server, tiny: Path) -> None:
+    """`POST /v1/videos/edits` with an uploaded clip, served by text-to-video Wan: the edit
+    keeps the clip's length and size."""
+    import io
+
+    import av
+
+    from .cog_standin import make_mp4
+
+    def prepare(platform) -> None:
+        model = _model(tiny, steps=4)
+        model.name = "reference"
+        platform.models["reference"] = model
+
+    live = start_server(prepare=prepare)
+    with live.client() as http:
+        made = http.post(
+            "/v1/videos/edits",
+            files={"video": ("clip.mp4", make_mp4(64, 64, 16, 16), "video/mp4")},
+            data={"prompt": "the same boat at night"},
+        )
+        assert made.status_code == 200, made.text
+        video = live.wait_for(made.json()["id"], timeout=120)
+        assert video["status"] == "completed", video
+        assert (video["size"], video["seconds"]) == ("64x64", "1")
+        data = http.get(f"/v1/videos/{video['id']}/content", follow_redirects=True).content
+    with av.open(io.BytesIO(data)) as container:
+        assert sum(1 for _ in container.decode(video=0)) == 16

@@ -923,11 +923,8 @@ def _source_latents(source: np.ndarray) -> np.ndarray:
 
 
 def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
     with path.open("rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def _sigmas(total: int) -> np.ndarray:

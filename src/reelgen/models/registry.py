@@ -66,7 +66,7 @@ def _wan(name: str, entry: Mapping[str, Any], path: Path | None) -> VideoModel:
 
     known = {"adapter", "steps", "guidance_scale", "guidance_scale_2", "fps", "dtype",
              "max_sequence_length", "cost_class", "negative_prompt", "cpu_offload",
-             "vae_tiling", "device", "task"}  # fmt: skip
+             "vae_tiling", "device", "task", "edit_strength"}  # fmt: skip
     _known_keys(name, entry, known)
     task = entry.get("task", "t2v")
     if task not in ("t2v", "i2v", "ti2v"):
@@ -88,6 +88,7 @@ def _wan(name: str, entry: Mapping[str, Any], path: Path | None) -> VideoModel:
             enable_vae_tiling=bool(entry.get("vae_tiling", False)),
             cpu_offload=bool(entry.get("cpu_offload", False)),
             task=task,
+            edit_strength=float(entry.get("edit_strength", 0.7)),
         ),
     )
 

@@ -20,6 +20,10 @@ CLIP embedding to the transformer, and Wan 2.2 I2V), or in place of the first la
 whose timestep is zero (Wan 2.2 TI2V, `expand_timesteps`, which also makes videos from text
 alone). The reference image conditions the first frame; an extension's is the last frame of
 the video it continues.
+
+Edits (text-to-video models): as `WanVideoToVideoPipeline` does, the source clip's latents
+(the VAE's mode) are noised to the level of step `(1 - edit_strength) * steps` and only the
+rest of the schedule runs, so the clip's layout and motion survive under the new prompt.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from reelgen.media.decode import read_frames
 from reelgen.models.base import Clip, Conditioning, GenerationSpec, StepCallback, StepInfo
 from reelgen.models.diffusers_shared import PipelineModel, job_frames, restore, rounded, save
 from reelgen.scheduler.cost import CostModel
@@ -69,6 +74,8 @@ class WanConfig:
     enable_vae_tiling: bool = False
     cpu_offload: bool = False
     task: Task = "t2v"
+    edit_strength: float = 0.7
+    """How much of the schedule an edit runs (more: further from the source clip)."""
 
 
 class WanModel(PipelineModel[WanConfig]):
@@ -78,13 +85,28 @@ class WanModel(PipelineModel[WanConfig]):
 
     def __init__(self, name: str, config: WanConfig):
         super().__init__(name, config)
-        if config.task != "t2v":
+        if config.task == "t2v":
+            self.accepts = frozenset({Conditioning.VIDEO})
+        else:
             self.accepts = frozenset({Conditioning.IMAGE})
         if config.task == "i2v":
             self.requires = frozenset({Conditioning.IMAGE})
 
     def pipeline_class(self) -> str:
         return "WanPipeline" if self.config.task == "t2v" else "WanImageToVideoPipeline"
+
+    def num_steps(self, spec: GenerationSpec) -> int:
+        return self.config.steps - self._skipped(spec)
+
+    def _skipped(self, spec: GenerationSpec) -> int:
+        """Where an edit joins the schedule (0: from pure noise)."""
+        if spec.source_video is None:
+            return 0
+        steps = self.config.steps
+        return max(steps - min(int(steps * self.config.edit_strength), steps), 0)
+
+    def estimate_seconds(self, spec: GenerationSpec) -> float:
+        return super().estimate_seconds(spec) * self.num_steps(spec) / self.config.steps
 
     def geometry(self, spec: GenerationSpec) -> tuple[int, int, int]:
         """(height, width, frames) the pipeline runs at: sizes rounded down to what the VAE
@@ -131,20 +153,27 @@ class WanModel(PipelineModel[WanConfig]):
         scheduler = copy.deepcopy(pipe.scheduler)  # a run's own state (several may share a pipe)
         scheduler.set_timesteps(cfg.steps, device=device)
         timesteps = scheduler.timesteps
-        scheduler.set_begin_index(0)
+        skip = self._skipped(spec)
+        scheduler.set_begin_index(skip)
         generator = torch.Generator(device="cpu").manual_seed(spec.seed)
-        with self._device, torch.no_grad():  # the VAE encodes the image
-            latents, condition, mask = self._latents(
-                image, height, width, frames, expert, device, generator
-            )
-        start = 0
+        with self._device, torch.no_grad():  # the VAE encodes the image or the source clip
+            if spec.source_video is not None:
+                size = (height, width, frames)
+                latents = self._noised_source(spec, size, scheduler, timesteps[skip], generator)
+                condition, mask = None, torch.ones(latents.shape, device=device)
+            else:
+                latents, condition, mask = self._latents(
+                    image, height, width, frames, expert, device, generator
+                )
+        done = 0
         if resume_from is not None:
-            start, latents, _ = restore(resume_from, fingerprint, scheduler, device, "Wan")
+            done, latents, _ = restore(resume_from, fingerprint, scheduler, device, "Wan")
+        total = cfg.steps - skip
         boundary = None
         if pipe.config.boundary_ratio is not None:
             boundary = pipe.config.boundary_ratio * scheduler.config.num_train_timesteps
         expand = bool(pipe.config.expand_timesteps)
-        for i in range(start, cfg.steps):
+        for i in range(skip + done, cfg.steps):
             t = timesteps[i]
             if boundary is None or t >= boundary:
                 model, scale = pipe.transformer, guidance
@@ -178,8 +207,8 @@ class WanModel(PipelineModel[WanConfig]):
                     )[0]
                     noise = uncond + scale * (noise - uncond)
                 latents = scheduler.step(noise, t, latents, return_dict=False)[0]
-            snapshot = functools.partial(save, fingerprint, i + 1, latents, scheduler)
-            on_step(StepInfo(i + 1, cfg.steps, snapshot))
+            snapshot = functools.partial(save, fingerprint, i + 1 - skip, latents, scheduler)
+            on_step(StepInfo(i + 1 - skip, total, snapshot))
         if condition is not None and expand:  # the image is the first frame
             latents = (1 - mask) * condition + mask * latents
         return Clip(
@@ -201,6 +230,42 @@ class WanModel(PipelineModel[WanConfig]):
         from PIL import Image
 
         return Image.open(io.BytesIO(spec.reference_image)).convert("RGB")
+
+    def _noised_source(
+        self,
+        spec: GenerationSpec,
+        size: tuple[int, int, int],
+        scheduler: Any,
+        t: Any,
+        generator: Any,
+    ) -> Any:
+        """An edit's starting latents: the source clip, read at the job's rate and the run's
+        size, encoded (the VAE's mode), normalized and noised to timestep `t` by the run's
+        scheduler, as `WanVideoToVideoPipeline.prepare_latents` does."""
+        import torch
+        from diffusers.pipelines.wan.pipeline_wan_video2video import retrieve_latents
+        from diffusers.utils.torch_utils import randn_tensor
+        from PIL import Image
+
+        assert spec.source_video is not None
+        pipe, (height, width, frames) = self.pipe, size
+        device, vae = pipe._execution_device, pipe.vae
+        source = [
+            Image.fromarray(frame)
+            for frame in read_frames(spec.source_video, width, height, frames, fps=spec.fps)
+        ]
+        video = pipe.video_processor.preprocess_video(source, height=height, width=width)
+        encoded = retrieve_latents(
+            vae.encode(video.to(device=device, dtype=vae.dtype)), sample_mode="argmax"
+        ).to(torch.float32)
+        shape = (1, vae.config.z_dim, 1, 1, 1)
+        mean = torch.tensor(vae.config.latents_mean).view(shape).to(device, torch.float32)
+        std = 1.0 / torch.tensor(vae.config.latents_std).view(shape).to(device, torch.float32)
+        encoded = (encoded - mean) * std
+        noise = randn_tensor(encoded.shape, generator=generator, device=device, dtype=torch.float32)
+        if hasattr(scheduler, "add_noise"):
+            return scheduler.add_noise(encoded, noise, t.reshape(1))
+        return scheduler.scale_noise(encoded, t.reshape(1), noise)
 
     def _latents(
         self,
@@ -269,5 +334,12 @@ class WanModel(PipelineModel[WanConfig]):
             "seed": spec.seed,
             "geometry": [height, width, frames],
             "image": hashlib.sha256(ref).hexdigest() if image and ref is not None else None,
+            "source": _sha256_file(spec.source_video) if spec.source_video is not None else None,
+            "edit_strength": cfg.edit_strength if spec.source_video is not None else None,
         }
         return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
+
+
+def _sha256_file(path: Path) -> str:
+    with path.open("rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
