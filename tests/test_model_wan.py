@@ -355,3 +355,26 @@ def test_wan_edit_through_the_api(start_server, tiny: Path) -> None:
         data = http.get(f"/v1/videos/{video['id']}/content", follow_redirects=True).content
     with av.open(io.BytesIO(data)) as container:
         assert sum(1 for _ in container.decode(video=0)) == 16
+
+
+@pytest.mark.diffusers
+def test_wan_compiled_transformer_gives_the_same_video(tiny: Path) -> None:
+    """`compile` (registry) puts `torch.compile` on the transformer at load; the video is
+    the eager one's (the CPU build of torch compiles with its C++ backend here)."""
+    eager = np.stack(list(_model(tiny).generate(SPEC, lambda info: None).frames))
+    model = WanModel(
+        "wan-tiny",
+        WanConfig(
+            path=tiny, steps=4, device="cpu", dtype="float32", max_sequence_length=16,
+            compile=True,
+        ),
+    )  # fmt: skip
+    model.load()
+    assert type(model.pipe.transformer).__name__ == "OptimizedModule"
+    compiled = np.stack(list(model.generate(SPEC, lambda info: None).frames))
+    assert np.abs(compiled.astype(int) - eager.astype(int)).max() <= 1
+    offloaded = WanModel(
+        "wan-tiny", WanConfig(path=tiny, device="cpu", compile=True, cpu_offload=True)
+    )
+    with pytest.raises(ValueError, match="cpu_offload"):
+        offloaded.load()

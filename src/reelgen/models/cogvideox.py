@@ -57,6 +57,8 @@ class CogVideoXConfig:
     styles: frozenset[str] = field(default_factory=frozenset)
     enable_vae_tiling: bool = False
     cpu_offload: bool = False
+    compile: bool = False
+    """`torch.compile` the transformer(s) at load."""
     task: Literal["t2v", "i2v"] = "t2v"
 
 

@@ -41,6 +41,8 @@ class PipelineSettings(Protocol):
     def enable_vae_tiling(self) -> bool: ...
     @property
     def cpu_offload(self) -> bool: ...
+    @property
+    def compile(self) -> bool: ...
 
 
 C = TypeVar("C", bound=PipelineSettings)
@@ -76,11 +78,19 @@ class PipelineModel(Generic[C]):
         with self._loading:
             if self.pipe is None:
                 cfg = self.config
-                self.pipe = load_pipeline(
+                if cfg.compile and cfg.cpu_offload:
+                    raise ValueError(
+                        f"{self.name}: compile needs the pipeline resident on the device; "
+                        "turn cpu_offload off"
+                    )
+                pipe = load_pipeline(
                     self.name, cfg.path, self.pipeline_class(), dtype=cfg.dtype,
                     device=cfg.device, cpu_offload=cfg.cpu_offload,
                     vae_tiling=cfg.enable_vae_tiling,
                 )  # fmt: skip
+                if cfg.compile:
+                    _compile(pipe)
+                self.pipe = pipe
 
     def num_steps(self, spec: GenerationSpec) -> int:
         return self.config.steps
@@ -94,6 +104,17 @@ class PipelineModel(Generic[C]):
 
 
 _STATE_TYPES = (int, float, bool, list, tuple, type(None))
+
+
+def _compile(pipe: Any) -> None:
+    """`torch.compile` on the denoiser(s), the part that runs every step; the first job of
+    each size pays the compilation."""
+    import torch
+
+    for name in ("transformer", "transformer_2"):
+        module = getattr(pipe, name, None)
+        if module is not None:
+            setattr(pipe, name, torch.compile(module))
 
 
 def load_pipeline(

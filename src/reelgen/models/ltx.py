@@ -60,6 +60,8 @@ class LtxConfig:
     styles: frozenset[str] = field(default_factory=frozenset)
     enable_vae_tiling: bool = False
     cpu_offload: bool = False
+    compile: bool = False
+    """`torch.compile` the transformer(s) at load."""
 
 
 class LtxModel(PipelineModel[LtxConfig]):

@@ -66,7 +66,7 @@ def _wan(name: str, entry: Mapping[str, Any], path: Path | None) -> VideoModel:
 
     known = {"adapter", "steps", "guidance_scale", "guidance_scale_2", "fps", "dtype",
              "max_sequence_length", "cost_class", "negative_prompt", "cpu_offload",
-             "vae_tiling", "device", "task", "edit_strength"}  # fmt: skip
+             "vae_tiling", "device", "compile", "task", "edit_strength"}  # fmt: skip
     _known_keys(name, entry, known)
     task = entry.get("task", "t2v")
     if task not in ("t2v", "i2v", "ti2v"):
@@ -87,6 +87,7 @@ def _wan(name: str, entry: Mapping[str, Any], path: Path | None) -> VideoModel:
             cost=cost,
             enable_vae_tiling=bool(entry.get("vae_tiling", False)),
             cpu_offload=bool(entry.get("cpu_offload", False)),
+            compile=bool(entry.get("compile", False)),
             task=task,
             edit_strength=float(entry.get("edit_strength", 0.7)),
         ),
@@ -99,7 +100,8 @@ def _ltx(name: str, entry: Mapping[str, Any], path: Path | None) -> VideoModel:
 
     known = {"adapter", "steps", "guidance_scale", "guidance_rescale", "fps", "dtype",
              "max_sequence_length", "cost_class", "negative_prompt", "cpu_offload",
-             "vae_tiling", "device", "decode_timestep", "decode_noise_scale"}  # fmt: skip
+             "vae_tiling", "device", "compile", "decode_timestep",
+             "decode_noise_scale"}  # fmt: skip
     _known_keys(name, entry, known)
     noise = entry.get("decode_noise_scale")
     return LtxModel(
@@ -119,6 +121,7 @@ def _ltx(name: str, entry: Mapping[str, Any], path: Path | None) -> VideoModel:
             cost=measured_models().get(str(entry.get("cost_class", ""))),
             enable_vae_tiling=bool(entry.get("vae_tiling", False)),
             cpu_offload=bool(entry.get("cpu_offload", False)),
+            compile=bool(entry.get("compile", False)),
         ),
     )
 
@@ -129,7 +132,7 @@ def _cogvideox(name: str, entry: Mapping[str, Any], path: Path | None) -> VideoM
 
     known = {"adapter", "steps", "guidance_scale", "dynamic_cfg", "fps", "dtype",
              "max_sequence_length", "cost_class", "negative_prompt", "cpu_offload",
-             "vae_tiling", "device", "task"}  # fmt: skip
+             "vae_tiling", "device", "compile", "task"}  # fmt: skip
     _known_keys(name, entry, known)
     task = entry.get("task", "t2v")
     if task not in ("t2v", "i2v"):
@@ -149,6 +152,7 @@ def _cogvideox(name: str, entry: Mapping[str, Any], path: Path | None) -> VideoM
             cost=measured_models().get(str(entry.get("cost_class", ""))),
             enable_vae_tiling=bool(entry.get("vae_tiling", False)),
             cpu_offload=bool(entry.get("cpu_offload", False)),
+            compile=bool(entry.get("compile", False)),
             task=task,
         ),
     )

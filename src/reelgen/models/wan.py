@@ -73,6 +73,8 @@ class WanConfig:
     styles: frozenset[str] = field(default_factory=frozenset)
     enable_vae_tiling: bool = False
     cpu_offload: bool = False
+    compile: bool = False
+    """`torch.compile` the transformer(s) at load."""
     task: Task = "t2v"
     edit_strength: float = 0.7
     """How much of the schedule an edit runs (more: further from the source clip)."""
