@@ -343,3 +343,28 @@ def test_preempted_job_checkpoints_hands_back_and_resumes(start_server) -> None:
     assert len(starts) == 2 and starts[1].payload.resume_step == released[0].payload.step > 0
     completed = next(e for e in events if e.kind == "completed")
     assert completed.payload.first_step == starts[1].payload.resume_step + 1
+
+
+def test_an_edit_upload_replays_under_its_idempotency_key_and_another_clip_conflicts(
+    live,
+) -> None:
+    """The uploaded clip is part of what an Idempotency-Key names: the same upload replays
+    the job, another clip under the same key is refused."""
+    from .cog_standin import make_mp4
+
+    first, second = make_mp4(64, 64, 24, 24), make_mp4(64, 64, 24, 12)
+    with live.client() as http:
+
+        def edit(clip: bytes) -> httpx.Response:
+            return http.post(
+                "/v1/videos/edits",
+                files={"video": ("clip.mp4", clip, "video/mp4")},
+                data={"prompt": "the same, at night"},
+                headers={"Idempotency-Key": "edit-1"},
+            )
+
+        a, b = edit(first), edit(first)
+        assert a.status_code == b.status_code == 200 and a.json()["id"] == b.json()["id"]
+        other = edit(second)
+        assert other.status_code == 409, other.text
+        assert other.json()["error"]["code"] == "idempotency_key_reused"

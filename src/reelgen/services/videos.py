@@ -196,12 +196,15 @@ def _validated(
     return spec, image
 
 
-def _request_hash(req: CreateVideo, spec: JobSpec, image: bytes | None) -> str:
+def _request_hash(
+    req: CreateVideo, spec: JobSpec, image: bytes | None, source: bytes | None
+) -> str:
     """What makes two submits under one Idempotency-Key the same request."""
     fields = {
         **{k: v for k, v in spec.columns().items() if k != "reference_key"},
         "seed": req.seed,
         "reference_sha256": hashlib.sha256(image).hexdigest() if image is not None else None,
+        "source_sha256": hashlib.sha256(source).hexdigest() if source is not None else None,
     }
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
 
@@ -272,6 +275,7 @@ def _prepare(
     idempotency_key: str | None,
     parent: Job | None,
     operation: Operation,
+    source_video: bytes | None = None,
 ) -> _Submission:
     if idempotency_key is not None and not 1 <= len(idempotency_key) <= 255:
         raise InvalidRequest(
@@ -290,7 +294,7 @@ def _prepare(
         operation=operation,
     )
     # Only a replay under the same Idempotency-Key compares it.
-    request_hash = _request_hash(req, spec, image) if idempotency_key else ""
+    request_hash = _request_hash(req, spec, image, source_video) if idempotency_key else ""
     now = platform.clock()
     tier = service_tier(user, req.service_tier)
     model = platform.model(spec.model)
@@ -442,7 +446,13 @@ def submit(
 
     Returns once the job is committed; concurrent submits share a commit (group commit)."""
     sub = _prepare(
-        platform, user, req, idempotency_key=idempotency_key, parent=parent, operation=operation
+        platform,
+        user,
+        req,
+        idempotency_key=idempotency_key,
+        parent=parent,
+        operation=operation,
+        source_video=source_video,
     )
     sub = dataclasses.replace(sub, screened=screened, source_video=source_video)
     sub = _moderated(platform, user, sub, _check(platform, user, sub))
