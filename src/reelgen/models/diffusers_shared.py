@@ -96,7 +96,7 @@ class PipelineModel(Generic[C]):
         return self.config.steps
 
     def estimate_seconds(self, spec: GenerationSpec) -> float:
-        cost, steps = self.config.cost, self.config.steps
+        cost, steps = self.config.cost, self.num_steps(spec)
         if cost is None:
             per_step, pixels = self.rough_step_s
             return steps * per_step * spec.width * spec.height / pixels

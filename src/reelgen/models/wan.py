@@ -107,9 +107,6 @@ class WanModel(PipelineModel[WanConfig]):
         steps = self.config.steps
         return max(steps - min(int(steps * self.config.edit_strength), steps), 0)
 
-    def estimate_seconds(self, spec: GenerationSpec) -> float:
-        return super().estimate_seconds(spec) * self.num_steps(spec) / self.config.steps
-
     def geometry(self, spec: GenerationSpec) -> tuple[int, int, int]:
         """(height, width, frames) the pipeline runs at: sizes rounded down to what the VAE
         and patches divide, frames up to `4k + 1` (the extra ones are dropped)."""
