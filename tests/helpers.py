@@ -1,11 +1,14 @@
-"""Small builders shared by tests: images, PNG bombs, decoding outputs."""
+"""Small builders shared by tests: images, PNG bombs, decoding outputs, a model run stopped
+at a step."""
 
 from __future__ import annotations
 
 import io
 import struct
 import zlib
+from typing import Any
 
+import numpy as np
 from PIL import Image
 
 
@@ -25,3 +28,35 @@ def png_bomb(width: int = 100_000, height: int = 100_000) -> bytes:
     crc = zlib.crc32(bytes(data[12 : ihdr_start + 13]))
     data[ihdr_start + 13 : ihdr_start + 17] = struct.pack(">I", crc)
     return bytes(data)
+
+
+def picture(seed: int = 0) -> bytes:
+    """A 48x40 PNG with structure (ramps and a block) that `seed` shifts."""
+    y, x = np.mgrid[0:40, 0:48]
+    rgb = np.stack([(x * 5) % 256, (y * 6) % 256, ((x + y) * 3 + seed * 40) % 256], -1)
+    rgb[10:25, 12:30] = (250, 240, 20)
+    buf = io.BytesIO()
+    Image.fromarray(rgb.astype(np.uint8)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+class Stopped(Exception):
+    """Raised from a step callback, as a preempt would be."""
+
+
+def stopped_at(model: Any, spec: Any, step: int) -> bytes:
+    """Runs `model` on `spec` until `step`, stops it there and returns that step's
+    checkpoint."""
+    saved: list[bytes] = []
+
+    def stop(info: Any) -> None:
+        if info.step == step:
+            assert info.snapshot is not None
+            saved.append(info.snapshot())
+            raise Stopped
+
+    try:
+        model.generate(spec, stop)
+    except Stopped:
+        return saved[0]
+    raise AssertionError(f"the run ended before step {step}")

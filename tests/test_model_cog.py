@@ -64,7 +64,7 @@ def test_the_same_attempt_finds_the_same_prediction(standin: CogStandIn) -> None
     model.generate(SPEC, lambda info: None)
     model.generate(SPEC, lambda info: None)
     assert len(standin.predictions) == 1  # a retried attempt does not start a second run
-    model.generate(GenerationSpec(**{**_fields(SPEC), "run_id": "job:2"}), lambda info: None)
+    model.generate(dataclasses.replace(SPEC, run_id="job:2"), lambda info: None)
     assert len(standin.predictions) == 2  # the next attempt is a new prediction
 
 
@@ -90,7 +90,7 @@ def test_cancel_from_the_step_callback_cancels_the_prediction(standin: CogStandI
 
 def test_a_failed_prediction_fails_the_attempt_with_its_error(standin: CogStandIn) -> None:
     model = _model(standin)
-    spec = GenerationSpec(**{**_fields(SPEC), "prompt": "explode", "run_id": "j:9"})
+    spec = dataclasses.replace(SPEC, prompt="explode", run_id="j:9")
     with pytest.raises(RuntimeError, match="failed: CUDA out of memory"):
         model.generate(spec, lambda info: None)
     unreachable = CogModel(
@@ -98,10 +98,6 @@ def test_a_failed_prediction_fails_the_attempt_with_its_error(standin: CogStandI
     )
     with pytest.raises(RuntimeError, match="unreachable"):
         unreachable.generate(SPEC, lambda info: None)
-
-
-def _fields(spec: GenerationSpec) -> dict[str, object]:
-    return {name: getattr(spec, name) for name in spec.__dataclass_fields__}
 
 
 def test_remote_models_come_from_the_settings(standin: CogStandIn) -> None:

@@ -5,15 +5,18 @@ pipeline on the CPU (`make test-diffusers`)."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from reelgen.models.base import Conditioning, GenerationSpec, StepInfo
+from reelgen.models.base import Conditioning, GenerationSpec
 from reelgen.models.cogvideox import CogVideoXConfig, CogVideoXModel
 from reelgen.models.registry import build_model
 from reelgen.settings import Settings
+
+from .helpers import picture, stopped_at
 
 SPEC = GenerationSpec(prompt="a red boat on the sea", seconds=1, width=32, height=32, seed=5, fps=8)
 
@@ -77,53 +80,24 @@ def test_cogvideox_own_loop_gives_the_pipelines_video(tiny) -> None:
     assert frames.std() > 1
 
 
-class Stop(Exception):
-    pass
-
-
 @pytest.mark.diffusers
 def test_cogvideox_checkpoint_resumes_to_the_same_video(tiny) -> None:
     path = tiny
     model = _model(path)
     whole = np.stack(list(model.generate(SPEC, lambda info: None).frames))
-    saved: dict[str, bytes] = {}
-
-    def stop_at_two(info: StepInfo) -> None:
-        if info.step == 2:
-            assert info.snapshot is not None
-            saved["state"] = info.snapshot()
-            raise Stop
-
-    with pytest.raises(Stop):
-        model.generate(SPEC, stop_at_two)
+    state = stopped_at(model, SPEC, 2)
     other = _model(path)  # another worker's copy
     steps: list[int] = []
-    resumed = other.generate(SPEC, lambda info: steps.append(info.step), saved["state"])
+    resumed = other.generate(SPEC, lambda info: steps.append(info.step), state)
     assert steps == [3, 4]
     assert np.array_equal(np.stack(list(resumed.frames)), whole)
     with pytest.raises(ValueError, match="another job"):
-        _model(path, dynamic=False).generate(SPEC, lambda info: None, saved["state"])
+        _model(path, dynamic=False).generate(SPEC, lambda info: None, state)
     with pytest.raises(ValueError, match="not a checkpoint of CogVideoX"):
         other.generate(SPEC, lambda info: None, b"garbage")
 
 
-def _picture(seed: int = 0) -> bytes:
-    import io
-
-    from PIL import Image
-
-    y, x = np.mgrid[0:40, 0:48]
-    rgb = np.stack([(x * 5) % 256, (y * 6) % 256, ((x + y) * 3 + seed * 40) % 256], -1)
-    buf = io.BytesIO()
-    Image.fromarray(rgb.astype(np.uint8)).save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def _fields(spec: GenerationSpec) -> dict[str, object]:
-    return {name: getattr(spec, name) for name in spec.__dataclass_fields__}
-
-
-I2V_SPEC = GenerationSpec(**{**_fields(SPEC), "reference_image": _picture()})
+I2V_SPEC = dataclasses.replace(SPEC, reference_image=picture())
 
 
 @pytest.fixture(scope="module")
@@ -145,13 +119,13 @@ def test_cogvideox_image_to_video_own_loop_gives_the_pipelines_video(tiny_i2v: P
     model = _model(tiny_i2v, task="i2v")
     frames = np.stack(list(model.generate(I2V_SPEC, lambda info: None).frames))
     expected = model.pipe(
-        image=Image.open(io.BytesIO(_picture())).convert("RGB"), prompt=SPEC.prompt,
+        image=Image.open(io.BytesIO(picture())).convert("RGB"), prompt=SPEC.prompt,
         negative_prompt="", height=32, width=32, num_frames=9, num_inference_steps=4,
         guidance_scale=6.0, use_dynamic_cfg=True, max_sequence_length=16, output_type="np",
         generator=torch.Generator().manual_seed(SPEC.seed),
     ).frames[0]  # fmt: skip
     assert np.array_equal(frames, (np.clip(expected, 0, 1) * 255 + 0.5).astype(np.uint8)[:8])
-    other = GenerationSpec(**{**_fields(I2V_SPEC), "reference_image": _picture(3)})
+    other = dataclasses.replace(I2V_SPEC, reference_image=picture(3))
     assert not np.array_equal(np.stack(list(model.generate(other, lambda i: None).frames)), frames)
     with pytest.raises(ValueError, match="from an image"):
         model.generate(SPEC, lambda info: None)
@@ -161,15 +135,6 @@ def test_cogvideox_image_to_video_own_loop_gives_the_pipelines_video(tiny_i2v: P
 def test_cogvideox_image_to_video_checkpoint_resumes_to_the_same_video(tiny_i2v: Path) -> None:
     model = _model(tiny_i2v, task="i2v")
     whole = np.stack(list(model.generate(I2V_SPEC, lambda info: None).frames))
-    saved: dict[str, bytes] = {}
-
-    def stop_at_two(info: StepInfo) -> None:
-        if info.step == 2:
-            assert info.snapshot is not None
-            saved["state"] = info.snapshot()
-            raise Stop
-
-    with pytest.raises(Stop):
-        model.generate(I2V_SPEC, stop_at_two)
-    resumed = _model(tiny_i2v, task="i2v").generate(I2V_SPEC, lambda info: None, saved["state"])
+    state = stopped_at(model, I2V_SPEC, 2)
+    resumed = _model(tiny_i2v, task="i2v").generate(I2V_SPEC, lambda info: None, state)
     assert np.array_equal(np.stack(list(resumed.frames)), whole)

@@ -4,15 +4,18 @@ run a tiny random-weight pipeline on the CPU (`make test-diffusers`)."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from reelgen.models.base import Conditioning, GenerationSpec, StepInfo
+from reelgen.models.base import Conditioning, GenerationSpec
 from reelgen.models.ltx import LtxConfig, LtxModel
 from reelgen.models.registry import build_model
 from reelgen.settings import Settings
+
+from .helpers import picture, stopped_at
 
 SPEC = GenerationSpec(prompt="a red boat on the sea", seconds=1, width=32, height=32, seed=5, fps=8)
 
@@ -76,53 +79,24 @@ def test_ltx_own_loop_gives_the_pipelines_video(tiny: Path) -> None:
     assert frames.std() > 1
 
 
-class Stop(Exception):
-    pass
-
-
 @pytest.mark.diffusers
 def test_ltx_checkpoint_resumes_to_the_same_video(tiny: Path) -> None:
     model = _model(tiny)
     whole = np.stack(list(model.generate(SPEC, lambda info: None).frames))
-    saved: dict[str, bytes] = {}
-
-    def stop_at_two(info: StepInfo) -> None:
-        if info.step == 2:
-            assert info.snapshot is not None
-            saved["state"] = info.snapshot()
-            raise Stop
-
-    with pytest.raises(Stop):
-        model.generate(SPEC, stop_at_two)
+    state = stopped_at(model, SPEC, 2)
     other = _model(tiny)  # another worker's copy
     steps: list[int] = []
-    resumed = other.generate(SPEC, lambda info: steps.append(info.step), saved["state"])
+    resumed = other.generate(SPEC, lambda info: steps.append(info.step), state)
     assert steps == [3, 4]
     assert np.array_equal(np.stack(list(resumed.frames)), whole)
-    reseeded = GenerationSpec(**{**_fields(SPEC), "seed": 6})
+    reseeded = dataclasses.replace(SPEC, seed=6)
     with pytest.raises(ValueError, match="another job"):
-        other.generate(reseeded, lambda info: None, saved["state"])
+        other.generate(reseeded, lambda info: None, state)
     with pytest.raises(ValueError, match="not a checkpoint of LTX-Video"):
         other.generate(SPEC, lambda info: None, b"garbage")
 
 
-def _fields(spec: GenerationSpec) -> dict[str, object]:
-    return {name: getattr(spec, name) for name in spec.__dataclass_fields__}
-
-
-def _picture(seed: int = 0) -> bytes:
-    import io
-
-    from PIL import Image
-
-    y, x = np.mgrid[0:40, 0:48]
-    rgb = np.stack([(x * 5) % 256, (y * 6) % 256, ((x + y) * 3 + seed * 40) % 256], -1)
-    buf = io.BytesIO()
-    Image.fromarray(rgb.astype(np.uint8)).save(buf, format="PNG")
-    return buf.getvalue()
-
-
-I2V_SPEC = GenerationSpec(**{**_fields(SPEC), "reference_image": _picture()})
+I2V_SPEC = dataclasses.replace(SPEC, reference_image=picture())
 
 
 @pytest.mark.diffusers
@@ -138,14 +112,14 @@ def test_ltx_image_to_video_own_loop_gives_the_pipelines_video(tiny: Path) -> No
     frames = np.stack(list(model.generate(I2V_SPEC, lambda info: None).frames))
     height, width, count = model.geometry(SPEC)
     expected = model.pipe(
-        image=Image.open(io.BytesIO(_picture())).convert("RGB"), prompt=SPEC.prompt,
+        image=Image.open(io.BytesIO(picture())).convert("RGB"), prompt=SPEC.prompt,
         negative_prompt="", height=height, width=width, num_frames=count, frame_rate=SPEC.fps,
         num_inference_steps=4, guidance_scale=3.0, max_sequence_length=16,
         decode_timestep=0.05, decode_noise_scale=0.025, output_type="np",
         generator=torch.Generator().manual_seed(SPEC.seed),
     ).frames[0]  # fmt: skip
     assert np.array_equal(frames, (np.clip(expected, 0, 1) * 255 + 0.5).astype(np.uint8)[:8])
-    other = GenerationSpec(**{**_fields(I2V_SPEC), "reference_image": _picture(3)})
+    other = dataclasses.replace(I2V_SPEC, reference_image=picture(3))
     assert not np.array_equal(np.stack(list(model.generate(other, lambda i: None).frames)), frames)
 
 
@@ -153,17 +127,8 @@ def test_ltx_image_to_video_own_loop_gives_the_pipelines_video(tiny: Path) -> No
 def test_ltx_image_to_video_checkpoint_resumes_to_the_same_video(tiny: Path) -> None:
     model = _model(tiny)
     whole = np.stack(list(model.generate(I2V_SPEC, lambda info: None).frames))
-    saved: dict[str, bytes] = {}
-
-    def stop_at_two(info: StepInfo) -> None:
-        if info.step == 2:
-            assert info.snapshot is not None
-            saved["state"] = info.snapshot()
-            raise Stop
-
-    with pytest.raises(Stop):
-        model.generate(I2V_SPEC, stop_at_two)
-    resumed = _model(tiny).generate(I2V_SPEC, lambda info: None, saved["state"])
+    state = stopped_at(model, I2V_SPEC, 2)
+    resumed = _model(tiny).generate(I2V_SPEC, lambda info: None, state)
     assert np.array_equal(np.stack(list(resumed.frames)), whole)
     with pytest.raises(ValueError, match="another job"):  # the image is in the fingerprint
-        _model(tiny).generate(SPEC, lambda info: None, saved["state"])
+        _model(tiny).generate(SPEC, lambda info: None, state)

@@ -6,15 +6,18 @@ on another. The `diffusers` tier: `make test` runs it in a venv with the CPU bui
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from reelgen.models.base import Conditioning, GenerationSpec, StepInfo
+from reelgen.models.base import Conditioning, GenerationSpec
 from reelgen.models.registry import build_model, served
 from reelgen.models.wan import WanConfig, WanModel
 from reelgen.settings import Settings
+
+from .helpers import picture, stopped_at
 
 SPEC = GenerationSpec(prompt="a red boat on the sea", seconds=1, width=32, height=32, seed=5, fps=8)
 
@@ -77,10 +80,6 @@ def test_wan_own_loop_gives_the_pipelines_video(tiny: Path) -> None:
     assert frames.std() > 1  # not a blank clip
 
 
-class Stop(Exception):
-    pass
-
-
 @pytest.mark.diffusers
 @pytest.mark.parametrize("scheduler", ["unipc", "euler"])
 def test_wan_checkpoint_resumes_to_the_same_video(tiny: Path, scheduler: str) -> None:
@@ -90,49 +89,20 @@ def test_wan_checkpoint_resumes_to_the_same_video(tiny: Path, scheduler: str) ->
 
         model.pipe.scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0)
     whole = np.stack(list(model.generate(SPEC, lambda info: None).frames))
-    saved: dict[str, bytes] = {}
-
-    def stop_at_two(info: StepInfo) -> None:
-        if info.step == 2:
-            assert info.snapshot is not None
-            saved["state"] = info.snapshot()
-            raise Stop
-
-    with pytest.raises(Stop):
-        model.generate(SPEC, stop_at_two)
+    state = stopped_at(model, SPEC, 2)
     other = _model(tiny)  # another worker's copy
     other.pipe.scheduler = model.pipe.scheduler
     steps: list[int] = []
-    resumed = other.generate(SPEC, lambda info: steps.append(info.step), saved["state"])
+    resumed = other.generate(SPEC, lambda info: steps.append(info.step), state)
     assert steps == [3, 4]
     assert np.array_equal(np.stack(list(resumed.frames)), whole)
     with pytest.raises(ValueError, match="another job"):
-        other.generate(
-            GenerationSpec(**{**_fields(SPEC), "seed": 6}), lambda info: None, saved["state"]
-        )
+        other.generate(dataclasses.replace(SPEC, seed=6), lambda info: None, state)
     with pytest.raises(ValueError, match="not a checkpoint of Wan"):
         other.generate(SPEC, lambda info: None, b"garbage")
 
 
-def _fields(spec: GenerationSpec) -> dict[str, object]:
-    return {name: getattr(spec, name) for name in spec.__dataclass_fields__}
-
-
-def _picture(seed: int = 0) -> bytes:
-    """A 48x40 image with structure (a diagonal ramp and a block), as a PNG."""
-    import io
-
-    from PIL import Image
-
-    y, x = np.mgrid[0:40, 0:48]
-    rgb = np.stack([(x * 5) % 256, (y * 6) % 256, ((x + y) * 3 + seed * 40) % 256], -1)
-    rgb[10:25, 12:30] = (250, 240, 20)
-    buf = io.BytesIO()
-    Image.fromarray(rgb.astype(np.uint8)).save(buf, format="PNG")
-    return buf.getvalue()
-
-
-I2V_SPEC = GenerationSpec(**{**_fields(SPEC), "reference_image": _picture()})
+I2V_SPEC = dataclasses.replace(SPEC, reference_image=picture())
 
 
 @pytest.fixture(scope="module", params=["i2v", "i2v-clip", "ti2v"])
@@ -171,7 +141,7 @@ def test_wan_image_to_video_own_loop_gives_the_pipelines_video(tiny_i2v) -> None
     assert Conditioning.IMAGE in model.accepts
     assert model.requires == (frozenset() if task == "ti2v" else {Conditioning.IMAGE})
     frames = np.stack(list(model.generate(I2V_SPEC, lambda info: None).frames))
-    image = Image.open(io.BytesIO(_picture())).convert("RGB")
+    image = Image.open(io.BytesIO(picture())).convert("RGB")
     expected = model.pipe(
         image=image, prompt=SPEC.prompt, negative_prompt="", height=32, width=32, num_frames=9,
         num_inference_steps=4, guidance_scale=5.0, max_sequence_length=16, output_type="np",
@@ -182,7 +152,7 @@ def test_wan_image_to_video_own_loop_gives_the_pipelines_video(tiny_i2v) -> None
     other = np.stack(
         list(
             model.generate(
-                GenerationSpec(**{**_fields(I2V_SPEC), "reference_image": _picture(3)}),
+                dataclasses.replace(I2V_SPEC, reference_image=picture(3)),
                 lambda info: None,
             ).frames
         )
@@ -211,30 +181,23 @@ def test_wan_image_to_video_checkpoint_resumes_to_the_same_video(tiny_i2v) -> No
     task, path = tiny_i2v
     model = _i2v_model(task, path)
     whole = np.stack(list(model.generate(I2V_SPEC, lambda info: None).frames))
-    saved: dict[str, bytes] = {}
-
-    def stop_at_two(info: StepInfo) -> None:
-        if info.step == 2:
-            assert info.snapshot is not None
-            saved["state"] = info.snapshot()
-            raise Stop
-
-    with pytest.raises(Stop):
-        model.generate(I2V_SPEC, stop_at_two)
+    state = stopped_at(model, I2V_SPEC, 2)
     other = _i2v_model(task, path)
     steps: list[int] = []
-    resumed = other.generate(I2V_SPEC, lambda info: steps.append(info.step), saved["state"])
+    resumed = other.generate(I2V_SPEC, lambda info: steps.append(info.step), state)
     assert steps == [3, 4]
     assert np.array_equal(np.stack(list(resumed.frames)), whole)
-    another = GenerationSpec(**{**_fields(I2V_SPEC), "reference_image": _picture(3)})
+    another = dataclasses.replace(I2V_SPEC, reference_image=picture(3))
     with pytest.raises(ValueError, match="another job"):
-        other.generate(another, lambda info: None, saved["state"])
+        other.generate(another, lambda info: None, state)
 
 
 @pytest.mark.diffusers
 def test_wan_image_to_video_through_the_api(start_server, tmp_path: Path) -> None:
     """An image-to-video model behind the API: a request with `input_reference` reaches the
     worker's pipeline and makes a clip; one without is refused before anything is queued."""
+    pytest.importorskip("torch")
+    pytest.importorskip("diffusers")
     import io
 
     import av
@@ -254,7 +217,7 @@ def test_wan_image_to_video_through_the_api(start_server, tmp_path: Path) -> Non
         assert refused.status_code == 400 and refused.json()["error"]["code"] == "missing_input"
         made = http.post(
             "/v1/videos",
-            files={"input_reference": ("p.png", _picture(), "image/png")},
+            files={"input_reference": ("p.png", picture(), "image/png")},
             data={"prompt": "a red boat", "size": "64x64", "seconds": "1", "seed": "3"},
         )
         assert made.status_code == 200, made.text
@@ -289,7 +252,7 @@ def test_wan_edit_own_loop_gives_the_video_to_video_pipelines_video(
     model = _model(tiny, steps=10)
     assert Conditioning.VIDEO in model.accepts
     source = _source_clip(tmp_path / "source.mp4")
-    spec = GenerationSpec(**{**_fields(SPEC), "source_video": source})
+    spec = dataclasses.replace(SPEC, source_video=source)
     assert model.num_steps(spec) == 7 and model.num_steps(SPEC) == 10
     assert model.estimate_seconds(spec) < model.estimate_seconds(SPEC)
     steps: list[tuple[int, int]] = []
@@ -308,22 +271,13 @@ def test_wan_edit_own_loop_gives_the_video_to_video_pipelines_video(
     plain = np.stack(list(_model(tiny, steps=10).generate(SPEC, lambda i: None).frames))
     assert not np.array_equal(plain, frames)
 
-    saved: dict[str, bytes] = {}
-
-    def stop_at_three(info: StepInfo) -> None:
-        if info.step == 3:
-            assert info.snapshot is not None
-            saved["state"] = info.snapshot()
-            raise Stop
-
-    with pytest.raises(Stop):
-        model.generate(spec, stop_at_three)
+    state = stopped_at(model, spec, 3)
     resumed: list[int] = []
-    again = _model(tiny, steps=10).generate(spec, lambda i: resumed.append(i.step), saved["state"])
+    again = _model(tiny, steps=10).generate(spec, lambda i: resumed.append(i.step), state)
     assert resumed == [4, 5, 6, 7]
     assert np.array_equal(np.stack(list(again.frames)), frames)
     with pytest.raises(ValueError, match="another job"):  # the source is in the fingerprint
-        _model(tiny, steps=10).generate(SPEC, lambda i: None, saved["state"])
+        _model(tiny, steps=10).generate(SPEC, lambda i: None, state)
 
 
 @pytest.mark.diffusers
