@@ -8,6 +8,7 @@ state saved at an earlier boundary.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from enum import StrEnum
@@ -52,6 +53,13 @@ class GenerationSpec:
     @property
     def num_frames(self) -> int:
         return self.seconds * self.fps
+
+    def source_sha256(self) -> str | None:
+        """The edit source's hash, for a checkpoint's fingerprint (None: not an edit)."""
+        if self.source_video is None:
+            return None
+        with self.source_video.open("rb") as f:
+            return hashlib.file_digest(f, "sha256").hexdigest()
 
     @classmethod
     def of(

@@ -922,11 +922,6 @@ def _source_latents(source: np.ndarray) -> np.ndarray:
     return _encode_features(features)
 
 
-def _sha256_file(path: Path) -> str:
-    with path.open("rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
-
-
 def _sigmas(total: int) -> np.ndarray:
     """Shifted flow-matching schedule from pure noise (1) down to a small floor."""
     t = np.linspace(1.0, 0.0, total + 1)
@@ -968,7 +963,7 @@ def _encode_features(features: np.ndarray) -> np.ndarray:
 
 def _fingerprint(spec: GenerationSpec, steps: int) -> str:
     ref = hashlib.sha256(spec.reference_image).hexdigest() if spec.reference_image else None
-    source = _sha256_file(spec.source_video) if spec.source_video is not None else None
+    source = spec.source_sha256()
     fields = {
         "model": "reference",
         "format": _SNAPSHOT_FORMAT,

@@ -333,12 +333,7 @@ class WanModel(PipelineModel[WanConfig]):
             "seed": spec.seed,
             "geometry": [height, width, frames],
             "image": hashlib.sha256(ref).hexdigest() if image and ref is not None else None,
-            "source": _sha256_file(spec.source_video) if spec.source_video is not None else None,
+            "source": spec.source_sha256(),
             "edit_strength": cfg.edit_strength if spec.source_video is not None else None,
         }
         return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
-
-
-def _sha256_file(path: Path) -> str:
-    with path.open("rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
