@@ -9,7 +9,7 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,15 +31,18 @@ from reelgen.worker.runner import Worker
 
 @contextlib.contextmanager
 def platform_serving(
-    model: VideoModel, *, keep: bool = False, **settings: Any
+    models: Sequence[VideoModel], *, keep: bool = False, **settings: Any
 ) -> Iterator[httpx.Client]:
-    """Yields an HTTP client of the running platform, with the paid key; stops it after."""
+    """Yields an HTTP client of the running platform, with the paid key, its one worker
+    serving `models` (the API offers each); stops it after."""
     root = Path(tempfile.mkdtemp(prefix="reelgen-bench-inprocess-"))
     config = Settings(data_dir=root, checkpoint_every_steps=1000, **settings)
     platform = build_api(config)
+    for model in models:
+        platform.models[model.name] = model
     upgrade(platform.db.engine)
     key = create_key(platform, user_name="bench", tier=Tier.PAID)
-    worker = Worker(worker_context(platform, model))
+    worker = Worker(worker_context(platform, models))
     stop = threading.Event()
     leadership = leadership_for(config.resolved_database_url(), config.data_dir)
     threading.Thread(target=worker.run, daemon=True).start()

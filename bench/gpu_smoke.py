@@ -7,7 +7,8 @@ since the text encoder runs once per job), runs an in-process platform (API, con
 worker, SQLite) and gives it a backlog of jobs at once. Measures seconds per denoising step,
 the VAE decode, submit-to-completed per clip, and the device's idle gap between consecutive
 jobs (from the steps' own timestamps, and from `nvidia-smi` utilization samples when
-present). `--tiny` runs the same on the CPU with a tiny pipeline (a check of the script).
+present), and a multi-model worker's switch on it (park to pinned host memory, load back).
+`--tiny` runs the same on the CPU with a tiny pipeline (a check of the script).
 
 Needs the diffusers extra (`make setup-diffusers`, or torch with CUDA plus
 `pip install 'reelgen[diffusers]'`).
@@ -40,9 +41,6 @@ class Timed(WanModel):
         self.steps_at: list[tuple[float, float]] = []
         self.decodes: list[float] = []
 
-    def load(self) -> None:
-        return None
-
     def _sync(self) -> None:
         if self.device.startswith("cuda"):
             import torch
@@ -69,6 +67,26 @@ class Timed(WanModel):
         self._sync()
         self.decodes.append(time.monotonic() - started)
         return video
+
+
+def measure_switch(model: Timed) -> dict[str, float]:
+    """A multi-model worker's switch on this model: the first park (copying the weights to
+    pinned host memory), then a load (host to device) and a park (dropping the device's copy)
+    twice; seconds, and the gigabytes moved."""
+    timings: dict[str, float] = {}
+    for what, call in [
+        ("first park s", model.park),
+        ("load s", model.load),
+        ("park s", model.park),
+        ("load again s", model.load),
+    ]:
+        started = time.monotonic()
+        call()
+        model._sync()
+        timings[what] = time.monotonic() - started
+    host = model._host
+    timings["GB"] = sum(t.numel() * t.element_size() for t in host.hosts) / 1e9 if host else 0.0
+    return timings
 
 
 def sample_gpu(stop: threading.Event, out: list[int]) -> None:
@@ -114,7 +132,7 @@ def main() -> int:
     sampling = threading.Event()
     body = {"prompt": "a red boat on the sea at night", "seconds": args.seconds, "size": size}
     submitted: dict[str, float] = {}
-    with platform_serving(model, paid_max_concurrent=100) as http:
+    with platform_serving([model], paid_max_concurrent=100) as http:
         threading.Thread(target=sample_gpu, args=(sampling, utilization), daemon=True).start()
         try:
             for _ in range(args.jobs):
@@ -123,6 +141,8 @@ def main() -> int:
             ended = wait_all(http, submitted, 270)
         finally:
             sampling.set()
+    switch = measure_switch(model)
+    log(f"park and load: {switch}")
     ends = {video_id: at for video_id, (_video, at) in ended.items()}
     statuses = {video_id: video["status"] for video_id, (video, _at) in ended.items()}
 
@@ -145,6 +165,10 @@ def main() -> int:
             fmt(max(job_gaps, default=float("nan")) * 1000, 0),
             f"{busy:.1%}",
             f"{statistics.mean(utilization):.0f} %" if utilization else "no nvidia-smi",
+            fmt(switch["GB"], 2),
+            fmt(switch["first park s"], 2),
+            f"{fmt(switch['load s'], 3)} / {fmt(switch['load again s'], 3)}",
+            fmt(switch["park s"], 3),
         ]
     ]
     checks = [
@@ -175,6 +199,10 @@ def main() -> int:
                 "max gap between jobs ms",
                 "device busy (steps)",
                 "GPU utilization (nvidia-smi)",
+                "weights GB",
+                "first park s",
+                "load s (twice)",
+                "park s",
             ],
             rows,
         ),

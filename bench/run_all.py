@@ -40,6 +40,7 @@ BENCHMARKS: list[tuple[str, int]] = [
     ("content_delivery", 300),
     ("idle_memory", 120),
     ("worker_pipeline", 240),
+    ("model_switch", 240),
     # The fleet on a local PostgreSQL (see bench/_pg.py):
     ("queue_throughput", 900),
     ("dispatch_latency", 480),

@@ -17,7 +17,7 @@ import numpy as np
 from _common import Check, bench_args, check_max, checks_table, emit, fmt, log, table
 from _inprocess import platform_serving, wait_all
 
-from reelgen.models.base import Clip, GenerationSpec, StepCallback, StepInfo
+from reelgen.models.base import Clip, GenerationSpec, StepCallback, StepInfo, made_without_device
 from reelgen.models.reference import SAMPLE_RATE, ReferenceModel
 
 TARGET_SHARE = 0.98
@@ -25,18 +25,40 @@ BODY = {"prompt": "a lighthouse at dusk, waves", "seconds": "2", "size": "1280x7
 
 
 class SimulatedDevice:
-    """`steps` steps of `step_s` seconds of device time each; decoding on the CPU."""
+    """`steps` steps of `step_s` seconds of device time each; decoding on the CPU. Loading
+    it again after `park` holds the device for `switch_s` (a copy from pinned host memory);
+    models of one worker share the `busy` and `switches` logs, as they share its device."""
 
-    def __init__(self, steps: int, step_s: float):
+    def __init__(
+        self,
+        steps: int,
+        step_s: float,
+        *,
+        name: str = "reference",
+        switch_s: float = 0.5,
+        busy: list[tuple[float, float]] | None = None,
+        switches: list[tuple[float, float]] | None = None,
+    ):
         self.inner = ReferenceModel(steps=1)
-        self.name, self.styles, self.fps = "reference", self.inner.styles, self.inner.fps
+        self.name, self.styles, self.fps = name, self.inner.styles, self.inner.fps
         self.accepts, self.requires = self.inner.accepts, self.inner.requires
-        self.steps, self.step_s = steps, step_s
-        self.busy: list[tuple[float, float]] = []
+        self.steps, self.step_s, self.switch_s = steps, step_s, switch_s
+        self.busy = busy if busy is not None else []
         """(start, end) of every step, in time.monotonic()"""
+        self.switches = switches if switches is not None else []
+        """(start, end) of every load after a park"""
+        self.parked = False
 
     def load(self) -> None:
         self.inner.load()
+        if self.parked:
+            start = time.monotonic()
+            time.sleep(self.switch_s)
+            self.switches.append((start, time.monotonic()))
+            self.parked = False
+
+    def park(self) -> None:
+        self.parked = True
 
     def num_steps(self, spec: GenerationSpec) -> int:
         return self.steps
@@ -62,6 +84,7 @@ class SimulatedDevice:
             frames=self._decode(spec),
             audio=np.zeros((2, spec.seconds * SAMPLE_RATE), dtype=np.float32),
             sample_rate=SAMPLE_RATE,
+            decoded=made_without_device(),  # its decode costs CPU, not the device
         )
 
     def _decode(self, spec: GenerationSpec) -> Iterator[np.ndarray]:
@@ -77,7 +100,7 @@ def main() -> int:
 
     device = SimulatedDevice(args.steps, args.step_s)
     serving = platform_serving(
-        device,  # type: ignore[arg-type]
+        [device],  # type: ignore[list-item]
         keep=args.keep,
         paid_max_concurrent=1000,
         paid_max_per_day=100_000,

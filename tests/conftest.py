@@ -145,10 +145,12 @@ def start_server(tmp_path: Path, sqlite_template: Path) -> Iterator:
         workers: int = 1,
         prepare: Callable[[ApiContext], None] | None = None,
         output_checks: list | None = None,
+        serves: tuple[str, ...] = ("reference",),
         **overrides: object,
     ) -> LiveServer:
-        """`prepare` may swap model adapters before any worker starts; `output_checks`
-        replaces the workers' output image checks."""
+        """`prepare` may swap or add model adapters before any worker starts; `serves`:
+        the adapters each worker serves; `output_checks` replaces the workers' output image
+        checks."""
         settings = make_settings(tmp_path / f"data{len(started)}", **overrides)
         url = settings.resolved_database_url()
         if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).exists():
@@ -165,7 +167,7 @@ def start_server(tmp_path: Path, sqlite_template: Path) -> Iterator:
         checks = build_output_moderator(settings)
         if output_checks is not None:
             checks.checks = output_checks
-        served = worker_context(platform, platform.models["reference"], checks)
+        served = worker_context(platform, [platform.models[name] for name in serves], checks)
         pool = [Worker(served) for _ in range(workers)]
         for w in pool:
             threading.Thread(target=w.run, daemon=True).start()

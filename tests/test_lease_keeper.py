@@ -48,6 +48,9 @@ class SlowSteps:
     def load(self) -> None:
         self.inner.load()
 
+    def park(self) -> None:
+        self.inner.park()
+
     def num_steps(self, spec: GenerationSpec) -> int:
         return self.inner.num_steps(spec)
 

@@ -332,3 +332,68 @@ def test_wan_compiled_transformer_gives_the_same_video(tiny: Path) -> None:
     )
     with pytest.raises(ValueError, match="cpu_offload"):
         offloaded.load()
+
+
+@pytest.mark.diffusers
+def test_wan_parked_in_host_memory_and_loaded_again_makes_the_same_video(tiny: Path) -> None:
+    """A multi-model worker's switch: `park` points every weight at a host copy (pinned on
+    CUDA; a tensor two modules share stays shared) and `load` copies them back; the video
+    afterwards is the one from before."""
+    model = _model(tiny)
+    before = np.stack(list(model.generate(SPEC, lambda info: None).frames))
+    model.park()
+    host = model._host
+    assert host is not None and len(host.hosts) < len(host.slots)  # UMT5's tied embedding
+    copies = {t.data_ptr() for t in host.hosts}
+    for component in model.pipe.components.values():
+        for tensor in [*getattr(component, "parameters", list)()]:
+            assert tensor.data_ptr() in copies
+    encoder = model.pipe.text_encoder
+    assert encoder.shared.weight.data_ptr() == encoder.encoder.embed_tokens.weight.data_ptr()
+    model.park()  # parked already: nothing moves
+    model.load()
+    after = np.stack(list(model.generate(SPEC, lambda info: None).frames))
+    assert np.array_equal(before, after)
+    model.park()
+    model.load()
+    assert np.array_equal(before, np.stack(list(model.generate(SPEC, lambda i: None).frames)))
+
+
+@pytest.mark.diffusers
+def test_wan_and_the_reference_model_on_one_worker_through_the_api(
+    start_server, tiny: Path
+) -> None:
+    """One worker serving the reference model and Wan: Wan's jobs run after switches (the
+    reference model starts on the device), and their frames are, bit for bit, the ones a
+    Wan that never moved makes."""
+    made: list[np.ndarray] = []
+
+    def prepare(platform) -> None:
+        model = _model(tiny)
+        generate = model.generate
+
+        def kept(spec, on_step, resume_from=None):  # type: ignore[no-untyped-def]
+            clip = generate(spec, on_step, resume_from)
+            frames = list(clip.frames)
+            made.append(np.stack(frames))
+            clip.frames = iter(frames)
+            return clip
+
+        model.generate = kept  # type: ignore[method-assign]
+        platform.models["wan-tiny"] = model
+
+    live = start_server(prepare=prepare, serves=("reference", "wan-tiny"))
+    body = {"prompt": "a red boat on the sea", "seconds": "1", "size": "64x64", "seed": 5}
+    with live.client() as http:
+        for model in ["wan-tiny", "reference", "wan-tiny"]:
+            video_id = http.post("/v1/videos", json={**body, "model": model}).json()["id"]
+            video = live.wait_for(video_id, timeout=120)
+            assert video["status"] == "completed", video
+    switches = live.platform.metrics.model_switches
+    assert switches.labels("reference", "wan-tiny")._value.get() == 2
+    assert switches.labels("wan-tiny", "reference")._value.get() == 1
+    spec = GenerationSpec(prompt=body["prompt"], seconds=1, width=64, height=64, seed=5, fps=16)
+    unmoved = np.stack(list(_model(tiny).generate(spec, lambda info: None).frames))
+    assert len(made) == 2
+    for frames in made:
+        assert np.array_equal(frames, unmoved)

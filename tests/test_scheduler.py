@@ -245,13 +245,31 @@ def test_a_worker_keeps_its_model_unless_another_models_backlog_pays_for_the_swi
     assert switch.jobs == (small_y.id,) and switch.switch
 
 
-def test_a_switch_happens_when_nobody_holds_the_model_or_its_backlog_pays() -> None:
-    s = build([], [worker("w", models=("x", "y"), loaded="x")], switch_payback=10.0)
+def test_a_switch_happens_when_nobody_holds_the_model_and_its_own_keeps_a_holder() -> None:
+    s = build([], [worker("other", models=("x",), loaded="x")], switch_payback=10.0)
+    s.submit(job(model="x", user="u0", seconds=1000.0))
+    s.schedule(0.0)  # `other` holds x, busy from now on
+    s.add_worker(worker("w", models=("x", "y"), loaded="x"))
     y_job = job(model="y", user="u1", seconds=60.0, at=0.0)
     s.submit(y_job)
     s.submit(job(model="x", user="u2", seconds=60.0, at=1.0))
     (a,) = s.schedule(2.0).assignments
     assert a.jobs == (y_job.id,) and a.switch  # older, and nobody holds y
+
+
+def test_the_only_holder_of_its_model_weighs_both_backlogs_before_switching() -> None:
+    """One worker serving two models, their jobs arriving in turn: it does not switch for
+    every job (each switch would leave its own model with nobody and pay for it again),
+    only when the other model's backlog outweighs its own by the payback."""
+    s = build([], [worker("w", models=("x", "y"), loaded="x")], switch_payback=10.0)
+    drive = Drive(s)
+    for k in range(8):
+        drive.submit(job(model="xy"[k % 2], user=f"u{k}", seconds=60.0, at=float(k)))
+    drive.now = 8.0
+    drive.run()
+    models = [drive.jobs[j].model for j in drive.order]
+    assert len(models) == 8
+    assert sum(a != b for a, b in itertools.pairwise(models)) == 1  # x first, then y
 
 
 def test_a_job_goes_to_the_idle_worker_that_holds_its_model() -> None:

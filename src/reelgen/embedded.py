@@ -57,7 +57,7 @@ def serve(
 
     stop = threading.Event()
     leadership = leadership_for(settings.resolved_database_url(), settings.data_dir)
-    served = worker_context(core, catalog[settings.default_model])
+    served = worker_context(core, [catalog[settings.default_model]])
     pool = [Worker(served) for _ in range(workers)]
     threads = [threading.Thread(target=w.run, name=w.id, daemon=True) for w in pool]
     threads.append(

@@ -10,6 +10,8 @@ import logging
 import os
 import signal
 import threading
+from collections.abc import Sequence
+from pathlib import Path
 
 import uvicorn
 from prometheus_client import start_http_server
@@ -89,15 +91,22 @@ def refuse_without_nudity_check(settings: Settings, checks: OutputModerator) -> 
 
 
 def run_worker(
-    settings: Settings, *, model: str, gpu: str | None, metrics_port: int | None
+    settings: Settings,
+    *,
+    models: Sequence[tuple[str, Path | None]],
+    gpu: str | None,
+    metrics_port: int | None,
 ) -> None:
-    """One worker per accelerator; SIGTERM drains (checkpoint and hand back, or finish)."""
+    """One worker per accelerator, serving `models` (name, weights directory; None: the
+    settings' model path), the first on the device at start and the others parked in host
+    memory; SIGTERM drains (checkpoint and hand back, or finish)."""
     if gpu is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = gpu
+    adapters = [build_model(name, settings, path=path) for name, path in models]
     checks = build_output_moderator(settings)  # first: a refusal stops before connecting
     refuse_without_nudity_check(settings, checks)
     core = build_core(settings, listen=frozenset({ASSIGNED_CHANNEL, PROGRESS_CHANNEL}))
-    platform = worker_context(core, build_model(model, settings), checks)
+    platform = worker_context(core, adapters, checks)
     _serve_metrics(platform, metrics_port)
     worker = Worker(platform)
 

@@ -6,7 +6,7 @@ import os
 import secrets
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, fields
 from typing import Any, Generic, Literal, TypeVar
@@ -103,9 +103,11 @@ class ApiContext(Core):
 
 @dataclass(kw_only=True)
 class WorkerContext(Core):
-    """A worker: the one adapter it serves, which it loads, and the output checks."""
+    """A worker: the adapters it serves (one on its accelerator at a time, the others
+    parked in host memory), which it loads, and the output checks."""
 
-    model: VideoModel
+    models: dict[str, VideoModel]
+    """By adapter name; the first is on the accelerator when the worker starts."""
     output_moderator: OutputModerator
 
 
@@ -308,11 +310,14 @@ def build_output_moderator(settings: Settings) -> OutputModerator:
 
 
 def worker_context(
-    core: Core, model: VideoModel, output_moderator: OutputModerator | None = None
+    core: Core, models: Sequence[VideoModel], output_moderator: OutputModerator | None = None
 ) -> WorkerContext:
+    by_name = {m.name: m for m in models}
+    if not by_name or len(by_name) != len(models):
+        raise ValueError(f"a worker serves one or more distinct models, not {len(models)}")
     return WorkerContext(
         **_core_fields(core),
-        model=model,
+        models=by_name,
         output_moderator=output_moderator or build_output_moderator(core.settings),
     )
 

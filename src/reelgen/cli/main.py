@@ -77,10 +77,21 @@ def controller(metrics_port: MetricsPort = None, data_dir: DataDir = None) -> No
 
 @app.command()
 def worker(
-    model: Annotated[str | None, typer.Option(help="Model to serve.", show_default=False)] = None,
+    model: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Model to serve; repeat it to serve several (the first starts on the device, "
+            "the others wait in host memory).",
+            show_default=False,
+        ),
+    ] = None,
     model_path: Annotated[
-        Path | None,
-        typer.Option(help="Its weights: a local diffusers pipeline directory.", show_default=False),
+        list[Path] | None,
+        typer.Option(
+            help="Its weights: a local diffusers pipeline directory; with several models, one "
+            "per --model, in the same order.",
+            show_default=False,
+        ),
     ] = None,
     gpu: Annotated[str | None, typer.Option(help="Accelerator id (CUDA_VISIBLE_DEVICES).")] = None,
     metrics_port: MetricsPort = None,
@@ -91,11 +102,21 @@ def worker(
 
     configure_logging("worker")
     settings = _settings(data_dir)
-    if model_path is not None:
-        if not model_path.is_dir():
-            raise typer.BadParameter(f"{model_path} is not a directory", param_hint="--model-path")
-        settings = settings.model_copy(update={"model_path": model_path})
-    run_worker(settings, model=model or settings.default_model, gpu=gpu, metrics_port=metrics_port)
+    names = model or [settings.default_model]
+    paths = model_path or []
+    if len(set(names)) != len(names):
+        raise typer.BadParameter("a model is named twice", param_hint="--model")
+    if paths and len(paths) != len(names):
+        raise typer.BadParameter(
+            f"{len(paths)} paths for {len(names)} models: give one per --model, in order",
+            param_hint="--model-path",
+        )
+    for path in paths:
+        if not path.is_dir():
+            raise typer.BadParameter(f"{path} is not a directory", param_hint="--model-path")
+    chosen: list[Path | None] = list(paths) or [None] * len(names)
+    pairs = list(zip(names, chosen, strict=True))
+    run_worker(settings, models=pairs, gpu=gpu, metrics_port=metrics_port)
 
 
 @db_app.command("upgrade")

@@ -11,9 +11,10 @@ assigned to the claiming worker) and wakes that worker; a preemption becomes
 `preempt_requested`. An assignment not claimed within `claim_timeout_s` goes back to the
 queue and its worker is left out until it is seen again.
 
-Live workers each serve one adapter on one accelerator, so live jobs are single-GPU and
-never batched; gangs, batching and model switches are decided by the same policy in the
-simulator.
+A live worker has one accelerator and serves one adapter or several (the others parked in
+its host memory): the policy's model switches are live, the worker switching when it claims a
+job for a parked model. Live jobs are single-GPU and never batched; gangs and batching are
+decided by the same policy in the simulator.
 """
 
 from __future__ import annotations
@@ -121,8 +122,8 @@ def worker_view(row: WorkerRow) -> WorkerView:
     return WorkerView(
         id=row.id,
         host=row.hostname,
-        models=frozenset({row.model}),
-        loaded=row.holds[0] if row.holds else None,
+        models=frozenset({row.model, *row.holds}),
+        loaded=row.holds[0] if row.holds else row.model,
     )
 
 

@@ -9,6 +9,7 @@ state saved at an earlier boundary.
 from __future__ import annotations
 
 import hashlib
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from enum import StrEnum
@@ -107,6 +108,17 @@ class Clip:
     audio: np.ndarray
     """float32 samples in [-1, 1], shape (channels, samples)."""
     sample_rate: int
+    decoded: threading.Event | None = None
+    """Set by the model once the rest of the frames can be read without its weights (its
+    VAE decode has run; at once for a model with no device): a worker serving several
+    models may then park this one while the frames are encoded. None: once all are read."""
+
+
+def made_without_device() -> threading.Event:
+    """`Clip.decoded` for a model whose frames need no device of its own (already set)."""
+    ready = threading.Event()
+    ready.set()
+    return ready
 
 
 class VideoModel(Protocol):
@@ -123,7 +135,13 @@ class VideoModel(Protocol):
     `accepts`."""
 
     def load(self) -> None:
-        """Brings weights into memory; called once before the first generate."""
+        """Brings the weights onto the device: from disk the first time, from host memory
+        after `park`. Called before the first generate and after each `park`."""
+
+    def park(self) -> None:
+        """Moves the weights off the device into (pinned) host memory and keeps them
+        there, so the worker can bring another model it serves onto the device; the next
+        `load` is a host-to-device copy (about 0.5 s for 14B), not a read from disk."""
 
     def num_steps(self, spec: GenerationSpec) -> int: ...
 

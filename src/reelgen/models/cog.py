@@ -36,7 +36,14 @@ import httpx
 import numpy as np
 
 from reelgen.media.decode import read_audio, read_frames
-from reelgen.models.base import Clip, Conditioning, GenerationSpec, StepCallback, StepInfo
+from reelgen.models.base import (
+    Clip,
+    Conditioning,
+    GenerationSpec,
+    StepCallback,
+    StepInfo,
+    made_without_device,
+)
 
 log = logging.getLogger("reelgen.models.cog")
 
@@ -109,7 +116,10 @@ class CogModel:
         self._inbox: _WebhookInbox | None = None
 
     def load(self) -> None:
-        """Connects (the weights are the service's); starts the webhook listener."""
+        """Connects (the weights are the service's); starts the webhook listener. Once:
+        after `park` there is nothing to bring back."""
+        if self._client is not None:
+            return
         if not self.config.webhook_listen and not self.config.polling:
             raise ValueError(
                 f"{self.name}: Cog reports a prediction's progress only by webhook: set "
@@ -119,6 +129,9 @@ class CogModel:
         self._client = httpx.Client(timeout=self.config.request_timeout_s)
         if self.config.webhook_listen:
             self._inbox = _WebhookInbox(self.config.webhook_listen, self.config.webhook_url)
+
+    def park(self) -> None:
+        """Nothing to move: the service holds the weights."""
 
     def num_steps(self, spec: GenerationSpec) -> int:
         return self.config.steps
@@ -263,6 +276,7 @@ class CogModel:
             frames=_frames(path, spec),
             audio=audio,
             sample_rate=SAMPLE_RATE,
+            decoded=made_without_device(),  # read from the downloaded file
         )
 
     def _download(self, url: str) -> Path:

@@ -24,6 +24,7 @@ import hashlib
 import io
 import json
 import math
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -169,14 +170,16 @@ class CogVideoXModel(PipelineModel[CogVideoXConfig]):
             extra = {"previous": previous, "generator": generator.get_state()}
             snapshot = functools.partial(save, fingerprint, i + 1, latents, scheduler, extra)
             on_step(StepInfo(i + 1, cfg.steps, snapshot))
+        decoded = threading.Event()
         return Clip(
             width=spec.width,
             height=spec.height,
             fps=spec.fps,
             num_frames=spec.num_frames,
-            frames=self._decode(latents[:, padding:], spec),
+            frames=self._decode(latents[:, padding:], spec, decoded),
             audio=np.zeros((2, spec.seconds * SAMPLE_RATE), dtype=np.float32),
             sample_rate=SAMPLE_RATE,
+            decoded=decoded,
         )
 
     def _latents(
@@ -213,8 +216,12 @@ class CogVideoXModel(PipelineModel[CogVideoXConfig]):
             video = pipe.video_processor.postprocess_video(video=video, output_type="np")
         return video[0]
 
-    def _decode(self, latents: Any, spec: GenerationSpec) -> Iterator[np.ndarray]:
-        yield from job_frames(self.decode(latents), spec)
+    def _decode(
+        self, latents: Any, spec: GenerationSpec, decoded: threading.Event
+    ) -> Iterator[np.ndarray]:
+        video = self.decode(latents)
+        decoded.set()
+        yield from job_frames(video, spec)
 
     def _fingerprint(self, spec: GenerationSpec, height: int, width: int, frames: int) -> str:
         cfg = self.config

@@ -63,6 +63,8 @@ class PipelineModel(Generic[C]):
         self.styles = config.styles
         self.fps = config.fps
         self.pipe: Any = None
+        self._host: HostWeights | None = None
+        self._parked = False
         self._loading = threading.Lock()
         self._device = threading.Lock()
         """Held by each denoising step and by a decode: the finishing thread's VAE decode and
@@ -74,8 +76,12 @@ class PipelineModel(Generic[C]):
         raise NotImplementedError
 
     def load(self) -> None:
-        """Once per process (workers of one process share the pipeline)."""
+        """From disk once per process (workers of one process share the pipeline); after
+        `park`, from the host copy."""
         with self._loading:
+            if self._parked and self._host is not None:
+                self._host.to_device(self.config.device)
+                self._parked = False
             if self.pipe is None:
                 cfg = self.config
                 if cfg.compile and cfg.cpu_offload:
@@ -92,6 +98,18 @@ class PipelineModel(Generic[C]):
                     _compile(pipe)
                 self.pipe = pipe
 
+    def park(self) -> None:
+        """The weights to host memory, pinned on CUDA: copied there the first time, and as
+        they never change, a later park only drops the device's copy. A CPU-offloaded
+        pipeline already keeps its modules in host memory between uses: nothing moves."""
+        with self._loading, self._device:  # not under a step or a decode
+            if self.pipe is None or self.config.cpu_offload or self._parked:
+                return
+            if self._host is None:
+                self._host = HostWeights.of(self.pipe, pin=self.config.device.startswith("cuda"))
+            self._host.to_host()
+            self._parked = True
+
     def num_steps(self, spec: GenerationSpec) -> int:
         return self.config.steps
 
@@ -104,6 +122,59 @@ class PipelineModel(Generic[C]):
 
 
 _STATE_TYPES = (int, float, bool, list, tuple, type(None))
+
+
+class HostWeights:
+    """A host-memory copy of every parameter and buffer of a pipeline's modules (a tensor
+    two modules share is copied once and stays shared), which the modules are pointed at
+    to park them and copied back from to load them. The `Parameter` objects stay the
+    same: only their data moves, so a compiled module keeps its graphs."""
+
+    def __init__(self, hosts: list[Any], slots: list[tuple[dict[str, Any], str, int, bool]]):
+        self.hosts = hosts
+        self.slots = slots
+        """(a module's parameter or buffer table, the name in it, which host tensor, whether
+        it is a parameter)"""
+
+    @classmethod
+    def of(cls, pipe: Any, *, pin: bool) -> HostWeights:
+        import torch
+
+        index: dict[int, int] = {}
+        hosts: list[Any] = []
+        slots: list[tuple[dict[str, Any], str, int, bool]] = []
+        for component in pipe.components.values():
+            if not isinstance(component, torch.nn.Module):
+                continue
+            for module in component.modules():
+                for table, is_param in ((module._parameters, True), (module._buffers, False)):
+                    for key, tensor in table.items():
+                        if tensor is None:
+                            continue
+                        k = index.setdefault(id(tensor), len(hosts))
+                        if k == len(hosts):
+                            copy = torch.empty_like(tensor, device="cpu", pin_memory=pin)
+                            hosts.append(copy.copy_(tensor.detach()))
+                        slots.append((table, key, k, is_param))
+        return cls(hosts, slots)
+
+    def to_host(self) -> None:
+        self._point(self.hosts)
+
+    def to_device(self, device: str) -> None:
+        import torch
+
+        copies = [t.to(device, non_blocking=True) for t in self.hosts]
+        self._point(copies)
+        if device.startswith("cuda"):
+            torch.cuda.synchronize(device)  # the switch's time is the copy's
+
+    def _point(self, tensors: list[Any]) -> None:
+        for table, key, k, is_param in self.slots:
+            if is_param:
+                table[key].data = tensors[k]
+            else:
+                table[key] = tensors[k]
 
 
 def _compile(pipe: Any) -> None:

@@ -25,6 +25,7 @@ import functools
 import hashlib
 import io
 import json
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -174,14 +175,16 @@ class LtxModel(PipelineModel[LtxConfig]):
                     latents = self._step_after_image(scheduler, noise, t, latents, grid)
             snapshot = functools.partial(save, fingerprint, i + 1, latents, scheduler)
             on_step(StepInfo(i + 1, cfg.steps, snapshot))
+        decoded = threading.Event()
         return Clip(
             width=spec.width,
             height=spec.height,
             fps=spec.fps,
             num_frames=spec.num_frames,
-            frames=self._decode(latents, grid, embeds.dtype, generator, spec),
+            frames=self._decode(latents, grid, embeds.dtype, generator, spec, decoded),
             audio=np.zeros((2, spec.seconds * SAMPLE_RATE), dtype=np.float32),
             sample_rate=SAMPLE_RATE,
+            decoded=decoded,
         )
 
     def _latents(
@@ -256,8 +259,11 @@ class LtxModel(PipelineModel[LtxConfig]):
         dtype: Any,
         generator: Any,
         spec: GenerationSpec,
+        decoded: threading.Event,
     ) -> Iterator[np.ndarray]:
-        yield from job_frames(self.decode(latents, grid, dtype, generator), spec)
+        video = self.decode(latents, grid, dtype, generator)
+        decoded.set()
+        yield from job_frames(video, spec)
 
     def _fingerprint(self, spec: GenerationSpec, height: int, width: int, frames: int) -> str:
         cfg = self.config

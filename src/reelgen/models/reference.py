@@ -27,7 +27,14 @@ import numpy as np
 from PIL import Image, ImageChops, ImageFilter, ImageOps
 
 from reelgen.media.decode import read_frames
-from reelgen.models.base import Clip, Conditioning, GenerationSpec, StepCallback, StepInfo
+from reelgen.models.base import (
+    Clip,
+    Conditioning,
+    GenerationSpec,
+    StepCallback,
+    StepInfo,
+    made_without_device,
+)
 
 STYLES: frozenset[str] = frozenset({"cinematic", "anime", "noir", "watercolor", "pixel"})
 SAMPLE_RATE = 48_000
@@ -1039,6 +1046,9 @@ class ReferenceModel:
     def load(self) -> None:
         self.loaded = True
 
+    def park(self) -> None:
+        """Nothing to move: the renderer has no weights."""
+
     def num_steps(self, spec: GenerationSpec) -> int:
         """The steps a run makes: an edit runs only the last `_EDIT_STRENGTH` of them."""
         if spec.source_video is not None:
@@ -1104,6 +1114,7 @@ class ReferenceModel:
             frames=_decode(scene, geo, latents, spec.seed),
             audio=audio,
             sample_rate=SAMPLE_RATE,
+            decoded=made_without_device(),  # the decoder runs on the CPU
         )
 
 

@@ -33,6 +33,7 @@ import functools
 import hashlib
 import io
 import json
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -210,14 +211,16 @@ class WanModel(PipelineModel[WanConfig]):
             on_step(StepInfo(i + 1 - skip, total, snapshot))
         if condition is not None and expand:  # the image is the first frame
             latents = (1 - mask) * condition + mask * latents
+        decoded = threading.Event()
         return Clip(
             width=spec.width,
             height=spec.height,
             fps=spec.fps,
             num_frames=spec.num_frames,
-            frames=self._decode(latents, spec),
+            frames=self._decode(latents, spec, decoded),
             audio=np.zeros((2, spec.seconds * SAMPLE_RATE), dtype=np.float32),
             sample_rate=SAMPLE_RATE,
+            decoded=decoded,
         )
 
     def _image(self, spec: GenerationSpec) -> Any:
@@ -314,8 +317,12 @@ class WanModel(PipelineModel[WanConfig]):
             video = self.pipe.video_processor.postprocess_video(video, output_type="np")
         return video[0]
 
-    def _decode(self, latents: Any, spec: GenerationSpec) -> Iterator[np.ndarray]:
-        yield from job_frames(self.decode(latents), spec)
+    def _decode(
+        self, latents: Any, spec: GenerationSpec, decoded: threading.Event
+    ) -> Iterator[np.ndarray]:
+        video = self.decode(latents)
+        decoded.set()
+        yield from job_frames(video, spec)
 
     def _fingerprint(
         self, spec: GenerationSpec, height: int, width: int, frames: int, image: bool

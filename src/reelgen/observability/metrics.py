@@ -46,6 +46,18 @@ class Metrics:
             ["worker", "model"],
             registry=self.registry,
         )
+        self.model_switches = Counter(
+            "reelgen_model_switches_total",
+            "Times a worker parked one model it serves and brought another onto its device.",
+            ["from_model", "to_model"],
+            registry=self.registry,
+        )
+        self.model_switch_seconds = Histogram(
+            "reelgen_model_switch_seconds",
+            "How long bringing a parked model onto the device took (the other one parked).",
+            buckets=(0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, float("inf")),
+            registry=self.registry,
+        )
         self.assignments = Counter(
             "reelgen_dispatch_assignments_total",
             "Jobs the dispatcher gave to a worker.",

@@ -21,7 +21,8 @@ How it orders work (`Order.FAIR`, the default):
   user's first.
 - **Model affinity.** A worker keeps serving the model on its GPU; it switches to another
   model of the same tier only when that model's backlog per worker holding it pays for the
-  switch (`switch_payback` GPU-seconds of backlog per second of loading), or nobody holds it.
+  switch (`switch_payback` GPU-seconds of backlog per second of loading), or nobody holds it;
+  never away from a model it alone holds while that model has work (an overdue job aside).
 - **Gangs.** A job over k GPUs starts only when k GPUs of one host are free. When it is
   next and no host has them, it reserves the host that frees them soonest (one gang per
   host, so two half-placed gangs can never wait on each other); the reserved host's idle
@@ -897,13 +898,21 @@ class Scheduler:
         return self._user_running[(job.tier, job.user)] < self._caps[job.tier]
 
     def _switch_pays(self, model: str, worker: WorkerView) -> bool:
-        """Whether `model` is short of workers compared with the one `worker` holds: its
-        backlog per holder exceeds that of `worker`'s model by the switch's payback."""
+        """Whether `model` is short of workers compared with the one `worker` holds: nobody
+        holds it, or its backlog per holder exceeds that of `worker`'s model by the switch's
+        payback. Never when `worker` is the only holder of its own model (that model would
+        be left with nobody, and the next worker to look would switch back): it moves on
+        once its own model's queue is empty, or for an overdue job."""
+        mine = worker.loaded
+        if mine is None:
+            return True
+        mine_holders = self._holders[mine]
+        if mine_holders <= 1:
+            return False
         holders = self._holders[model]
         if holders <= 0:
             return True
-        mine = worker.loaded
-        own = self.backlog_seconds(mine) / max(1, self._holders[mine]) if mine else 0.0
+        own = self.backlog_seconds(mine) / mine_holders
         theirs = self.backlog_seconds(model) / holders
         return theirs - own >= self.config.switch_payback * worker.load_s
 

@@ -567,7 +567,7 @@ class JobStore:
         holds: Sequence[str] = (),
     ) -> None:
         """`session_key`: the advisory lock the worker's session holds (see `WorkerSession`);
-        `holds`: the models on its accelerator."""
+        `holds`: the models it serves, the one on its accelerator first (`model`)."""
         with self.db.write() as conn:
             conn.execute(
                 insert(workers).values(
@@ -579,6 +579,15 @@ class JobStore:
                     session_key=session_key,
                     holds=json.dumps(list(holds)),
                 )
+            )
+
+    def report_holds(self, worker_id: str, holds: Sequence[str]) -> None:
+        """After a model switch: the models it serves, the one on its accelerator first."""
+        with self.db.write(durable=False) as conn:
+            conn.execute(
+                update(workers)
+                .where(workers.c.id == worker_id)
+                .values(holds=json.dumps(list(holds)))
             )
 
     def stop_worker(self, worker_id: str, now: float) -> None:

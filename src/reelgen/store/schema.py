@@ -165,7 +165,8 @@ workers = Table(
 )
 """`session_key`: the PostgreSQL advisory lock the worker's own session holds while it lives;
 when the process dies the lock goes with its connection and the controller notices at once.
-`holds`: JSON list of the models on its accelerator, as the worker reported them."""
+`holds`: JSON list of the models it serves, the one on its accelerator first (the others
+are parked in its host memory), as the worker last reported them."""
 
 pool_targets = Table(
     "pool_targets",

@@ -38,7 +38,7 @@ from reelgen.domain.jobs import (
 from reelgen.domain.spec import Operation
 from reelgen.media.decode import ending, read_audio, read_frames
 from reelgen.media.encode import encode_clip
-from reelgen.models.base import Clip, GenerationSpec, StepInfo
+from reelgen.models.base import Clip, GenerationSpec, StepInfo, VideoModel
 from reelgen.platform import WorkerContext
 from reelgen.safety.classifiers import ClassifierUnavailable
 from reelgen.safety.output import FrameSampler
@@ -99,39 +99,55 @@ class HandBack(Exception):
 
 
 class Worker:
+    """Serves one or more models on one accelerator: the model of the job in hand is on the
+    device, the others are parked in host memory, and a job for one of them switches (the
+    dispatcher decides when a switch pays). A context serving several models is for one
+    worker: a switch moves weights that another worker of the context could be using."""
+
     def __init__(self, platform: WorkerContext, *, worker_id: str | None = None):
         self.platform = platform
-        self.model_name = platform.model.name
+        self.models = platform.models
+        self.loaded = next(iter(platform.models))
+        """The model on the device."""
+        self.label = "+".join(platform.models)
+        """The models it serves, as its metrics name them."""
         self.id = worker_id or f"worker_{secrets.token_hex(6)}"
         self.stop = threading.Event()
         self._born = time.monotonic()
         self._busy_s = 0.0
         self._finisher: threading.Thread | None = None
+        self._decoded = threading.Event()
+        """Set once the finishing clip's frames are all read from its model (or its finish
+        ended): its model may leave the device."""
+        self._decoded.set()
         """The previous job's encode, output check and upload, while the next generates."""
         self.free_mark: int | None = None
         """The assignment mark from just before the last job left the GPU."""
 
     def run(self) -> None:
         p = self.platform
-        p.model.load()
+        for model in reversed(self.models.values()):  # the first one stays on the device
+            model.load()
+            if model.name != self.loaded:
+                model.park()
         marker = marker_for(p.settings.resolved_database_url())
         marker.start()
-        ctx: dict[str, object] = {"worker_id": self.id, "model": self.model_name}
+        ctx: dict[str, object] = {"worker_id": self.id, "model": self.label}
         patiently(
             lambda: p.jobs.register_worker(
                 self.id,
-                self.model_name,
+                self.loaded,
                 socket.gethostname(),
                 p.clock(),
                 session_key=marker.key,
-                holds=(self.model_name,),
+                holds=self.holds(),
             ),
             what="registering",
             ctx=ctx,
             stop=self.stop,
             patience_s=float("inf"),
         )
-        p.bus.work_available(self.model_name)  # the dispatcher learns of a new worker
+        p.bus.work_available(self.loaded)  # the dispatcher learns of a new worker
         log.info("worker ready", extra=ctx)
         idle_wait = p.settings.worker_poll_seconds
         try:
@@ -179,7 +195,7 @@ class Worker:
                         target=finish, name=f"reelgen-finish-{job.id}", daemon=True
                     )
                     self._finisher.start()
-                p.metrics.worker_busy.labels(self.id, self.model_name).set(
+                p.metrics.worker_busy.labels(self.id, self.label).set(
                     self._busy_s / max(1e-9, time.monotonic() - self._born)
                 )
                 # Free again: the dispatcher looks, and its answer comes on the bus; claiming
@@ -189,7 +205,7 @@ class Worker:
                     self.free_mark if self.free_mark is not None else p.bus.assignment_mark(self.id)
                 )
                 self.free_mark = None
-                p.bus.work_available(self.model_name)
+                p.bus.work_available(self.loaded)
                 p.bus.wait_for_assignment(self.id, idle_wait, since=mark)
         finally:
             self._wait_for_finisher()
@@ -200,6 +216,40 @@ class Worker:
             marker.stop()
             p.bus.forget_worker(self.id)
             log.info("worker stopped", extra=ctx)
+
+    def holds(self) -> tuple[str, ...]:
+        """The models it serves, the one on the device first (as the store keeps them)."""
+        return (self.loaded, *(name for name in self.models if name != self.loaded))
+
+    def model_for(self, job: Job) -> VideoModel:
+        """The job's model, on the device: switching parks the one there. The finishing
+        clip's decode needs its model's VAE, so a switch waits until its frames are read."""
+        model = self.models.get(job.model)
+        if model is None:
+            raise RuntimeError(f"this worker serves {', '.join(self.models)}, not {job.model}")
+        if job.model == self.loaded:
+            return model
+        self._decoded.wait()  # the clip's encode, output check and upload go on
+        p = self.platform
+        ctx: dict[str, object] = {"job_id": job.id, "worker_id": self.id}
+        began = time.monotonic()
+        self.models[self.loaded].park()
+        try:
+            model.load()
+        except Exception:
+            self.models[self.loaded].load()  # the worker goes on with what it had
+            raise
+        took = time.monotonic() - began
+        p.metrics.model_switches.labels(self.loaded, job.model).inc()
+        p.metrics.model_switch_seconds.observe(took)
+        log.info("switched from %s to %s in %.2f s", self.loaded, job.model, took, extra=ctx)
+        self.loaded = job.model
+        holds = self.holds()
+        try:
+            patiently(lambda: p.jobs.report_holds(self.id, holds), what="reporting", ctx=ctx)
+        except Unavailable as exc:  # the dispatcher's own view already has the switch
+            log.warning("could not record the switch: %s", exc.message, extra=ctx)
+        return model
 
     def process(self, job: Job) -> None:
         """Runs one job to its end on this thread (tests; the loop overlaps the phases)."""
@@ -227,11 +277,16 @@ class Worker:
         if not self._settle(run, phase):
             return None
         clip, resumed = generated[0]
-        return lambda: self.finish(run, clip, resumed)
+        decoded = clip.decoded if clip.decoded is not None else threading.Event()
+        self._decoded = decoded  # the previous clip is done (`phase` waited for it)
+        return lambda: self.finish(run, clip, resumed, decoded)
 
-    def finish(self, run: _JobRun, clip: Clip, resumed: bool) -> None:
-        if self._settle(run, lambda: run.finish(clip, resumed), final=True):
-            self._finished(run.job, Status.COMPLETED)
+    def finish(self, run: _JobRun, clip: Clip, resumed: bool, decoded: threading.Event) -> None:
+        try:
+            if self._settle(run, lambda: run.finish(clip, resumed, decoded), final=True):
+                self._finished(run.job, Status.COMPLETED)
+        finally:
+            decoded.set()
 
     def _settle(self, run: _JobRun, phase: Callable[[], None], *, final: bool = False) -> bool:
         """Runs one phase of `run`; on an error ends the job as the error says. True if
@@ -578,6 +633,7 @@ class _JobRun:
             frames=itertools.chain(head, clip.frames),
             audio=np.concatenate([audio, tail.astype(np.float32)], axis=1),
             sample_rate=clip.sample_rate,
+            decoded=clip.decoded,
         )
 
     def on_step(self, info: StepInfo) -> None:
@@ -623,8 +679,7 @@ class _JobRun:
             self.p.objects.delete(self.checkpoint_key)
         self.checkpoint_key = key
 
-    def _generate(self, spec: GenerationSpec) -> tuple[Clip, bool]:
-        model = self.p.model
+    def _generate(self, model: VideoModel, spec: GenerationSpec) -> tuple[Clip, bool]:
         resume = None
         if self.job.checkpoint_key is not None and self.p.objects.exists(self.job.checkpoint_key):
             resume = self.p.objects.get(self.job.checkpoint_key)
@@ -642,7 +697,7 @@ class _JobRun:
 
     def generate(self) -> tuple[Clip, bool]:
         """The model's steps (from the checkpoint when there is one)."""
-        model = self.p.model
+        model = self.worker.model_for(self.job)
         spec = self.spec()
         self.total = model.num_steps(spec)
         start_step = self.job.checkpoint_step if self.job.checkpoint_key else 0
@@ -653,7 +708,7 @@ class _JobRun:
             stage=Stage.GENERATING,
             force=True,
         )
-        return self._generate(spec)
+        return self._generate(model, spec)
 
     def left_gpu(self) -> None:
         """The stage change tells the dispatcher that the GPU is free; the lease stays held."""
@@ -665,14 +720,16 @@ class _JobRun:
             force=True,
         )
 
-    def finish(self, clip: Clip, resumed: bool) -> None:
-        """Decode and encode, the output check, upload, publish: off the GPU."""
+    def finish(self, clip: Clip, resumed: bool, decoded: threading.Event) -> None:
+        """Decode and encode, the output check, upload, publish: off the GPU. `decoded` is
+        set once every frame is read from the model."""
         total = self.total
         start_step = self.job.checkpoint_step if self.job.checkpoint_key else 0
         first_step = start_step + 1 if resumed else 1
         clip = self._stitched(clip)
         sampler = FrameSampler(clip.fps)
-        clip.frames = sampler.tee(self._encoding_frames(clip.frames, clip.num_frames, total))
+        frames = self._encoding_frames(clip.frames, clip.num_frames, total, decoded)
+        clip.frames = sampler.tee(frames)
         media = encode_clip(clip, self.tmp / "video.mp4")
         self.report(step=total, total=total, progress=96, stage=Stage.MODERATING_OUTPUT, force=True)
         self._moderate(sampler, clip, media.video_path)
@@ -752,7 +809,7 @@ class _JobRun:
         return job is not None and job.status is Status.COMPLETED and job.video_key == video_key
 
     def _encoding_frames(
-        self, frames: Iterator[np.ndarray], count: int, total: int
+        self, frames: Iterator[np.ndarray], count: int, total: int, decoded: threading.Event
     ) -> Iterator[np.ndarray]:
         share = 95 - GENERATING_SHARE
         for i, frame in enumerate(frames):
@@ -764,3 +821,4 @@ class _JobRun:
                 force=False,
             )
             yield frame
+        decoded.set()  # the model made its last frame
