@@ -42,6 +42,7 @@ class SimulatedDevice:
         self.inner = ReferenceModel(steps=1)
         self.name, self.styles, self.fps = name, self.inner.styles, self.inner.fps
         self.accepts, self.requires = self.inner.accepts, self.inner.requires
+        self.sizes, self.max_seconds = self.inner.sizes, self.inner.max_seconds
         self.steps, self.step_s, self.switch_s = steps, step_s, switch_s
         self.busy = busy if busy is not None else []
         """(start, end) of every step, in time.monotonic()"""

@@ -1,14 +1,16 @@
 """A tiny random-weight CogVideoX pipeline, saved as a diffusers pipeline directory, as an
 operator's downloaded weights would be (built offline: a 2-layer T5 encoder, a 1-layer
 transformer, a small VAE; the DPM scheduler of the 5B models, or DDIM of the 2B; `i2v`: the
-image-to-video layout, the image's latents beside the noise, with rotary positions)."""
+image-to-video layout, the image's latents beside the noise, with rotary positions;
+`learned`: also learned positional embeddings, as CogVideoX-5B-I2V has, which fix the size
+and length it runs at: 32x32, 9 frames here)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 
-def build(path: Path, *, scheduler: str = "dpm", i2v: bool = False) -> Path:
+def build(path: Path, *, scheduler: str = "dpm", i2v: bool = False, learned: bool = False) -> Path:
     import torch
     from diffusers import (
         AutoencoderKLCogVideoX,
@@ -36,7 +38,7 @@ def build(path: Path, *, scheduler: str = "dpm", i2v: bool = False) -> Path:
         in_channels=8 if i2v else 4, out_channels=4, time_embed_dim=2, text_embed_dim=32,
         num_layers=1, sample_width=4, sample_height=4, sample_frames=9, patch_size=2,
         temporal_compression_ratio=4, max_text_seq_length=16,
-        use_rotary_positional_embeddings=i2v,
+        use_rotary_positional_embeddings=i2v, use_learned_positional_embeddings=learned,
     )  # fmt: skip
     vae = AutoencoderKLCogVideoX(
         in_channels=3, out_channels=3, down_block_types=("CogVideoXDownBlock3D",) * 4,

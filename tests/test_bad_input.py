@@ -197,3 +197,48 @@ def test_an_image_to_video_model_needs_its_image(start_server) -> None:
         )
         assert ok.status_code == 200, ok.text
         assert live.wait_for(ok.json()["id"])["status"] == "completed"
+
+
+def test_a_size_or_length_the_model_does_not_make_is_refused(start_server) -> None:
+    """The registry's `sizes` and `max_seconds`: a request outside them is refused with
+    what the model makes; an extension counts only the part the model adds."""
+    from reelgen.models.reference import ReferenceModel
+
+    from .cog_standin import make_mp4
+
+    class Small(ReferenceModel):
+        sizes = frozenset({"64x64", "128x72"})
+        max_seconds = 2
+
+    def prepare(platform) -> None:
+        platform.models["reference"] = Small(steps=2)
+
+    live = start_server(prepare=prepare)
+    with live.client() as http:
+        body = _error(http.post("/v1/videos", json={"prompt": "a boat", "size": "256x144"}))
+        assert body["code"] == "unsupported_size" and body["param"] == "size"
+        assert "128x72, 64x64, not 256x144" in body["message"]
+        body = _error(
+            http.post("/v1/videos", json={"prompt": "a boat", "size": "64x64", "seconds": "3"})
+        )
+        assert body["code"] == "unsupported_duration" and body["param"] == "seconds"
+        assert "at most 2 s" in body["message"]
+        upload = {"video": ("clip.mp4", make_mp4(64, 64, 24, 48), "video/mp4")}  # 2 s
+        edit = http.post(  # the edit of a 256x144 clip would be 256x144
+            "/v1/videos/edits",
+            files={"video": ("c.mp4", make_mp4(256, 144, 24, 24), "video/mp4")},
+            data={"prompt": "at night"},
+        )
+        body = _error(edit)
+        assert body["code"] == "unsupported_size" and body["param"] == "video"
+        _assert_nothing_stored(live)
+        too_long = http.post(
+            "/v1/videos/extensions", files=upload, data={"prompt": "on", "seconds": "5"}
+        )
+        body = _error(too_long)
+        assert body["code"] == "unsupported_duration" and "adds at most 2 s" in body["message"]
+        _assert_nothing_stored(live)
+        ok = http.post("/v1/videos/extensions", files=upload, data={"prompt": "on", "seconds": "4"})
+        assert ok.status_code == 200, ok.text
+        done = live.wait_for(ok.json()["id"])
+        assert done["status"] == "completed" and done["seconds"] == "4"

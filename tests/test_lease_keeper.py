@@ -42,6 +42,14 @@ class SlowSteps:
         return self.inner.accepts
 
     @property
+    def sizes(self) -> frozenset[str]:
+        return self.inner.sizes
+
+    @property
+    def max_seconds(self) -> int:
+        return self.inner.max_seconds
+
+    @property
     def requires(self) -> frozenset[Conditioning]:
         return self.inner.requires
 

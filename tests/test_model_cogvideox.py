@@ -30,6 +30,7 @@ def test_cogvideox_registry_entries_build_without_torch() -> None:
     assert build_model("cogvideox1.5-5b", settings).fps == 16
     i2v = build_model("cogvideox-5b-i2v", settings)
     assert i2v.accepts == i2v.requires == {Conditioning.IMAGE}
+    assert i2v.sizes == {"832x480", "1280x720"} and i2v.max_seconds == 6  # registry
     spec = GenerationSpec(prompt="x", seconds=6, width=720, height=480, seed=1, fps=8)
     assert model.estimate_seconds(spec) > 60
     with pytest.raises(ValueError, match="needs its weights"):
@@ -138,3 +139,23 @@ def test_cogvideox_image_to_video_checkpoint_resumes_to_the_same_video(tiny_i2v:
     state = stopped_at(model, I2V_SPEC, 2)
     resumed = _model(tiny_i2v, task="i2v").generate(I2V_SPEC, lambda info: None, state)
     assert np.array_equal(np.stack(list(resumed.frames)), whole)
+
+
+@pytest.mark.diffusers
+def test_cogvideox_learned_positions_run_at_the_trained_size_and_resize(
+    tmp_path: Path,
+) -> None:
+    """CogVideoX-5B-I2V's learned positional embeddings exist for one size and length only
+    (the pipeline refuses any other size): the adapter runs there and hands the job's size
+    and length."""
+    pytest.importorskip("diffusers")
+    from .cogvideox_tiny import build
+
+    model = _model(build(tmp_path / "learned", i2v=True, learned=True), task="i2v")
+    spec = dataclasses.replace(I2V_SPEC, width=64, height=48)
+    assert model.geometry(spec) == (32, 32, 9)
+    frames = np.stack(list(model.generate(spec, lambda info: None).frames))
+    assert frames.shape == (8, 48, 64, 3) and frames.std() > 1
+    state = stopped_at(model, spec, 2)
+    resumed = np.stack(list(model.generate(spec, lambda info: None, state).frames))
+    assert np.array_equal(resumed, frames)

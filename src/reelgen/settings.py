@@ -82,6 +82,10 @@ class RemoteModelSpec(BaseModel):
     polling: bool = False
     """Poll instead of webhooks: only for services that keep finished predictions."""
     styles: list[str] = Field(default_factory=list)
+    sizes: list[str] | None = None
+    """The sizes the service makes (default: every size the API knows)."""
+    max_seconds: int | None = Field(None, ge=1)
+    """The longest clip it makes (default: the API's limit)."""
 
     @model_validator(mode="after")
     def _url(self) -> RemoteModelSpec:

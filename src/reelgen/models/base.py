@@ -133,6 +133,10 @@ class VideoModel(Protocol):
     requires: frozenset[Conditioning]
     """The inputs it cannot do without (an image-to-video model's image); a subset of
     `accepts`."""
+    sizes: frozenset[str]
+    """The sizes (`WxH`, of `domain.jobs.SIZES`) it makes; the API refuses the others."""
+    max_seconds: int
+    """The longest clip it makes in one run (an extension: the part it adds)."""
 
     def load(self) -> None:
         """Brings the weights onto the device: from disk the first time, from host memory

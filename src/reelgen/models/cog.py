@@ -35,6 +35,7 @@ from typing import Any
 import httpx
 import numpy as np
 
+from reelgen.domain.jobs import MAX_SECONDS, SIZES
 from reelgen.media.decode import read_audio, read_frames
 from reelgen.models.base import (
     Clip,
@@ -93,6 +94,8 @@ class CogConfig:
     """The URL the service reaches that listener at (default: http://host:port)."""
     styles: frozenset[str] = frozenset()
     fps: int = 24
+    sizes: frozenset[str] = frozenset(SIZES)
+    max_seconds: int = MAX_SECONDS
 
 
 class CogModel:
@@ -103,6 +106,8 @@ class CogModel:
         self.config = config
         self.styles = config.styles
         self.fps = config.fps
+        self.sizes = config.sizes
+        self.max_seconds = config.max_seconds
         self.accepts = frozenset(
             kind
             for kind, field_name in (

@@ -32,6 +32,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from reelgen.domain.jobs import MAX_SECONDS, SIZES
 from reelgen.models.base import Clip, Conditioning, GenerationSpec, StepCallback, StepInfo
 from reelgen.models.diffusers_shared import PipelineModel, job_frames, restore, rounded, save
 from reelgen.scheduler.cost import CostModel
@@ -60,6 +61,10 @@ class CogVideoXConfig:
     cpu_offload: bool = False
     compile: bool = False
     """`torch.compile` the transformer(s) at load."""
+    sizes: frozenset[str] = frozenset(SIZES)
+    """The sizes it makes (registry `sizes`)."""
+    max_seconds: int = MAX_SECONDS
+    """The longest clip of one run (registry `max_seconds`)."""
     task: Literal["t2v", "i2v"] = "t2v"
 
 
@@ -78,9 +83,16 @@ class CogVideoXModel(PipelineModel[CogVideoXConfig]):
 
     def geometry(self, spec: GenerationSpec) -> tuple[int, int, int]:
         """(height, width, frames) the pipeline runs at: sizes rounded down to what the VAE
-        and patches divide, frames up to `4k + 1` (the extra ones are dropped)."""
+        and patches divide, frames up to `4k + 1` (the extra ones are dropped). A model
+        with learned positional embeddings (CogVideoX-5B-I2V) runs only at the size and
+        length it was trained at (720x480, 49 frames): its clip is resized to the job's size
+        and cut to its length."""
         pipe = self.pipe
-        unit = pipe.vae_scale_factor_spatial * pipe.transformer.config.patch_size
+        config = pipe.transformer.config
+        if config.use_learned_positional_embeddings:
+            scale = pipe.vae_scale_factor_spatial
+            return config.sample_height * scale, config.sample_width * scale, config.sample_frames
+        unit = pipe.vae_scale_factor_spatial * config.patch_size
         return rounded(spec, unit, unit, pipe.vae_scale_factor_temporal)
 
     def generate(

@@ -43,6 +43,10 @@ class PipelineSettings(Protocol):
     def cpu_offload(self) -> bool: ...
     @property
     def compile(self) -> bool: ...
+    @property
+    def sizes(self) -> frozenset[str]: ...
+    @property
+    def max_seconds(self) -> int: ...
 
 
 C = TypeVar("C", bound=PipelineSettings)
@@ -62,6 +66,8 @@ class PipelineModel(Generic[C]):
         self.config = config
         self.styles = config.styles
         self.fps = config.fps
+        self.sizes = config.sizes
+        self.max_seconds = config.max_seconds
         self.pipe: Any = None
         self._host: HostWeights | None = None
         self._parked = False

@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from reelgen.domain.jobs import MAX_SECONDS, SIZES
 from reelgen.models.base import Clip, Conditioning, GenerationSpec, StepCallback, StepInfo
 from reelgen.models.diffusers_shared import PipelineModel, job_frames, restore, rounded, save
 from reelgen.scheduler.cost import CostModel
@@ -63,6 +64,10 @@ class LtxConfig:
     cpu_offload: bool = False
     compile: bool = False
     """`torch.compile` the transformer(s) at load."""
+    sizes: frozenset[str] = frozenset(SIZES)
+    """The sizes it makes (registry `sizes`)."""
+    max_seconds: int = MAX_SECONDS
+    """The longest clip of one run (registry `max_seconds`)."""
 
 
 class LtxModel(PipelineModel[LtxConfig]):

@@ -26,6 +26,7 @@ from typing import cast
 import numpy as np
 from PIL import Image, ImageChops, ImageFilter, ImageOps
 
+from reelgen.domain.jobs import MAX_SECONDS, SIZES
 from reelgen.media.decode import read_frames
 from reelgen.models.base import (
     Clip,
@@ -1036,6 +1037,8 @@ class ReferenceModel:
     fps = 24
     accepts = frozenset({Conditioning.IMAGE, Conditioning.VIDEO})
     requires: frozenset[Conditioning] = frozenset()
+    sizes = frozenset(SIZES)
+    max_seconds = MAX_SECONDS
 
     def __init__(self, steps: int = 30) -> None:
         if steps < 1:

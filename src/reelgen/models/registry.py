@@ -12,6 +12,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from reelgen.domain.jobs import MAX_SECONDS, MIN_SECONDS, SIZES
 from reelgen.models.base import VideoModel
 from reelgen.settings import Settings
 
@@ -66,7 +67,8 @@ def _wan(name: str, entry: Mapping[str, Any], path: Path | None) -> VideoModel:
 
     known = {"adapter", "steps", "guidance_scale", "guidance_scale_2", "fps", "dtype",
              "max_sequence_length", "cost_class", "negative_prompt", "cpu_offload",
-             "vae_tiling", "device", "compile", "task", "edit_strength"}  # fmt: skip
+             "vae_tiling", "device", "compile", "task", "edit_strength", "sizes",
+             "max_seconds"}  # fmt: skip
     _known_keys(name, entry, known)
     task = entry.get("task", "t2v")
     if task not in ("t2v", "i2v", "ti2v"):
@@ -90,6 +92,7 @@ def _wan(name: str, entry: Mapping[str, Any], path: Path | None) -> VideoModel:
             compile=bool(entry.get("compile", False)),
             task=task,
             edit_strength=float(entry.get("edit_strength", 0.7)),
+            **_shape(name, entry),
         ),
     )
 
@@ -101,7 +104,7 @@ def _ltx(name: str, entry: Mapping[str, Any], path: Path | None) -> VideoModel:
     known = {"adapter", "steps", "guidance_scale", "guidance_rescale", "fps", "dtype",
              "max_sequence_length", "cost_class", "negative_prompt", "cpu_offload",
              "vae_tiling", "device", "compile", "decode_timestep",
-             "decode_noise_scale"}  # fmt: skip
+             "decode_noise_scale", "sizes", "max_seconds"}  # fmt: skip
     _known_keys(name, entry, known)
     noise = entry.get("decode_noise_scale")
     return LtxModel(
@@ -122,6 +125,7 @@ def _ltx(name: str, entry: Mapping[str, Any], path: Path | None) -> VideoModel:
             enable_vae_tiling=bool(entry.get("vae_tiling", False)),
             cpu_offload=bool(entry.get("cpu_offload", False)),
             compile=bool(entry.get("compile", False)),
+            **_shape(name, entry),
         ),
     )
 
@@ -132,7 +136,7 @@ def _cogvideox(name: str, entry: Mapping[str, Any], path: Path | None) -> VideoM
 
     known = {"adapter", "steps", "guidance_scale", "dynamic_cfg", "fps", "dtype",
              "max_sequence_length", "cost_class", "negative_prompt", "cpu_offload",
-             "vae_tiling", "device", "compile", "task"}  # fmt: skip
+             "vae_tiling", "device", "compile", "task", "sizes", "max_seconds"}  # fmt: skip
     _known_keys(name, entry, known)
     task = entry.get("task", "t2v")
     if task not in ("t2v", "i2v"):
@@ -154,6 +158,7 @@ def _cogvideox(name: str, entry: Mapping[str, Any], path: Path | None) -> VideoM
             cpu_offload=bool(entry.get("cpu_offload", False)),
             compile=bool(entry.get("compile", False)),
             task=task,
+            **_shape(name, entry),
         ),
     )
 
@@ -182,5 +187,29 @@ def _cog(name: str, settings: Settings) -> VideoModel:
             webhook_url=remote.webhook_url,
             polling=remote.polling,
             styles=frozenset(remote.styles),
+            **_shape(name, {"sizes": remote.sizes, "max_seconds": remote.max_seconds}),
         ),
     )
+
+
+def _shape(name: str, entry: Mapping[str, Any]) -> dict[str, Any]:
+    """`sizes` and `max_seconds` of an entry, checked against what the API offers (absent:
+    all of it)."""
+    shape: dict[str, Any] = {}
+    sizes = entry.get("sizes")
+    if sizes is not None:
+        unknown = sorted(set(sizes) - set(SIZES))
+        if not sizes or unknown:
+            raise ValueError(
+                f"{name}: sizes must be a non-empty list of {', '.join(SIZES)}; "
+                f"not {unknown or sizes}"
+            )
+        shape["sizes"] = frozenset(sizes)
+    longest = entry.get("max_seconds")
+    if longest is not None:
+        if not MIN_SECONDS <= int(longest) <= MAX_SECONDS:
+            raise ValueError(
+                f"{name}: max_seconds must be {MIN_SECONDS} to {MAX_SECONDS}, not {longest}"
+            )
+        shape["max_seconds"] = int(longest)
+    return shape

@@ -41,6 +41,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from reelgen.domain.jobs import MAX_SECONDS, SIZES
 from reelgen.media.decode import read_frames
 from reelgen.models.base import Clip, Conditioning, GenerationSpec, StepCallback, StepInfo
 from reelgen.models.diffusers_shared import PipelineModel, job_frames, restore, rounded, save
@@ -76,6 +77,10 @@ class WanConfig:
     cpu_offload: bool = False
     compile: bool = False
     """`torch.compile` the transformer(s) at load."""
+    sizes: frozenset[str] = frozenset(SIZES)
+    """The sizes it makes (registry `sizes`)."""
+    max_seconds: int = MAX_SECONDS
+    """The longest clip of one run (registry `max_seconds`)."""
     task: Task = "t2v"
     edit_strength: float = 0.7
     """How much of the schedule an edit runs (more: further from the source clip)."""

@@ -276,6 +276,7 @@ def _prepare(
     parent: Job | None,
     operation: Operation,
     source_video: bytes | None = None,
+    continued_s: int | None = None,
 ) -> _Submission:
     if idempotency_key is not None and not 1 <= len(idempotency_key) <= 255:
         raise InvalidRequest(
@@ -285,6 +286,10 @@ def _prepare(
     seed = req.seed if req.seed is not None else int.from_bytes(raw[16:]) % MAX_SEED
     spec, image = _validated(platform, req, seed=seed)
     _check_inputs(platform, spec.model, req.model, image is not None, operation)
+    made_s = spec.seconds
+    if operation is Operation.EXTEND and continued_s is not None:  # only the new part is made
+        made_s = spec.seconds - continued_s
+    _check_shape(platform, spec, req.model, made_s, operation)
     job_id = f"video_{raw[:16].hex()}"
     reference_key = keys.reference(job_id) if image is not None else None
     spec = dataclasses.replace(
@@ -299,8 +304,8 @@ def _prepare(
     tier = service_tier(user, req.service_tier)
     model = platform.model(spec.model)
     cost_view = GenerationSpec.of(spec)
-    if operation is Operation.EXTEND and parent is not None:  # only the new part is made
-        cost_view = dataclasses.replace(cost_view, seconds=spec.seconds - parent.spec.seconds)
+    if made_s != spec.seconds:
+        cost_view = dataclasses.replace(cost_view, seconds=made_s)
     if operation is Operation.EDIT:  # an edit's step count; estimates read no file
         cost_view = dataclasses.replace(cost_view, source_video=Path(keys.source_video(job_id)))
     estimated_s = model.estimate_seconds(cost_view)
@@ -333,6 +338,36 @@ def _prepare(
         image=image,
         reference_key=reference_key,
     )
+
+
+def _check_shape(
+    platform: ApiContext, spec: JobSpec, requested: str | None, made_s: int, operation: Operation
+) -> None:
+    """Refuses a size the model does not make, and a clip longer than it makes in one run
+    (an extension: the part it adds)."""
+    adapter = platform.models[spec.model]
+    name = requested or spec.model
+    param = "video" if operation is Operation.EDIT else "size"
+    if spec.size not in adapter.sizes:
+        able = sorted(n for n, m in platform.models.items() if spec.size in m.sizes)
+        hint = f" Models that make it: {', '.join(able)}." if able else ""
+        sizes = ", ".join(s for s in SIZES if s in adapter.sizes)
+        raise InvalidRequest(
+            f"The model {name} makes videos of {sizes}, not {spec.size}.{hint}",
+            param=param,
+            code="unsupported_size",
+        )
+    if made_s > adapter.max_seconds:
+        what = (
+            f"adds at most {adapter.max_seconds} s to a video"
+            if (operation is Operation.EXTEND)
+            else f"makes videos of at most {adapter.max_seconds} s"
+        )
+        raise InvalidRequest(
+            f"The model {name} {what}; this one asks for {made_s} s.",
+            param="video" if operation is Operation.EDIT else "seconds",
+            code="unsupported_duration",
+        )
 
 
 def _check_inputs(
@@ -439,10 +474,11 @@ def submit(
     operation: Operation = Operation.CREATE,
     source_video: bytes | None = None,
     screened: tuple[bytes, ...] = (),
+    continued_s: int | None = None,
 ) -> tuple[Job, bool]:
     """Validates, stores the reference image (and an extension's or edit's uploaded source
     video), and enqueues; nothing is stored on refusal. `screened`: more images for the
-    input checks.
+    input checks; `continued_s`: an extension's source length (the model makes the rest).
 
     Returns once the job is committed; concurrent submits share a commit (group commit)."""
     sub = _prepare(
@@ -453,6 +489,7 @@ def submit(
         parent=parent,
         operation=operation,
         source_video=source_video,
+        continued_s=continued_s,
     )
     sub = dataclasses.replace(sub, screened=screened, source_video=source_video)
     sub = _moderated(platform, user, sub, _check(platform, user, sub))
@@ -657,11 +694,17 @@ def extend(
             prompt=prompt, seconds=total, size=_upload_size(end), reference_image=end.png()
         )
         # its last frame goes through the reference-image checks (it conditions the model)
-        return _derived(platform, user, req, idempotency_key, Operation.EXTEND, upload=source)
+        return _derived(
+            platform, user, req, idempotency_key, Operation.EXTEND, upload=source,
+            continued_s=end.seconds,
+        )  # fmt: skip
     parent = _completed(platform, user, source, "extended")
     _longer(total, parent.spec.seconds, source)
     req = _like(parent, prompt, seconds=total)
-    return _derived(platform, user, req, idempotency_key, Operation.EXTEND, parent=parent)
+    return _derived(
+        platform, user, req, idempotency_key, Operation.EXTEND, parent=parent,
+        continued_s=parent.spec.seconds,
+    )  # fmt: skip
 
 
 def edit(
@@ -736,6 +779,7 @@ def _derived(
     parent: Job | None = None,
     upload: bytes | None = None,
     screened: tuple[bytes, ...] = (),
+    continued_s: int | None = None,
 ) -> Job:
     job, _ = submit(
         platform,
@@ -746,6 +790,7 @@ def _derived(
         operation=operation,
         source_video=upload,
         screened=screened,
+        continued_s=continued_s,
     )
     return job
 
