@@ -20,7 +20,16 @@ import httpx
 import numpy as np
 
 
-def make_mp4(width: int, height: int, fps: int, frames: int, *, audio: bool = True) -> bytes:
+def make_mp4(
+    width: int,
+    height: int,
+    fps: int,
+    frames: int,
+    *,
+    audio: bool = True,
+    still: np.ndarray | None = None,
+) -> bytes:
+    """A ramp whose blue rises frame by frame; `still`: that RGB image in every frame."""
     buf = io.BytesIO()
     with av.open(buf, mode="w", format="mp4") as out:
         video = out.add_stream("libx264", rate=fps)
@@ -30,6 +39,8 @@ def make_mp4(width: int, height: int, fps: int, frames: int, *, audio: bool = Tr
             rgb = np.zeros((height, width, 3), dtype=np.uint8)
             rgb[..., 0] = (np.arange(width) * 255 // max(1, width - 1))[None, :]
             rgb[..., 2] = (i * 255) // max(1, frames - 1)
+            if still is not None:
+                rgb = still
             for packet in video.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")):
                 out.mux(packet)
         for packet in video.encode():

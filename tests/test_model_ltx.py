@@ -27,6 +27,8 @@ def test_ltx_registry_entry_builds_without_torch() -> None:
     assert model.config.decode_timestep == 0.03 and model.config.decode_noise_scale == 0.025
     spec = GenerationSpec(prompt="x", seconds=5, width=768, height=512, seed=1, fps=24)
     assert model.estimate_seconds(spec) > 10
+    longer = GenerationSpec(prompt="x", seconds=10, width=768, height=512, seed=1, fps=24)
+    assert model.estimate_seconds(longer) == pytest.approx(2 * model.estimate_seconds(spec))
     with pytest.raises(ValueError, match="needs its weights"):
         model.load()
 

@@ -39,6 +39,15 @@ def test_wan_registry_entries_build_without_torch() -> None:
     ti2v = build_model("wan2.2-ti2v-5b", settings)
     assert ti2v.accepts == {Conditioning.IMAGE} and ti2v.requires == frozenset()
     assert ti2v.fps == 24
+    source = dataclasses.replace(SPEC, source_video=Path("clip.mp4"))
+    faint = WanModel("wan", WanConfig(path=None, steps=4, edit_strength=0.01))
+    assert faint.num_steps(source) == 1  # an edit runs one step at least
+    from reelgen.models.registry import _wan
+
+    with pytest.raises(ValueError, match=r"edit_strength 1.5; it must be in \(0, 1\]"):
+        _wan("wan-x", {"adapter": "wan", "edit_strength": 1.5}, None)
+    with pytest.raises(ValueError, match="sizes must be"):
+        _wan("wan-x", {"adapter": "wan", "sizes": ["100x100"]}, None)
 
 
 @pytest.fixture(scope="module")

@@ -163,9 +163,10 @@ def test_extend_continues_the_clip_to_its_new_total(sdk: openai.OpenAI, live) ->
     import av
     import httpx
 
-    source = sdk.videos.create_and_poll(
-        prompt="a red kite over a beach", size="128x72", seconds="1", poll_interval_ms=50
-    )
+    source = sdk.videos.create_and_poll(  # a fixed seed: the output checks' verdicts hold
+        prompt="a red kite over a beach", size="128x72", seconds="1", poll_interval_ms=50,
+        extra_body={"seed": 7},
+    )  # fmt: skip
     mp4 = sdk.videos.download_content(source.id).read()
 
     def frames(video_id: str) -> list[np.ndarray]:
@@ -230,9 +231,10 @@ def test_edit_changes_a_clip_and_keeps_its_length_size_and_layout(sdk: openai.Op
         prompt="a green forest at dawn", video=("ramp.mp4", ramp, "video/mp4")
     )
     assert uploaded.size == "128x72" and uploaded.seconds == "1"
-    source = sdk.videos.create_and_poll(
-        prompt="a red kite over a beach", size="128x72", seconds="1", poll_interval_ms=50
-    )
+    source = sdk.videos.create_and_poll(  # a fixed seed: the output checks' verdicts hold
+        prompt="a red kite over a beach", size="128x72", seconds="1", poll_interval_ms=50,
+        extra_body={"seed": 7},
+    )  # fmt: skip
     with httpx.Client(base_url=live.url, headers={"Authorization": f"Bearer {live.paid_key}"}) as h:
         r = h.post(
             "/v1/videos/edits",
@@ -259,6 +261,9 @@ def test_edit_changes_a_clip_and_keeps_its_length_size_and_layout(sdk: openai.Op
     assert again.status == "completed", again.error
     redone = frames(remixed.id)
     assert against_x(redone) > 0.9 and np.abs(redone.astype(int) - clip).mean() > 10
+    first, second = live.platform.jobs.get(uploaded.id), live.platform.jobs.get(remixed.id)
+    assert first is not None and second is not None
+    assert second.spec.seed == first.spec.seed and second.spec.model == first.spec.model
 
     done = sdk.videos.poll(by_id, poll_interval_ms=50)
     assert done.status == "completed", done.error

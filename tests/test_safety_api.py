@@ -241,3 +241,32 @@ def test_reference_image_with_a_face_needs_recorded_consent(start_server) -> Non
     assert all(e["prompt"] is None for e in blocked)
     inputs = live.platform.settings.data_dir / "objects" / "inputs"
     assert len([p for p in inputs.iterdir()]) == 2  # refused images were never stored
+
+
+def test_an_uploaded_video_with_a_face_is_refused_as_the_video(start_server) -> None:
+    """The frames of a clip to edit go through the reference-image checks; a refusal names
+    the upload (`video`), not a reference image."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from .cog_standin import make_mp4
+
+    live = start_server(workers=0)
+    face = Image.open(io.BytesIO(_portrait_jpeg())).convert("RGB")
+    face.thumbnail((1280, 720))
+    canvas = Image.new("RGB", (1280, 720), (40, 40, 40))
+    canvas.paste(face, ((1280 - face.width) // 2, 0))
+    clip = make_mp4(1280, 720, 24, 24, still=np.asarray(canvas))
+    with live.client() as http:
+        r = http.post(
+            "/v1/videos/edits",
+            files={"video": ("face.mp4", clip, "video/mp4")},
+            data={"prompt": "she waves at the camera"},
+        )
+    assert r.status_code == 400, r.text
+    error = r.json()["error"]
+    assert error["code"] == "moderation_blocked" and error["param"] == "video"
+    assert error["message"].startswith("A frame of the uploaded video was refused")
+    assert _jobs(live) == 0

@@ -56,7 +56,9 @@ def _resampled(
     for frame in frames:
         at = frame.time if frame.time is not None else 0.0
         first = at if first is None else first
-        while shown is not None and n < count and n / fps < at - first:
+        # A microsecond of slack: times from pts are floats, and at equal rates frame k's
+        # time must not count as later than output frame k's.
+        while shown is not None and n < count and n / fps + 1e-6 < at - first:
             if image is None:
                 image = shown.to_ndarray(format="rgb24", width=width, height=height)
             yield image

@@ -71,7 +71,7 @@ class CogVideoXConfig:
 class CogVideoXModel(PipelineModel[CogVideoXConfig]):
     """`VideoModel` over a diffusers `CogVideoXPipeline` directory."""
 
-    rough_step_s = (3.6, 720 * 480)  # CogVideoX-5B: about 3 min for 50 steps at 720x480
+    rough_step_s = (3.6, 720 * 480 * 49)  # CogVideoX-5B: about 3 min, 50 steps, 720x480x49
 
     def __init__(self, name: str, config: CogVideoXConfig):
         super().__init__(name, config)

@@ -58,8 +58,8 @@ class PipelineModel(Generic[C]):
     accepts: frozenset[Conditioning] = frozenset()
     requires: frozenset[Conditioning] = frozenset()
     rough_step_s: ClassVar[tuple[float, int]]
-    """(seconds per step, at this many pixels): the price of a clip when no cost model
-    was measured for the model."""
+    """(seconds per step, at this many pixels times frames): the price of a clip when no
+    cost model was measured for the model (linear in both, as the attention is not)."""
 
     def __init__(self, name: str, config: C):
         self.name = name
@@ -122,8 +122,8 @@ class PipelineModel(Generic[C]):
     def estimate_seconds(self, spec: GenerationSpec) -> float:
         cost, steps = self.config.cost, self.num_steps(spec)
         if cost is None:
-            per_step, pixels = self.rough_step_s
-            return steps * per_step * spec.width * spec.height / pixels
+            per_step, volume = self.rough_step_s
+            return steps * per_step * spec.width * spec.height * spec.num_frames / volume
         return cost.wall_seconds(spec.width, spec.height, spec.num_frames, steps=steps)
 
 

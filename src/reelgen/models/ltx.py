@@ -73,7 +73,7 @@ class LtxConfig:
 class LtxModel(PipelineModel[LtxConfig]):
     """`VideoModel` over a diffusers `LTXPipeline` directory."""
 
-    rough_step_s = (1.5, 768 * 512)  # about 4x Wan 1.3B's speed at 768x512
+    rough_step_s = (1.5, 768 * 512 * 121)  # about 4x Wan 1.3B's speed at 768x512x121
 
     accepts = frozenset({Conditioning.IMAGE})
 

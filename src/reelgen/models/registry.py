@@ -74,6 +74,11 @@ def _wan(name: str, entry: Mapping[str, Any], path: Path | None) -> VideoModel:
     if task not in ("t2v", "i2v", "ti2v"):
         raise ValueError(f"registry.toml: {name} has task {task!r}; one of t2v, i2v, ti2v")
     cost = measured_models().get(str(entry.get("cost_class", "")))
+    strength = float(entry.get("edit_strength", 0.7))
+    if not 0.0 < strength <= 1.0:
+        raise ValueError(
+            f"registry.toml: {name} has edit_strength {strength}; it must be in (0, 1]"
+        )
     return WanModel(
         name,
         WanConfig(
@@ -91,7 +96,7 @@ def _wan(name: str, entry: Mapping[str, Any], path: Path | None) -> VideoModel:
             cpu_offload=bool(entry.get("cpu_offload", False)),
             compile=bool(entry.get("compile", False)),
             task=task,
-            edit_strength=float(entry.get("edit_strength", 0.7)),
+            edit_strength=strength,
             **_shape(name, entry),
         ),
     )

@@ -89,7 +89,7 @@ class WanConfig:
 class WanModel(PipelineModel[WanConfig]):
     """`VideoModel` over a diffusers `WanPipeline` directory."""
 
-    rough_step_s = (30.0, 1280 * 720)
+    rough_step_s = (30.0, 1280 * 720 * 81)  # Wan 14B at 720p, 81 frames
 
     def __init__(self, name: str, config: WanConfig):
         super().__init__(name, config)
@@ -107,11 +107,11 @@ class WanModel(PipelineModel[WanConfig]):
         return self.config.steps - self._skipped(spec)
 
     def _skipped(self, spec: GenerationSpec) -> int:
-        """Where an edit joins the schedule (0: from pure noise)."""
+        """Where an edit joins the schedule (0: from pure noise); it runs one step at least."""
         if spec.source_video is None:
             return 0
         steps = self.config.steps
-        return max(steps - min(int(steps * self.config.edit_strength), steps), 0)
+        return min(max(steps - int(steps * self.config.edit_strength), 0), steps - 1)
 
     def geometry(self, spec: GenerationSpec) -> tuple[int, int, int]:
         """(height, width, frames) the pipeline runs at: sizes rounded down to what the VAE

@@ -105,10 +105,13 @@ def audit_row(
     }
 
 
-def refusal(verdict: Verdict) -> ModerationBlocked:
-    """What the caller is told: the categories, never which rule or term fired."""
+def refusal(verdict: Verdict, *, from_video: bool = False) -> ModerationBlocked:
+    """What the caller is told: the categories, never which rule or term fired.
+    `from_video`: the images checked are frames of an uploaded video (edit, extension)."""
     names = ", ".join(f"{DESCRIPTIONS[c]} ({c.value})" for c in verdict.categories)
-    if verdict.stage == "input_image":
+    if verdict.stage == "input_image" and from_video:
+        what, param = "A frame of the uploaded video was", "video"
+    elif verdict.stage == "input_image":
         what, param = "The reference image was", "input_reference"
     else:
         what, param = "The prompt was", "prompt"

@@ -431,7 +431,7 @@ def _moderated(
     verdict = moderation.worst(verdicts)
     if verdict.action is Action.BLOCK:
         platform.audit.record(rows)
-        raise moderation.refusal(verdict)
+        raise moderation.refusal(verdict, from_video=sub.source_video is not None)
     row = sub.row
     if verdict.action is Action.REVIEW:
         row = {**row, "stage": Stage.AWAITING_REVIEW.value}
@@ -667,8 +667,8 @@ def _redo(
             )
         origin = platform.objects.get(key)
     if job.spec.operation is Operation.EDIT:
-        return edit(platform, user, origin, prompt, idempotency_key)
-    return extend(platform, user, origin, prompt, job.spec.seconds, idempotency_key)
+        return edit(platform, user, origin, prompt, idempotency_key, like=job.spec)
+    return extend(platform, user, origin, prompt, job.spec.seconds, idempotency_key, like=job.spec)
 
 
 def extend(
@@ -678,10 +678,13 @@ def extend(
     prompt: str | None,
     seconds: str | int | None,
     idempotency_key: str | None,
+    *,
+    like: JobSpec | None = None,
 ) -> Job:
     """A new job that continues a video (a completed one by id, or an uploaded MP4): the
     worker conditions the model on the source's last frame, generates the rest and stitches
-    the two; `seconds` is the total."""
+    the two; `seconds` is the total. `like`: the job a remix redoes (an upload's extension
+    keeps its model, style and seed; one by id takes the source video's)."""
     if seconds is None:
         raise InvalidRequest(
             "seconds (the extended video's total length) is required.", param="seconds"
@@ -691,8 +694,9 @@ def extend(
         end = _read_upload(source, stills=0)
         _longer(total, end.seconds, "the uploaded video")
         req = CreateVideo(
-            prompt=prompt, seconds=total, size=_upload_size(end), reference_image=end.png()
-        )
+            prompt=prompt, seconds=total, size=_upload_size(end), reference_image=end.png(),
+            **_settings_of(like),
+        )  # fmt: skip
         # its last frame goes through the reference-image checks (it conditions the model)
         return _derived(
             platform, user, req, idempotency_key, Operation.EXTEND, upload=source,
@@ -713,9 +717,12 @@ def edit(
     source: str | bytes,
     prompt: str | None,
     idempotency_key: str | None,
+    *,
+    like: JobSpec | None = None,
 ) -> Job:
     """A new job that changes a video (a completed one by id, or an uploaded MP4) as the
-    prompt says: the same length and size, the source's motion and layout kept."""
+    prompt says: the same length and size, the source's motion and layout kept. `like`: as
+    for `extend`."""
     if isinstance(source, bytes):
         end = _read_upload(source, stills=EDIT_STILLS)
         if not MIN_SECONDS <= end.seconds <= MAX_SECONDS:
@@ -724,7 +731,9 @@ def edit(
                 f"{MAX_SECONDS} s can be edited.",
                 param="video",
             )
-        req = CreateVideo(prompt=prompt, seconds=end.seconds, size=_upload_size(end))
+        req = CreateVideo(
+            prompt=prompt, seconds=end.seconds, size=_upload_size(end), **_settings_of(like)
+        )
         screened = tuple(png(still) for still in end.stills)
         return _derived(
             platform, user, req, idempotency_key, Operation.EDIT, upload=source, screened=screened
@@ -754,6 +763,13 @@ def _completed(platform: ApiContext, user: User, video_id: str, verb: str) -> Jo
             code="video_expired",
         )
     return parent
+
+
+def _settings_of(spec: JobSpec | None) -> dict[str, Any]:
+    """A remixed job's model, style and seed (none: the defaults and a new seed)."""
+    if spec is None:
+        return {}
+    return {"model": spec.requested_model, "style": spec.style, "seed": spec.seed}
 
 
 def _like(parent: Job, prompt: str | None, *, seconds: int) -> CreateVideo:
