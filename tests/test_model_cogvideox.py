@@ -46,11 +46,11 @@ def tiny(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
     return build(tmp_path_factory.mktemp("cogvideox") / "tiny", scheduler=request.param)
 
 
-def _model(path: Path, dynamic: bool = True, task: str = "t2v") -> CogVideoXModel:
+def _model(path: Path, dynamic: bool = True, task: str = "t2v", steps: int = 4) -> CogVideoXModel:
     model = CogVideoXModel(
         "cogvideox-tiny",
         CogVideoXConfig(
-            path=path, steps=4, device="cpu", dtype="float32", max_sequence_length=16,
+            path=path, steps=steps, device="cpu", dtype="float32", max_sequence_length=16,
             dynamic_cfg=dynamic, task=task,  # type: ignore[arg-type]
         ),
     )  # fmt: skip
@@ -159,3 +159,49 @@ def test_cogvideox_learned_positions_run_at_the_trained_size_and_resize(
     state = stopped_at(model, spec, 2)
     resumed = np.stack(list(model.generate(spec, lambda info: None, state).frames))
     assert np.array_equal(resumed, frames)
+
+
+@pytest.mark.diffusers
+def test_cogvideox_edit_own_loop_gives_the_video_to_video_pipelines_video(
+    tiny: Path, tmp_path: Path
+) -> None:
+    """An edit (text-to-video CogVideoX, with the DPM and the DDIM scheduler) makes what
+    `CogVideoXVideoToVideoPipeline.__call__` makes from the same clip, strength and seed, in
+    the tail of the schedule, and resumes from a checkpoint to the same video."""
+    import torch
+    from diffusers import CogVideoXVideoToVideoPipeline
+    from PIL import Image
+
+    from reelgen.media.decode import read_frames
+
+    from .cog_standin import make_mp4
+
+    model = _model(tiny, steps=10)
+    assert model.accepts == {Conditioning.VIDEO}
+    source = tmp_path / "source.mp4"
+    source.write_bytes(make_mp4(32, 32, 8, 9, audio=False))
+    spec = dataclasses.replace(SPEC, source_video=source)
+    assert model.num_steps(spec) == 7 and model.num_steps(SPEC) == 10
+    steps: list[tuple[int, int]] = []
+    frames = np.stack(list(model.generate(spec, lambda i: steps.append((i.step, i.total))).frames))
+    assert steps == [(k, 7) for k in range(1, 8)]
+    v2v = CogVideoXVideoToVideoPipeline(**model.pipe.components)
+    v2v.set_progress_bar_config(disable=True)
+    video = [Image.fromarray(f) for f in read_frames(source, 32, 32, 9, fps=SPEC.fps)]
+    expected = v2v(
+        video=video, prompt=SPEC.prompt, negative_prompt="", height=32, width=32,
+        num_inference_steps=10, strength=0.7, guidance_scale=6.0, use_dynamic_cfg=True,
+        max_sequence_length=16, output_type="np",
+        generator=torch.Generator().manual_seed(SPEC.seed),
+    ).frames[0]  # fmt: skip
+    assert np.array_equal(frames, (np.clip(expected, 0, 1) * 255 + 0.5).astype(np.uint8)[:8])
+    plain = np.stack(list(_model(tiny, steps=10).generate(SPEC, lambda i: None).frames))
+    assert not np.array_equal(plain, frames)
+
+    state = stopped_at(model, spec, 3)
+    resumed: list[int] = []
+    again = _model(tiny, steps=10).generate(spec, lambda i: resumed.append(i.step), state)
+    assert resumed == [4, 5, 6, 7]
+    assert np.array_equal(np.stack(list(again.frames)), frames)
+    with pytest.raises(ValueError, match="another job"):  # the source is in the fingerprint
+        _model(tiny, steps=10).generate(SPEC, lambda i: None, state)

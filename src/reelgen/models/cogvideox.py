@@ -14,6 +14,12 @@ uninterrupted one (a test holds the loop to the pipeline's own output and resume
 The image-to-video models (`task = "i2v"`, their own weights) need an image: its latents,
 sampled from the VAE with the job's generator, ride beside the noise on the channel axis at
 the first latent frame, as `CogVideoXImageToVideoPipeline` does.
+
+Edits (text-to-video models): as `CogVideoXVideoToVideoPipeline` does, the source clip's
+latents (sampled from the VAE with the job's generator) are noised to the level of step
+`(1 - edit_strength) * steps` and only the rest of the schedule runs (dynamic guidance
+rises over those steps, as in that pipeline). CogVideoX 1.5's padded latent frames repeat
+the source's last frame and are dropped at the end.
 """
 
 from __future__ import annotations
@@ -33,8 +39,16 @@ from typing import Any, Literal
 import numpy as np
 
 from reelgen.domain.jobs import MAX_SECONDS, SIZES
+from reelgen.media.decode import read_frames
 from reelgen.models.base import Clip, Conditioning, GenerationSpec, StepCallback, StepInfo
-from reelgen.models.diffusers_shared import PipelineModel, job_frames, restore, rounded, save
+from reelgen.models.diffusers_shared import (
+    PipelineModel,
+    edit_start,
+    job_frames,
+    restore,
+    rounded,
+    save,
+)
 from reelgen.scheduler.cost import CostModel
 
 _SNAPSHOT_FORMAT = "reelgen-cogvideox-snapshot/1"
@@ -66,6 +80,8 @@ class CogVideoXConfig:
     max_seconds: int = MAX_SECONDS
     """The longest clip of one run (registry `max_seconds`)."""
     task: Literal["t2v", "i2v"] = "t2v"
+    edit_strength: float = 0.7
+    """How much of the schedule an edit runs (text-to-video models)."""
 
 
 class CogVideoXModel(PipelineModel[CogVideoXConfig]):
@@ -77,6 +93,17 @@ class CogVideoXModel(PipelineModel[CogVideoXConfig]):
         super().__init__(name, config)
         if config.task == "i2v":
             self.accepts = self.requires = frozenset({Conditioning.IMAGE})
+        else:
+            self.accepts = frozenset({Conditioning.VIDEO})
+
+    def num_steps(self, spec: GenerationSpec) -> int:
+        return self.config.steps - self._skipped(spec)
+
+    def _skipped(self, spec: GenerationSpec) -> int:
+        """Where an edit joins the schedule (0: from pure noise)."""
+        if spec.source_video is None:
+            return 0
+        return edit_start(self.config.steps, self.config.edit_strength)
 
     def pipeline_class(self) -> str:
         return "CogVideoXPipeline" if self.config.task == "t2v" else "CogVideoXImageToVideoPipeline"
@@ -129,8 +156,15 @@ class CogVideoXModel(PipelineModel[CogVideoXConfig]):
             padding = patch_t - latent_frames % patch_t
         generator = torch.Generator(device="cpu").manual_seed(spec.seed)
         padded = frames + padding * pipe.vae_scale_factor_temporal
-        with self._device, torch.no_grad():  # the VAE encodes the image
-            latents, image = self._latents(spec, padded, height, width, embeds.dtype, generator)
+        skip = self._skipped(spec)
+        kept = slice(padding, None)  # the pipeline drops the padded latent frames in front
+        with self._device, torch.no_grad():  # the VAE encodes the image or the source clip
+            if spec.source_video is not None:
+                size = (height, width, padded)
+                latents = self._noised_source(spec, size, scheduler, timesteps[skip], generator)
+                image, kept = None, slice(0, latent_frames)  # the source's tail repeats
+            else:
+                latents, image = self._latents(spec, padded, height, width, embeds.dtype, generator)
         ofs = None  # CogVideoX 1.5 I2V's fixed offset embedding
         if pipe.transformer.config.ofs_embed_dim is not None:
             ofs = latents.new_full((1,), fill_value=2.0)
@@ -148,7 +182,8 @@ class CogVideoXModel(PipelineModel[CogVideoXConfig]):
             rotary = pipe._prepare_rotary_positional_embeddings(
                 height, width, latents.size(1), device
             )
-        for i in range(start, cfg.steps):
+        run = cfg.steps - skip
+        for i in range(skip + start, cfg.steps):
             t = timesteps[i]
             with self._device, torch.no_grad():
                 model_input = torch.cat([latents] * 2) if cfg_on else latents
@@ -166,13 +201,13 @@ class CogVideoXModel(PipelineModel[CogVideoXConfig]):
                 )[0].float()
                 if cfg_on:
                     scale = cfg.guidance_scale
-                    if cfg.dynamic_cfg:
-                        rise = (cfg.steps - t.item()) / cfg.steps
+                    if cfg.dynamic_cfg:  # over the steps the run makes, as the pipelines do
+                        rise = (run - t.item()) / run
                         scale = 1 + scale * (1 - math.cos(math.pi * rise**5.0)) / 2
                     uncond, cond = noise.chunk(2)
                     noise = uncond + scale * (cond - uncond)
                 if dpm:
-                    back = timesteps[i - 1] if i > 0 else None
+                    back = timesteps[i - 1] if i > skip else None
                     latents, previous = scheduler.step(
                         noise, previous, t, back, latents, generator=generator, return_dict=False
                     )
@@ -180,19 +215,52 @@ class CogVideoXModel(PipelineModel[CogVideoXConfig]):
                     latents = scheduler.step(noise, t, latents, return_dict=False)[0]
                 latents = latents.to(embeds.dtype)
             extra = {"previous": previous, "generator": generator.get_state()}
-            snapshot = functools.partial(save, fingerprint, i + 1, latents, scheduler, extra)
-            on_step(StepInfo(i + 1, cfg.steps, snapshot))
+            done = i + 1 - skip
+            snapshot = functools.partial(save, fingerprint, done, latents, scheduler, extra)
+            on_step(StepInfo(done, run, snapshot))
         decoded = threading.Event()
         return Clip(
             width=spec.width,
             height=spec.height,
             fps=spec.fps,
             num_frames=spec.num_frames,
-            frames=self._decode(latents[:, padding:], spec, decoded),
+            frames=self._decode(latents[:, kept], spec, decoded),
             audio=np.zeros((2, spec.seconds * SAMPLE_RATE), dtype=np.float32),
             sample_rate=SAMPLE_RATE,
             decoded=decoded,
         )
+
+    def _noised_source(
+        self,
+        spec: GenerationSpec,
+        size: tuple[int, int, int],
+        scheduler: Any,
+        t: Any,
+        generator: Any,
+    ) -> Any:
+        """An edit's starting latents: the source clip, read at the job's rate and the run's
+        size (its last frame repeated to `frames`), sampled from the VAE with the job's
+        generator, scaled, and noised to timestep `t`, as
+        `CogVideoXVideoToVideoPipeline.prepare_latents` does."""
+        from diffusers.pipelines.cogvideo.pipeline_cogvideox_video2video import (
+            retrieve_latents,
+        )
+        from diffusers.utils.torch_utils import randn_tensor
+        from PIL import Image
+
+        assert spec.source_video is not None
+        pipe, (height, width, frames) = self.pipe, size
+        device, dtype = pipe._execution_device, pipe.text_encoder.dtype  # the embeddings'
+        source = [
+            Image.fromarray(frame)
+            for frame in read_frames(spec.source_video, width, height, frames, fps=spec.fps)
+        ]
+        video = pipe.video_processor.preprocess_video(source, height=height, width=width)
+        encoded = retrieve_latents(pipe.vae.encode(video.to(device, dtype=dtype)), generator)
+        encoded = pipe.vae_scaling_factor_image * encoded.to(dtype).permute(0, 2, 1, 3, 4)
+        noise = randn_tensor(encoded.shape, generator=generator, device=device, dtype=dtype)
+        latents = scheduler.add_noise(encoded, noise, t.reshape(1))
+        return latents * scheduler.init_noise_sigma
 
     def _latents(
         self, spec: GenerationSpec, frames: int, height: int, width: int, dtype: Any, generator: Any
@@ -247,6 +315,8 @@ class CogVideoXModel(PipelineModel[CogVideoXConfig]):
             "seed": spec.seed,
             "geometry": [height, width, frames],
             "task": cfg.task,
+            "source": spec.source_sha256(),
+            "edit_strength": cfg.edit_strength if spec.source_video is not None else None,
             "image": (
                 hashlib.sha256(spec.reference_image).hexdigest()
                 if spec.reference_image and cfg.task == "i2v"

@@ -311,6 +311,12 @@ def job_frames(video: np.ndarray, spec: GenerationSpec) -> Iterator[np.ndarray]:
         yield rgb
 
 
+def edit_start(steps: int, strength: float) -> int:
+    """The step an edit joins a schedule of `steps` at, running `strength` of it, as the
+    video-to-video pipelines' `get_timesteps` do; one step runs at least."""
+    return min(max(steps - int(steps * strength), 0), steps - 1)
+
+
 def rounded(spec: GenerationSpec, h_unit: int, w_unit: int, t_unit: int) -> tuple[int, int, int]:
     """(height, width, frames) a pipeline runs the job at: sizes rounded down to what its VAE
     and patches divide, frames up to `t_unit * k + 1` (the extra ones are dropped)."""

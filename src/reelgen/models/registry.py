@@ -74,11 +74,7 @@ def _wan(name: str, entry: Mapping[str, Any], path: Path | None) -> VideoModel:
     if task not in ("t2v", "i2v", "ti2v"):
         raise ValueError(f"registry.toml: {name} has task {task!r}; one of t2v, i2v, ti2v")
     cost = measured_models().get(str(entry.get("cost_class", "")))
-    strength = float(entry.get("edit_strength", 0.7))
-    if not 0.0 < strength <= 1.0:
-        raise ValueError(
-            f"registry.toml: {name} has edit_strength {strength}; it must be in (0, 1]"
-        )
+    strength = _edit_strength(name, entry)
     return WanModel(
         name,
         WanConfig(
@@ -141,7 +137,8 @@ def _cogvideox(name: str, entry: Mapping[str, Any], path: Path | None) -> VideoM
 
     known = {"adapter", "steps", "guidance_scale", "dynamic_cfg", "fps", "dtype",
              "max_sequence_length", "cost_class", "negative_prompt", "cpu_offload",
-             "vae_tiling", "device", "compile", "task", "sizes", "max_seconds"}  # fmt: skip
+             "vae_tiling", "device", "compile", "task", "sizes", "max_seconds",
+             "edit_strength"}  # fmt: skip
     _known_keys(name, entry, known)
     task = entry.get("task", "t2v")
     if task not in ("t2v", "i2v"):
@@ -163,9 +160,19 @@ def _cogvideox(name: str, entry: Mapping[str, Any], path: Path | None) -> VideoM
             cpu_offload=bool(entry.get("cpu_offload", False)),
             compile=bool(entry.get("compile", False)),
             task=task,
+            edit_strength=_edit_strength(name, entry),
             **_shape(name, entry),
         ),
     )
+
+
+def _edit_strength(name: str, entry: Mapping[str, Any]) -> float:
+    strength = float(entry.get("edit_strength", 0.7))
+    if not 0.0 < strength <= 1.0:
+        raise ValueError(
+            f"registry.toml: {name} has edit_strength {strength}; it must be in (0, 1]"
+        )
+    return strength
 
 
 def _known_keys(name: str, entry: Mapping[str, Any], known: set[str]) -> None:

@@ -44,7 +44,14 @@ import numpy as np
 from reelgen.domain.jobs import MAX_SECONDS, SIZES
 from reelgen.media.decode import read_frames
 from reelgen.models.base import Clip, Conditioning, GenerationSpec, StepCallback, StepInfo
-from reelgen.models.diffusers_shared import PipelineModel, job_frames, restore, rounded, save
+from reelgen.models.diffusers_shared import (
+    PipelineModel,
+    edit_start,
+    job_frames,
+    restore,
+    rounded,
+    save,
+)
 from reelgen.scheduler.cost import CostModel
 
 _SNAPSHOT_FORMAT = "reelgen-wan-snapshot/1"
@@ -110,8 +117,7 @@ class WanModel(PipelineModel[WanConfig]):
         """Where an edit joins the schedule (0: from pure noise); it runs one step at least."""
         if spec.source_video is None:
             return 0
-        steps = self.config.steps
-        return min(max(steps - int(steps * self.config.edit_strength), 0), steps - 1)
+        return edit_start(self.config.steps, self.config.edit_strength)
 
     def geometry(self, spec: GenerationSpec) -> tuple[int, int, int]:
         """(height, width, frames) the pipeline runs at: sizes rounded down to what the VAE
