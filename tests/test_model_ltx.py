@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -134,3 +135,117 @@ def test_ltx_image_to_video_checkpoint_resumes_to_the_same_video(tiny: Path) -> 
     assert np.array_equal(np.stack(list(resumed.frames)), whole)
     with pytest.raises(ValueError, match="another job"):  # the image is in the fingerprint
         _model(tiny).generate(SPEC, lambda info: None, state)
+
+
+def test_ltx_condition_registry_entry_builds_without_torch() -> None:
+    from reelgen.models.ltx_condition import LtxConditionModel
+
+    model = build_model("ltx-video-0.9.5", Settings(default_model="ltx-video-0.9.5"))
+    assert isinstance(model, LtxConditionModel) and model.num_steps(SPEC) == 40
+    assert model.accepts == {Conditioning.IMAGE, Conditioning.VIDEO}
+    assert model.pipeline_class() == "LTXConditionPipeline"
+
+
+def _condition_model(path: Path, steps: int = 4) -> Any:
+    from reelgen.models.ltx_condition import LtxConditionModel
+
+    model = LtxConditionModel(
+        "ltx-tiny",
+        LtxConfig(
+            path=path, steps=steps, device="cpu", dtype="float32", max_sequence_length=16,
+            decode_timestep=0.05, decode_noise_scale=0.025, condition=True,
+        ),
+    )  # fmt: skip
+    model.load()
+    return model
+
+
+def _condition_pipeline_frames(model: Any, count: int, **kwargs: Any) -> np.ndarray:
+    import torch
+
+    video = model.pipe(
+        prompt=SPEC.prompt, negative_prompt="", height=32, width=32, num_frames=count,
+        frame_rate=SPEC.fps, guidance_scale=3.0, max_sequence_length=16,
+        decode_timestep=0.05, decode_noise_scale=0.025, output_type="np",
+        generator=torch.Generator().manual_seed(SPEC.seed), **kwargs,
+    ).frames[0]  # fmt: skip
+    return (np.clip(video, 0, 1) * 255 + 0.5).astype(np.uint8)[:8]
+
+
+@pytest.mark.diffusers
+def test_ltx_condition_own_loop_gives_the_pipelines_video(tiny: Path, tmp_path: Path) -> None:
+    """`LTXConditionPipeline` (LTX-Video 0.9.5+): from text, from an image at the first
+    frame (its latents kept nearly clean, with noise drawn every step), and an edit of a
+    clip, the loop makes what the pipeline's `__call__` makes; a checkpoint resumes to the
+    same video."""
+    import io
+
+    from PIL import Image
+
+    from .cog_standin import make_mp4
+
+    model = _condition_model(tiny, steps=10)
+    assert type(model.pipe).__name__ == "LTXConditionPipeline"
+    _height, _width, count = model.geometry(SPEC)
+    text = np.stack(list(model.generate(SPEC, lambda info: None).frames))
+    assert np.array_equal(text, _condition_pipeline_frames(model, count, num_inference_steps=10))
+    assert text.std() > 1
+
+    image = Image.open(io.BytesIO(picture())).convert("RGB")
+    with_image = np.stack(list(model.generate(I2V_SPEC, lambda info: None).frames))
+    expected = _condition_pipeline_frames(
+        model, count, num_inference_steps=10, image=image, frame_index=0, strength=1.0
+    )
+    assert np.array_equal(with_image, expected)
+    assert not np.array_equal(with_image, text)
+    state = stopped_at(model, I2V_SPEC, 4)
+    again = _condition_model(tiny, steps=10).generate(I2V_SPEC, lambda info: None, state)
+    assert np.array_equal(np.stack(list(again.frames)), with_image)
+
+    source = tmp_path / "source.mp4"
+    source.write_bytes(make_mp4(32, 32, 8, count, audio=False))
+    spec = dataclasses.replace(SPEC, source_video=source)
+    assert model.num_steps(spec) == 7
+    steps: list[tuple[int, int]] = []
+    edited = np.stack(list(model.generate(spec, lambda i: steps.append((i.step, i.total))).frames))
+    assert steps == [(k, 7) for k in range(1, 8)]
+    latents = model.source_latents(spec, 32, 32, count)
+    expected = _condition_pipeline_frames(
+        model, count, num_inference_steps=10, latents=latents, denoise_strength=0.7
+    )
+    assert np.array_equal(edited, expected)
+    assert not np.array_equal(edited, text)
+    state = stopped_at(model, spec, 3)
+    resumed = _condition_model(tiny, steps=10).generate(spec, lambda info: None, state)
+    assert np.array_equal(np.stack(list(resumed.frames)), edited)
+
+
+@pytest.mark.diffusers
+def test_ltx_condition_edit_through_the_api(start_server, tiny: Path) -> None:
+    """`POST /v1/videos/edits` with an uploaded clip, served by an `LTXConditionPipeline`
+    model: the edit keeps the clip's length and size."""
+    import io
+
+    import av
+
+    from .cog_standin import make_mp4
+
+    def prepare(platform) -> None:
+        model = _condition_model(tiny)
+        model.name = "reference"
+        platform.models["reference"] = model
+
+    live = start_server(prepare=prepare)
+    with live.client() as http:
+        made = http.post(
+            "/v1/videos/edits",
+            files={"video": ("clip.mp4", make_mp4(64, 64, 24, 24), "video/mp4")},
+            data={"prompt": "the same boat at night"},
+        )
+        assert made.status_code == 200, made.text
+        video = live.wait_for(made.json()["id"], timeout=120)
+        assert video["status"] == "completed", video
+        assert (video["size"], video["seconds"]) == ("64x64", "1")
+        data = http.get(f"/v1/videos/{video['id']}/content", follow_redirects=True).content
+    with av.open(io.BytesIO(data)) as container:
+        assert sum(1 for _ in container.decode(video=0)) == 24

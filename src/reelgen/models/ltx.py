@@ -68,6 +68,12 @@ class LtxConfig:
     """The sizes it makes (registry `sizes`)."""
     max_seconds: int = MAX_SECONDS
     """The longest clip of one run (registry `max_seconds`)."""
+    condition: bool = False
+    """An `LTXConditionPipeline` directory (LTX-Video 0.9.5+, `models/ltx_condition.py`)."""
+    image_cond_noise_scale: float = 0.15
+    """`LTXConditionPipeline`: noise kept on a conditioning image's latents (motion)."""
+    edit_strength: float = 0.7
+    """`LTXConditionPipeline`: how much of the schedule an edit runs."""
 
 
 class LtxModel(PipelineModel[LtxConfig]):
@@ -285,5 +291,8 @@ class LtxModel(PipelineModel[LtxConfig]):
             "image": (
                 hashlib.sha256(spec.reference_image).hexdigest() if spec.reference_image else None
             ),
+            "pipeline": self.pipeline_class(),
+            "source": spec.source_sha256(),
+            "edit_strength": cfg.edit_strength if spec.source_video is not None else None,
         }
         return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()

@@ -105,10 +105,19 @@ def _ltx(name: str, entry: Mapping[str, Any], path: Path | None) -> VideoModel:
     known = {"adapter", "steps", "guidance_scale", "guidance_rescale", "fps", "dtype",
              "max_sequence_length", "cost_class", "negative_prompt", "cpu_offload",
              "vae_tiling", "device", "compile", "decode_timestep",
-             "decode_noise_scale", "sizes", "max_seconds"}  # fmt: skip
+             "decode_noise_scale", "sizes", "max_seconds", "pipeline",
+             "image_cond_noise_scale", "edit_strength"}  # fmt: skip
     _known_keys(name, entry, known)
     noise = entry.get("decode_noise_scale")
-    return LtxModel(
+    pipeline = entry.get("pipeline", "image")
+    if pipeline not in ("image", "condition"):
+        raise ValueError(f"registry.toml: {name} has pipeline {pipeline!r}; image or condition")
+    kind = LtxModel
+    if pipeline == "condition":
+        from reelgen.models.ltx_condition import LtxConditionModel
+
+        kind = LtxConditionModel
+    return kind(
         name,
         LtxConfig(
             path=path,
@@ -126,6 +135,9 @@ def _ltx(name: str, entry: Mapping[str, Any], path: Path | None) -> VideoModel:
             enable_vae_tiling=bool(entry.get("vae_tiling", False)),
             cpu_offload=bool(entry.get("cpu_offload", False)),
             compile=bool(entry.get("compile", False)),
+            condition=pipeline == "condition",
+            image_cond_noise_scale=float(entry.get("image_cond_noise_scale", 0.15)),
+            edit_strength=_edit_strength(name, entry),
             **_shape(name, entry),
         ),
     )

@@ -1,0 +1,192 @@
+"""LTX-Video 0.9.5+ through diffusers' `LTXConditionPipeline` (the `diffusers` extra): text,
+an image for the first frame, and edits, from a local directory the operator downloaded.
+
+The adapter owns the loop, as `LTXConditionPipeline.__call__` runs it: its linear-quadratic
+schedule, its `prepare_latents` (the conditioning image VAE-encoded into the first latent
+frame with a per-token conditioning mask; an edit's source latents noised to the level
+where its run joins the schedule), then per step the timestep-dependent noise it keeps on
+the image's latents (drawn from the job's generator), the transformer with per-token
+timesteps and the video's coordinates, and the scheduler's step on the tokens still to be
+denoised. A checkpoint holds the latents, the scheduler's state and the generator's, so a
+resumed run gives the same video; the mask and coordinates are made again from the job.
+The decode is `LtxModel`'s (the same VAE).
+
+Edits: the source clip's latents (the VAE's mode, normalized) go in as the pipeline's
+`latents` with `denoise_strength = edit_strength`: the last `edit_strength` of the schedule
+runs from them, mixed with noise at that step's sigma.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import io
+import threading
+from typing import Any
+
+import numpy as np
+
+from reelgen.media.decode import read_frames
+from reelgen.models.base import Clip, Conditioning, GenerationSpec, StepCallback, StepInfo
+from reelgen.models.diffusers_shared import edit_start, restore, save
+from reelgen.models.ltx import SAMPLE_RATE, LtxModel
+
+
+class LtxConditionModel(LtxModel):
+    """`VideoModel` over a diffusers `LTXConditionPipeline` directory."""
+
+    accepts = frozenset({Conditioning.IMAGE, Conditioning.VIDEO})
+
+    def pipeline_class(self) -> str:
+        return "LTXConditionPipeline"
+
+    def num_steps(self, spec: GenerationSpec) -> int:
+        return self.config.steps - self._skipped(spec)
+
+    def _skipped(self, spec: GenerationSpec) -> int:
+        """Where an edit joins the schedule (0: from pure noise)."""
+        if spec.source_video is None:
+            return 0
+        return edit_start(self.config.steps, self.config.edit_strength)
+
+    def generate(
+        self, spec: GenerationSpec, on_step: StepCallback, resume_from: bytes | None = None
+    ) -> Clip:
+        import torch
+        from diffusers.pipelines.ltx.pipeline_ltx_condition import (
+            linear_quadratic_schedule,
+            rescale_noise_cfg,
+        )
+
+        if self.pipe is None:
+            self.load()
+        pipe, cfg = self.pipe, self.config
+        device = pipe._execution_device
+        height, width, frames = self.geometry(spec)
+        fingerprint = self._fingerprint(spec, height, width, frames)
+        cfg_on = cfg.guidance_scale > 1.0
+        with self._device, torch.no_grad():
+            embeds, mask, negative, negative_mask = pipe.encode_prompt(
+                prompt=spec.prompt,
+                negative_prompt=cfg.negative_prompt,
+                do_classifier_free_guidance=cfg_on,
+                num_videos_per_prompt=1,
+                max_sequence_length=cfg.max_sequence_length,
+                device=device,
+            )
+        if cfg_on:
+            embeds = torch.cat([negative, embeds], dim=0)
+            mask = torch.cat([negative_mask, mask], dim=0)
+        conditions = []
+        if spec.reference_image is not None:
+            from PIL import Image
+
+            image = Image.open(io.BytesIO(spec.reference_image)).convert("RGB")
+            pixels = pipe.video_processor.preprocess(image, height, width).unsqueeze(2)
+            conditions.append(pixels.to(device, dtype=pipe.vae.dtype))
+        scheduler = copy.deepcopy(pipe.scheduler)  # a run's own state (several may share a pipe)
+        schedule = linear_quadratic_schedule(cfg.steps) * 1000
+        scheduler.set_timesteps(timesteps=schedule, device=device)
+        timesteps, sigmas = scheduler.timesteps, scheduler.sigmas
+        skip = self._skipped(spec)
+        source, sigma = None, None
+        generator = torch.Generator(device="cpu").manual_seed(spec.seed)
+        with self._device, torch.no_grad():  # the VAE encodes the image or the source clip
+            if spec.source_video is not None:
+                source = self.source_latents(spec, height, width, frames)
+                sigma = sigmas[skip : skip + 1]
+            latents, cond_mask, coords, extra_tokens = pipe.prepare_latents(
+                conditions, [1.0] * len(conditions), [0] * len(conditions), batch_size=1,
+                num_channels_latents=pipe.transformer.config.in_channels, height=height,
+                width=width, num_frames=frames, sigma=sigma, latents=source,
+                generator=generator, device=device, dtype=torch.float32,
+            )  # fmt: skip
+        coords = coords.float()
+        coords[:, 0] = coords[:, 0] * (1.0 / spec.fps)
+        initial = latents.clone() if conditions else None
+        if cfg_on:
+            coords = torch.cat([coords, coords], dim=0)
+        done = 0
+        if resume_from is not None:
+            done, latents, extra = restore(resume_from, fingerprint, scheduler, device, "LTX-Video")
+            generator.set_state(extra["generator"].cpu())
+        run = cfg.steps - skip
+        for i in range(skip + done, cfg.steps):
+            t = timesteps[i]
+            with self._device, torch.no_grad():
+                if cfg.image_cond_noise_scale > 0 and initial is not None:
+                    latents = pipe.add_noise_to_image_conditioning_latents(
+                        t / 1000.0, initial, latents, cfg.image_cond_noise_scale, cond_mask,
+                        generator,
+                    )  # fmt: skip
+                model_input = torch.cat([latents] * 2) if cfg_on else latents
+                model_input = model_input.to(embeds.dtype)
+                timestep = t.expand(model_input.shape[0]).unsqueeze(-1).float()
+                if conditions:  # the image's tokens are (nearly) clean
+                    both = torch.cat([cond_mask, cond_mask]) if cfg_on else cond_mask
+                    timestep = torch.min(timestep, (1 - both) * 1000.0)
+                noise = pipe.transformer(
+                    hidden_states=model_input,
+                    encoder_hidden_states=embeds,
+                    timestep=timestep,
+                    encoder_attention_mask=mask,
+                    video_coords=coords,
+                    return_dict=False,
+                )[0]
+                if cfg_on:
+                    uncond, cond = noise.chunk(2)
+                    noise = uncond + cfg.guidance_scale * (cond - uncond)
+                    timestep, _ = timestep.chunk(2)
+                    if cfg.guidance_rescale > 0:
+                        noise = rescale_noise_cfg(
+                            noise, cond, guidance_rescale=cfg.guidance_rescale
+                        )
+                stepped = scheduler.step(
+                    -noise, t, latents, per_token_timesteps=timestep, return_dict=False
+                )[0]
+                if conditions:
+                    still_noisy = (t / 1000 - 1e-6 < (1.0 - cond_mask)).unsqueeze(-1)
+                    latents = torch.where(still_noisy, stepped, latents)
+                else:
+                    latents = stepped
+            extra = {"generator": generator.get_state()}
+            step = i + 1 - skip
+            snapshot = functools.partial(save, fingerprint, step, latents, scheduler, extra)
+            on_step(StepInfo(step, run, snapshot))
+        grid = (
+            (frames - 1) // pipe.vae_temporal_compression_ratio + 1,
+            height // pipe.vae_spatial_compression_ratio,
+            width // pipe.vae_spatial_compression_ratio,
+        )
+        decoded = threading.Event()
+        latents = latents[:, extra_tokens:]  # the conditioning's own tokens, if any
+        return Clip(
+            width=spec.width,
+            height=spec.height,
+            fps=spec.fps,
+            num_frames=spec.num_frames,
+            frames=self._decode(latents, grid, embeds.dtype, generator, spec, decoded),
+            audio=np.zeros((2, spec.seconds * SAMPLE_RATE), dtype=np.float32),
+            sample_rate=SAMPLE_RATE,
+            decoded=decoded,
+        )
+
+    def source_latents(self, spec: GenerationSpec, height: int, width: int, frames: int) -> Any:
+        """An edit's source clip, read at the job's rate and the run's size, as the
+        pipeline's `latents` take it: the VAE's mode, normalized, (1, C, F, H, W)."""
+        import torch
+        from diffusers.pipelines.ltx.pipeline_ltx_condition import retrieve_latents
+        from PIL import Image
+
+        assert spec.source_video is not None
+        pipe = self.pipe
+        clip = [
+            Image.fromarray(frame)
+            for frame in read_frames(spec.source_video, width, height, frames, fps=spec.fps)
+        ]
+        video = pipe.video_processor.preprocess_video(clip, height=height, width=width)
+        vae = pipe.vae
+        encoded = retrieve_latents(
+            vae.encode(video.to(pipe._execution_device, dtype=vae.dtype)), sample_mode="argmax"
+        )
+        return pipe._normalize_latents(encoded, vae.latents_mean, vae.latents_std).to(torch.float32)
