@@ -141,3 +141,19 @@ def test_reference_model_clip_encodes(tmp_path: Path) -> None:
     assert info.num_frames == 48
     assert info.duration_seconds == pytest.approx(2.0, abs=1 / 24)
     assert (info.audio_codec, info.audio_sample_rate, info.audio_channels) == ("aac", RATE, 2)
+
+
+def test_ending_spreads_its_stills_over_the_whole_clip(tmp_path: Path) -> None:
+    """The stills an upload's input check sees cover the clip from start to end, whatever
+    frame count it declares (none is trusted)."""
+    from reelgen.media.decode import ending
+
+    from .cog_standin import make_mp4
+
+    path = tmp_path / "clip.mp4"
+    path.write_bytes(make_mp4(64, 64, 24, 97, audio=False))  # blue rises frame by frame
+    end = ending(path, stills=4)
+    blues = [float(still[..., 2].mean()) for still in end.stills]
+    assert len(blues) == 4 and blues == sorted(blues)
+    assert blues[0] < 0.25 * 255 and blues[-1] > 0.75 * 255
+    assert end.seconds == 4 and float(end.frame[..., 2].mean()) > 250

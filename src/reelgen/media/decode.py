@@ -87,7 +87,7 @@ class Ending:
     seconds: int
     """Its length in whole seconds (frames over the stream's rate; at least 1)."""
     stills: tuple[np.ndarray, ...] = ()
-    """Frames spread over it, when asked for (the last one when its length is unknown)."""
+    """Frames spread over it, when asked for."""
 
     def png(self) -> bytes:
         return png(self.frame)
@@ -101,28 +101,29 @@ def png(frame: np.ndarray) -> bytes:
 
 def ending(path: Path, *, stills: int = 0) -> Ending:
     """Reads the file once, to its last frame; `stills`: also keeps that many frames spread
-    over it (for checks that look at a whole clip)."""
+    over it (for checks that look at a whole clip). The spread trusts no frame count the
+    file declares: every `stride`-th frame is kept, and when twice `stills` are kept, every
+    other one goes and the stride doubles, so at most that many are held at once."""
     last = None
     count = 0
+    stride = 1
     kept: list[np.ndarray] = []
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
         rate = float(stream.average_rate or stream.guessed_rate or 24)
-        expected = stream.frames
-        if not expected and stream.duration is not None and stream.time_base is not None:
-            expected = round(float(stream.duration * stream.time_base) * rate)
-        picks = {int((k + 0.5) * expected / stills) for k in range(stills)} if expected else set()
         for frame in container.decode(stream):
-            if count in picks:
+            if stills and count % stride == 0:
                 kept.append(frame.to_ndarray(format="rgb24"))
+                if len(kept) > 2 * stills:
+                    kept, stride = kept[::2], stride * 2
             last = frame
             count += 1
         if last is None:
             raise ValueError(f"{path.name} has no video frames")
         final = last.to_ndarray(format="rgb24")
-        if stills and not kept:
-            kept.append(final)
-        return Ending(final, max(1, round(count / rate)), tuple(kept))
+        picks = min(stills, len(kept))
+        chosen = tuple(kept[int((k + 0.5) * len(kept) / picks)] for k in range(picks))
+        return Ending(final, max(1, round(count / rate)), chosen)
 
 
 def read_audio(path: Path, samples: int, rate: int) -> np.ndarray:
