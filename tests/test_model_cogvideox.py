@@ -25,7 +25,8 @@ def test_cogvideox_registry_entries_build_without_torch() -> None:
     settings = Settings(default_model="cogvideox-5b")
     model = build_model("cogvideox-5b", settings)
     assert isinstance(model, CogVideoXModel) and model.fps == 8 and model.num_steps(SPEC) == 50
-    assert model.config.dynamic_cfg and model.accepts == model.requires == frozenset()
+    assert model.config.dynamic_cfg and model.requires == frozenset()
+    assert model.accepts == {Conditioning.VIDEO}  # edits
     assert not build_model("cogvideox-2b", settings).config.dynamic_cfg  # type: ignore[attr-defined]
     assert build_model("cogvideox1.5-5b", settings).fps == 16
     i2v = build_model("cogvideox-5b-i2v", settings)

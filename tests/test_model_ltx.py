@@ -142,7 +142,7 @@ def test_ltx_condition_registry_entry_builds_without_torch() -> None:
 
     model = build_model("ltx-video-0.9.5", Settings(default_model="ltx-video-0.9.5"))
     assert isinstance(model, LtxConditionModel) and model.num_steps(SPEC) == 40
-    assert model.accepts == {Conditioning.IMAGE, Conditioning.VIDEO}
+    assert model.accepts == {Conditioning.IMAGE, Conditioning.VIDEO, Conditioning.CLIP}
     assert model.pipeline_class() == "LTXConditionPipeline"
 
 
@@ -160,7 +160,7 @@ def _condition_model(path: Path, steps: int = 4) -> Any:
     return model
 
 
-def _condition_pipeline_frames(model: Any, count: int, **kwargs: Any) -> np.ndarray:
+def _condition_pipeline_frames(model: Any, count: int, first: int = 0, **kwargs: Any) -> np.ndarray:
     import torch
 
     video = model.pipe(
@@ -169,7 +169,7 @@ def _condition_pipeline_frames(model: Any, count: int, **kwargs: Any) -> np.ndar
         decode_timestep=0.05, decode_noise_scale=0.025, output_type="np",
         generator=torch.Generator().manual_seed(SPEC.seed), **kwargs,
     ).frames[0]  # fmt: skip
-    return (np.clip(video, 0, 1) * 255 + 0.5).astype(np.uint8)[:8]
+    return (np.clip(video, 0, 1) * 255 + 0.5).astype(np.uint8)[first : first + 8]
 
 
 @pytest.mark.diffusers
@@ -249,3 +249,90 @@ def test_ltx_condition_edit_through_the_api(start_server, tiny: Path) -> None:
         data = http.get(f"/v1/videos/{video['id']}/content", follow_redirects=True).content
     with av.open(io.BytesIO(data)) as container:
         assert sum(1 for _ in container.decode(video=0)) == 24
+
+
+@pytest.mark.diffusers
+def test_ltx_condition_extension_carries_on_from_the_clips_last_frames(
+    tiny: Path, tmp_path: Path
+) -> None:
+    """An extension (`Conditioning.CLIP`): the last frames of the part of the source the
+    output shows condition the run at frame 0, as a video condition of the pipeline; the
+    clip handed back is the frames after them, and a checkpoint resumes to it."""
+    from reelgen.media.decode import read_frames
+
+    from .cog_standin import make_mp4
+
+    model = _condition_model(tiny, steps=6)
+    assert Conditioning.CLIP in model.accepts
+    source = tmp_path / "source.mp4"
+    source.write_bytes(make_mp4(32, 32, 8, 24, audio=False))  # 3 s; the output shows 2
+    spec = dataclasses.replace(SPEC, context_video=source, context_seconds=2)
+    t_unit = model.pipe.vae_temporal_compression_ratio
+    context = (16 - 1) // t_unit * t_unit + 1  # of the 16 frames shown
+    height, width, count = model.geometry(spec)
+    assert count >= context + 8 and count % t_unit == 1
+    tail = model.context(spec, height, width)
+    shown = list(read_frames(source, 32, 32, 16, fps=8))
+    assert len(tail) == context and np.array_equal(np.asarray(tail[-1]), shown[-1])
+    frames = np.stack(list(model.generate(spec, lambda info: None).frames))
+    assert frames.shape == (8, 32, 32, 3)
+    from diffusers.pipelines.ltx.pipeline_ltx_condition import LTXVideoCondition
+
+    whole = LTXVideoCondition(video=tail, frame_index=0, strength=1.0)  # one video condition
+    expected = _condition_pipeline_frames(
+        model, count, first=context, num_inference_steps=6, conditions=[whole]
+    )
+    assert np.array_equal(frames, expected)
+    later = dataclasses.replace(spec, context_seconds=3)  # another ending: another clip
+    assert not np.array_equal(np.stack(list(model.generate(later, lambda i: None).frames)), frames)
+    state = stopped_at(model, spec, 3)
+    resumed = _condition_model(tiny, steps=6).generate(spec, lambda info: None, state)
+    assert np.array_equal(np.stack(list(resumed.frames)), frames)
+
+
+@pytest.mark.diffusers
+def test_ltx_condition_extension_through_the_api(start_server, tiny: Path) -> None:
+    """`POST /v1/videos/extensions` with an uploaded clip, served by an
+    `LTXConditionPipeline` model: the worker hands it the clip to carry on from (no still
+    image), and the output is the source and then the new second."""
+    import io
+
+    import av
+
+    from .cog_standin import make_mp4
+
+    seen: list[GenerationSpec] = []
+
+    def prepare(platform) -> None:
+        model = _condition_model(tiny)
+        model.name = "reference"
+        generate = model.generate
+
+        def spied(spec, on_step, resume_from=None):  # type: ignore[no-untyped-def]
+            seen.append(spec)
+            return generate(spec, on_step, resume_from)
+
+        model.generate = spied  # type: ignore[method-assign]
+        platform.models["reference"] = model
+
+    live = start_server(prepare=prepare)
+    source = make_mp4(64, 64, 24, 48)
+    with live.client() as http:
+        made = http.post(
+            "/v1/videos/extensions",
+            files={"video": ("clip.mp4", source, "video/mp4")},
+            data={"prompt": "the boat sails on", "seconds": "3"},
+        )
+        assert made.status_code == 200, made.text
+        video = live.wait_for(made.json()["id"], timeout=120)
+        assert video["status"] == "completed", video
+        data = http.get(f"/v1/videos/{video['id']}/content", follow_redirects=True).content
+    (spec,) = seen
+    assert spec.context_video is not None and spec.context_seconds == 2
+    assert spec.reference_image is None and spec.seconds == 1
+    with av.open(io.BytesIO(data)) as container:
+        frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+    with av.open(io.BytesIO(source)) as container:
+        before = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+    assert len(frames) == 72
+    assert np.abs(np.stack(frames[:48]).astype(int) - np.stack(before)).mean() < 8

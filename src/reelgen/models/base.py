@@ -29,6 +29,9 @@ class Conditioning(StrEnum):
     video being extended."""
     VIDEO = "video"
     """A clip to edit (`POST /v1/videos/edits`)."""
+    CLIP = "clip"
+    """The end of a video being extended, several frames of it (`context_video`): the new
+    frames carry on its motion, not only its last picture."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +50,11 @@ class GenerationSpec:
     source_video: Path | None = None
     """An edit's source clip, a local MP4 (`Conditioning.VIDEO`): the output keeps its
     motion and layout and changes what the prompt asks; it is read at the spec's size."""
+    context_video: Path | None = None
+    """An extension's source clip, a local MP4 (`Conditioning.CLIP`), of which the output
+    shows the first `context_seconds` (read at the spec's size and rate) before the frames
+    this run makes."""
+    context_seconds: int = 0
     run_id: str = ""
     """Which claim of which job this is (not part of the output): for a service that
     deduplicates retried requests by it."""
@@ -56,10 +64,12 @@ class GenerationSpec:
         return self.seconds * self.fps
 
     def source_sha256(self) -> str | None:
-        """The edit source's hash, for a checkpoint's fingerprint (None: not an edit)."""
-        if self.source_video is None:
+        """The hash of the clip the run reads (an edit's source, an extension's context),
+        for a checkpoint's fingerprint (None: it reads none)."""
+        clip = self.source_video or self.context_video
+        if clip is None:
             return None
-        with self.source_video.open("rb") as f:
+        with clip.open("rb") as f:
             return hashlib.file_digest(f, "sha256").hexdigest()
 
     @classmethod

@@ -74,6 +74,9 @@ class LtxConfig:
     """`LTXConditionPipeline`: noise kept on a conditioning image's latents (motion)."""
     edit_strength: float = 0.7
     """`LTXConditionPipeline`: how much of the schedule an edit runs."""
+    context_frames: int = 17
+    """`LTXConditionPipeline`: how many of a continued video's last frames condition an
+    extension (rounded down to `8k + 1`)."""
 
 
 class LtxModel(PipelineModel[LtxConfig]):
@@ -271,10 +274,13 @@ class LtxModel(PipelineModel[LtxConfig]):
         generator: Any,
         spec: GenerationSpec,
         decoded: threading.Event,
+        first: int = 0,
     ) -> Iterator[np.ndarray]:
+        """The job's frames from the decoded video's frame `first` on (before it: frames of
+        a video being continued, which the worker stitches from the source itself)."""
         video = self.decode(latents, grid, dtype, generator)
         decoded.set()
-        yield from job_frames(video, spec)
+        yield from job_frames(video[first:], spec)
 
     def _fingerprint(self, spec: GenerationSpec, height: int, width: int, frames: int) -> str:
         cfg = self.config

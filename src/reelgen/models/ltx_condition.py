@@ -11,6 +11,10 @@ denoised. A checkpoint holds the latents, the scheduler's state and the generato
 resumed run gives the same video; the mask and coordinates are made again from the job.
 The decode is `LtxModel`'s (the same VAE).
 
+Extensions: the continued video's last frames (`context_frames`, of the part the output
+shows) are a video condition at frame 0, so the run's first frames are theirs and the rest
+carry on their motion; the worker stitches the source and the frames after them.
+
 Edits: the source clip's latents (the VAE's mode, normalized) go in as the pipeline's
 `latents` with `denoise_strength = edit_strength`: the last `edit_strength` of the schedule
 runs from them, mixed with noise at that step's sigma.
@@ -18,9 +22,11 @@ runs from them, mixed with noise at that step's sigma.
 
 from __future__ import annotations
 
+import collections
 import copy
 import functools
 import io
+import math
 import threading
 from typing import Any
 
@@ -35,13 +41,43 @@ from reelgen.models.ltx import SAMPLE_RATE, LtxModel
 class LtxConditionModel(LtxModel):
     """`VideoModel` over a diffusers `LTXConditionPipeline` directory."""
 
-    accepts = frozenset({Conditioning.IMAGE, Conditioning.VIDEO})
+    accepts = frozenset({Conditioning.IMAGE, Conditioning.VIDEO, Conditioning.CLIP})
 
     def pipeline_class(self) -> str:
         return "LTXConditionPipeline"
 
     def num_steps(self, spec: GenerationSpec) -> int:
         return self.config.steps - self._skipped(spec)
+
+    def geometry(self, spec: GenerationSpec) -> tuple[int, int, int]:
+        """As `LtxModel`'s, with an extension's context frames in front of the new ones."""
+        height, width, frames = super().geometry(spec)
+        context = self._context_frames(spec)
+        if context:
+            t_unit = self.pipe.vae_temporal_compression_ratio
+            frames = math.ceil((context + spec.num_frames - 1) / t_unit) * t_unit + 1
+        return height, width, frames
+
+    def _context_frames(self, spec: GenerationSpec) -> int:
+        """How many of the continued video's last frames condition the run (`8k + 1`)."""
+        if spec.context_video is None:
+            return 0
+        t_unit = int(self.pipe.vae_temporal_compression_ratio)
+        shown = spec.context_seconds * spec.fps
+        return (min(self.config.context_frames, shown) - 1) // t_unit * t_unit + 1
+
+    def context(self, spec: GenerationSpec, height: int, width: int) -> list[Any]:
+        """The continued video's last frames (of the part the output shows), at the run's
+        size and the job's rate, as PIL images."""
+        from PIL import Image
+
+        assert spec.context_video is not None
+        count = self._context_frames(spec)
+        shown = spec.context_seconds * spec.fps
+        tail = collections.deque(
+            read_frames(spec.context_video, width, height, shown, fps=spec.fps), maxlen=count
+        )
+        return [Image.fromarray(frame) for frame in tail]
 
     def _skipped(self, spec: GenerationSpec) -> int:
         """Where an edit joins the schedule (0: from pure noise)."""
@@ -84,6 +120,11 @@ class LtxConditionModel(LtxModel):
             image = Image.open(io.BytesIO(spec.reference_image)).convert("RGB")
             pixels = pipe.video_processor.preprocess(image, height, width).unsqueeze(2)
             conditions.append(pixels.to(device, dtype=pipe.vae.dtype))
+        context = self._context_frames(spec)
+        if context:
+            tail = self.context(spec, height, width)
+            clip = pipe.video_processor.preprocess_video(tail, height=height, width=width)
+            conditions.append(clip.to(device, dtype=pipe.vae.dtype))
         scheduler = copy.deepcopy(pipe.scheduler)  # a run's own state (several may share a pipe)
         schedule = linear_quadratic_schedule(cfg.steps) * 1000
         scheduler.set_timesteps(timesteps=schedule, device=device)
@@ -165,7 +206,9 @@ class LtxConditionModel(LtxModel):
             height=spec.height,
             fps=spec.fps,
             num_frames=spec.num_frames,
-            frames=self._decode(latents, grid, embeds.dtype, generator, spec, decoded),
+            frames=self._decode(
+                latents, grid, embeds.dtype, generator, spec, decoded, first=context
+            ),
             audio=np.zeros((2, spec.seconds * SAMPLE_RATE), dtype=np.float32),
             sample_rate=SAMPLE_RATE,
             decoded=decoded,

@@ -106,7 +106,7 @@ def _ltx(name: str, entry: Mapping[str, Any], path: Path | None) -> VideoModel:
              "max_sequence_length", "cost_class", "negative_prompt", "cpu_offload",
              "vae_tiling", "device", "compile", "decode_timestep",
              "decode_noise_scale", "sizes", "max_seconds", "pipeline",
-             "image_cond_noise_scale", "edit_strength"}  # fmt: skip
+             "image_cond_noise_scale", "edit_strength", "context_frames"}  # fmt: skip
     _known_keys(name, entry, known)
     noise = entry.get("decode_noise_scale")
     pipeline = entry.get("pipeline", "image")
@@ -137,6 +137,7 @@ def _ltx(name: str, entry: Mapping[str, Any], path: Path | None) -> VideoModel:
             compile=bool(entry.get("compile", False)),
             condition=pipeline == "condition",
             image_cond_noise_scale=float(entry.get("image_cond_noise_scale", 0.15)),
+            context_frames=max(1, int(entry.get("context_frames", 17))),
             edit_strength=_edit_strength(name, entry),
             **_shape(name, entry),
         ),

@@ -383,6 +383,8 @@ def _check_inputs(
         needs, what = Conditioning.VIDEO, "edit videos"
     elif operation is Operation.EXTEND:
         needs, what = Conditioning.IMAGE, "continue videos (it takes no image to start from)"
+        if Conditioning.CLIP in adapter.accepts:
+            needs = Conditioning.CLIP
     elif image:
         needs, what, param = Conditioning.IMAGE, "take a reference image", "input_reference"
     if needs is not None and needs not in adapter.accepts:

@@ -38,7 +38,7 @@ from reelgen.domain.jobs import (
 from reelgen.domain.spec import Operation
 from reelgen.media.decode import ending, read_audio, read_frames
 from reelgen.media.encode import encode_clip
-from reelgen.models.base import Clip, GenerationSpec, StepInfo, VideoModel
+from reelgen.models.base import Clip, Conditioning, GenerationSpec, StepInfo, VideoModel
 from reelgen.platform import WorkerContext
 from reelgen.safety.classifiers import ClassifierUnavailable
 from reelgen.safety.output import FrameSampler
@@ -574,15 +574,16 @@ class _JobRun:
         if self.keeper.cancelled.is_set():
             raise CancelledByUser
 
-    def spec(self) -> GenerationSpec:
+    def spec(self, model: VideoModel) -> GenerationSpec:
         """What the model makes: the job's clip; for an extension only its new part,
-        conditioned on the last frame of the video it continues; for an edit, the job's
-        clip from the video it changes."""
+        conditioned on the end of the video it continues (its last frames for a model that
+        takes them, else its last frame); for an edit, the job's clip from the video it
+        changes."""
         run_id = f"{self.job.id}:{self.token}"  # unique per claim (a handed-back job's
         # next claim reuses its attempt number)
         operation = self.job.spec.operation
         if operation is Operation.EXTEND:
-            return self._extension_spec(run_id)
+            return self._extension_spec(run_id, Conditioning.CLIP in model.accepts)
         if operation is Operation.EDIT:
             spec = GenerationSpec.of(self.job.spec, run_id=run_id)
             return dataclasses.replace(spec, source_video=self._fetch_source())
@@ -606,15 +607,21 @@ class _JobRun:
         path.write_bytes(self.p.objects.get(key))
         return path
 
-    def _extension_spec(self, run_id: str) -> GenerationSpec:
+    def _extension_spec(self, run_id: str, clip: bool) -> GenerationSpec:
         path = self._fetch_source()
         end = ending(path)
         parent_id = self.job.spec.parent_id
         parent = self.p.jobs.get(parent_id) if parent_id is not None else None
         seconds = parent.spec.seconds if parent is not None else end.seconds
         self.source = (path, seconds)
+        new_part = self.job.spec.seconds - seconds
+        if clip:
+            spec = GenerationSpec.of(self.job.spec, run_id=run_id)
+            return dataclasses.replace(
+                spec, seconds=new_part, context_video=path, context_seconds=seconds
+            )
         spec = GenerationSpec.of(self.job.spec, end.png(), run_id=run_id)
-        return dataclasses.replace(spec, seconds=self.job.spec.seconds - seconds)
+        return dataclasses.replace(spec, seconds=new_part)
 
     def _stitched(self, clip: Clip) -> Clip:
         """The source video's frames and sound, then the new part's."""
@@ -698,7 +705,7 @@ class _JobRun:
     def generate(self) -> tuple[Clip, bool]:
         """The model's steps (from the checkpoint when there is one)."""
         model = self.worker.model_for(self.job)
-        spec = self.spec()
+        spec = self.spec(model)
         self.total = model.num_steps(spec)
         start_step = self.job.checkpoint_step if self.job.checkpoint_key else 0
         self.report(
