@@ -115,8 +115,10 @@ def make_fleet(root: Path, database_url: str, **settings: str) -> Fleet:
         "REELGEN_PAID_MAX_PER_DAY": "100000",
         **settings,
     }
-    keys = {
-        k.removeprefix("REELGEN_").lower(): v for k, v in env.items() if k.startswith("REELGEN_")
+    keys = {  # JSON values as the environment source would read them
+        k.removeprefix("REELGEN_").lower(): json.loads(v) if v[:1] in ("{", "[") else v
+        for k, v in env.items()
+        if k.startswith("REELGEN_")
     }
     platform = build_api(Settings(**keys))  # type: ignore[arg-type]
     key = create_key(platform, user_name="fleet-tester", tier=Tier.PAID)

@@ -261,3 +261,37 @@ def test_worker_logs_are_json_with_job_and_attempt(fleet: Fleet) -> None:
     wait_until(lambda: worker.logged("completed"), 10, "the log line")
     about_job = [e for e in worker.lines() if e.get("job_id") == job.id]
     assert about_job and all(e["attempt"] == 1 for e in about_job)
+
+
+def test_one_worker_process_serves_two_models(tmp_path: Path, pg_url: str) -> None:
+    """`reelgen worker --model reference --model cog-remote`: one real worker process serves
+    the reference model and a model behind a Cog service; jobs of both complete on it, it
+    reports what it holds, and its log tells each switch."""
+    import json as jsonlib
+
+    from .cog_standin import CogStandIn
+
+    standin = CogStandIn(step_s=0.02, steps=4)
+    try:
+        remote = {"cog-remote": {"url": standin.url, "steps": 4, "polling": True}}
+        fleet = make_fleet(tmp_path, pg_url, REELGEN_REMOTE_MODELS=jsonlib.dumps(remote))
+        try:
+            fleet.spawn("controller")
+            worker = fleet.spawn("worker", "--model", "reference", "--model", "cog-remote")
+            done = []
+            for model in ["cog-remote", "reference", "cog-remote"]:
+                job = fleet.submit(f"a lantern for {model}", model=model, seed=3)
+                wait_until(lambda j=job: fleet.job(j.id).status.is_terminal, 60, f"{model} job")
+                done.append(fleet.job(job.id))
+            assert [j.status for j in done] == [Status.COMPLETED] * 3, [
+                j.error_message for j in done
+            ]
+            (row,) = fleet.platform.jobs.live_workers()
+            assert row.holds == ("cog-remote", "reference") and row.model == "reference"
+            switches = [e for e in worker.lines() if str(e.get("msg", "")).startswith("switched")]
+            assert len(switches) == 3
+        finally:
+            fleet.stop_all()
+            fleet.platform.close()
+    finally:
+        standin.close()
