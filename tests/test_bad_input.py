@@ -231,6 +231,13 @@ def test_a_size_or_length_the_model_does_not_make_is_refused(start_server) -> No
         )
         body = _error(edit)
         assert body["code"] == "unsupported_size" and body["param"] == "video"
+        extension = http.post(  # the size is the upload's too
+            "/v1/videos/extensions",
+            files={"video": ("c.mp4", make_mp4(256, 144, 24, 24), "video/mp4")},
+            data={"prompt": "on", "seconds": "2"},
+        )
+        body = _error(extension)
+        assert body["code"] == "unsupported_size" and body["param"] == "video"
         _assert_nothing_stored(live)
         too_long = http.post(
             "/v1/videos/extensions", files=upload, data={"prompt": "on", "seconds": "5"}

@@ -144,6 +144,11 @@ def test_ltx_condition_registry_entry_builds_without_torch() -> None:
     assert isinstance(model, LtxConditionModel) and model.num_steps(SPEC) == 40
     assert model.accepts == {Conditioning.IMAGE, Conditioning.VIDEO, Conditioning.CLIP}
     assert model.pipeline_class() == "LTXConditionPipeline"
+    wide = GenerationSpec(prompt="x", seconds=2, width=832, height=480, seed=1, fps=24)
+    continued = dataclasses.replace(wide, context_video=Path("src.mp4"), context_seconds=4)
+    assert model.estimate_seconds(continued) == pytest.approx(
+        model.estimate_seconds(wide) * (48 + 17) / 48
+    )  # the context frames run too
 
 
 def _condition_model(path: Path, steps: int = 4) -> Any:

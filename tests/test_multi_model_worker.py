@@ -114,6 +114,47 @@ def test_one_worker_switches_between_the_models_it_serves(start_server) -> None:
         assert job is not None and job.status is Status.COMPLETED
 
 
+def test_a_failed_switch_hands_the_job_back_and_the_worker_goes_on_without_that_model(
+    start_server,
+) -> None:
+    log: list[tuple[str, str, str]] = []
+    on_device: set[str] = set()
+
+    class Broken(Tracked):
+        def load(self) -> None:
+            if any(what == "park" for what, name, _ in log if name == self.name):
+                raise MemoryError("out of device memory")  # the switch back fails
+            super().load()
+
+    def prepare(platform) -> None:
+        platform.models["reference"] = Tracked("reference", log, on_device)
+        platform.models["reference-b"] = Broken("reference-b", log, on_device)
+
+    live = start_server(prepare=prepare, serves=("reference", "reference-b"))
+    worker = live.workers[0]
+    body = {"prompt": "a paper boat on a pond", "seconds": "1", "size": "64x64"}
+    with live.client() as http:
+        stuck = http.post("/v1/videos", json={**body, "model": "reference-b"}).json()["id"]
+        deadline = time.monotonic() + 30
+        while not any(e.kind == "released" for e in live.platform.jobs.events_after(stuck)):
+            assert time.monotonic() < deadline, "the job was not handed back"
+            time.sleep(0.05)
+        served = http.post("/v1/videos", json=body).json()["id"]
+        assert live.wait_for(served)["status"] == "completed"
+        time.sleep(0.5)
+        assert http.get(f"/v1/videos/{stuck}").json()["status"] == "queued"
+    reasons = [
+        e.payload.reason for e in live.platform.jobs.events_after(stuck) if e.kind == "released"
+    ]
+    # Given again before the dispatcher read the worker's row anew, it hands it back again.
+    assert reasons[0] == "model_switch_failed" and set(reasons[1:]) <= {"model_not_served"}
+    assert len(reasons) <= 5, reasons
+    assert worker.loaded == "reference" and "reference" in on_device
+    row = next(w for w in live.platform.jobs.live_workers() if w.id == worker.id)
+    assert row.holds == ("reference",)
+    assert not [entry for entry in log if entry[0] == "run" and entry[1] == "reference-b"]
+
+
 def test_a_job_for_a_model_the_worker_does_not_serve_waits(start_server) -> None:
     log: list[tuple[str, str, str]] = []
     on_device: set[str] = set()
@@ -143,3 +184,5 @@ def test_worker_cli_pairs_each_model_with_its_path(tmp_path: Path) -> None:
     assert "1 paths for 2 models" in result.output
     result = runner.invoke(app, ["worker", "--model", "reference", "--model", "reference"], env=env)
     assert result.exit_code == 2 and "a model is named twice" in result.output
+    result = runner.invoke(app, args, env=env)  # two models, one REELGEN_MODEL_PATH
+    assert result.exit_code == 2 and "give one --model-path per --model" in result.output

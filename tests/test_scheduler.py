@@ -260,7 +260,7 @@ def test_a_switch_happens_when_nobody_holds_the_model_and_its_own_keeps_a_holder
 def test_the_only_holder_of_its_model_weighs_both_backlogs_before_switching() -> None:
     """One worker serving two models, their jobs arriving in turn: it does not switch for
     every job (each switch would leave its own model with nobody and pay for it again),
-    only when the other model's backlog outweighs its own by the payback."""
+    but serves its own model's queue first."""
     s = build([], [worker("w", models=("x", "y"), loaded="x")], switch_payback=10.0)
     drive = Drive(s)
     for k in range(8):
@@ -270,6 +270,22 @@ def test_the_only_holder_of_its_model_weighs_both_backlogs_before_switching() ->
     models = [drive.jobs[j].model for j in drive.order]
     assert len(models) == 8
     assert sum(a != b for a, b in itertools.pairwise(models)) == 1  # x first, then y
+
+
+@pytest.mark.parametrize("tier", [Tier.PAID, Tier.FREE])
+def test_the_only_holder_switches_for_a_job_past_its_wait_target(tier: Tier) -> None:
+    """A steady backlog of the loaded model does not hold back the other model's job past
+    its tier's wait target, paid (no aging moves it up) or free."""
+    s = build([], [worker("w", models=("x", "y"), loaded="x")], switch_payback=10.0)
+    drive = Drive(s)
+    target = s.config.target(tier)
+    waiting = job(model="y", user="late", tier=tier, seconds=10.0, at=0.0)
+    drive.submit(waiting)
+    for k in range(400):  # x jobs for far longer than the wait target
+        drive.submit(job(model="x", user=f"u{k}", tier=tier, seconds=10.0, at=k / 4))
+    drive.run(until=4 * target)
+    assert waiting.id in drive.started_at
+    assert drive.started_at[waiting.id] <= target + 10.0  # the x job running then ends
 
 
 def test_a_job_goes_to_the_idle_worker_that_holds_its_model() -> None:

@@ -114,6 +114,14 @@ def worker(
     for path in paths:
         if not path.is_dir():
             raise typer.BadParameter(f"{path} is not a directory", param_hint="--model-path")
+    from reelgen.models.registry import needs_weights
+
+    weighted = [name for name in names if needs_weights(name, settings)]
+    if len(weighted) > 1 and not paths:
+        raise typer.BadParameter(
+            f"{', '.join(weighted)} each need their weights: give one --model-path per --model",
+            param_hint="--model-path",
+        )
     chosen: list[Path | None] = list(paths) or [None] * len(names)
     pairs = list(zip(names, chosen, strict=True))
     run_worker(settings, models=pairs, gpu=gpu, metrics_port=metrics_port)

@@ -51,6 +51,8 @@ FINAL_KINDS = frozenset(
     }
 )
 """After these a job never runs again: no need to read its row."""
+MODELS_CHANGED = frozenset({ev.SWITCH_FAILED, ev.NOT_SERVED})
+"""Hand-back reasons that mean the worker serves other models than the dispatcher thought."""
 
 
 def policy_config(settings: Settings) -> PolicyConfig:
@@ -198,10 +200,16 @@ class Dispatcher:
     def _follow_events(self, now: float) -> None:
         jobs = self.platform.jobs
         touched: dict[str, None] = {}
+        changed: set[str] = set()
+        """Workers whose models changed (a job handed back for a failed switch)."""
         while True:
             page = jobs.read_events(self._cursor, limit=1000)
             for event in page:
                 kind, job_id = event.kind, event.job_id
+                payload = event.payload
+                if isinstance(payload, ev.Released) and payload.reason in MODELS_CHANGED:
+                    run = self.policy.running.get(job_id)
+                    changed.update(run.workers if run is not None else ())
                 if kind is ev.EventKind.CHECKPOINT:
                     self.policy.checkpointed(job_id, event.at)
                 elif kind is ev.EventKind.STAGE:
@@ -219,11 +227,14 @@ class Dispatcher:
                 self._cursor = page[-1].cursor
             if len(page) < 1000:
                 break
-        if not touched:
-            return
-        rows = jobs.scheduling_rows(list(touched))
-        for job_id in touched:
-            self._reconcile(job_id, rows.get(job_id), now)
+        if touched:
+            rows = jobs.scheduling_rows(list(touched))
+            for job_id in touched:
+                self._reconcile(job_id, rows.get(job_id), now)
+        if changed:  # idle again now: their rows say what they serve
+            for row in jobs.live_workers():
+                if row.id in changed and self.policy.is_idle(row.id):
+                    self.policy.add_worker(worker_view(row))
 
     def _claimed_as_assigned(self, job_id: str, started: ev.Payload) -> bool:
         """A `started` event that only confirms this dispatcher's assignment."""
@@ -321,8 +332,14 @@ class Dispatcher:
             if not busy and (gone or row.heartbeat_at < now - self.config.worker_alive_s):
                 continue
             seen.add(row.id)
-            if row.id not in self.policy.workers:
-                self.policy.add_worker(worker_view(row))
+            known = self.policy.workers.get(row.id)
+            view = worker_view(row)
+            # A worker that stopped serving a model (a failed switch) says so in its row;
+            # an idle one's row also has the truth about what is on its device.
+            if known is None or (
+                not busy and (known.models != view.models or known.loaded != view.loaded)
+            ):
+                self.policy.add_worker(view)
         for worker_id in [w for w in self.policy.workers if w not in seen]:
             self._drop_worker(worker_id, now)
 

@@ -73,6 +73,8 @@ class PreemptRequested:
 
 PREEMPTED = "preempted"
 SHUTDOWN = "worker_shutdown"
+SWITCH_FAILED = "model_switch_failed"
+NOT_SERVED = "model_not_served"
 """The reasons a worker hands a job back (`Released.reason`)."""
 
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import collections
 import copy
+import dataclasses
 import functools
 import io
 import math
@@ -48,6 +49,14 @@ class LtxConditionModel(LtxModel):
 
     def num_steps(self, spec: GenerationSpec) -> int:
         return self.config.steps - self._skipped(spec)
+
+    def estimate_seconds(self, spec: GenerationSpec) -> float:
+        """As `LtxModel`'s, with an extension's context frames, which the run makes too."""
+        if spec.context_video is None:
+            return super().estimate_seconds(spec)
+        made = super().estimate_seconds(dataclasses.replace(spec, context_video=None))
+        context = min(self.config.context_frames, spec.context_seconds * spec.fps)
+        return made * (spec.num_frames + context) / max(1, spec.num_frames)
 
     def geometry(self, spec: GenerationSpec) -> tuple[int, int, int]:
         """As `LtxModel`'s, with an extension's context frames in front of the new ones."""

@@ -42,6 +42,17 @@ def served(settings: Settings) -> tuple[str, ...]:
     return tuple(name for name in available(settings) if name in wanted)
 
 
+def needs_weights(name: str, settings: Settings) -> bool:
+    """Whether the adapter loads weights from a directory (not the reference renderer, not
+    a remote service)."""
+    entry = registry().get(name)
+    return (
+        name not in settings.remote_models
+        and entry is not None
+        and (entry["adapter"] != "reference")
+    )
+
+
 def build_model(name: str, settings: Settings, *, path: Path | None = None) -> VideoModel:
     """The adapter for `name`, unloaded; `path`: its weights (default REELGEN_MODEL_PATH)."""
     remote = settings.remote_models.get(name)

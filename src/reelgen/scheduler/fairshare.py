@@ -22,7 +22,8 @@ How it orders work (`Order.FAIR`, the default):
 - **Model affinity.** A worker keeps serving the model on its GPU; it switches to another
   model of the same tier only when that model's backlog per worker holding it pays for the
   switch (`switch_payback` GPU-seconds of backlog per second of loading), or nobody holds it;
-  never away from a model it alone holds while that model has work (an overdue job aside).
+  away from a model it alone holds while that model has work only for a job past its wait
+  target.
 - **Gangs.** A job over k GPUs starts only when k GPUs of one host are free. When it is
   next and no host has them, it reserves the host that frees them soonest (one gang per
   host, so two half-placed gangs can never wait on each other); the reserved host's idle
@@ -772,7 +773,7 @@ class Scheduler:
             and job.model != worker.loaded
             and key[0] > 0  # an overdue job is worth any switch
             and loaded_best[1].tier is job.tier
-            and not self._switch_pays(job.model, worker)
+            and not self._switch_pays(job, worker, now)
         ):
             return loaded_best[1]
         return job
@@ -897,23 +898,24 @@ class Scheduler:
     def _under_cap(self, job: QueuedJob) -> bool:
         return self._user_running[(job.tier, job.user)] < self._caps[job.tier]
 
-    def _switch_pays(self, model: str, worker: WorkerView) -> bool:
-        """Whether `model` is short of workers compared with the one `worker` holds: nobody
-        holds it, or its backlog per holder exceeds that of `worker`'s model by the switch's
-        payback. Never when `worker` is the only holder of its own model (that model would
-        be left with nobody, and the next worker to look would switch back): it moves on
-        once its own model's queue is empty, or for an overdue job."""
+    def _switch_pays(self, job: QueuedJob, worker: WorkerView, now: float) -> bool:
+        """Whether `job`'s model is short of workers compared with the one `worker` holds:
+        nobody holds it, or its backlog per holder exceeds that of `worker`'s model by the
+        switch's payback. A worker that is the only holder of its model does not switch
+        for that (its model would be left with nobody, and the next worker to look would
+        switch back: a switch per job), only once `job` has waited its tier's wait target
+        (the first tier's too, which no aging moves up)."""
         mine = worker.loaded
         if mine is None:
             return True
         mine_holders = self._holders[mine]
         if mine_holders <= 1:
-            return False
-        holders = self._holders[model]
+            return self._overdue(job, now) >= 1.0
+        holders = self._holders[job.model]
         if holders <= 0:
             return True
         own = self.backlog_seconds(mine) / mine_holders
-        theirs = self.backlog_seconds(model) / holders
+        theirs = self.backlog_seconds(job.model) / holders
         return theirs - own >= self.config.switch_payback * worker.load_s
 
     def _batch_mates(self, job: QueuedJob) -> list[QueuedJob]:

@@ -289,7 +289,7 @@ def _prepare(
     made_s = spec.seconds
     if operation is Operation.EXTEND and continued_s is not None:  # only the new part is made
         made_s = spec.seconds - continued_s
-    _check_shape(platform, spec, req.model, made_s, operation)
+    _check_shape(platform, spec, req.model, made_s, operation, uploaded=source_video is not None)
     job_id = f"video_{raw[:16].hex()}"
     reference_key = keys.reference(job_id) if image is not None else None
     spec = dataclasses.replace(
@@ -306,6 +306,10 @@ def _prepare(
     cost_view = GenerationSpec.of(spec)
     if made_s != spec.seconds:
         cost_view = dataclasses.replace(cost_view, seconds=made_s)
+    if continued_s is not None and Conditioning.CLIP in model.accepts:
+        cost_view = dataclasses.replace(  # the source's last frames run too; no file is read
+            cost_view, context_video=Path(keys.source_video(job_id)), context_seconds=continued_s
+        )
     if operation is Operation.EDIT:  # an edit's step count; estimates read no file
         cost_view = dataclasses.replace(cost_view, source_video=Path(keys.source_video(job_id)))
     estimated_s = model.estimate_seconds(cost_view)
@@ -341,13 +345,19 @@ def _prepare(
 
 
 def _check_shape(
-    platform: ApiContext, spec: JobSpec, requested: str | None, made_s: int, operation: Operation
+    platform: ApiContext,
+    spec: JobSpec,
+    requested: str | None,
+    made_s: int,
+    operation: Operation,
+    *,
+    uploaded: bool,
 ) -> None:
     """Refuses a size the model does not make, and a clip longer than it makes in one run
-    (an extension: the part it adds)."""
+    (an extension: the part it adds). `uploaded`: the size is an uploaded video's."""
     adapter = platform.models[spec.model]
     name = requested or spec.model
-    param = "video" if operation is Operation.EDIT else "size"
+    param = "video" if uploaded or operation is Operation.EDIT else "size"
     if spec.size not in adapter.sizes:
         able = sorted(n for n, m in platform.models.items() if spec.size in m.sizes)
         hint = f" Models that make it: {', '.join(able)}." if able else ""

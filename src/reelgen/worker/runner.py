@@ -106,7 +106,8 @@ class Worker:
 
     def __init__(self, platform: WorkerContext, *, worker_id: str | None = None):
         self.platform = platform
-        self.models = platform.models
+        self.models = dict(platform.models)
+        """What it serves; a model it fails to switch to leaves it."""
         self.loaded = next(iter(platform.models))
         """The model on the device."""
         self.label = "+".join(platform.models)
@@ -223,22 +224,37 @@ class Worker:
 
     def model_for(self, job: Job) -> VideoModel:
         """The job's model, on the device: switching parks the one there. The finishing
-        clip's decode needs its model's VAE, so a switch waits until its frames are read."""
+        clip's decode needs its model's VAE, so a switch waits until its frames are read.
+        A switch that fails hands the job back, and the worker serves that model no more
+        (its `holds` say so, and the dispatcher reads them again)."""
+        p = self.platform
+        ctx: dict[str, object] = {"job_id": job.id, "worker_id": self.id}
         model = self.models.get(job.model)
-        if model is None:
-            raise RuntimeError(f"this worker serves {', '.join(self.models)}, not {job.model}")
+        if model is None:  # it stopped serving it, and the dispatcher has not seen that yet
+            log.warning("given a job for %s, which it does not serve", job.model, extra=ctx)
+            raise HandBack(ev.NOT_SERVED)
         if job.model == self.loaded:
             return model
         self._decoded.wait()  # the clip's encode, output check and upload go on
-        p = self.platform
-        ctx: dict[str, object] = {"job_id": job.id, "worker_id": self.id}
         began = time.monotonic()
         self.models[self.loaded].park()
         try:
             model.load()
-        except Exception:
-            self.models[self.loaded].load()  # the worker goes on with what it had
-            raise
+        except Exception as exc:
+            log.exception("could not switch to %s; no longer serving it", job.model, extra=ctx)
+            del self.models[job.model]  # the worker goes on with what it had, without it
+            try:
+                self.models[self.loaded].load()
+            except Exception:
+                log.exception("could not load %s again either; stopping", self.loaded, extra=ctx)
+                self.stop.set()  # drains: what it holds goes back to the queue
+                raise HandBack(ev.SWITCH_FAILED) from exc
+            holds = self.holds()
+            try:
+                patiently(lambda: p.jobs.report_holds(self.id, holds), what="reporting", ctx=ctx)
+            except Unavailable as unreachable:
+                log.warning("could not record it: %s", unreachable.message, extra=ctx)
+            raise HandBack(ev.SWITCH_FAILED) from exc
         took = time.monotonic() - began
         p.metrics.model_switches.labels(self.loaded, job.model).inc()
         p.metrics.model_switch_seconds.observe(took)
