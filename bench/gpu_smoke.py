@@ -84,9 +84,19 @@ def measure_switch(model: Timed) -> dict[str, float]:
         call()
         model._sync()
         timings[what] = time.monotonic() - started
+        timings[f"device GB after {what.removesuffix(' s')}"] = _device_gb(model.device)
     host = model._host
     timings["GB"] = sum(t.numel() * t.element_size() for t in host.hosts) / 1e9 if host else 0.0
     return timings
+
+
+def _device_gb(device: str) -> float:
+    """Memory the tensors on the device hold (0 on the CPU)."""
+    if not device.startswith("cuda"):
+        return 0.0
+    import torch
+
+    return float(torch.cuda.memory_allocated()) / 1e9
 
 
 def sample_gpu(stop: threading.Event, out: list[int]) -> None:
@@ -171,8 +181,16 @@ def main() -> int:
             fmt(switch["park s"], 3),
         ]
     ]
+    parked, loaded = switch["device GB after park"], switch["device GB after load again"]
     checks = [
         Check("jobs completed", float(completed), "jobs", f"{args.jobs}", completed == args.jobs),
+        Check(
+            "device memory a parked model leaves",
+            parked,
+            "GB",
+            f"<= 10 % of loaded ({fmt(loaded, 2)} GB)",
+            parked <= 0.1 * loaded if device == "cuda" else None,
+        ),
         Check(
             "device busy between the first and last step", 100 * busy, "%", ">= 98 %", busy >= 0.98
         ),
