@@ -100,7 +100,6 @@ def worker(
     """Run one worker (one per accelerator); SIGTERM drains it."""
     from reelgen.fleet import run_worker
 
-    configure_logging("worker")
     settings = _settings(data_dir)
     names = model or [settings.default_model]
     paths = model_path or []
@@ -124,6 +123,7 @@ def worker(
         )
     chosen: list[Path | None] = list(paths) or [None] * len(names)
     pairs = list(zip(names, chosen, strict=True))
+    configure_logging("worker")  # after the checks: a refusal only prints its message
     run_worker(settings, models=pairs, gpu=gpu, metrics_port=metrics_port)
 
 
