@@ -285,3 +285,19 @@ def source_seed(live, video_id: str) -> int:
     job = live.platform.jobs.get(video_id)
     assert job is not None
     return job.spec.seed
+
+
+def test_models_list_and_retrieve_say_what_each_model_makes(sdk: openai.OpenAI) -> None:
+    """`models.list` / `models.retrieve` of the official SDK: every public name, the
+    adapter it runs on, and the sizes, length and inputs it takes."""
+    listed = {m.id: m for m in sdk.models.list()}
+    assert {"reference", "sora-2", "sora-2-pro"} <= set(listed)
+    reference = listed["reference"]
+    assert reference.object == "model" and reference.owned_by == "reelgen"
+    extra = reference.model_extra or {}
+    assert extra["adapter"] == "reference" and extra["max_seconds"] == 20
+    assert "1280x720" in extra["sizes"] and extra["accepts"] == ["image", "video"]
+    dated = sdk.models.retrieve("sora-2-2025-10-06")
+    assert dated.id == "sora-2-2025-10-06" and (dated.model_extra or {})["adapter"] == "reference"
+    with pytest.raises(openai.NotFoundError, match="No model named"):
+        sdk.models.retrieve("no-such-model")

@@ -11,7 +11,7 @@ from fastapi import FastAPI
 
 from reelgen.api import errors
 from reelgen.api.progress import ProgressHub
-from reelgen.api.routes import admin, files, health, metrics, videos
+from reelgen.api.routes import admin, files, health, metrics, models, videos
 from reelgen.platform import ApiContext
 
 log = logging.getLogger("reelgen.api")
@@ -39,6 +39,7 @@ def create_app(platform: ApiContext) -> FastAPI:
     app.state.progress = hub
     errors.install(app)
     app.include_router(videos.router)
+    app.include_router(models.router)
     app.include_router(files.router)
     app.include_router(health.router)
     app.include_router(metrics.router)
