@@ -1,5 +1,5 @@
 """Small builders shared by tests: images, PNG bombs, decoding outputs, a model run stopped
-at a step."""
+at a step, an edit through the API."""
 
 from __future__ import annotations
 
@@ -60,3 +60,31 @@ def stopped_at(model: Any, spec: Any, step: int) -> bytes:
     except Stopped:
         return saved[0]
     raise AssertionError(f"the run ended before step {step}")
+
+
+def edited_through_the_api(start_server: Any, model: Any) -> int:
+    """Serves `model` as the test server's model, edits an uploaded 1 s clip at its rate
+    through `POST /v1/videos/edits`, checks the edit completed at the clip's size and
+    length, and returns how many frames its MP4 has."""
+    import av
+
+    from .cog_standin import make_mp4
+
+    def prepare(platform: Any) -> None:
+        model.name = "reference"
+        platform.models["reference"] = model
+
+    live = start_server(prepare=prepare)
+    with live.client() as http:
+        made = http.post(
+            "/v1/videos/edits",
+            files={"video": ("clip.mp4", make_mp4(64, 64, model.fps, model.fps), "video/mp4")},
+            data={"prompt": "the same boat at night"},
+        )
+        assert made.status_code == 200, made.text
+        video = live.wait_for(made.json()["id"], timeout=120)
+        assert video["status"] == "completed", video
+        assert (video["size"], video["seconds"]) == ("64x64", "1")
+        data = http.get(f"/v1/videos/{video['id']}/content", follow_redirects=True).content
+    with av.open(io.BytesIO(data)) as container:
+        return sum(1 for _ in container.decode(video=0))

@@ -17,7 +17,7 @@ from reelgen.models.registry import build_model, served
 from reelgen.models.wan import WanConfig, WanModel
 from reelgen.settings import Settings
 
-from .helpers import picture, stopped_at
+from .helpers import edited_through_the_api, picture, stopped_at
 
 SPEC = GenerationSpec(prompt="a red boat on the sea", seconds=1, width=32, height=32, seed=5, fps=8)
 
@@ -293,31 +293,7 @@ def test_wan_edit_own_loop_gives_the_video_to_video_pipelines_video(
 def test_wan_edit_through_the_api(start_server, tiny: Path) -> None:
     """`POST /v1/videos/edits` with an uploaded clip, served by text-to-video Wan: the edit
     keeps the clip's length and size."""
-    import io
-
-    import av
-
-    from .cog_standin import make_mp4
-
-    def prepare(platform) -> None:
-        model = _model(tiny, steps=4)
-        model.name = "reference"
-        platform.models["reference"] = model
-
-    live = start_server(prepare=prepare)
-    with live.client() as http:
-        made = http.post(
-            "/v1/videos/edits",
-            files={"video": ("clip.mp4", make_mp4(64, 64, 16, 16), "video/mp4")},
-            data={"prompt": "the same boat at night"},
-        )
-        assert made.status_code == 200, made.text
-        video = live.wait_for(made.json()["id"], timeout=120)
-        assert video["status"] == "completed", video
-        assert (video["size"], video["seconds"]) == ("64x64", "1")
-        data = http.get(f"/v1/videos/{video['id']}/content", follow_redirects=True).content
-    with av.open(io.BytesIO(data)) as container:
-        assert sum(1 for _ in container.decode(video=0)) == 16
+    assert edited_through_the_api(start_server, _model(tiny, steps=4)) == 16
 
 
 @pytest.mark.diffusers

@@ -39,11 +39,10 @@ from typing import Any, Literal
 import numpy as np
 
 from reelgen.domain.jobs import MAX_SECONDS, SIZES
-from reelgen.media.decode import read_frames
 from reelgen.models.base import Clip, Conditioning, GenerationSpec, StepCallback, StepInfo
 from reelgen.models.diffusers_shared import (
     PipelineModel,
-    edit_start,
+    clip_pixels,
     job_frames,
     restore,
     rounded,
@@ -95,15 +94,6 @@ class CogVideoXModel(PipelineModel[CogVideoXConfig]):
             self.accepts = self.requires = frozenset({Conditioning.IMAGE})
         else:
             self.accepts = frozenset({Conditioning.VIDEO})
-
-    def num_steps(self, spec: GenerationSpec) -> int:
-        return self.config.steps - self._skipped(spec)
-
-    def _skipped(self, spec: GenerationSpec) -> int:
-        """Where an edit joins the schedule (0: from pure noise)."""
-        if spec.source_video is None:
-            return 0
-        return edit_start(self.config.steps, self.config.edit_strength)
 
     def pipeline_class(self) -> str:
         return "CogVideoXPipeline" if self.config.task == "t2v" else "CogVideoXImageToVideoPipeline"
@@ -246,16 +236,11 @@ class CogVideoXModel(PipelineModel[CogVideoXConfig]):
             retrieve_latents,
         )
         from diffusers.utils.torch_utils import randn_tensor
-        from PIL import Image
 
         assert spec.source_video is not None
         pipe, (height, width, frames) = self.pipe, size
         device, dtype = pipe._execution_device, pipe.text_encoder.dtype  # the embeddings'
-        source = [
-            Image.fromarray(frame)
-            for frame in read_frames(spec.source_video, width, height, frames, fps=spec.fps)
-        ]
-        video = pipe.video_processor.preprocess_video(source, height=height, width=width)
+        video = clip_pixels(pipe, spec.source_video, height, width, frames, spec.fps)
         encoded = retrieve_latents(pipe.vae.encode(video.to(device, dtype=dtype)), generator)
         encoded = pipe.vae_scaling_factor_image * encoded.to(dtype).permute(0, 2, 1, 3, 4)
         noise = randn_tensor(encoded.shape, generator=generator, device=device, dtype=dtype)

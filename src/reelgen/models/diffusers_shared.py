@@ -47,6 +47,8 @@ class PipelineSettings(Protocol):
     def sizes(self) -> frozenset[str]: ...
     @property
     def max_seconds(self) -> int: ...
+    @property
+    def edit_strength(self) -> float: ...
 
 
 C = TypeVar("C", bound=PipelineSettings)
@@ -117,7 +119,14 @@ class PipelineModel(Generic[C]):
             self._parked = True
 
     def num_steps(self, spec: GenerationSpec) -> int:
-        return self.config.steps
+        return self.config.steps - self._skipped(spec)
+
+    def _skipped(self, spec: GenerationSpec) -> int:
+        """Where an edit joins the schedule (0: from pure noise); it runs one step at least.
+        Only adapters that accept `Conditioning.VIDEO` are given a source clip."""
+        if spec.source_video is None:
+            return 0
+        return edit_start(self.config.steps, self.config.edit_strength)
 
     def estimate_seconds(self, spec: GenerationSpec) -> float:
         cost, steps = self.config.cost, self.num_steps(spec)
@@ -309,6 +318,17 @@ def job_frames(video: np.ndarray, spec: GenerationSpec) -> Iterator[np.ndarray]:
             )
             rgb = np.asarray(resized)
         yield rgb
+
+
+def clip_pixels(pipe: Any, path: Path, height: int, width: int, frames: int, fps: int) -> Any:
+    """A clip as a pipeline's video processor prepares one: `frames` frames read at `fps`
+    and this size (the last repeated when it is shorter), (1, C, F, H, W) in [-1, 1]."""
+    from PIL import Image
+
+    from reelgen.media.decode import read_frames
+
+    clip = [Image.fromarray(f) for f in read_frames(path, width, height, frames, fps=fps)]
+    return pipe.video_processor.preprocess_video(clip, height=height, width=width)
 
 
 def edit_start(steps: int, strength: float) -> int:

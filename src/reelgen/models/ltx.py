@@ -115,18 +115,7 @@ class LtxModel(PipelineModel[LtxConfig]):
             from PIL import Image
 
             image = Image.open(io.BytesIO(spec.reference_image)).convert("RGB")
-        with self._device, torch.no_grad():
-            embeds, mask, negative, negative_mask = pipe.encode_prompt(
-                prompt=spec.prompt,
-                negative_prompt=cfg.negative_prompt,
-                do_classifier_free_guidance=cfg_on,
-                num_videos_per_prompt=1,
-                max_sequence_length=cfg.max_sequence_length,
-                device=device,
-            )
-        if cfg_on:
-            embeds = torch.cat([negative, embeds], dim=0)
-            mask = torch.cat([negative_mask, mask], dim=0)
+        embeds, mask = self._prompt(spec, cfg_on)
         generator = torch.Generator(device="cpu").manual_seed(spec.seed)
         with self._device, torch.no_grad():  # the VAE encodes the image
             latents, first = self._latents(image, height, width, frames, embeds.dtype, generator)
@@ -200,6 +189,26 @@ class LtxModel(PipelineModel[LtxConfig]):
             sample_rate=SAMPLE_RATE,
             decoded=decoded,
         )
+
+    def _prompt(self, spec: GenerationSpec, cfg_on: bool) -> tuple[Any, Any]:
+        """(the prompt's embeddings and attention mask), the negative prompt's in front of
+        them in one batch when guidance is on, as the pipelines run them."""
+        import torch
+
+        pipe, cfg = self.pipe, self.config
+        with self._device, torch.no_grad():
+            embeds, mask, negative, negative_mask = pipe.encode_prompt(
+                prompt=spec.prompt,
+                negative_prompt=cfg.negative_prompt,
+                do_classifier_free_guidance=cfg_on,
+                num_videos_per_prompt=1,
+                max_sequence_length=cfg.max_sequence_length,
+                device=pipe._execution_device,
+            )
+        if cfg_on:
+            embeds = torch.cat([negative, embeds], dim=0)
+            mask = torch.cat([negative_mask, mask], dim=0)
+        return embeds, mask
 
     def _latents(
         self, image: Any, height: int, width: int, frames: int, dtype: Any, generator: Any

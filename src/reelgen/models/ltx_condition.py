@@ -35,7 +35,7 @@ import numpy as np
 
 from reelgen.media.decode import read_frames
 from reelgen.models.base import Clip, Conditioning, GenerationSpec, StepCallback, StepInfo
-from reelgen.models.diffusers_shared import edit_start, restore, save
+from reelgen.models.diffusers_shared import clip_pixels, restore, save
 from reelgen.models.ltx import SAMPLE_RATE, LtxModel
 
 
@@ -46,9 +46,6 @@ class LtxConditionModel(LtxModel):
 
     def pipeline_class(self) -> str:
         return "LTXConditionPipeline"
-
-    def num_steps(self, spec: GenerationSpec) -> int:
-        return self.config.steps - self._skipped(spec)
 
     def estimate_seconds(self, spec: GenerationSpec) -> float:
         """As `LtxModel`'s, with an extension's context frames, which the run makes too."""
@@ -88,12 +85,6 @@ class LtxConditionModel(LtxModel):
         )
         return [Image.fromarray(frame) for frame in tail]
 
-    def _skipped(self, spec: GenerationSpec) -> int:
-        """Where an edit joins the schedule (0: from pure noise)."""
-        if spec.source_video is None:
-            return 0
-        return edit_start(self.config.steps, self.config.edit_strength)
-
     def generate(
         self, spec: GenerationSpec, on_step: StepCallback, resume_from: bytes | None = None
     ) -> Clip:
@@ -110,18 +101,7 @@ class LtxConditionModel(LtxModel):
         height, width, frames = self.geometry(spec)
         fingerprint = self._fingerprint(spec, height, width, frames)
         cfg_on = cfg.guidance_scale > 1.0
-        with self._device, torch.no_grad():
-            embeds, mask, negative, negative_mask = pipe.encode_prompt(
-                prompt=spec.prompt,
-                negative_prompt=cfg.negative_prompt,
-                do_classifier_free_guidance=cfg_on,
-                num_videos_per_prompt=1,
-                max_sequence_length=cfg.max_sequence_length,
-                device=device,
-            )
-        if cfg_on:
-            embeds = torch.cat([negative, embeds], dim=0)
-            mask = torch.cat([negative_mask, mask], dim=0)
+        embeds, mask = self._prompt(spec, cfg_on)
         conditions = []
         if spec.reference_image is not None:
             from PIL import Image
@@ -228,15 +208,10 @@ class LtxConditionModel(LtxModel):
         pipeline's `latents` take it: the VAE's mode, normalized, (1, C, F, H, W)."""
         import torch
         from diffusers.pipelines.ltx.pipeline_ltx_condition import retrieve_latents
-        from PIL import Image
 
         assert spec.source_video is not None
         pipe = self.pipe
-        clip = [
-            Image.fromarray(frame)
-            for frame in read_frames(spec.source_video, width, height, frames, fps=spec.fps)
-        ]
-        video = pipe.video_processor.preprocess_video(clip, height=height, width=width)
+        video = clip_pixels(pipe, spec.source_video, height, width, frames, spec.fps)
         vae = pipe.vae
         encoded = retrieve_latents(
             vae.encode(video.to(pipe._execution_device, dtype=vae.dtype)), sample_mode="argmax"

@@ -42,11 +42,10 @@ from typing import Any, Literal
 import numpy as np
 
 from reelgen.domain.jobs import MAX_SECONDS, SIZES
-from reelgen.media.decode import read_frames
 from reelgen.models.base import Clip, Conditioning, GenerationSpec, StepCallback, StepInfo
 from reelgen.models.diffusers_shared import (
     PipelineModel,
-    edit_start,
+    clip_pixels,
     job_frames,
     restore,
     rounded,
@@ -109,15 +108,6 @@ class WanModel(PipelineModel[WanConfig]):
 
     def pipeline_class(self) -> str:
         return "WanPipeline" if self.config.task == "t2v" else "WanImageToVideoPipeline"
-
-    def num_steps(self, spec: GenerationSpec) -> int:
-        return self.config.steps - self._skipped(spec)
-
-    def _skipped(self, spec: GenerationSpec) -> int:
-        """Where an edit joins the schedule (0: from pure noise); it runs one step at least."""
-        if spec.source_video is None:
-            return 0
-        return edit_start(self.config.steps, self.config.edit_strength)
 
     def geometry(self, spec: GenerationSpec) -> tuple[int, int, int]:
         """(height, width, frames) the pipeline runs at: sizes rounded down to what the VAE
@@ -258,16 +248,11 @@ class WanModel(PipelineModel[WanConfig]):
         import torch
         from diffusers.pipelines.wan.pipeline_wan_video2video import retrieve_latents
         from diffusers.utils.torch_utils import randn_tensor
-        from PIL import Image
 
         assert spec.source_video is not None
         pipe, (height, width, frames) = self.pipe, size
         device, vae = pipe._execution_device, pipe.vae
-        source = [
-            Image.fromarray(frame)
-            for frame in read_frames(spec.source_video, width, height, frames, fps=spec.fps)
-        ]
-        video = pipe.video_processor.preprocess_video(source, height=height, width=width)
+        video = clip_pixels(pipe, spec.source_video, height, width, frames, spec.fps)
         encoded = retrieve_latents(
             vae.encode(video.to(device=device, dtype=vae.dtype)), sample_mode="argmax"
         ).to(torch.float32)
