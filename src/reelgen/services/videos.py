@@ -787,14 +787,7 @@ def _settings_of(spec: JobSpec | None) -> dict[str, Any]:
 def _like(parent: Job, prompt: str | None, *, seconds: int) -> CreateVideo:
     """A request with the parent's model, size, style and seed and a new prompt."""
     spec = parent.spec
-    return CreateVideo(
-        prompt=prompt,
-        model=spec.requested_model,
-        seconds=seconds,
-        size=spec.size,
-        style=spec.style,
-        seed=spec.seed,
-    )
+    return CreateVideo(prompt=prompt, seconds=seconds, size=spec.size, **_settings_of(spec))
 
 
 def _derived(
