@@ -8,6 +8,8 @@ time of the generation and of the simulation, and the simulated jobs per wall se
 
 from __future__ import annotations
 
+import heapq
+import random
 import resource
 import time
 
@@ -21,6 +23,27 @@ from reelgen.sim.engine import FleetConfig, simulate
 from reelgen.sim.traffic import TrafficConfig, generate
 
 TARGET_S = 120.0
+CALIBRATION_JOBS = 1_000_000
+"""Jobs through the bare event loop timed first: how fast this run's machine is."""
+
+
+def bare_event_loop(jobs: int) -> float:
+    """Jobs per second of a bare discrete-event loop: arrivals in time order, each job's
+    end through one heapq, no policy (the floor any simulator in Python pays)."""
+    rng = random.Random(0)
+    arrivals = sorted(rng.uniform(0, 86_400.0) for _ in range(jobs))
+    started = time.perf_counter()
+    ends: list[tuple[float, int]] = []
+    running = 0
+    for k, at in enumerate(arrivals):
+        while ends and ends[0][0] <= at:
+            heapq.heappop(ends)
+            running -= 1
+        running += 1
+        heapq.heappush(ends, (at + 30.0 + (k % 97), k))
+    while ends:
+        heapq.heappop(ends)
+    return jobs / (time.perf_counter() - started)
 
 
 def main() -> int:
@@ -31,6 +54,8 @@ def main() -> int:
     )
     args = parser.parse_args()
 
+    loop_rate = bare_event_loop(CALIBRATION_JOBS)
+    log(f"bare heapq event loop: {loop_rate:,.0f} jobs/s")
     costs = measured_models()
     t0 = time.perf_counter()
     trace = generate(TrafficConfig(jobs_per_day=args.jobs), costs, seed=0)
@@ -53,6 +78,7 @@ def main() -> int:
         check_max(f"{args.jobs:,}-job day, generate + simulate", total, "s", TARGET_S),
         Check("simulated jobs per wall second", len(trace) / result.wall_s, "jobs/s", "none", None),
         Check("peak memory", peak_mib, "MiB", "none", None),
+        Check("bare heapq event loop on this machine", loop_rate, "jobs/s", "none", None),
     ]
     rows = [
         [
@@ -72,6 +98,12 @@ def main() -> int:
         "the Reelgen policy on hosts of 8 GPUs (autoscaled unless `--gpus` is given), in one "
         f"process (`bench/sim_day.py --jobs {args.jobs} --gpus {args.gpus}`). The waits and "
         "utilization show that the run did real work.",
+        "",
+        "Machines of this kind differ in speed from day to day (the same code and outcomes "
+        "took 217 s on one day and 599 s on another), so the run first times a bare heapq "
+        f"event loop over {CALIBRATION_JOBS:,} jobs (arrivals in time order, each job's end "
+        f"through one heap, no policy): {loop_rate:,.0f} jobs/s on this run's machine. "
+        "Compare runs of different days by that rate.",
         "",
         table(
             [

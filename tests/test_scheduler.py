@@ -570,3 +570,26 @@ def test_a_job_handed_back_is_forecast_once() -> None:
     s.submit(first)  # handed back: its old heap entries are stale now
     forecast = s.forecast(3.0)
     assert sorted(p for p, _ in forecast.values()) == [0, 1]
+
+
+def test_a_worker_running_its_last_step_gets_work_after_the_idle_ones() -> None:
+    s = build([], [worker("a", host="h1"), worker("c", host="h1")])
+    first, long = job(user="u1"), job(user="u2", seconds=10_000.0)
+    s.submit(first)
+    s.submit(long)
+    assert len(s.schedule(0.0).assignments) == 2
+    on = s.running[first.id].workers[0]
+    s.add_worker(worker("b1", host="h2"))
+    s.add_worker(worker("b2", host="h2"))
+    assert s.finishing(first.id) is not None and s.is_idle(on)
+    # Packing alone would pick `on` (its host is the busier); it starts later than b1, b2.
+    for k, user in enumerate(("u3", "u4")):
+        s.submit(job(user=user))
+        (a,) = s.schedule(1.0 + k).assignments
+        assert a.workers[0] in ("b1", "b2")
+    third = job(user="u5")
+    s.submit(third)
+    (c,) = s.schedule(3.0).assignments
+    assert c.workers == (on,)  # nobody else is free: it claims during its last step
+    s.finished(first.id)  # the step's end changes nothing more
+    assert s.running[third.id].workers == (on,)

@@ -183,6 +183,9 @@ class Settings(BaseSettings):
     checkpoint_every_steps: int = Field(5, ge=1)
     max_attempts: int = Field(3, ge=1)
     worker_poll_seconds: float = Field(0.5, gt=0)
+    worker_prefetch: bool = True
+    """Claim and prepare the next job (its reference image or source video) while the
+    current one's last model step runs; off: only once the GPU is free."""
     controller_interval_seconds: float = Field(1.0, gt=0)
     dispatch_interval_seconds: float = Field(0.25, gt=0)
     """The dispatcher's longest pause between rounds; new work wakes it at once."""

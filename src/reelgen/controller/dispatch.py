@@ -9,7 +9,9 @@ view cannot mislead it), refreshes the workers, runs the policy and applies its
 `Decisions`: an assignment becomes `jobs.assigned_worker` (the claim takes only the job
 assigned to the claiming worker) and wakes that worker; a preemption becomes
 `preempt_requested`. An assignment not claimed within `claim_timeout_s` goes back to the
-queue and its worker is left out until it is seen again.
+queue and its worker is left out until it is seen again. A worker counts as free once its
+job leaves the GPU, or earlier, when the job's last model step begins (`finishing`): the
+worker claims and prepares the next job during that step.
 
 A live worker has one accelerator and serves one adapter or several (the others parked in
 its host memory): the policy's model switches are live, the worker switching when it claims a
@@ -212,6 +214,8 @@ class Dispatcher:
                     changed.update(run.workers if run is not None else ())
                 if kind is ev.EventKind.CHECKPOINT:
                     self.policy.checkpointed(job_id, event.at)
+                elif kind is ev.EventKind.FINISHING:
+                    self.policy.finishing(job_id)  # its worker takes the next job meanwhile
                 elif kind is ev.EventKind.STAGE:
                     payload = event.payload
                     if isinstance(payload, ev.StageChanged) and payload.stage in OFF_GPU_STAGES:

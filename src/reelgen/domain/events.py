@@ -18,6 +18,7 @@ class EventKind(StrEnum):
     CREATED = "created"
     STARTED = "started"
     STAGE = "stage"
+    FINISHING = "finishing"
     CHECKPOINT = "checkpoint"
     CANCEL_REQUESTED = "cancel_requested"
     PREEMPT_REQUESTED = "preempt_requested"
@@ -51,6 +52,16 @@ class StageChanged:
     kind: ClassVar[EventKind] = EventKind.STAGE
     attempt: int
     stage: str
+
+
+@dataclass(frozen=True, slots=True)
+class Finishing:
+    """The attempt's last model step has begun: its worker takes the next job now, so that
+    claiming and preparing it overlap this step instead of leaving the GPU idle after it."""
+
+    kind: ClassVar[EventKind] = EventKind.FINISHING
+    attempt: int
+    worker_id: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,6 +156,7 @@ Payload = (
     Created
     | Started
     | StageChanged
+    | Finishing
     | Checkpointed
     | CancelRequested
     | PreemptRequested

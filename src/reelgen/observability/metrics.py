@@ -46,6 +46,11 @@ class Metrics:
             ["worker", "model"],
             registry=self.registry,
         )
+        self.prefetched = Counter(
+            "reelgen_worker_prefetched_total",
+            "Jobs a worker claimed and prepared while the previous job's last step ran.",
+            registry=self.registry,
+        )
         self.model_switches = Counter(
             "reelgen_model_switches_total",
             "Times a worker parked one model it serves and brought another onto its device.",

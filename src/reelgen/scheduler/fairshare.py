@@ -30,6 +30,9 @@ How it orders work (`Order.FAIR`, the default):
   GPUs meanwhile take only jobs that end before the gang could start (backfill).
 - **Batching** of small compatible jobs (same `batch_key`) where the cost model's gain is
   at least `min_batch_gain`; full-size clips have no key and run alone.
+- **Last steps.** A worker whose job has begun its last step (`finishing`, live only) is
+  free for its next job, which it claims during that step; it is given work only after the
+  workers that are idle already.
 - **Preemption.** When an overdue job finds no free worker, a running job of a strictly
   lower tier on a worker that could serve it is asked to checkpoint and yield; the victim
   is the one that loses least (batch before free, least work since its checkpoint), and
@@ -264,6 +267,9 @@ class Scheduler:
         """heap of (-start_by, seq, host): reserved hosts with idle GPUs, longest limit first"""
         self._backfill_hosts: dict[str, tuple[float, int, str]] = {}
         """host -> its current entry in `_backfills` (the others are stale)"""
+        self._finishing: dict[str, str] = {}
+        """idle worker -> the job whose last step it still runs (`finishing`)"""
+        self._finishing_jobs: dict[str, tuple[str, ...]] = {}
         self._picks: dict[Tier, dict[_Lane, _Options]] = {}
         """This round's lane choices (`_options`), by tier."""
         cfg = self.config
@@ -290,6 +296,7 @@ class Scheduler:
             return ()
         self._hosts[worker.host].pop(worker_id, None)
         self._idle.discard(worker)
+        self._finishing.pop(worker_id, None)
         if worker.loaded is not None:
             self._holders[worker.loaded] -= 1
         jobs = tuple(sorted(self._busy.pop(worker_id, ())))
@@ -303,6 +310,8 @@ class Scheduler:
 
     def submit(self, job: QueuedJob) -> None:
         """A job to queue: new, or handed back (preempted, its worker lost)."""
+        if self._finishing_jobs:
+            self._finished_step(job.id)
         key = (job.tier, job.model)
         lane = self._lanes.get(key)
         if lane is None:
@@ -350,6 +359,7 @@ class Scheduler:
 
     def finished(self, job_id: str) -> RunningJob | None:
         """A running job ended (done, failed, cancelled, handed back, its worker lost)."""
+        self._finished_step(job_id)
         run = self._running.pop(job_id, None)
         if run is None:
             return None
@@ -374,6 +384,25 @@ class Scheduler:
             if lane is not None and self._has_queued(lane, run.user):
                 self._push_user(lane, run.user)
         return run
+
+    def finishing(self, job_id: str) -> RunningJob | None:
+        """A running job's last step began: its workers are free for their next jobs, which
+        they claim during that step. Such a worker is given work only after workers that
+        are idle already (it starts later); `finished` for the job later changes nothing
+        more than that."""
+        run = self.finished(job_id)
+        if run is not None:
+            for worker_id in run.workers:
+                if worker_id in self._idle:
+                    self._finishing[worker_id] = job_id
+            self._finishing_jobs[job_id] = run.workers
+        return run
+
+    def _finished_step(self, job_id: str) -> None:
+        """The job whose last step its workers ran has left them (or came back queued)."""
+        for worker_id in self._finishing_jobs.pop(job_id, ()):
+            if self._finishing.get(worker_id) == job_id:
+                del self._finishing[worker_id]
 
     def adopt(self, job: QueuedJob, worker_ids: Iterable[str], now: float) -> bool:
         """Counts a job as running that started without this object's decision (a new
@@ -677,6 +706,18 @@ class Scheduler:
                 heapq.heappush(self._backfills, entry)
 
     def _packed(self, group: Mapping[str, None], skip_hosts: AbstractSet[str]) -> Iterator[str]:
+        """A group's idle workers, those still running a last step (`finishing`) after the
+        others; see `_packed_idle`."""
+        finishing = self._finishing
+        if not finishing:
+            yield from self._packed_idle(group, skip_hosts)
+            return
+        yield from (w for w in self._packed_idle(group, skip_hosts) if w not in finishing)
+        yield from (w for w in self._packed_idle(group, skip_hosts) if w in finishing)
+
+    def _packed_idle(
+        self, group: Mapping[str, None], skip_hosts: AbstractSet[str]
+    ) -> Iterator[str]:
         """A group's idle workers, those on the busiest hosts first (then in the order they
         fell idle): work packs onto hosts already in use, so that whole hosts fall idle for
         the autoscaler to remove and for gangs to start on. Lazy: a round usually stops
@@ -1043,6 +1084,7 @@ class Scheduler:
         idle, busy, busy_end = self._idle, self._busy, self._busy_end
         for worker in workers:
             idle.discard(worker)
+            self._finishing.pop(worker.id, None)
             busy[worker.id] = set(job_ids)
             busy_end[worker.id] = end
             self._busy_gpus[(model, jobs[0].tier)] += 1

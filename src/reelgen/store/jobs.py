@@ -809,6 +809,16 @@ class JobStore:
             preempt_requested=bool(row.preempt_requested),
         )
 
+    def finishing(self, job_id: str, token: str, *, worker_id: str, now: float) -> None:
+        """Records that the attempt's last model step has begun (`ev.Finishing`): the
+        dispatcher may give its worker the next job. A hint: not flushed before the answer,
+        since losing it only means the worker is seen free when the step ends."""
+        statement = select(jobs.c.attempt).where(*q.fence())
+        with self.db.write(durable=False) as conn:
+            row = self._fenced(conn, job_id, token, statement, {})
+            event = ev.Finishing(attempt=row.attempt, worker_id=worker_id)
+            q.record_event(conn, job_id, event, now)
+
     def save_checkpoint(self, job_id: str, token: str, *, step: int, key: str, now: float) -> None:
         """Not flushed before the answer: losing it in a server crash costs one interval."""
         with self.db.write(durable=False) as conn:

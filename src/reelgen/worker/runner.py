@@ -36,7 +36,7 @@ from reelgen.domain.jobs import (
     generation_progress,
 )
 from reelgen.domain.spec import Operation
-from reelgen.media.decode import ending, read_audio, read_frames
+from reelgen.media.decode import Ending, ending, read_audio, read_frames
 from reelgen.media.encode import encode_clip
 from reelgen.models.base import Clip, Conditioning, GenerationSpec, StepInfo, VideoModel
 from reelgen.platform import WorkerContext
@@ -124,6 +124,9 @@ class Worker:
         """The previous job's encode, output check and upload, while the next generates."""
         self.free_mark: int | None = None
         """The assignment mark from just before the last job left the GPU."""
+        self._prefetch: _Prefetch | None = None
+        self._unanswered: str | None = None
+        """The token of a claim whose answer was lost."""
 
     def run(self) -> None:
         p = self.platform
@@ -151,64 +154,65 @@ class Worker:
         p.bus.work_available(self.loaded)  # the dispatcher learns of a new worker
         log.info("worker ready", extra=ctx)
         idle_wait = p.settings.worker_poll_seconds
+        ahead: _JobRun | None = None
+        """The next job, claimed and prepared during the last step of the one before."""
         try:
-            unanswered: str | None = None  # the token of a claim whose answer was lost
             while not self.stop.is_set():
-                mark = p.bus.assignment_mark(self.id)
-                try:
-                    job = None
-                    if unanswered is not None:
-                        job = p.jobs.leased_with(self.id, unanswered)
-                        unanswered = None
-                    if job is None:
-                        token = secrets.token_hex(16)
-                        unanswered = token
-                        job = p.jobs.claim(
-                            worker_id=self.id,
-                            now=p.clock(),
-                            lease_seconds=p.settings.lease_seconds,
-                            lease_token=token,
-                        )
-                        unanswered = None
-                except Unavailable as exc:
-                    log.warning("cannot claim work: %s", exc.message, extra=ctx)
-                    self.stop.wait(idle_wait)
-                    idle_wait = min(IDLE_POLL_MAX_S, idle_wait * 2)
-                    continue
-                if job is None:
-                    # Woken at once by the bus; the growing timeout is only the fallback.
-                    if p.bus.wait_for_assignment(self.id, idle_wait, since=mark):
-                        idle_wait = p.settings.worker_poll_seconds
-                    else:
+                run, ahead = ahead, None
+                if run is None:
+                    mark = p.bus.assignment_mark(self.id)
+                    try:
+                        job = self._claim()
+                    except Unavailable as exc:
+                        log.warning("cannot claim work: %s", exc.message, extra=ctx)
+                        self.stop.wait(idle_wait)
                         idle_wait = min(IDLE_POLL_MAX_S, idle_wait * 2)
-                    continue
+                        continue
+                    if job is None:
+                        # Woken at once by the bus; the growing timeout is only the fallback.
+                        if p.bus.wait_for_assignment(self.id, idle_wait, since=mark):
+                            idle_wait = p.settings.worker_poll_seconds
+                        else:
+                            idle_wait = min(IDLE_POLL_MAX_S, idle_wait * 2)
+                        continue
+                    run = self.open_run(job)
                 idle_wait = p.settings.worker_poll_seconds
                 started = time.monotonic()
                 try:
-                    finish = self.generate(job)
+                    finish = self.generate(run)
                 except Exception:  # one job's bookkeeping must not end the worker
-                    log.exception("job bookkeeping failed", extra={**ctx, "job_id": job.id})
+                    log.exception("job bookkeeping failed", extra={**ctx, "job_id": run.job.id})
                     finish = None
                 self._busy_s += time.monotonic() - started
                 self._wait_for_finisher()  # at most one clip finishing: memory stays bounded
                 if finish is not None:
                     self._finisher = threading.Thread(
-                        target=finish, name=f"reelgen-finish-{job.id}", daemon=True
+                        target=finish, name=f"reelgen-finish-{run.job.id}", daemon=True
                     )
                     self._finisher.start()
                 p.metrics.worker_busy.labels(self.id, self.label).set(
                     self._busy_s / max(1e-9, time.monotonic() - self._born)
                 )
+                ahead, ahead_mark = self._take_prefetched()
+                if ahead is not None:
+                    self.free_mark = None
+                    continue
                 # Free again: the dispatcher looks, and its answer comes on the bus; claiming
                 # before it came would only find nothing. The mark is from before the GPU
-                # was said to be free, so an answer that came meanwhile is not waited for.
-                mark = (
-                    self.free_mark if self.free_mark is not None else p.bus.assignment_mark(self.id)
+                # was said to be free (or the last step said to begin), so an answer that
+                # came meanwhile is not waited for.
+                mark = next(
+                    m
+                    for m in (ahead_mark, self.free_mark, p.bus.assignment_mark(self.id))
+                    if m is not None
                 )
                 self.free_mark = None
                 p.bus.work_available(self.loaded)
                 p.bus.wait_for_assignment(self.id, idle_wait, since=mark)
         finally:
+            left, _ = self._take_prefetched()
+            for unstarted in (r for r in (ahead, left) if r is not None):
+                self._settle(unstarted, _shutting_down)  # back to the queue, not lost
             self._wait_for_finisher()
             try:
                 p.jobs.stop_worker(self.id, p.clock())
@@ -217,6 +221,50 @@ class Worker:
             marker.stop()
             p.bus.forget_worker(self.id)
             log.info("worker stopped", extra=ctx)
+
+    def _claim(self) -> Job | None:
+        """The job assigned to this worker, if any. A claim whose answer was lost (the
+        database went away after committing it) is found again by its token."""
+        p = self.platform
+        if self._unanswered is not None:
+            job = p.jobs.leased_with(self.id, self._unanswered)
+            self._unanswered = None
+            if job is not None:
+                return job
+        token = secrets.token_hex(16)
+        self._unanswered = token
+        job = p.jobs.claim(
+            worker_id=self.id,
+            now=p.clock(),
+            lease_seconds=p.settings.lease_seconds,
+            lease_token=token,
+        )
+        self._unanswered = None
+        return job
+
+    def open_run(self, job: Job) -> _JobRun:
+        """An attempt at a claimed job, its lease kept from now on."""
+        run = _JobRun(self, job)
+        self.platform.bus.add_progress_listener(run.keeper.on_bus)
+        run.keeper.start()
+        return run
+
+    def hand_over(self, run: _JobRun) -> None:
+        """`run`'s last model step begins: the dispatcher hears that this worker is free
+        for the next job, which is claimed and prepared on another thread meanwhile."""
+        p = self.platform
+        if not p.settings.worker_prefetch or self._prefetch is not None or self.stop.is_set():
+            return
+        self._prefetch = _Prefetch(self, run, p.bus.assignment_mark(self.id))
+        self._prefetch.thread.start()
+
+    def _take_prefetched(self) -> tuple[_JobRun | None, int | None]:
+        """The job the last hand-over claimed (None if none came yet: the prefetch stops
+        looking) and the assignment mark from before the hand-over."""
+        prefetch, self._prefetch = self._prefetch, None
+        if prefetch is None:
+            return None, None
+        return prefetch.take(), prefetch.mark
 
     def holds(self) -> tuple[str, ...]:
         """The models it serves, the one on the device first (as the store keeps them)."""
@@ -267,19 +315,10 @@ class Worker:
             log.warning("could not record the switch: %s", exc.message, extra=ctx)
         return model
 
-    def process(self, job: Job) -> None:
-        """Runs one job to its end on this thread (tests; the loop overlaps the phases)."""
-        finish = self.generate(job)
-        if finish is not None:
-            finish()
-
-    def generate(self, job: Job) -> Callable[[], None] | None:
+    def generate(self, run: _JobRun) -> Callable[[], None] | None:
         """The model's part of one job, on this thread: what holds the GPU. Returns what is
         left (decode, encode, output check, upload, publish), to run on another thread
         while the next job generates; None when the job ended here."""
-        run = _JobRun(self, job)
-        self.platform.bus.add_progress_listener(run.keeper.on_bus)
-        run.keeper.start()
         generated: list[tuple[Clip, bool]] = []
 
         def phase() -> None:
@@ -420,6 +459,73 @@ class Worker:
         )
 
 
+def _shutting_down() -> None:
+    raise HandBack(ev.SHUTDOWN)
+
+
+PREFETCH_WAIT_S = 60.0
+"""The longest a hand-over waits for the dispatcher's answer (it stops once the GPU is free)."""
+
+
+class _Prefetch:
+    """The next job, claimed and prepared while the current one's last step runs. Taken by
+    the worker's loop once the GPU is free; a claim already under way is waited for, one
+    not begun is given up (the loop claims instead), so only one of the two ever claims."""
+
+    def __init__(self, worker: Worker, finishing: _JobRun, mark: int):
+        self.worker, self.finishing, self.mark = worker, finishing, mark
+        self._lock = threading.Lock()
+        self._given_up = False
+        self._claiming = False
+        self.run: _JobRun | None = None
+        self.thread = threading.Thread(
+            target=self._fetch, name=f"reelgen-prefetch-{worker.id}", daemon=True
+        )
+
+    def _fetch(self) -> None:
+        """Says the job is finishing (off the step loop: a write costs the device time
+        there), then waits for the next assignment, claims and prepares it."""
+        worker, p, run = self.worker, self.worker.platform, self.finishing
+        if self._given_up:  # the step ended first
+            return
+        try:
+            p.jobs.finishing(run.job.id, run.token, worker_id=worker.id, now=p.clock())
+        except (LeaseLost, Unavailable) as exc:  # the step's own checks deal with it
+            log.warning("could not say the job is finishing (%s)", exc, extra=run.log_ctx)
+            return
+        p.bus.work_available(worker.loaded)
+        named = p.bus.wait_for_assignment(worker.id, PREFETCH_WAIT_S, self.mark)
+        with self._lock:
+            if self._given_up or not named or worker.stop.is_set():
+                return
+            self._claiming = True
+        ctx = {"worker_id": worker.id}
+        try:
+            job = worker._claim()
+        except Unavailable as exc:
+            log.warning("cannot claim the next job ahead: %s", exc.message, extra=ctx)
+            return
+        except Exception:
+            log.exception("claiming the next job ahead failed", extra=ctx)
+            return
+        if job is None:
+            return
+        ahead = self.run = worker.open_run(job)
+        p.metrics.prefetched.inc()
+        try:
+            ahead.prepare()
+        except Exception:  # preparing again on the worker's thread ends the job as it says
+            log.warning("could not prepare the next job ahead", exc_info=True, extra=ahead.log_ctx)
+
+    def take(self) -> _JobRun | None:
+        with self._lock:
+            self._given_up = True
+            claiming = self._claiming
+        if claiming:
+            self.thread.join()
+        return self.run
+
+
 class OutputBlocked(Exception):
     def __init__(self, verdict: Verdict):
         super().__init__(verdict.action.value)
@@ -530,6 +636,18 @@ class LeaseKeeper:
                 log.exception("lease renewal failed; retrying", extra=self.run.log_ctx)
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Inputs:
+    """What a job's spec is made from, read from storage (`_JobRun.prepare`)."""
+
+    ready: bool
+    image: bytes | None = None
+    source: Path | None = None
+    """A local copy of the video an edit changes or an extension continues."""
+    ending: Ending | None = None
+    source_seconds: int = 0
+
+
 class _JobRun:
     """The state of one attempt at one job."""
 
@@ -548,6 +666,7 @@ class _JobRun:
         self.last_step = -1
         self.source: tuple[Path, int] | None = None
         """An extension's source video (a local copy) and its length in seconds."""
+        self.inputs = _Inputs(False)
         self.checkpoint_key = job.checkpoint_key
         self.log_ctx = {"job_id": job.id, "attempt": job.attempt, "worker_id": worker.id}
         root = self.p.settings.data_dir / "tmp"
@@ -597,15 +716,35 @@ class _JobRun:
         changes."""
         run_id = f"{self.job.id}:{self.token}"  # unique per claim (a handed-back job's
         # next claim reuses its attempt number)
+        self.prepare()
         operation = self.job.spec.operation
         if operation is Operation.EXTEND:
             return self._extension_spec(run_id, Conditioning.CLIP in model.accepts)
         if operation is Operation.EDIT:
             spec = GenerationSpec.of(self.job.spec, run_id=run_id)
-            return dataclasses.replace(spec, source_video=self._fetch_source())
-        key = self.job.spec.reference_key
-        image = self.p.objects.get(key) if key else None
-        return GenerationSpec.of(self.job.spec, image, run_id=run_id)
+            return dataclasses.replace(spec, source_video=self.inputs.source)
+        return GenerationSpec.of(self.job.spec, self.inputs.image, run_id=run_id)
+
+    def prepare(self) -> None:
+        """Reads the job's inputs from storage (its reference image, or the video an edit
+        changes or an extension continues, with that video's end): no model needed, so a
+        hand-over does it while the job before still holds the GPU."""
+        if self.inputs.ready:
+            return
+        operation = self.job.spec.operation
+        if operation in (Operation.EXTEND, Operation.EDIT):
+            source = self._fetch_source()
+            if operation is Operation.EXTEND:
+                parent_id = self.job.spec.parent_id
+                parent = self.p.jobs.get(parent_id) if parent_id is not None else None
+                end = ending(source)
+                seconds = parent.spec.seconds if parent is not None else end.seconds
+                self.inputs = _Inputs(True, source=source, ending=end, source_seconds=seconds)
+            else:
+                self.inputs = _Inputs(True, source=source)
+        else:
+            key = self.job.spec.reference_key
+            self.inputs = _Inputs(True, image=self.p.objects.get(key) if key else None)
 
     def _fetch_source(self) -> Path:
         """A local copy of the video an extension continues or an edit changes: a completed
@@ -624,11 +763,9 @@ class _JobRun:
         return path
 
     def _extension_spec(self, run_id: str, clip: bool) -> GenerationSpec:
-        path = self._fetch_source()
-        end = ending(path)
-        parent_id = self.job.spec.parent_id
-        parent = self.p.jobs.get(parent_id) if parent_id is not None else None
-        seconds = parent.spec.seconds if parent is not None else end.seconds
+        inputs = self.inputs
+        path, end, seconds = inputs.source, inputs.ending, inputs.source_seconds
+        assert path is not None and end is not None
         self.source = (path, seconds)
         new_part = self.job.spec.seconds - seconds
         if clip:
@@ -686,6 +823,8 @@ class _JobRun:
             self.save_checkpoint(info)
         if reason:
             raise HandBack(reason)
+        if new_step and info.step == info.total - 1:
+            self.worker.hand_over(self)
 
     def save_checkpoint(self, info: StepInfo) -> None:
         assert info.snapshot is not None
