@@ -390,3 +390,27 @@ def test_a_job_that_left_the_gpu_frees_its_worker_for_the_next(tmp_path: Path) -
         assert list(restarted.policy.running) == ["j1"]
     finally:
         platform.close()
+
+
+def test_a_job_in_its_last_step_frees_its_worker_even_after_a_long_run(tmp_path: Path) -> None:
+    """`finishing` frees the worker at once, and marks it seen: a worker busy for longer
+    than `worker_alive_s` is not taken for a silent one once it is free. An event that names
+    another worker than the job's changes nothing."""
+    platform = _platform(tmp_path, f"sqlite:///{tmp_path / 'r.db'}")
+    try:
+        jobs = platform.jobs
+        jobs.register_worker("w1", MODEL, "h", 0.0, holds=(MODEL,))
+        for i in range(3):
+            _queue(jobs, f"j{i}", "user1", Tier.FREE, float(i), 5.0, 5)
+        dispatcher = Dispatcher(platform)
+        assert [a.jobs for a in dispatcher.step(3.0).assignments] == [("j0",)]
+        assert jobs.claim(worker_id="w1", now=3.1, lease_seconds=300, lease_token="t0")
+        assert dispatcher.step(3.2).assignments == []
+        jobs.finishing("j0", "t0", worker_id="w1", now=200.0)  # busy for minutes
+        assert [a.jobs for a in dispatcher.step(200.1).assignments] == [("j1",)]
+        assert jobs.claim(worker_id="w1", now=200.2, lease_seconds=300, lease_token="t1")
+        jobs.finishing("j1", "t1", worker_id="w2", now=200.3)  # not where j1 runs
+        assert dispatcher.step(200.4).assignments == []
+        assert not dispatcher.policy.is_idle("w1")
+    finally:
+        platform.close()

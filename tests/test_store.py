@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from reelgen.domain import events as ev
 from reelgen.domain.errors import Conflict, LeaseLost, RateLimited
 from reelgen.domain.jobs import Stage, Status, Tier
 from reelgen.store.accounts import AccountStore
@@ -638,3 +639,25 @@ def test_one_batch_with_the_same_new_key_twice_makes_one_job(store: JobStore) ->
         same[2].result(10)
     assert same[3].result(10).created is True
     assert store.get("two") is None and store.get("three") is None
+
+
+def test_finishing_is_fenced_and_marks_its_worker_seen(store: JobStore) -> None:
+    store.register_worker("w", "reference", "host", 0.0)
+    _submit(store, _row("j"))
+    _claim(store, "w", 1.0, "t")
+
+    def seen() -> float:
+        return next(r.heartbeat_at for r in store.live_workers() if r.id == "w")
+
+    with pytest.raises(LeaseLost):
+        store.finishing("j", "stale", worker_id="w", now=50.0)
+    assert seen() == 1.0
+    store.finishing("j", "t", worker_id="w", now=100.0)
+    assert seen() == 100.0  # counted free by the dispatcher: not to be taken for silent
+    (event,) = [e for e in store.events_after("j") if e.kind.value == "finishing"]
+    assert event.payload == ev.Finishing(attempt=1, worker_id="w")
+    store.heartbeat(
+        "j", "t", now=160.0, lease_seconds=30, step=4, total_steps=4, progress=90,
+        stage=Stage.ENCODING, stage_changed=True,
+    )  # fmt: skip
+    assert seen() == 160.0  # off the GPU: free as well

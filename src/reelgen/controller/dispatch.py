@@ -215,7 +215,7 @@ class Dispatcher:
                 if kind is ev.EventKind.CHECKPOINT:
                     self.policy.checkpointed(job_id, event.at)
                 elif kind is ev.EventKind.FINISHING:
-                    self.policy.finishing(job_id)  # its worker takes the next job meanwhile
+                    self._finishing(job_id, payload)
                 elif kind is ev.EventKind.STAGE:
                     payload = event.payload
                     if isinstance(payload, ev.StageChanged) and payload.stage in OFF_GPU_STAGES:
@@ -302,6 +302,17 @@ class Dispatcher:
             queued_job(row, self.config.batch_deadline_s), (row.worker_id,), row.started_at or now
         ):
             log.info("job %s runs on %s, which the dispatcher does not know", job_id, row.worker_id)
+
+    def _finishing(self, job_id: str, payload: ev.Payload) -> None:
+        """The job's last step began: its worker takes the next job meanwhile. Only if the
+        job still runs there (a late event of an attempt handed back changes nothing)."""
+        run = self.policy.running.get(job_id)
+        if (
+            run is not None
+            and isinstance(payload, ev.Finishing)
+            and run.workers == (payload.worker_id,)
+        ):
+            self.policy.finishing(job_id)
 
     def _left_gpu(self, job_id: str) -> None:
         """The job runs on, off the GPU: its worker is free for the next one."""

@@ -804,6 +804,7 @@ class JobStore:
                 q.record_event(
                     conn, job_id, ev.StageChanged(attempt=row.attempt, stage=stage.value), now
                 )
+                conn.execute(q.worker_alive(), {"w_id": row.worker_id, "w_now": now})
         return WorkerFlags(
             cancel_requested=bool(row.cancel_requested),
             preempt_requested=bool(row.preempt_requested),
@@ -811,13 +812,15 @@ class JobStore:
 
     def finishing(self, job_id: str, token: str, *, worker_id: str, now: float) -> None:
         """Records that the attempt's last model step has begun (`ev.Finishing`): the
-        dispatcher may give its worker the next job. A hint: not flushed before the answer,
-        since losing it only means the worker is seen free when the step ends."""
-        statement = select(jobs.c.attempt).where(*q.fence())
+        dispatcher may give its worker the next job (the worker is marked seen, so that it
+        is not taken for a silent one). A hint: not flushed before the answer, since losing
+        it only means the worker is seen free when the step ends."""
+        statement = select(jobs.c.attempt).where(*q.fence()).with_for_update()
         with self.db.write(durable=False) as conn:
             row = self._fenced(conn, job_id, token, statement, {})
             event = ev.Finishing(attempt=row.attempt, worker_id=worker_id)
             q.record_event(conn, job_id, event, now)
+            conn.execute(q.worker_alive(), {"w_id": worker_id, "w_now": now})
 
     def save_checkpoint(self, job_id: str, token: str, *, step: int, key: str, now: float) -> None:
         """Not flushed before the answer: losing it in a server crash costs one interval."""

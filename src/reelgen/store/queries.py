@@ -165,7 +165,9 @@ def heartbeat() -> ReturningUpdate[Any]:
             progress=case((jobs.c.progress > progress, jobs.c.progress), else_=progress),
             stage=bindparam("b_stage"),
         )
-        .returning(jobs.c.attempt, jobs.c.cancel_requested, jobs.c.preempt_requested)
+        .returning(
+            jobs.c.attempt, jobs.c.cancel_requested, jobs.c.preempt_requested, jobs.c.worker_id
+        )
     )
 
 
@@ -216,6 +218,17 @@ def claim_row() -> ReturningUpdate[Any]:
             eta_at=None,
         )
         .returning(*jobs.c)
+    )
+
+
+@cache
+def worker_alive() -> Update:
+    """A busy worker's sign of life, where the dispatcher may count it free again soon (a
+    stage change, its job's last step): an idle worker not seen for a while gets no work."""
+    return (
+        update(workers)
+        .where(workers.c.id == bindparam("w_id"), workers.c.stopped_at.is_(None))
+        .values(heartbeat_at=bindparam("w_now"))
     )
 
 

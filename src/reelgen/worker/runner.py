@@ -175,7 +175,11 @@ class Worker:
                         else:
                             idle_wait = min(IDLE_POLL_MAX_S, idle_wait * 2)
                         continue
-                    run = self.open_run(job)
+                    try:
+                        run = self.open_run(job)
+                    except Exception:  # its lease runs out and the job resumes elsewhere
+                        log.exception("could not start the job", extra={**ctx, "job_id": job.id})
+                        continue
                 idle_wait = p.settings.worker_poll_seconds
                 started = time.monotonic()
                 try:
@@ -494,23 +498,34 @@ class _Prefetch:
             log.warning("could not say the job is finishing (%s)", exc, extra=run.log_ctx)
             return
         p.bus.work_available(worker.loaded)
-        named = p.bus.wait_for_assignment(worker.id, PREFETCH_WAIT_S, self.mark)
-        with self._lock:
-            if self._given_up or not named or worker.stop.is_set():
-                return
-            self._claiming = True
         ctx = {"worker_id": worker.id}
+        mark = self.mark
+        while True:  # until a job is claimed, the GPU is free, or nothing comes
+            named = p.bus.wait_for_assignment(worker.id, PREFETCH_WAIT_S, mark)
+            with self._lock:
+                if self._given_up or not named or worker.stop.is_set():
+                    return
+                self._claiming = True
+            mark = p.bus.assignment_mark(worker.id)  # a naming during the claim wakes the next
+            job = None
+            try:
+                job = worker._claim()
+            except Unavailable as exc:  # the token finds a claim whose answer was lost
+                log.warning("cannot claim the next job ahead: %s", exc.message, extra=ctx)
+            except Exception:
+                log.exception("claiming the next job ahead failed", extra=ctx)
+                return
+            if job is not None:
+                break
+            with self._lock:
+                self._claiming = False
+                if self._given_up:  # `take` may be waiting for this claim's end
+                    return
         try:
-            job = worker._claim()
-        except Unavailable as exc:
-            log.warning("cannot claim the next job ahead: %s", exc.message, extra=ctx)
+            ahead = self.run = worker.open_run(job)
+        except Exception:  # as when the loop claims: its lease runs out, the job resumes
+            log.exception("could not start the job claimed ahead", extra={**ctx, "job_id": job.id})
             return
-        except Exception:
-            log.exception("claiming the next job ahead failed", extra=ctx)
-            return
-        if job is None:
-            return
-        ahead = self.run = worker.open_run(job)
         p.metrics.prefetched.inc()
         try:
             ahead.prepare()
