@@ -414,3 +414,30 @@ def test_a_job_in_its_last_step_frees_its_worker_even_after_a_long_run(tmp_path:
         assert not dispatcher.policy.is_idle("w1")
     finally:
         platform.close()
+
+
+def test_a_new_leader_keeps_a_worker_on_the_job_it_claimed_during_the_last_step(
+    tmp_path: Path,
+) -> None:
+    platform = _platform(tmp_path, f"sqlite:///{tmp_path / 'r.db'}")
+    try:
+        jobs = platform.jobs
+        jobs.register_worker("w1", MODEL, "h", 0.0, holds=(MODEL,))
+        for i in range(3):
+            _queue(jobs, f"j{i}", "user1", Tier.FREE, float(i), 5.0, 5)
+        dispatcher = Dispatcher(platform)
+        dispatcher.step(3.0)
+        assert jobs.claim(worker_id="w1", now=3.1, lease_seconds=300, lease_token="t0")
+        jobs.finishing("j0", "t0", worker_id="w1", now=4.0)
+        assert [a.jobs for a in dispatcher.step(4.1).assignments] == [("j1",)]
+        assert jobs.claim(worker_id="w1", now=4.2, lease_seconds=300, lease_token="t1")
+        restarted = Dispatcher(platform)  # both run on w1: j0 in its last step
+        assert restarted.step(4.3).assignments == []
+        assert list(restarted.policy.running) == ["j1"]
+        jobs.complete(
+            "j0", "t0", now=4.4, expires_at=99.0, video_key="v", thumbnail_key="t",
+            spritesheet_key="s", first_step=1,
+        )  # fmt: skip
+        assert restarted.step(4.5).assignments == []  # j1 still holds the GPU
+    finally:
+        platform.close()

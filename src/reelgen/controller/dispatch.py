@@ -170,6 +170,10 @@ class Dispatcher:
         cleared = jobs.clear_assignments()
         self._refresh_workers(now)
         rows = jobs.active_rows()
+        # A worker may hold two running jobs: one in its last step or off the GPU, and the
+        # one it claimed after it (its row's `current_job_id`), which holds it from now on.
+        current = {w.id: w.current_job_id for w in jobs.live_workers()}
+        rows.sort(key=lambda r: r.worker_id is None or current.get(r.worker_id) != r.id)
         for row in rows:
             self._reconcile(row.id, row, now)
         self.started = True
