@@ -712,8 +712,13 @@ class Scheduler:
         if not finishing:
             yield from self._packed_idle(group, skip_hosts)
             return
-        yield from (w for w in self._packed_idle(group, skip_hosts) if w not in finishing)
-        yield from (w for w in self._packed_idle(group, skip_hosts) if w in finishing)
+        later: list[str] = []
+        for worker_id in self._packed_idle(group, skip_hosts):
+            if worker_id in finishing:
+                later.append(worker_id)
+            else:
+                yield worker_id
+        yield from later  # the caller skips those that are no longer idle
 
     def _packed_idle(
         self, group: Mapping[str, None], skip_hosts: AbstractSet[str]

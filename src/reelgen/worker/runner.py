@@ -661,6 +661,7 @@ class _Inputs:
     """A local copy of the video an edit changes or an extension continues."""
     ending: Ending | None = None
     source_seconds: int = 0
+    """An extension's: the length of the video it continues, in seconds."""
 
 
 class _JobRun:
@@ -679,8 +680,6 @@ class _JobRun:
         self.total = 0
         """The job's step count, known once generation begins."""
         self.last_step = -1
-        self.source: tuple[Path, int] | None = None
-        """An extension's source video (a local copy) and its length in seconds."""
         self.inputs = _Inputs(False)
         self.checkpoint_key = job.checkpoint_key
         self.log_ctx = {"job_id": job.id, "attempt": job.attempt, "worker_id": worker.id}
@@ -781,7 +780,6 @@ class _JobRun:
         inputs = self.inputs
         path, end, seconds = inputs.source, inputs.ending, inputs.source_seconds
         assert path is not None and end is not None
-        self.source = (path, seconds)
         new_part = self.job.spec.seconds - seconds
         if clip:
             spec = GenerationSpec.of(self.job.spec, run_id=run_id)
@@ -792,10 +790,10 @@ class _JobRun:
         return dataclasses.replace(spec, seconds=new_part)
 
     def _stitched(self, clip: Clip) -> Clip:
-        """The source video's frames and sound, then the new part's."""
-        if self.source is None:
+        """An extension's source video's frames and sound, then the new part's."""
+        path, seconds = self.inputs.source, self.inputs.source_seconds
+        if self.job.spec.operation is not Operation.EXTEND or path is None:
             return clip
-        path, seconds = self.source
         spec = self.job.spec
         head = read_frames(path, spec.width, spec.height, seconds * spec.fps, fps=spec.fps)
         audio = read_audio(path, seconds * clip.sample_rate, clip.sample_rate)
