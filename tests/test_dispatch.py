@@ -4,6 +4,8 @@ simulator's on the same scenario, and through the API."""
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -159,6 +161,20 @@ def _platform(tmp_path: Path, database_url: str) -> Core:
     return platform
 
 
+@contextmanager
+def _one_worker(tmp_path: Path, queued: int) -> Iterator[Core]:
+    """A SQLite platform with one worker `w1` of `MODEL` and `queued` jobs `j0`, `j1`, ...
+    of one free user, a second apart (5 estimated GPU-seconds and 5 steps each)."""
+    platform = _platform(tmp_path, f"sqlite:///{tmp_path / 'r.db'}")
+    try:
+        platform.jobs.register_worker("w1", MODEL, "h", 0.0, holds=(MODEL,))
+        for i in range(queued):
+            _queue(platform.jobs, f"j{i}", "user1", Tier.FREE, float(i), 5.0, 5)
+        yield platform
+    finally:
+        platform.close()
+
+
 def test_the_live_dispatcher_decides_what_the_simulator_decides(
     tmp_path: Path, database_url: str
 ) -> None:
@@ -241,20 +257,14 @@ def test_a_new_leader_voids_old_assignments_and_keeps_running_jobs(
 
 
 def test_a_cancelled_assignment_frees_its_worker(tmp_path: Path) -> None:
-    platform = _platform(tmp_path, f"sqlite:///{tmp_path / 'r.db'}")
-    try:
+    with _one_worker(tmp_path, 2) as platform:
         jobs = platform.jobs
-        jobs.register_worker("w1", MODEL, "h", 0.0, holds=(MODEL,))
-        for i in range(2):
-            _queue(jobs, f"j{i}", "user1", Tier.FREE, float(i), 5.0, 5)
         dispatcher = Dispatcher(platform)
         assert [a.jobs for a in dispatcher.step(2.0).assignments] == [("j0",)]
         jobs.request_cancel("j0", 2.1)
         assert [a.jobs for a in dispatcher.step(2.2).assignments] == [("j1",)]
         job = jobs.claim(worker_id="w1", now=2.3, lease_seconds=30, lease_token="t")
         assert job is not None and job.id == "j1"
-    finally:
-        platform.close()
 
 
 @pytest.mark.slow  # 22 real jobs through one worker
@@ -354,12 +364,8 @@ def test_batch_jobs_past_their_deadline_are_reported_late(tmp_path: Path) -> Non
 def test_a_job_that_left_the_gpu_frees_its_worker_for_the_next(tmp_path: Path) -> None:
     """Once a job reports a stage past generation, its worker may claim the next job while
     it still holds the first one's lease; each lease stays fenced on its own."""
-    platform = _platform(tmp_path, f"sqlite:///{tmp_path / 'r.db'}")
-    try:
+    with _one_worker(tmp_path, 2) as platform:
         jobs = platform.jobs
-        jobs.register_worker("w1", MODEL, "h", 0.0, holds=(MODEL,))
-        for i in range(2):
-            _queue(jobs, f"j{i}", "user1", Tier.FREE, float(i), 5.0, 5)
         dispatcher = Dispatcher(platform)
         assert [a.jobs for a in dispatcher.step(2.0).assignments] == [("j0",)]
         first = jobs.claim(worker_id="w1", now=2.1, lease_seconds=30, lease_token="t0")
@@ -388,20 +394,14 @@ def test_a_job_that_left_the_gpu_frees_its_worker_for_the_next(tmp_path: Path) -
         restarted.step(2.9)
         assert not restarted.policy.is_idle("w1")
         assert list(restarted.policy.running) == ["j1"]
-    finally:
-        platform.close()
 
 
 def test_a_job_in_its_last_step_frees_its_worker_even_after_a_long_run(tmp_path: Path) -> None:
     """`finishing` frees the worker at once, and marks it seen: a worker busy for longer
     than `worker_alive_s` is not taken for a silent one once it is free. An event that names
     another worker than the job's changes nothing."""
-    platform = _platform(tmp_path, f"sqlite:///{tmp_path / 'r.db'}")
-    try:
+    with _one_worker(tmp_path, 3) as platform:
         jobs = platform.jobs
-        jobs.register_worker("w1", MODEL, "h", 0.0, holds=(MODEL,))
-        for i in range(3):
-            _queue(jobs, f"j{i}", "user1", Tier.FREE, float(i), 5.0, 5)
         dispatcher = Dispatcher(platform)
         assert [a.jobs for a in dispatcher.step(3.0).assignments] == [("j0",)]
         assert jobs.claim(worker_id="w1", now=3.1, lease_seconds=300, lease_token="t0")
@@ -412,19 +412,13 @@ def test_a_job_in_its_last_step_frees_its_worker_even_after_a_long_run(tmp_path:
         jobs.finishing("j1", "t1", worker_id="w2", now=200.3)  # not where j1 runs
         assert dispatcher.step(200.4).assignments == []
         assert not dispatcher.policy.is_idle("w1")
-    finally:
-        platform.close()
 
 
 def test_a_new_leader_keeps_a_worker_on_the_job_it_claimed_during_the_last_step(
     tmp_path: Path,
 ) -> None:
-    platform = _platform(tmp_path, f"sqlite:///{tmp_path / 'r.db'}")
-    try:
+    with _one_worker(tmp_path, 3) as platform:
         jobs = platform.jobs
-        jobs.register_worker("w1", MODEL, "h", 0.0, holds=(MODEL,))
-        for i in range(3):
-            _queue(jobs, f"j{i}", "user1", Tier.FREE, float(i), 5.0, 5)
         dispatcher = Dispatcher(platform)
         dispatcher.step(3.0)
         assert jobs.claim(worker_id="w1", now=3.1, lease_seconds=300, lease_token="t0")
@@ -439,5 +433,3 @@ def test_a_new_leader_keeps_a_worker_on_the_job_it_claimed_during_the_last_step(
             spritesheet_key="s", first_step=1,
         )  # fmt: skip
         assert restarted.step(4.5).assignments == []  # j1 still holds the GPU
-    finally:
-        platform.close()
