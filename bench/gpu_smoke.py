@@ -7,7 +7,9 @@ since the text encoder runs once per job), runs an in-process platform (API, con
 worker, SQLite) and gives it a backlog of jobs at once. Measures seconds per denoising step,
 the VAE decode, submit-to-completed per clip, and the device's idle gap between consecutive
 jobs (from the steps' own timestamps, and from `nvidia-smi` utilization samples when
-present), and a multi-model worker's switch on it (park to pinned host memory, load back).
+present), a multi-model worker's switch on it (park to pinned host memory, load back), and
+what a batch of small previews saves (`generate_batch` against one run per clip, beside the
+cost model's prediction for the forwards).
 `--tiny` runs the same on the CPU with a tiny pipeline (a check of the script).
 
 Needs the diffusers extra (`make setup-diffusers`, or torch with CUDA plus
@@ -29,6 +31,7 @@ from _inprocess import platform_serving, wait_all
 from reelgen.models.base import Clip, GenerationSpec, StepCallback, StepInfo
 from reelgen.models.wan import WanConfig, WanModel
 from reelgen.models.wan_random import random_pipeline
+from reelgen.scheduler.cost import latent_tokens, measured_models
 
 
 class Timed(WanModel):
@@ -88,6 +91,35 @@ def measure_switch(model: Timed) -> dict[str, float]:
     host = model._host
     timings["GB"] = sum(t.numel() * t.element_size() for t in host.hosts) / 1e9 if host else 0.0
     return timings
+
+
+def measure_batch(model: Timed, width: int, height: int, batch: int = 4) -> dict[str, float]:
+    """Seconds per clip of `batch` one-second previews run one by one and as one batch (the
+    denoising steps; each clip's decode runs alone either way), and the cost model's gain
+    for their forwards."""
+    specs = [
+        GenerationSpec(f"a preview, take {k}", 1, width, height, seed=k, fps=model.fps)
+        for k in range(batch)
+    ]
+
+    def timed(call: Any) -> float:
+        model._sync()
+        began = time.monotonic()
+        call()
+        model._sync()
+        return time.monotonic() - began
+
+    def each() -> None:
+        for spec in specs:
+            WanModel.generate(model, spec, lambda info: None)
+
+    WanModel.generate(model, specs[0], lambda info: None)  # warm: kernels for this shape
+    alone = timed(each)
+    together = timed(lambda: model.generate_batch(specs, [lambda info: None] * batch))
+    cost = measured_models()["1.3B"]
+    tokens = latent_tokens(width, height, specs[0].num_frames)
+    predicted = batch * cost.forward_s(tokens, 1) / cost.forward_s(tokens, batch)
+    return {"alone": alone / batch, "batched": together / batch, "predicted": predicted}
 
 
 def _device_gb(device: str) -> float:
@@ -153,6 +185,9 @@ def main() -> int:
             sampling.set()
     switch = measure_switch(model)
     log(f"park and load: {switch}")
+    preview_w, preview_h = (64, 64) if args.tiny else (448, 256)
+    batched = measure_batch(model, preview_w, preview_h)
+    log(f"a batch of 4 previews: {batched}")
     ends = {video_id: at for video_id, (_video, at) in ended.items()}
     statuses = {video_id: video["status"] for video_id, (video, _at) in ended.items()}
 
@@ -202,6 +237,16 @@ def main() -> int:
             None,
         ),
     ]
+    gain = batched["alone"] / batched["batched"]
+    checks.append(
+        Check(
+            f"a batch of 4 previews ({preview_w}x{preview_h}, 1 s): gain per clip",
+            gain,
+            "x",
+            f"cost model {fmt(batched['predicted'], 2)} x for the forwards",
+            None,
+        )
+    )
     md = [
         __doc__ or "",
         f"Pipeline built in {built_s:.1f} s.",
@@ -224,6 +269,10 @@ def main() -> int:
             ],
             rows,
         ),
+        "",
+        f"Previews ({preview_w}x{preview_h}, 1 s, {args.steps} steps): "
+        f"{fmt(batched['alone'], 3)} s per clip one by one, {fmt(batched['batched'], 3)} s per "
+        f"clip in a batch of 4.",
         "",
         checks_table(checks),
     ]

@@ -362,7 +362,7 @@ def reelgen_consumer(
         while time.time() < deadline:
             mark = bus.assignment_mark(worker_id)
             t0 = time.perf_counter()
-            job = store.claim(
+            claimed = store.claim(
                 worker_id=worker_id,
                 now=time.time(),
                 lease_seconds=30.0,
@@ -370,12 +370,13 @@ def reelgen_consumer(
             )
             t1 = time.perf_counter()
             claim_s += t1 - t0
-            if job is None:
+            if not claimed:
                 if remaining.value <= 0:
                     break
                 bus.wait_for_assignment(worker_id, 0.25, since=mark)
                 waited_s += time.perf_counter() - t1
                 continue
+            [job] = claimed
             assert job.lease_token is not None
             now = time.time()
             prefix = f"videos/{job.id}/a{job.attempt}"

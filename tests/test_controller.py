@@ -50,10 +50,10 @@ def _leased_job(tmp_path: Path, prompt: str) -> tuple[ApiContext, Clock, str]:
     job, _ = videos.submit(platform, user, videos.CreateVideo(prompt=prompt))
     platform.jobs.register_worker("w1", "reference", "host", clock.now)
     platform.jobs.assign([(job.id, "w1")])
-    claimed = platform.jobs.claim(
+    [claimed] = platform.jobs.claim(
         worker_id="w1", now=clock.now, lease_seconds=LEASE_S, lease_token="t"
     )
-    assert claimed is not None and claimed.id == job.id
+    assert claimed.id == job.id
     return platform, clock, job.id
 
 

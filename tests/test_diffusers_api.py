@@ -11,8 +11,10 @@ same frames is not bit-identical from run to run when the machine is busy."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -229,3 +231,87 @@ def test_job_through_the_api_extends_an_uploaded_clip(start_server, image_family
     (image,) = images  # the model was conditioned on the source's last frame
     last = np.asarray(Image.open(io.BytesIO(image)).convert("RGB")).astype(int)
     assert last.shape == (64, 64, 3) and np.abs(last - before[-1]).mean() < 8
+
+
+@pytest.mark.diffusers
+def test_wan_small_jobs_through_the_api_run_as_one_batch(start_server, family) -> None:
+    """Four small clips of one size queue while the worker is busy: the dispatcher gives
+    them to the worker together and it runs them in one batch. One is cancelled mid-run and
+    ends cancelled; one is preempted mid-run, handed back with its checkpoint and resumed
+    alone; the others complete. Each completed clip has the frames its job makes alone (up
+    to rounding)."""
+    name, path = family
+    if name != "wan":
+        pytest.skip("batches: Wan text-to-video")
+    from reelgen.scheduler.cost import measured_models
+
+    hold = threading.Event()
+    batches: list[list[str]] = []
+    made: dict[str, list[str]] = {}
+
+    def prepare(platform) -> None:
+        model = _adapter(name, path, steps=40, made=made)
+        model.config = dataclasses.replace(model.config, cost=measured_models()["1.3B"])
+        generate, generate_batch = model.generate, model.generate_batch
+
+        def held(spec: GenerationSpec, on_step: StepCallback, resume_from: bytes | None = None):
+            def step(info: Any) -> None:
+                on_step(info)
+                if info.step == 1:  # the first job waits here while the small ones queue
+                    hold.wait(60)
+
+            return generate(spec, step, resume_from)
+
+        def paced(specs: list[GenerationSpec], on_steps: list[StepCallback]) -> list[Any]:
+            batches.append([s.run_id.split(":")[0] for s in specs])
+
+            def step(on_step: StepCallback) -> StepCallback:
+                def call(info: Any) -> None:
+                    time.sleep(STEP_S)
+                    on_step(info)
+
+                return call
+
+            return generate_batch(specs, [step(c) for c in on_steps])
+
+        model.generate, model.generate_batch = held, paced
+        platform.models["reference"] = model
+
+    live = start_server(prepare=prepare, checkpoint_every_steps=1000)
+    small = {"seconds": "1", "size": "64x64"}
+    prompts = [("a red boat", 3), ("green hills", 4), ("a small cat", 5), ("rain at dusk", 6)]
+    with live.client() as http:
+        first = http.post("/v1/videos", json={**small, "seconds": "2", "prompt": "a long pan"})
+        _wait_step(live, first.json()["id"], 1)
+        ids = [
+            http.post("/v1/videos", json={**small, "prompt": p, "seed": seed}).json()["id"]
+            for p, seed in prompts
+        ]
+        time.sleep(1.0)  # the dispatcher reads them
+        hold.set()
+        _wait_step(live, ids[1], 3)
+        assert http.post(f"/v1/videos/{ids[1]}/cancel").status_code == 200
+        assert live.platform.jobs.request_preempt(ids[3], live.platform.clock())
+        done = [live.wait_for(i, timeout=120) for i in ids]
+        alone = {}
+        for k in (0, 3):
+            body = {**small, "prompt": prompts[k][0], "seed": prompts[k][1]}
+            alone[k] = http.post("/v1/videos", json=body).json()["id"]
+            assert live.wait_for(alone[k], timeout=120)["status"] == "completed"
+        clips = {
+            v: _frames(http.get(f"/v1/videos/{v}/content", follow_redirects=True).content)
+            for v in (ids[0], ids[3], *alone.values())
+        }
+    assert batches == [ids]  # the preempted job resumed alone
+    assert [d["status"] for d in done] == ["completed", "failed", "completed", "completed"], done
+    assert done[1]["error"]["code"] == "cancelled"
+    events = {i: live.platform.jobs.events_after(i) for i in ids}
+    first_starts = [next(e for e in events[i] if e.kind == "started") for i in ids]
+    assert len({(e.at, e.payload.worker_id) for e in first_starts}) == 1  # one claim
+    (released,) = [e for e in events[ids[3]] if e.kind == "released"]
+    assert released.payload.reason == "preempted"
+    resumed = [e for e in events[ids[3]] if e.kind == "started"][1]
+    assert resumed.payload.resume_step == released.payload.step > 0
+    for k in (0, 3):
+        a, b = clips[ids[k]], clips[alone[k]]
+        assert a.shape == b.shape and np.abs(a.astype(int) - b.astype(int)).mean() < 5

@@ -97,8 +97,10 @@ class _LiveFleet:
         for a in decisions.assignments:
             (job_id,), (worker,) = a.jobs, a.workers
             token = f"{job_id}:{len(self.tokens)}"
-            job = self.p.jobs.claim(worker_id=worker, now=now, lease_seconds=1e9, lease_token=token)
-            assert job is not None and job.id == job_id
+            [job] = self.p.jobs.claim(
+                worker_id=worker, now=now, lease_seconds=1e9, lease_token=token
+            )
+            assert job.id == job_id
             self.tokens[job_id] = token
             self.started_at[job_id] = now
             left = job.estimated_seconds * (1 - job.checkpoint_step / job.total_steps)
@@ -137,7 +139,14 @@ class _LiveFleet:
 
 
 def _queue(
-    jobs: JobStore, job_id: str, user: str, tier: Tier, now: float, seconds: float, steps: int
+    jobs: JobStore,
+    job_id: str,
+    user: str,
+    tier: Tier,
+    now: float,
+    seconds: float,
+    steps: int,
+    **columns: object,
 ) -> None:
     """Submits a queued job of `seconds` estimated GPU-seconds as the API's rows look."""
     row = dict(
@@ -147,7 +156,7 @@ def _queue(
         stage=Stage.WAITING_FOR_GPU.value, progress=0, step=0, total_steps=steps,
         estimated_seconds=seconds, created_at=now, not_before=now, attempt=0,
         max_attempts=3, strikes=0, attempt_start_step=0, cancel_requested=False,
-        checkpoint_step=0,
+        checkpoint_step=0, **columns,
     )  # fmt: skip
     jobs.submit(row, admit=lambda _u: None, idempotency=None, request_hash="h")
 
@@ -226,9 +235,9 @@ def test_an_unclaimed_assignment_goes_to_another_worker(tmp_path: Path, database
         assert dispatcher.step(2.0).assignments == []  # w1 still has time to claim
         again = dispatcher.step(12.0)  # w1 is silent: the job moves, w1 gets nothing more
         assert [(a.jobs, a.workers) for a in again.assignments] == [(("a",), ("w2",))]
-        assert jobs.claim(worker_id="w1", now=12.5, lease_seconds=30, lease_token="x") is None
-        job = jobs.claim(worker_id="w2", now=12.5, lease_seconds=30, lease_token="y")
-        assert job is not None and job.id == "a"
+        assert jobs.claim(worker_id="w1", now=12.5, lease_seconds=30, lease_token="x") == []
+        [job] = jobs.claim(worker_id="w2", now=12.5, lease_seconds=30, lease_token="y")
+        assert job.id == "a"
     finally:
         platform.close()
 
@@ -245,7 +254,7 @@ def test_a_new_leader_voids_old_assignments_and_keeps_running_jobs(
             _queue(jobs, f"j{i}", "user1", Tier.FREE, float(i), 5.0, 5)
         old = Dispatcher(platform)
         assert len(old.step(3.0).assignments) == 2
-        running = jobs.claim(worker_id="w1", now=3.1, lease_seconds=30, lease_token="t")
+        [running] = jobs.claim(worker_id="w1", now=3.1, lease_seconds=30, lease_token="t")
         assert running is not None
         new = Dispatcher(platform)  # the old leader is gone; w2 never claimed
         decisions = new.step(3.5)
@@ -263,8 +272,8 @@ def test_a_cancelled_assignment_frees_its_worker(tmp_path: Path) -> None:
         assert [a.jobs for a in dispatcher.step(2.0).assignments] == [("j0",)]
         jobs.request_cancel("j0", 2.1)
         assert [a.jobs for a in dispatcher.step(2.2).assignments] == [("j1",)]
-        job = jobs.claim(worker_id="w1", now=2.3, lease_seconds=30, lease_token="t")
-        assert job is not None and job.id == "j1"
+        [job] = jobs.claim(worker_id="w1", now=2.3, lease_seconds=30, lease_token="t")
+        assert job.id == "j1"
 
 
 @pytest.mark.slow  # 22 real jobs through one worker
@@ -306,11 +315,11 @@ def test_through_the_api_a_paid_job_and_a_new_users_first_job_go_ahead_of_a_back
 
 def test_the_live_policy_takes_its_parameters_from_the_settings(tmp_path: Path) -> None:
     settings = make_settings(
-        tmp_path, paid_weight=3.0, max_preemptions=1, free_wait_target_seconds=600
+        tmp_path, paid_weight=3.0, max_preemptions=1, free_wait_target_seconds=600, max_batch=4
     )
     config = DispatchConfig.of(settings)
     assert config.policy.weights[Tier.PAID] == 3.0 and config.policy.max_preemptions == 1
-    assert config.policy.target(Tier.FREE) == 600 and config.policy.max_batch == 1
+    assert config.policy.target(Tier.FREE) == 600 and config.policy.max_batch == 4
 
 
 def test_the_dispatcher_publishes_desired_workers_per_pool(tmp_path: Path) -> None:
@@ -368,8 +377,8 @@ def test_a_job_that_left_the_gpu_frees_its_worker_for_the_next(tmp_path: Path) -
         jobs = platform.jobs
         dispatcher = Dispatcher(platform)
         assert [a.jobs for a in dispatcher.step(2.0).assignments] == [("j0",)]
-        first = jobs.claim(worker_id="w1", now=2.1, lease_seconds=30, lease_token="t0")
-        assert first is not None and first.id == "j0"
+        [first] = jobs.claim(worker_id="w1", now=2.1, lease_seconds=30, lease_token="t0")
+        assert first.id == "j0"
         assert dispatcher.step(2.2).assignments == []  # generating: the GPU is taken
         for stage in (Stage.GENERATING, Stage.ENCODING):
             jobs.heartbeat(
@@ -377,8 +386,8 @@ def test_a_job_that_left_the_gpu_frees_its_worker_for_the_next(tmp_path: Path) -
                 stage=stage, stage_changed=True,
             )  # fmt: skip
         assert [a.jobs for a in dispatcher.step(2.4).assignments] == [("j1",)]
-        second = jobs.claim(worker_id="w1", now=2.5, lease_seconds=30, lease_token="t1")
-        assert second is not None and second.id == "j1"
+        [second] = jobs.claim(worker_id="w1", now=2.5, lease_seconds=30, lease_token="t1")
+        assert second.id == "j1"
         jobs.heartbeat(
             "j1", "t1", now=2.6, lease_seconds=30, step=1, total_steps=5, progress=10,
             stage=Stage.GENERATING,
@@ -433,3 +442,32 @@ def test_a_new_leader_keeps_a_worker_on_the_job_it_claimed_during_the_last_step(
             spritesheet_key="s", first_step=1,
         )  # fmt: skip
         assert restarted.step(4.5).assignments == []  # j1 still holds the GPU
+
+
+def test_small_jobs_of_one_key_are_assigned_claimed_and_freed_as_one_batch(
+    tmp_path: Path, database_url: str
+) -> None:
+    """Jobs of one batch key go to one worker in one assignment and one claim; the last
+    step of any of them frees the worker (they share their steps); a new leader counts the
+    whole batch as running on it."""
+    platform = _platform(tmp_path, database_url)
+    try:
+        jobs = platform.jobs
+        jobs.register_worker("w1", MODEL, "h", 0.0, holds=(MODEL,))
+        for i in range(3):
+            _queue(
+                jobs, f"b{i}", "user1", Tier.FREE, float(i), 5.0, 5, batch_key="k", batch_gain=1.5
+            )
+        _queue(jobs, "odd", "user2", Tier.FREE, 2.5, 5.0, 5, batch_key="k2", batch_gain=1.5)
+        dispatcher = Dispatcher(platform)
+        assert [a.jobs for a in dispatcher.step(3.0).assignments] == [("b0", "b1", "b2")]
+        claimed = jobs.claim(worker_id="w1", now=3.1, lease_seconds=300, lease_token="t")
+        assert [j.id for j in claimed] == ["b0", "b1", "b2"]
+        assert dispatcher.step(3.2).assignments == []
+        restarted = Dispatcher(platform)
+        assert restarted.step(3.3).assignments == []
+        assert sorted(restarted.policy.running) == ["b0", "b1", "b2"]
+        jobs.finishing("b1", "t", worker_id="w1", now=4.0)
+        assert [a.jobs for a in restarted.step(4.1).assignments] == [("odd",)]
+    finally:
+        platform.close()

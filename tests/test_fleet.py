@@ -135,13 +135,13 @@ def test_controller_failover_keeps_reaping(fleet: Fleet) -> None:
         15,
         "the job assigned to the ghost",
     )
-    claimed = fleet.platform.jobs.claim(
+    [claimed] = fleet.platform.jobs.claim(
         worker_id="ghost",
         now=fleet.platform.clock(),
         lease_seconds=1.0,
         lease_token="ghost-token",
     )
-    assert claimed is not None and claimed.id == job.id
+    assert claimed.id == job.id
     wait_until(
         lambda: "worker_lost" in [e.kind for e in fleet.events(job.id)], 15, "the lease reaped"
     )

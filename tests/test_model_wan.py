@@ -15,9 +15,10 @@ import pytest
 from reelgen.models.base import Conditioning, GenerationSpec
 from reelgen.models.registry import build_model, served
 from reelgen.models.wan import WanConfig, WanModel
+from reelgen.scheduler.cost import measured_models
 from reelgen.settings import Settings
 
-from .helpers import edited_through_the_api, picture, stopped_at
+from .helpers import Stopped, edited_through_the_api, picture, stopped_at
 
 SPEC = GenerationSpec(prompt="a red boat on the sea", seconds=1, width=32, height=32, seed=5, fps=8)
 
@@ -109,6 +110,75 @@ def test_wan_checkpoint_resumes_to_the_same_video(tiny: Path, scheduler: str) ->
         other.generate(dataclasses.replace(SPEC, seed=6), lambda info: None, state)
     with pytest.raises(ValueError, match="not a checkpoint of Wan"):
         other.generate(SPEC, lambda info: None, b"garbage")
+
+
+@pytest.mark.diffusers
+@pytest.mark.parametrize("scheduler", ["unipc", "euler"])
+def test_wan_batch_makes_each_clip_as_alone_and_a_member_leaves_resumable(
+    tiny: Path, scheduler: str
+) -> None:
+    """Three jobs in one run: each clip is the one its job makes alone, up to rounding (a
+    forward over a batch may round differently). The second is stopped at step 2 (a cancel
+    or preempt): the others go on, and its checkpoint resumes alone, on another worker, to
+    its own video."""
+    model = _model(tiny)
+    if scheduler == "euler":
+        from diffusers import FlowMatchEulerDiscreteScheduler
+
+        model.pipe.scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0)
+    specs = [
+        SPEC,
+        dataclasses.replace(SPEC, prompt="green hills under snow", seed=9),
+        dataclasses.replace(SPEC, prompt="a cat", seed=11),
+    ]
+    alone = [np.stack(list(model.generate(s, lambda info: None).frames)) for s in specs]
+    assert model.batch_key(specs[0]) == model.batch_key(specs[2]) is not None
+    saved: list[bytes] = []
+    seen: list[tuple[int, int]] = []
+
+    def leaves(info) -> None:  # type: ignore[no-untyped-def]
+        seen.append((1, info.step))
+        if info.step == 2:
+            saved.append(info.snapshot())
+            raise Stopped
+
+    out = model.generate_batch(
+        specs, [lambda info: seen.append((0, info.step)), leaves, lambda info: None]
+    )
+    assert isinstance(out[1], Stopped)
+    assert [s for who, s in seen if who == 1] == [1, 2]  # not called after it left
+    assert [s for who, s in seen if who == 0] == [1, 2, 3, 4]
+    for k in (0, 2):
+        clip = out[k]
+        assert not isinstance(clip, Exception)
+        assert _close(np.stack(list(clip.frames)), alone[k])
+    other = _model(tiny)
+    other.pipe.scheduler = model.pipe.scheduler
+    steps: list[int] = []
+    resumed = other.generate(specs[1], lambda info: steps.append(info.step), saved[0])
+    assert steps == [3, 4]
+    assert _close(np.stack(list(resumed.frames)), alone[1])
+
+
+def _close(frames: np.ndarray, expected: np.ndarray) -> bool:
+    return frames.shape == expected.shape and int(np.abs(frames - expected.astype(int)).max()) <= 2
+
+
+def test_wan_batches_only_text_jobs_of_one_shape() -> None:
+    cost = measured_models()["1.3B"]
+    model = WanModel("wan", WanConfig(path=None, steps=4, cost=cost))
+    small = GenerationSpec(prompt="x", seconds=1, width=448, height=256, seed=1, fps=16)
+    assert model.batch_key(small) == model.batch_key(dataclasses.replace(small, seed=2))
+    assert model.batch_key(small) != model.batch_key(dataclasses.replace(small, seconds=2))
+    assert model.batch_key(dataclasses.replace(small, reference_image=b"png")) is None
+    assert model.batch_key(dataclasses.replace(small, source_video=Path("a.mp4"))) is None
+    assert model.batch_gain(small, 4) > 1.3  # small clips: mostly fixed cost per forward
+    full = GenerationSpec(prompt="x", seconds=5, width=832, height=480, seed=1, fps=16)
+    assert model.batch_gain(full, 4) < 1.02
+    i2v = WanModel("wan-i2v", WanConfig(path=None, task="i2v"))
+    assert i2v.batch_key(small) is None
+    with pytest.raises(ValueError, match="cannot share a run"):
+        model.generate_batch([small, dataclasses.replace(small, width=256)], [print, print])
 
 
 I2V_SPEC = dataclasses.replace(SPEC, reference_image=picture())

@@ -401,6 +401,27 @@ def test_no_batch_where_the_gain_is_too_small() -> None:
     assert len(a.jobs) == 1
 
 
+def test_the_last_step_of_a_batch_frees_its_worker_and_a_batch_is_never_preempted() -> None:
+    """Batched jobs share their steps: the `finishing` of any of them frees the worker. A
+    job of a batch is no preemption victim: its worker would go on with the others."""
+    s = build([], [worker("w0"), worker("w1")], max_batch=4, min_run_s=10.0)
+    small = [
+        job(user=f"u{i}", tier=Tier.FREE, seconds=5000.0, batch_key="k", batch_gain=1.4)
+        for i in range(3)
+    ]
+    alone = job(user="v", tier=Tier.FREE, seconds=10_000.0)
+    for j in (*small, alone):
+        s.submit(j)
+    assignments = s.schedule(0.0).assignments
+    assert sorted(len(a.jobs) for a in assignments) == [1, 3]
+    s.submit(job(tier=Tier.PAID, user="p", at=100.0))
+    (p,) = s.schedule(1000.0).preemptions
+    assert p.job == alone.id  # not a member of the batch, though free work too
+    (batched,) = [a for a in assignments if len(a.jobs) == 3]
+    assert s.finishing(small[1].id) is not None
+    assert s.is_idle(batched.workers[0]) and not set(s.running) & {j.id for j in small}
+
+
 # ---- gangs -----------------------------------------------------------------------------
 
 

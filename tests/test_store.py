@@ -73,20 +73,21 @@ def _claim(store: JobStore, worker: str, now: float, token: str, job_id: str | N
         job_id = ready[0][1] if ready else None
     if job_id is not None:
         store.assign([(job_id, worker)])
-    return store.claim(worker_id=worker, now=now, lease_seconds=30, lease_token=token)
+    claimed = store.claim(worker_id=worker, now=now, lease_seconds=30, lease_token=token)
+    return claimed[0] if claimed else None
 
 
 def test_a_worker_claims_only_the_job_assigned_to_it_and_only_once(store: JobStore) -> None:
     _submit(store, _row("free1", now=0.0))
     _submit(store, _row("paid1", user="u_paid", tier=Tier.PAID, now=10.0))
-    assert store.claim(worker_id="w1", now=11.0, lease_seconds=30, lease_token="t0") is None
+    assert store.claim(worker_id="w1", now=11.0, lease_seconds=30, lease_token="t0") == []
     assert store.assign([("paid1", "w1"), ("free1", "w2")]) == {"paid1", "free1"}
     assert store.assign([("paid1", "w3")]) == set()  # taken: the first assignment stands
-    assert store.claim(worker_id="w3", now=11.0, lease_seconds=30, lease_token="t3") is None
-    first = store.claim(worker_id="w1", now=11.0, lease_seconds=30, lease_token="t1")
-    second = store.claim(worker_id="w2", now=11.0, lease_seconds=30, lease_token="t2")
+    assert store.claim(worker_id="w3", now=11.0, lease_seconds=30, lease_token="t3") == []
+    [first] = store.claim(worker_id="w1", now=11.0, lease_seconds=30, lease_token="t1")
+    [second] = store.claim(worker_id="w2", now=11.0, lease_seconds=30, lease_token="t2")
     assert (first.id, second.id) == ("paid1", "free1")
-    assert store.claim(worker_id="w1", now=11.0, lease_seconds=30, lease_token="t4") is None
+    assert store.claim(worker_id="w1", now=11.0, lease_seconds=30, lease_token="t4") == []
     assert first.attempt == 1 and first.status is Status.IN_PROGRESS
     assert {r.id: r.assigned_worker for r in store.active_rows()} == {
         "paid1": None,
@@ -105,7 +106,7 @@ def test_an_unclaimed_assignment_can_be_taken_back_and_a_new_leader_voids_all(
     _claim(store, "w2", 5.0, "t", job_id="j1")
     assert not store.unassign("j1", "w2")  # claimed already
     assert store.clear_assignments() == 1  # j2's
-    assert store.claim(worker_id="w3", now=6.0, lease_seconds=30, lease_token="t3") is None
+    assert store.claim(worker_id="w3", now=6.0, lease_seconds=30, lease_token="t3") == []
 
 
 def test_fencing_rejects_a_stale_token(store: JobStore) -> None:
@@ -248,7 +249,7 @@ def test_a_lost_worker_counts_only_when_its_attempt_made_no_progress(store: JobS
     _submit(store, _row("poison"))
     for n in (1, 2):
         job = _claim(store, "wp", now, f"p{n}")
-        assert job is not None and job.id == "poison"
+        assert job.id == "poison"
         now += 100.0
         (lost,) = store.reap(now=now, only_expired=True, backoff=lambda a: 0.0)
         assert lost.counted
@@ -337,12 +338,31 @@ def test_head_cursor_keeps_an_event_whose_transaction_is_still_open(
 def test_leased_with_finds_only_the_claim_of_that_worker_and_token(store: JobStore) -> None:
     store.register_worker("w", "reference", "host", 0.0)
     _submit(store, _row("j"))
-    assert store.leased_with("w", "t") is None
+    assert store.leased_with("w", "t") == []
     _claim(store, "w", 1.0, "t")
-    found = store.leased_with("w", "t")
-    assert found is not None and found.id == "j" and found.attempt == 1
-    assert store.leased_with("w", "other") is None
-    assert store.leased_with("other", "t") is None
+    [found] = store.leased_with("w", "t")
+    assert found.id == "j" and found.attempt == 1
+    assert store.leased_with("w", "other") == []
+    assert store.leased_with("other", "t") == []
+
+
+def test_a_batch_assigned_to_one_worker_is_claimed_together(store: JobStore) -> None:
+    """Every job assigned to a worker is claimed at once, in submit order, under one token,
+    each with its own `started` event; the worker's row names the first as current."""
+    store.register_worker("w", "reference", "host", 0.0)
+    for name in ("b0", "b1", "b2", "other"):
+        _submit(store, _row(name))
+    head = store.head_cursor()
+    assert store.assign([("b2", "w"), ("b0", "w"), ("b1", "w")]) == {"b0", "b1", "b2"}
+    claimed = store.claim(worker_id="w", now=2.0, lease_seconds=30, lease_token="t")
+    assert [j.id for j in claimed] == ["b0", "b1", "b2"]
+    assert {(j.status, j.attempt, j.lease_token) for j in claimed} == {(Status.IN_PROGRESS, 1, "t")}
+    started = [e for e in _events_soon(store, head) if e.kind == "started"]
+    assert sorted(e.job_id for e in started) == ["b0", "b1", "b2"]
+    assert [j.id for j in store.leased_with("w", "t")] == ["b0", "b1", "b2"]
+    assert [w.current_job_id for w in store.live_workers()] == ["b0"]
+    assert store.get("other").status is Status.QUEUED
+    assert store.claim(worker_id="w", now=2.1, lease_seconds=30, lease_token="u") == []
 
 
 def test_the_bus_announces_work_to_other_processes_after_the_commit(pg_url: str) -> None:

@@ -208,6 +208,11 @@ class Settings(BaseSettings):
     free_running_per_user: int = Field(4, ge=1)
     """GPUs one user's jobs of the tier hold at once while others wait."""
     max_preemptions: int = Field(2, ge=0)
+    max_batch: int = Field(8, ge=1)
+    """The most jobs one model run takes together: small text-to-video clips of one size
+    and length, on a model that batches (Wan text-to-video), where the cost model says a
+    batch saves at least `min_batch_gain`. 1: every job runs alone."""
+    min_batch_gain: float = Field(1.15, ge=1.0)
 
     retention_days: int = Field(7, ge=1)
     """How long finished videos stay downloadable (`expires_at`)."""

@@ -15,8 +15,10 @@ worker claims and prepares the next job during that step.
 
 A live worker has one accelerator and serves one adapter or several (the others parked in
 its host memory): the policy's model switches are live, the worker switching when it claims a
-job for a parked model. Live jobs are single-GPU and never batched; gangs and batching are
-decided by the same policy in the simulator.
+job for a parked model. Small compatible jobs (one batch key, set at admission) are
+assigned to one worker together where the cost model says it pays, and the worker claims
+and runs them as one batch. Live jobs are single-GPU; gangs are decided by the same policy
+in the simulator.
 """
 
 from __future__ import annotations
@@ -58,7 +60,7 @@ MODELS_CHANGED = frozenset({ev.SWITCH_FAILED, ev.NOT_SERVED})
 
 
 def policy_config(settings: Settings) -> PolicyConfig:
-    """The live policy's parameters from the settings; batching off (one job per worker)."""
+    """The live policy's parameters from the settings."""
     return PolicyConfig(
         weights={Tier.PAID: settings.paid_weight, Tier.FREE: settings.free_weight, Tier.BATCH: 1},
         wait_target_s={
@@ -72,7 +74,8 @@ def policy_config(settings: Settings) -> PolicyConfig:
             Tier.BATCH: 1_000_000,
         },
         max_preemptions=settings.max_preemptions,
-        max_batch=1,
+        max_batch=settings.max_batch,
+        min_batch_gain=settings.min_batch_gain,
     )
 
 
@@ -119,6 +122,8 @@ def queued_job(row: SchedulingRow, batch_deadline_s: float) -> QueuedJob:
         created_at=row.created_at,
         deadline=row.created_at + batch_deadline_s if tier is Tier.BATCH else None,
         preemptions=row.preemptions,
+        batch_key=row.batch_key if remaining == 1.0 else None,  # resumed: alone
+        batch_gain=row.batch_gain,
     )
 
 
@@ -396,7 +401,7 @@ class Dispatcher:
 
     # ---- apply ------------------------------------------------------------------------
     def _apply(self, decisions: Decisions, now: float) -> None:
-        pairs = [(a.jobs[0], a.workers[0]) for a in decisions.assignments]
+        pairs = [(job, a.workers[0]) for a in decisions.assignments for job in a.jobs]
         if pairs:
             done = self.platform.jobs.assign(pairs)
             refused: list[str] = []

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import hashlib
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 
@@ -170,4 +170,28 @@ class VideoModel(Protocol):
         resume_from: bytes | None = None,
     ) -> Clip:
         """Runs the remaining steps (all, or those after the snapshot) and returns the clip."""
+        ...
+
+
+@runtime_checkable
+class BatchingModel(VideoModel, Protocol):
+    """A model that can run several jobs in one pass of forwards: worth it only where the
+    cost model says so (small clips, whose forwards are mostly fixed cost)."""
+
+    def batch_key(self, spec: GenerationSpec) -> str | None:
+        """Jobs with equal keys can share a run (same size, frames, steps and settings);
+        None: this one runs alone (an image, a clip to edit or extend)."""
+        ...
+
+    def batch_gain(self, spec: GenerationSpec, batch: int) -> float:
+        """GPU-seconds of the clip alone over its share of a run of `batch` such clips."""
+        ...
+
+    def generate_batch(
+        self, specs: Sequence[GenerationSpec], on_steps: Sequence[StepCallback]
+    ) -> list[Clip | Exception]:
+        """Runs fresh jobs of one batch key together, each clip as `generate` would make it
+        from its own seed. A member whose callback raises leaves the run at that step (a
+        checkpoint its callback wrote resumes with `generate`, alone); its entry is the
+        error, and the others go on."""
         ...

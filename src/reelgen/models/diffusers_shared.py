@@ -245,18 +245,20 @@ def save(
     latents: Any,
     scheduler: Any,
     extra: Mapping[str, Any] | None = None,
+    *,
+    member: int | None = None,
 ) -> bytes:
     """The latents and the scheduler's mutable state after `step` (UniPC keeps its previous
     model outputs and order; flow-matching Euler its step index), and what else the loop
-    carries between steps (`extra`: CogVideoX's previous prediction and its generator)."""
+    carries between steps (`extra`: CogVideoX's previous prediction and its generator).
+    `member`: one clip of a batched run, saved as the checkpoint of a run of that clip
+    alone (its latents, and its part of the scheduler's per-clip tensors)."""
     import torch
 
-    state = {
-        key: value
-        for key, value in vars(scheduler).items()
-        if not key.startswith("_internal")
-        and (torch.is_tensor(value) or isinstance(value, _STATE_TYPES))
-    }
+    state = _scheduler_state(scheduler)
+    if member is not None:
+        state = {key: _members(v, latents.shape, [member]) for key, v in state.items()}
+        latents = latents[member : member + 1]
     kept = {key: _to(value, "cpu") for key, value in (extra or {}).items()}
     buf = io.BytesIO()
     torch.save(
@@ -270,6 +272,40 @@ def save(
         buf,
     )
     return buf.getvalue()
+
+
+def _scheduler_state(scheduler: Any) -> dict[str, Any]:
+    import torch
+
+    return {
+        key: value
+        for key, value in vars(scheduler).items()
+        if not key.startswith("_internal")
+        and (torch.is_tensor(value) or isinstance(value, _STATE_TYPES))
+    }
+
+
+def keep_members(scheduler: Any, shape: tuple[int, ...], keep: list[int]) -> None:
+    """Narrows a batched run's scheduler to the clips in `keep` (the others left the run):
+    its tensors of the batch's latents' `shape` (UniPC's previous outputs and sample) hold
+    one row per clip."""
+    for key, value in _scheduler_state(scheduler).items():
+        narrowed = _members(value, shape, keep)
+        if narrowed is not value:
+            setattr(scheduler, key, narrowed)
+
+
+def _members(value: Any, shape: tuple[int, ...], keep: list[int]) -> Any:
+    import torch
+
+    if torch.is_tensor(value):
+        return value[keep] if tuple(value.shape) == tuple(shape) else value
+    if isinstance(value, list | tuple):
+        items = [_members(v, shape, keep) for v in value]
+        if all(a is b for a, b in zip(items, value, strict=True)):
+            return value
+        return type(value)(items)
+    return value
 
 
 def restore(

@@ -34,7 +34,7 @@ import hashlib
 import io
 import json
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -47,6 +47,7 @@ from reelgen.models.diffusers_shared import (
     PipelineModel,
     clip_pixels,
     job_frames,
+    keep_members,
     restore,
     rounded,
     save,
@@ -223,6 +224,142 @@ class WanModel(PipelineModel[WanConfig]):
             sample_rate=SAMPLE_RATE,
             decoded=decoded,
         )
+
+    def batch_key(self, spec: GenerationSpec) -> str | None:
+        """Text-to-video jobs of one size and length share a run; the steps, guidance and
+        negative prompt are the model's own. Jobs with an image or a clip run alone."""
+        if (
+            self.config.task != "t2v"
+            or spec.reference_image is not None
+            or spec.source_video is not None
+            or spec.context_video is not None
+        ):
+            return None
+        return f"{self.name}:{spec.width}x{spec.height}x{spec.num_frames}"
+
+    def batch_gain(self, spec: GenerationSpec, batch: int) -> float:
+        cost = self.config.cost
+        if cost is None:  # nothing measured: no gain to count on
+            return 1.0
+        return cost.batch_gain(spec.width, spec.height, spec.num_frames, batch)
+
+    def generate_batch(
+        self, specs: Sequence[GenerationSpec], on_steps: Sequence[StepCallback]
+    ) -> list[Clip | Exception]:
+        """As `generate` for each spec, with every step's forwards over all the clips still
+        in the run: one noise draw per clip from its own seed, one prompt encoding per
+        clip, and a clip whose callback raises leaves the batch (the latents, prompts and
+        the scheduler's per-clip state are narrowed to the others)."""
+        if len(specs) != len(on_steps) or not specs:
+            raise ValueError("one step callback per spec, and one spec at least")
+        keys = {self.batch_key(s) for s in specs}
+        if len(keys) != 1 or None in keys:
+            raise ValueError(f"{self.name}: these jobs cannot share a run")
+        import torch
+        from diffusers import WanPipeline
+
+        if self.pipe is None:
+            self.load()
+        pipe, cfg = self.pipe, self.config
+        device = pipe._execution_device
+        height, width, frames = self.geometry(specs[0])
+        fingerprints = [self._fingerprint(s, height, width, frames, False) for s in specs]
+        guidance = cfg.guidance_scale
+        guidance_2 = cfg.guidance_scale_2 if cfg.guidance_scale_2 is not None else guidance
+        cfg_on = guidance > 1.0
+        expert = pipe.transformer if pipe.transformer is not None else pipe.transformer_2
+        dtype = expert.dtype
+        with self._device, torch.no_grad():
+            prompt_embeds, negative_embeds = pipe.encode_prompt(
+                prompt=[s.prompt for s in specs],
+                negative_prompt=[cfg.negative_prompt] * len(specs),
+                do_classifier_free_guidance=cfg_on,
+                num_videos_per_prompt=1,
+                max_sequence_length=cfg.max_sequence_length,
+                device=device,
+            )
+            channels = expert.config.in_channels
+            noise_of = [torch.Generator(device="cpu").manual_seed(s.seed) for s in specs]
+            latents = torch.cat(
+                [
+                    WanPipeline.prepare_latents(
+                        pipe, 1, channels, height, width, frames, torch.float32, device, g
+                    )
+                    for g in noise_of
+                ]
+            )
+        prompt_embeds = prompt_embeds.to(dtype)
+        if negative_embeds is not None:
+            negative_embeds = negative_embeds.to(dtype)
+        scheduler = copy.deepcopy(pipe.scheduler)
+        scheduler.set_timesteps(cfg.steps, device=device)
+        scheduler.set_begin_index(0)
+        timesteps = scheduler.timesteps
+        boundary = None
+        if pipe.config.boundary_ratio is not None:
+            boundary = pipe.config.boundary_ratio * scheduler.config.num_train_timesteps
+        results: list[Clip | Exception | None] = [None] * len(specs)
+        members = list(range(len(specs)))
+        """Which spec each row of the batch's tensors belongs to."""
+        for i in range(cfg.steps):
+            t = timesteps[i]
+            if boundary is None or t >= boundary:
+                model, scale = pipe.transformer, guidance
+            else:
+                model, scale = pipe.transformer_2, guidance_2
+            with self._device, torch.no_grad():
+                model_input = latents.to(dtype)
+                timestep = t.expand(latents.shape[0])
+                noise = model(
+                    hidden_states=model_input,
+                    timestep=timestep,
+                    encoder_hidden_states=prompt_embeds,
+                    return_dict=False,
+                )[0]
+                if cfg_on:
+                    uncond = model(
+                        hidden_states=model_input,
+                        timestep=timestep,
+                        encoder_hidden_states=negative_embeds,
+                        return_dict=False,
+                    )[0]
+                    noise = uncond + scale * (noise - uncond)
+                latents = scheduler.step(noise, t, latents, return_dict=False)[0]
+            left: list[int] = []
+            for row, k in enumerate(members):
+                snapshot = functools.partial(
+                    save, fingerprints[k], i + 1, latents, scheduler, member=row
+                )
+                try:
+                    on_steps[k](StepInfo(i + 1, cfg.steps, snapshot))
+                except Exception as exc:  # this clip stops here; the others go on
+                    results[k] = exc
+                    left.append(row)
+            if left:
+                keep = [row for row in range(len(members)) if row not in left]
+                members = [members[row] for row in keep]
+                if not members:
+                    break
+                keep_members(scheduler, tuple(latents.shape), keep)
+                latents = latents[keep]
+                prompt_embeds = prompt_embeds[keep]
+                if negative_embeds is not None:
+                    negative_embeds = negative_embeds[keep]
+        for row, k in enumerate(members):
+            spec, decoded = specs[k], threading.Event()
+            results[k] = Clip(
+                width=spec.width,
+                height=spec.height,
+                fps=spec.fps,
+                num_frames=spec.num_frames,
+                frames=self._decode(latents[row : row + 1].clone(), spec, decoded),
+                audio=np.zeros((2, spec.seconds * SAMPLE_RATE), dtype=np.float32),
+                sample_rate=SAMPLE_RATE,
+                decoded=decoded,
+            )
+        done = [r for r in results if r is not None]
+        assert len(done) == len(specs)
+        return done
 
     def _image(self, spec: GenerationSpec) -> Any:
         """The reference image (PIL, RGB) an image-to-video pipeline is conditioned on."""

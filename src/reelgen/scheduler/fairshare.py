@@ -386,17 +386,23 @@ class Scheduler:
         return run
 
     def finishing(self, job_id: str) -> RunningJob | None:
-        """A running job's last step began: its workers are free for their next jobs, which
-        they claim during that step. Such a worker is given work only after workers that
-        are idle already (it starts later); `finished` for the job later changes nothing
-        more than that."""
-        run = self.finished(job_id)
-        if run is not None:
+        """A running job's last step began (with the jobs batched with it, which share its
+        steps): its workers are free for their next jobs, which they claim during that step.
+        Such a worker is given work only after workers that are idle already (it starts
+        later); `finished` for these jobs later changes nothing more than that."""
+        head = self._running.get(job_id)
+        if head is None:
+            return None
+        batch = {j for w in head.workers for j in self._busy.get(w, ())} | {job_id}
+        for member in sorted(batch):
+            run = self.finished(member)
+            if run is None:
+                continue
             for worker_id in run.workers:
                 if worker_id in self._idle:
-                    self._finishing[worker_id] = job_id
-            self._finishing_jobs[job_id] = run.workers
-        return run
+                    self._finishing[worker_id] = member
+            self._finishing_jobs[member] = run.workers
+        return head
 
     def _finished_step(self, job_id: str) -> None:
         """The job whose last step its workers ran has left them (or came back queued)."""
@@ -406,12 +412,36 @@ class Scheduler:
 
     def adopt(self, job: QueuedJob, worker_ids: Iterable[str], now: float) -> bool:
         """Counts a job as running that started without this object's decision (a new
-        leader takes over the fleet as it finds it); False if a worker is unknown or busy."""
-        workers = [self._workers.get(w) for w in worker_ids]
-        if not workers or any(w is None or w.id not in self._idle for w in workers):
+        leader takes over the fleet as it finds it); False if a worker is unknown or busy
+        with other work than a batch of the job's key (it joins that batch)."""
+        found = [self._workers.get(w) for w in worker_ids]
+        workers = [w for w in found if w is not None]
+        if not workers or len(workers) < len(found):
+            return False
+        if all(w.id in self._idle for w in workers):
+            self.remove(job.id)
+            self._start([job], workers, now, Decisions(), queued=False)
+            return True
+        return len(workers) == 1 and self._join(job, workers[0].id)
+
+    def _join(self, job: QueuedJob, worker_id: str) -> bool:
+        """Adds `job` to the batch running on one worker, if it is one of the job's key."""
+        on_worker = self._busy.get(worker_id)
+        mates = [self._running[j] for j in on_worker or () if j in self._running]
+        if not mates or job.batch_key is None or job.id in self._running:
+            return False
+        if any(m.batch_key != job.batch_key or m.tier is not job.tier for m in mates):
             return False
         self.remove(job.id)
-        self._start([job], [w for w in workers if w is not None], now, Decisions(), queued=False)
+        head = mates[0]
+        self._running[job.id] = RunningJob(
+            job.id, job.user, job.tier, job.model, head.workers, head.started_at,
+            head.expected_end, job.gpu_seconds, job.preemptions, None, job.batch_key,
+        )  # fmt: skip
+        self._user_running[(job.tier, job.user)] += 1
+        self._account(job)
+        assert on_worker is not None
+        on_worker.add(job.id)
         return True
 
     def checkpointed(self, job_id: str, now: float) -> None:
@@ -1077,12 +1107,13 @@ class Scheduler:
         worker_ids = tuple([w.id for w in workers])
         job_ids = tuple([j.id for j in jobs])
         running, user_running = self._running, self._user_running
+        key = jobs[0].batch_key
         for job in jobs:
             if queued:
                 self.remove(job.id)
             running[job.id] = RunningJob(
                 job.id, job.user, job.tier, model, worker_ids, now, end, job.gpu_seconds,
-                job.preemptions,
+                job.preemptions, None, key,
             )  # fmt: skip
             user_running[(job.tier, job.user)] += 1
             self._account(job)
@@ -1176,6 +1207,7 @@ class Scheduler:
                 or now - run.started_at < cfg.min_run_s
                 or run.expected_end - now < cfg.min_remaining_s
                 or len(run.workers) > 1
+                or len(self._busy.get(run.workers[0], ())) > 1  # batched: frees no GPU alone
             ):
                 continue
             lost = now - (run.checkpoint_at if run.checkpoint_at is not None else run.started_at)

@@ -52,6 +52,9 @@ class RunningJob:
     preemptions: int = 0
     checkpoint_at: float | None = None
     """When its last checkpoint was written (None: none yet, a preemption loses all)."""
+    batch_key: str | None = None
+    """The key of the jobs it may share its run with (those it does share it with run on
+    the same worker)."""
 
 
 @dataclass(frozen=True, slots=True)

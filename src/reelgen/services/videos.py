@@ -39,7 +39,7 @@ from reelgen.domain.jobs import (
 )
 from reelgen.domain.spec import JobSpec, Operation
 from reelgen.media.decode import Ending, ending, png
-from reelgen.models.base import Conditioning, GenerationSpec
+from reelgen.models.base import BatchingModel, Conditioning, GenerationSpec, VideoModel
 from reelgen.platform import ApiContext
 from reelgen.safety.verdict import Action, Verdict
 from reelgen.services import moderation
@@ -267,6 +267,23 @@ class _Submission:
         return self.reference_key is not None or self.source_video is not None
 
 
+def _batching(
+    platform: ApiContext, model: VideoModel, spec: JobSpec, cost_view: GenerationSpec
+) -> tuple[str | None, float]:
+    """The job's batch key and what a full batch saves (`BatchingModel`): only a new clip
+    from text alone, on a model that runs jobs together, where batches are allowed."""
+    limit = platform.settings.max_batch
+    if (
+        limit <= 1
+        or spec.reference_key is not None
+        or spec.operation in (Operation.EXTEND, Operation.EDIT)
+        or not isinstance(model, BatchingModel)
+    ):
+        return None, 1.0
+    key = model.batch_key(cost_view)
+    return key, (model.batch_gain(cost_view, limit) if key is not None else 1.0)
+
+
 def _prepare(
     platform: ApiContext,
     user: User,
@@ -313,6 +330,7 @@ def _prepare(
     if operation is Operation.EDIT:  # an edit's step count; estimates read no file
         cost_view = dataclasses.replace(cost_view, source_video=Path(keys.source_video(job_id)))
     estimated_s = model.estimate_seconds(cost_view)
+    batch_key, batch_gain = _batching(platform, model, spec, cost_view)
     row = dict(
         spec.columns(),
         id=job_id,
@@ -324,6 +342,8 @@ def _prepare(
         step=0,
         total_steps=model.num_steps(cost_view),
         estimated_seconds=estimated_s,
+        batch_key=batch_key,
+        batch_gain=batch_gain,
         created_at=now,
         not_before=now,
         attempt=0,

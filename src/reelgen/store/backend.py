@@ -51,9 +51,9 @@ class Backend(Protocol):
         """An INSERT that does nothing when a unique key already exists."""
         ...
 
-    def claim(self, db: Database, params: dict[str, Any]) -> Job | None:
-        """Leases the job assigned to the worker, writes its `started` event and marks the
-        worker seen, in one transaction (see `JobStore.claim`)."""
+    def claim(self, db: Database, params: dict[str, Any]) -> list[Job]:
+        """Leases the jobs assigned to the worker, writes their `started` events and marks
+        the worker seen, in one transaction (see `JobStore.claim`)."""
         ...
 
     def complete(self, db: Database, params: dict[str, Any]) -> bool:
@@ -111,25 +111,25 @@ class SqliteBackend:
     def insert_ignoring_conflicts(self, table: Table) -> Insert:
         return sqlite.insert(table).on_conflict_do_nothing()
 
-    def claim(self, db: Database, params: dict[str, Any]) -> Job | None:
+    def claim(self, db: Database, params: dict[str, Any]) -> list[Job]:
         worker_id, now = params["worker_id"], params["now"]
+        claimed: list[Job] = []
         with db.write() as conn:
-            chosen = conn.execute(q.assigned_job(), params).scalar()
-            if chosen is None:
-                conn.execute(q.worker_seen(), {"w_id": worker_id, "w_now": now, "w_job": None})
-                return None
-            job = Job.from_row(
-                conn.execute(
-                    q.claim_row(),
-                    {**params, "claim_id": chosen, "claim_worker": worker_id, "claim_now": now},
-                ).one()
-            )
-            started = ev.Started(
-                attempt=job.attempt, worker_id=worker_id, resume_step=job.checkpoint_step
-            )
-            q.record_event(conn, job.id, started, now)
-            conn.execute(q.worker_seen(), {"w_id": worker_id, "w_now": now, "w_job": job.id})
-        return job
+            for chosen in conn.execute(q.assigned_jobs(), params).scalars().all():
+                job = Job.from_row(
+                    conn.execute(
+                        q.claim_row(),
+                        {**params, "claim_id": chosen, "claim_worker": worker_id, "claim_now": now},
+                    ).one()
+                )
+                started = ev.Started(
+                    attempt=job.attempt, worker_id=worker_id, resume_step=job.checkpoint_step
+                )
+                q.record_event(conn, job.id, started, now)
+                claimed.append(job)
+            current = claimed[0].id if claimed else None
+            conn.execute(q.worker_seen(), {"w_id": worker_id, "w_now": now, "w_job": current})
+        return claimed
 
     def complete(self, db: Database, params: dict[str, Any]) -> bool:
         bound = {
@@ -206,17 +206,20 @@ class PostgresBackend:
     def insert_ignoring_conflicts(self, table: Table) -> Insert:
         return postgresql.insert(table).on_conflict_do_nothing()
 
-    def claim(self, db: Database, params: dict[str, Any]) -> Job | None:
+    def claim(self, db: Database, params: dict[str, Any]) -> list[Job]:
         with db.autocommit() as conn:
-            row = self._statement(conn, q.PG_CLAIM, params)
-        return None if row is None else Job.from_mapping(row)
+            rows = self._statement(conn, q.PG_CLAIM, params, every=True)
+        return [Job.from_mapping(row) for row in rows]
 
     def complete(self, db: Database, params: dict[str, Any]) -> bool:
         with db.autocommit() as conn:
             return self._statement(conn, q.PG_COMPLETE, params) is not None
 
-    def _statement(self, conn: Connection, sql: str, params: dict[str, Any]) -> Any:
-        """One statement straight on the psycopg connection; the first row as a dict."""
+    def _statement(
+        self, conn: Connection, sql: str, params: dict[str, Any], *, every: bool = False
+    ) -> Any:
+        """One statement straight on the psycopg connection; the first row as a dict (or,
+        `every`, all of them)."""
         import psycopg
         from psycopg.rows import dict_row
 
@@ -225,7 +228,7 @@ class PostgresBackend:
         try:
             with driver.cursor(row_factory=dict_row) as cur:
                 cur.execute(sql, params)
-                return cur.fetchone()
+                return cur.fetchall() if every else cur.fetchone()
         except (psycopg.OperationalError, psycopg.InterfaceError) as error:
             if driver.closed or driver.broken:
                 conn.invalidate(error)  # the pool would hand the dead connection out again

@@ -130,6 +130,8 @@ class SchedulingRow(NamedTuple):
     checkpoint_step: int
     total_steps: int
     stage: str
+    batch_key: str | None
+    batch_gain: float
 
 
 _SCHEDULING_COLUMNS = tuple(getattr(jobs.c, name) for name in SchedulingRow._fields)
@@ -605,10 +607,11 @@ class JobStore:
         now: float,
         lease_seconds: float,
         lease_token: str,
-    ) -> Job | None:
-        """Takes the job the dispatcher assigned to this worker, if any, in one transaction;
-        either way the worker's row is marked as seen (its idle heartbeat). Which job a
-        worker runs is the policy's decision (`controller.dispatch`), never the claim's.
+    ) -> list[Job]:
+        """Takes the jobs the dispatcher assigned to this worker (several: a batch, run
+        together), if any, in one transaction, all under one lease token; either way the
+        worker's row is marked as seen (its idle heartbeat). Which jobs a worker runs is the
+        policy's decision (`controller.dispatch`), never the claim's.
 
         Claims are not flushed to disk before the answer (PostgreSQL `synchronous_commit=off`):
         a claim lost in a server crash leaves the job queued, and its worker is fenced out.
@@ -736,18 +739,20 @@ class JobStore:
             for r in rows
         ]
 
-    def leased_with(self, worker_id: str, lease_token: str) -> Job | None:
-        """The job a claim with this token took, if that claim committed although its
+    def leased_with(self, worker_id: str, lease_token: str) -> list[Job]:
+        """The jobs a claim with this token took, if that claim committed although its
         answer was lost (the database went away at that moment)."""
         with self.db.read() as conn:
-            row = conn.execute(
-                select(jobs).where(
+            rows = conn.execute(
+                select(jobs)
+                .where(
                     jobs.c.status == Status.IN_PROGRESS.value,
                     jobs.c.lease_token == lease_token,
                     jobs.c.worker_id == worker_id,
                 )
-            ).first()
-        return None if row is None else Job.from_row(row)
+                .order_by(jobs.c.seq)
+            ).all()
+        return [Job.from_row(row) for row in rows]
 
     def _fenced(
         self, conn: Connection, job_id: str, token: str, statement: Any, params: dict[str, Any]

@@ -41,6 +41,8 @@ from reelgen.store.schema import (
 )
 
 ACTIVE_VALUES = [s.value for s in ACTIVE]
+MAX_CLAIM = 64
+"""The most jobs one claim takes (a batch is far smaller: `REELGEN_MAX_BATCH`)."""
 
 
 @cache
@@ -130,15 +132,16 @@ def user_for_key() -> Select[Any]:
 
 
 @cache
-def assigned_job() -> Select[Any]:
-    """The queued job the dispatcher gave `worker_id` (one at a time)."""
+def assigned_jobs() -> Select[Any]:
+    """The queued jobs the dispatcher gave `worker_id` (several: a batch)."""
     return (
         select(jobs.c.id)
         .where(
             jobs.c.assigned_worker == bindparam("worker_id"),
             jobs.c.status == Status.QUEUED.value,
         )
-        .limit(1)
+        .order_by(jobs.c.seq)
+        .limit(MAX_CLAIM)
         .with_for_update(skip_locked=True)
     )
 
@@ -245,11 +248,12 @@ def worker_seen() -> Update:
 # (psycopg `%(name)s` parameters): at hundreds of jobs a second per worker process the
 # SQLAlchemy layer would cost more CPU than PostgreSQL spends on them.
 
-PG_CLAIM = """
+PG_CLAIM = f"""
 WITH next AS (
-    SELECT id FROM jobs
+    SELECT id, seq FROM jobs
     WHERE assigned_worker = %(worker_id)s AND status = 'queued'
-    LIMIT 1
+    ORDER BY seq
+    LIMIT {MAX_CLAIM}
     FOR UPDATE SKIP LOCKED
 ), claimed AS (
     UPDATE jobs SET
@@ -259,7 +263,7 @@ WITH next AS (
         attempt_start_step = jobs.checkpoint_step, assigned_worker = NULL,
         queue_position = NULL, eta_at = NULL
     FROM next WHERE jobs.id = next.id
-    RETURNING jobs.*
+    RETURNING jobs.*, next.seq AS claim_order
 ), started AS (
     INSERT INTO job_events (job_id, at, kind, data)
     SELECT id, %(now)s, 'started', json_build_object(
@@ -267,17 +271,18 @@ WITH next AS (
         'resume_step', checkpoint_step)::text
     FROM claimed
 ), seen AS (
-    UPDATE workers SET heartbeat_at = %(now)s, current_job_id = (SELECT id FROM claimed)
+    UPDATE workers SET heartbeat_at = %(now)s,
+        current_job_id = (SELECT id FROM claimed ORDER BY claim_order LIMIT 1)
     WHERE id = %(worker_id)s
 ), lazy_commit AS (
     -- a lost claim is harmless (the job stays queued, its worker is fenced out),
     -- so this one statement's transaction does not wait for the disk
     SELECT set_config('synchronous_commit', 'off', true)
 )
-SELECT claimed.* FROM claimed CROSS JOIN lazy_commit
+SELECT claimed.* FROM claimed CROSS JOIN lazy_commit ORDER BY claim_order
 """
-"""The whole claim in one statement, run in autocommit: take the job the dispatcher assigned
-to this worker, lease it, record `started`, mark the worker."""
+"""The whole claim in one statement, run in autocommit: take the jobs the dispatcher assigned
+to this worker, lease them, record `started` for each, mark the worker."""
 
 PG_COMPLETE = """
 WITH done AS (

@@ -98,6 +98,8 @@ jobs = Table(
     Column("preemptions", Integer, nullable=False, default=0, server_default="0"),
     Column("queue_position", Integer),
     Column("eta_at", Float),
+    Column("batch_key", String(200)),
+    Column("batch_gain", Float, nullable=False, default=1.0, server_default="1"),
     Index("ix_jobs_user", "user_id", "seq"),
     Index("ix_jobs_user_status", "user_id", "status", "tier"),
     Index(
@@ -113,7 +115,9 @@ jobs = Table(
 )
 """`assigned_worker`: the worker the dispatcher gave this queued job to; only that worker
 claims it (see `controller.dispatch`). `queue_position` and `eta_at`: the dispatcher's
-latest forecast for a queued job (`Scheduler.forecast`)."""
+latest forecast for a queued job (`Scheduler.forecast`). `batch_key` and `batch_gain`:
+which jobs may share one run of the model, and what sharing saves (`BatchingModel`); set at
+admission, None for a job that runs alone."""
 
 job_events = Table(
     "job_events",

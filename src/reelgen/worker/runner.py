@@ -8,6 +8,7 @@ attempt that replaced it.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import itertools
 import logging
@@ -38,7 +39,14 @@ from reelgen.domain.jobs import (
 from reelgen.domain.spec import Operation
 from reelgen.media.decode import Ending, ending, read_audio, read_frames
 from reelgen.media.encode import encode_clip
-from reelgen.models.base import Clip, Conditioning, GenerationSpec, StepInfo, VideoModel
+from reelgen.models.base import (
+    BatchingModel,
+    Clip,
+    Conditioning,
+    GenerationSpec,
+    StepInfo,
+    VideoModel,
+)
 from reelgen.platform import WorkerContext
 from reelgen.safety.classifiers import ClassifierUnavailable
 from reelgen.safety.output import FrameSampler
@@ -125,6 +133,7 @@ class Worker:
         self.free_mark: int | None = None
         """The assignment mark from just before the last job left the GPU."""
         self._prefetch: _Prefetch | None = None
+        self._claimed_ahead = False
         self._unanswered: str | None = None
         """The token of a claim whose answer was lost."""
 
@@ -154,51 +163,58 @@ class Worker:
         p.bus.work_available(self.loaded)  # the dispatcher learns of a new worker
         log.info("worker ready", extra=ctx)
         idle_wait = p.settings.worker_poll_seconds
-        ahead: _JobRun | None = None
-        """The next job, claimed and prepared during the last step of the one before."""
+        ahead: list[list[_JobRun]] = []
+        """Claimed jobs not run yet, each entry one run of the model (several jobs: a
+        batch): the next, claimed and prepared during the last step of the one before, or
+        the rest of a claim whose jobs cannot share a run."""
         try:
             while not self.stop.is_set():
-                run, ahead = ahead, None
-                if run is None:
+                if not ahead:
                     mark = p.bus.assignment_mark(self.id)
                     try:
-                        job = self._claim()
+                        jobs = self._claim()
                     except Unavailable as exc:
                         log.warning("cannot claim work: %s", exc.message, extra=ctx)
                         self.stop.wait(idle_wait)
                         idle_wait = min(IDLE_POLL_MAX_S, idle_wait * 2)
                         continue
-                    if job is None:
+                    if not jobs:
                         # Woken at once by the bus; the growing timeout is only the fallback.
                         if p.bus.wait_for_assignment(self.id, idle_wait, since=mark):
                             idle_wait = p.settings.worker_poll_seconds
                         else:
                             idle_wait = min(IDLE_POLL_MAX_S, idle_wait * 2)
                         continue
-                    try:
-                        run = self.open_run(job)
-                    except Exception:  # its lease runs out and the job resumes elsewhere
-                        log.exception("could not start the job", extra={**ctx, "job_id": job.id})
+                    ahead = self.batches(self.open_runs(jobs))
+                    if not ahead:
                         continue
+                runs = ahead.pop(0)
+                self._claimed_ahead = bool(ahead)  # no hand-over while claimed jobs wait
                 idle_wait = p.settings.worker_poll_seconds
                 started = time.monotonic()
                 try:
-                    finish = self.generate(run)
+                    finishes = self.generate(runs)
                 except Exception:  # one job's bookkeeping must not end the worker
-                    log.exception("job bookkeeping failed", extra={**ctx, "job_id": run.job.id})
-                    finish = None
+                    log.exception("job bookkeeping failed", extra={**ctx, "job_id": runs[0].job.id})
+                    finishes = []
                 self._busy_s += time.monotonic() - started
-                self._wait_for_finisher()  # at most one clip finishing: memory stays bounded
-                if finish is not None:
+                self._wait_for_finisher()  # one run's clips finishing: memory stays bounded
+                if finishes:
                     self._finisher = threading.Thread(
-                        target=finish, name=f"reelgen-finish-{run.job.id}", daemon=True
+                        target=_each,
+                        args=(finishes,),
+                        name=f"reelgen-finish-{runs[0].job.id}",
+                        daemon=True,
                     )
                     self._finisher.start()
                 p.metrics.worker_busy.labels(self.id, self.label).set(
                     self._busy_s / max(1e-9, time.monotonic() - self._born)
                 )
-                ahead, ahead_mark = self._take_prefetched()
-                if ahead is not None:
+                if ahead:
+                    continue
+                prefetched, ahead_mark = self._take_prefetched()
+                if prefetched:
+                    ahead = self.batches(prefetched)
                     self.free_mark = None
                     continue
                 # Free again: the dispatcher looks, and its answer comes on the bus; claiming
@@ -215,7 +231,7 @@ class Worker:
                 p.bus.wait_for_assignment(self.id, idle_wait, since=mark)
         finally:
             left, _ = self._take_prefetched()
-            for unstarted in (r for r in (ahead, left) if r is not None):
+            for unstarted in [*(r for batch in ahead for r in batch), *left]:
                 self._settle(unstarted, _shutting_down)  # back to the queue, not lost
             self._wait_for_finisher()
             try:
@@ -226,48 +242,79 @@ class Worker:
             p.bus.forget_worker(self.id)
             log.info("worker stopped", extra=ctx)
 
-    def _claim(self) -> Job | None:
-        """The job assigned to this worker, if any. A claim whose answer was lost (the
-        database went away after committing it) is found again by its token."""
+    def _claim(self) -> list[Job]:
+        """The jobs assigned to this worker (several: a batch), if any. A claim whose answer
+        was lost (the database went away after committing it) is found again by its token."""
         p = self.platform
         if self._unanswered is not None:
-            job = p.jobs.leased_with(self.id, self._unanswered)
+            found = p.jobs.leased_with(self.id, self._unanswered)
             self._unanswered = None
-            if job is not None:
-                return job
+            if found:
+                return found
         token = secrets.token_hex(16)
         self._unanswered = token
-        job = p.jobs.claim(
+        jobs = p.jobs.claim(
             worker_id=self.id,
             now=p.clock(),
             lease_seconds=p.settings.lease_seconds,
             lease_token=token,
         )
         self._unanswered = None
-        return job
+        return jobs
 
-    def open_run(self, job: Job) -> _JobRun:
-        """An attempt at a claimed job, its lease kept from now on."""
-        run = _JobRun(self, job)
-        self.platform.bus.add_progress_listener(run.keeper.on_bus)
-        run.keeper.start()
-        return run
+    def open_runs(self, jobs: list[Job]) -> list[_JobRun]:
+        """Attempts at claimed jobs, their leases kept from now on. A job that cannot be
+        opened (no room for its files) is left: its lease runs out and it resumes elsewhere."""
+        runs = []
+        for job in jobs:
+            try:
+                run = _JobRun(self, job)
+            except Exception:
+                log.exception("could not start the job", extra={"job_id": job.id})
+                continue
+            self.platform.bus.add_progress_listener(run.keeper.on_bus)
+            run.keeper.start()
+            runs.append(run)
+        return runs
+
+    def batches(self, runs: list[_JobRun]) -> list[list[_JobRun]]:
+        """Claimed jobs as runs of the model: together where the model batches them (fresh
+        jobs of one batch key, as the dispatcher assigns them), else one by one."""
+        model = self.models.get(runs[0].job.model) if runs else None
+        if len(runs) < 2 or not isinstance(model, BatchingModel):
+            return [[run] for run in runs]
+        keys = set()
+        for run in runs:
+            if run.job.model != model.name or run.job.checkpoint_key is not None:
+                return [[r] for r in runs]
+            try:
+                keys.add(model.batch_key(run.spec(model)))
+            except Exception:  # its inputs are gone: alone, it fails as the error says
+                return [[r] for r in runs]
+        if len(keys) != 1 or None in keys:
+            return [[run] for run in runs]
+        return [runs]
 
     def hand_over(self, run: _JobRun) -> None:
         """`run`'s last model step begins: the dispatcher hears that this worker is free
         for the next job, which is claimed and prepared on another thread meanwhile."""
         p = self.platform
-        if not p.settings.worker_prefetch or self._prefetch is not None or self.stop.is_set():
+        if (
+            not p.settings.worker_prefetch
+            or self._prefetch is not None
+            or self._claimed_ahead
+            or self.stop.is_set()
+        ):
             return
         self._prefetch = _Prefetch(self, run, p.bus.assignment_mark(self.id))
         self._prefetch.thread.start()
 
-    def _take_prefetched(self) -> tuple[_JobRun | None, int | None]:
-        """The job the last hand-over claimed (None if none came yet: the prefetch stops
+    def _take_prefetched(self) -> tuple[list[_JobRun], int | None]:
+        """The jobs the last hand-over claimed (none if none came yet: the prefetch stops
         looking) and the assignment mark from before the hand-over."""
         prefetch, self._prefetch = self._prefetch, None
         if prefetch is None:
-            return None, None
+            return [], None
         return prefetch.take(), prefetch.mark
 
     def holds(self) -> tuple[str, ...]:
@@ -319,10 +366,13 @@ class Worker:
             log.warning("could not record the switch: %s", exc.message, extra=ctx)
         return model
 
-    def generate(self, run: _JobRun) -> Callable[[], None] | None:
-        """The model's part of one job, on this thread: what holds the GPU. Returns what is
-        left (decode, encode, output check, upload, publish), to run on another thread
-        while the next job generates; None when the job ended here."""
+    def generate(self, runs: list[_JobRun]) -> list[Callable[[], None]]:
+        """The model's part of one run (one job, or a batch of them), on this thread: what
+        holds the GPU. Returns what is left of each job that goes on (decode, encode, output
+        check, upload, publish), to run on another thread while the next run generates."""
+        if len(runs) > 1:
+            return self._generate_batch(runs)
+        run = runs[0]
         generated: list[tuple[Clip, bool]] = []
 
         def phase() -> None:
@@ -334,11 +384,73 @@ class Worker:
             run.left_gpu()
 
         if not self._settle(run, phase):
-            return None
+            return []
         clip, resumed = generated[0]
         decoded = clip.decoded if clip.decoded is not None else threading.Event()
         self._decoded = decoded  # the previous clip is done (`phase` waited for it)
-        return lambda: self.finish(run, clip, resumed, decoded)
+        return [lambda: self.finish(run, clip, resumed, decoded)]
+
+    def _generate_batch(self, runs: list[_JobRun]) -> list[Callable[[], None]]:
+        """Fresh jobs of one batch key in one run of the model. Each job's errors end that
+        job alone, as they would end it running alone: a job cancelled, preempted or drained
+        at a step leaves the run there (with its checkpoint) and the others go on."""
+        began: list[tuple[_JobRun, GenerationSpec]] = []
+        model: list[BatchingModel] = []
+
+        def begin(run: _JobRun) -> None:
+            chosen = self.worker_model(run)
+            spec = run.spec(chosen)
+            run.total = chosen.num_steps(spec)
+            run.report(
+                step=0,
+                total=run.total,
+                progress=generation_progress(0, run.total),
+                stage=Stage.GENERATING,
+                force=True,
+            )
+            began.append((run, spec))
+            model[:] = [chosen]
+
+        for run in runs:
+            self._settle(run, functools.partial(begin, run))
+        if not began:
+            return []
+        started = time.monotonic()
+        try:
+            outcomes = model[0].generate_batch(
+                [spec for _, spec in began], [run.on_step for run, _ in began]
+            )
+        except Exception as exc:  # the run itself failed: so did each of its jobs
+            outcomes = [exc] * len(began)
+        took = time.monotonic() - started
+        clips: list[tuple[_JobRun, Clip]] = []
+
+        def delivered(run: _JobRun, outcome: Clip | Exception) -> None:
+            run.model_seconds = took / len(began)
+            if isinstance(outcome, Exception):
+                raise outcome
+            clips.append((run, outcome))
+
+        for (run, _), outcome in zip(began, outcomes, strict=True):
+            self._settle(run, functools.partial(delivered, run, outcome))
+        if not clips:
+            return []
+        self._wait_for_finisher()  # the clips before are done: the GPU is free
+        self.free_mark = self.platform.bus.assignment_mark(self.id)
+        finishes: list[Callable[[], None]] = []
+        for run, clip in clips:
+            if self._settle(run, run.left_gpu):
+                decoded = clip.decoded if clip.decoded is not None else threading.Event()
+                self._decoded = decoded  # the last one's: they finish in turn
+                finishes.append(functools.partial(self.finish, run, clip, False, decoded))
+        return finishes
+
+    def worker_model(self, run: _JobRun) -> BatchingModel:
+        """A batch's model, on the device (`model_for`); one that batches."""
+        model = self.model_for(run.job)
+        if not isinstance(model, BatchingModel):
+            raise RuntimeError(f"{model.name} does not run jobs together")
+        return model
 
     def finish(self, run: _JobRun, clip: Clip, resumed: bool, decoded: threading.Event) -> None:
         try:
@@ -467,6 +579,12 @@ def _shutting_down() -> None:
     raise HandBack(ev.SHUTDOWN)
 
 
+def _each(calls: list[Callable[[], None]]) -> None:
+    """One run's finishing jobs in turn (each settles its own errors)."""
+    for call in calls:
+        call()
+
+
 PREFETCH_WAIT_S = 60.0
 """The longest a hand-over waits for the dispatcher's answer (it stops once the GPU is free)."""
 
@@ -481,7 +599,7 @@ class _Prefetch:
         self._lock = threading.Lock()
         self._given_up = False
         self._claiming = False
-        self.run: _JobRun | None = None
+        self.runs: list[_JobRun] = []
         self.thread = threading.Thread(
             target=self._fetch, name=f"reelgen-prefetch-{worker.id}", daemon=True
         )
@@ -507,38 +625,35 @@ class _Prefetch:
                     return
                 self._claiming = True
             mark = p.bus.assignment_mark(worker.id)  # a naming during the claim wakes the next
-            job = None
+            jobs: list[Job] = []
             try:
-                job = worker._claim()
+                jobs = worker._claim()
             except Unavailable as exc:  # the token finds a claim whose answer was lost
                 log.warning("cannot claim the next job ahead: %s", exc.message, extra=ctx)
             except Exception:
                 log.exception("claiming the next job ahead failed", extra=ctx)
                 return
-            if job is not None:
+            if jobs:
                 break
             with self._lock:
                 self._claiming = False
                 if self._given_up:  # `take` may be waiting for this claim's end
                     return
-        try:
-            ahead = self.run = worker.open_run(job)
-        except Exception:  # as when the loop claims: its lease runs out, the job resumes
-            log.exception("could not start the job claimed ahead", extra={**ctx, "job_id": job.id})
-            return
-        p.metrics.prefetched.inc()
-        try:
-            ahead.prepare()
-        except Exception:  # preparing again on the worker's thread ends the job as it says
-            log.warning("could not prepare the next job ahead", exc_info=True, extra=ahead.log_ctx)
+        self.runs = worker.open_runs(jobs)
+        p.metrics.prefetched.inc(len(self.runs))
+        for ahead in self.runs:
+            try:
+                ahead.prepare()
+            except Exception:  # preparing again on the worker's thread ends the job as it says
+                log.warning("could not prepare the job ahead", exc_info=True, extra=ahead.log_ctx)
 
-    def take(self) -> _JobRun | None:
+    def take(self) -> list[_JobRun]:
         with self._lock:
             self._given_up = True
             claiming = self._claiming
         if claiming:
             self.thread.join()
-        return self.run
+        return self.runs
 
 
 class OutputBlocked(Exception):
