@@ -177,10 +177,7 @@ class WanModel(PipelineModel[WanConfig]):
         expand = bool(pipe.config.expand_timesteps)
         for i in range(skip + done, cfg.steps):
             t = timesteps[i]
-            if boundary is None or t >= boundary:
-                model, scale = pipe.transformer, guidance
-            else:
-                model, scale = pipe.transformer_2, guidance_2
+            model, scale = self._expert(t, boundary, guidance, guidance_2)
             with self._device, torch.no_grad():
                 if condition is None:
                     model_input = latents.to(dtype)
@@ -192,27 +189,24 @@ class WanModel(PipelineModel[WanConfig]):
                     timestep = (mask[0][0][:, ::2, ::2] * t).flatten().unsqueeze(0)
                 else:
                     timestep = t.expand(latents.shape[0])
-                noise = model(
-                    hidden_states=model_input,
-                    timestep=timestep,
-                    encoder_hidden_states=prompt_embeds,
-                    return_dict=False,
-                    **extra,
-                )[0]
-                if cfg_on:
-                    uncond = model(
-                        hidden_states=model_input,
-                        timestep=timestep,
-                        encoder_hidden_states=negative_embeds,
-                        return_dict=False,
-                        **extra,
-                    )[0]
-                    noise = uncond + scale * (noise - uncond)
+                embeds = (prompt_embeds, negative_embeds if cfg_on else None)
+                noise = _guided(model, model_input, timestep, embeds, scale, extra)
                 latents = scheduler.step(noise, t, latents, return_dict=False)[0]
             snapshot = functools.partial(save, fingerprint, i + 1 - skip, latents, scheduler)
             on_step(StepInfo(i + 1 - skip, total, snapshot))
         if condition is not None and expand:  # the image is the first frame
             latents = (1 - mask) * condition + mask * latents
+        return self._clip(spec, latents)
+
+    def _expert(self, t: Any, boundary: float | None, guidance: float, guidance_2: float) -> Any:
+        """The transformer for timestep `t` and its guidance scale (Wan 2.2's second expert
+        below `boundary`)."""
+        if boundary is None or t >= boundary:
+            return self.pipe.transformer, guidance
+        return self.pipe.transformer_2, guidance_2
+
+    def _clip(self, spec: GenerationSpec, latents: Any) -> Clip:
+        """The clip of finished latents, decoded when its frames are read."""
         decoded = threading.Event()
         return Clip(
             width=spec.width,
@@ -303,27 +297,11 @@ class WanModel(PipelineModel[WanConfig]):
         """Which spec each row of the batch's tensors belongs to."""
         for i in range(cfg.steps):
             t = timesteps[i]
-            if boundary is None or t >= boundary:
-                model, scale = pipe.transformer, guidance
-            else:
-                model, scale = pipe.transformer_2, guidance_2
+            model, scale = self._expert(t, boundary, guidance, guidance_2)
             with self._device, torch.no_grad():
-                model_input = latents.to(dtype)
+                embeds = (prompt_embeds, negative_embeds if cfg_on else None)
                 timestep = t.expand(latents.shape[0])
-                noise = model(
-                    hidden_states=model_input,
-                    timestep=timestep,
-                    encoder_hidden_states=prompt_embeds,
-                    return_dict=False,
-                )[0]
-                if cfg_on:
-                    uncond = model(
-                        hidden_states=model_input,
-                        timestep=timestep,
-                        encoder_hidden_states=negative_embeds,
-                        return_dict=False,
-                    )[0]
-                    noise = uncond + scale * (noise - uncond)
+                noise = _guided(model, latents.to(dtype), timestep, embeds, scale, {})
                 latents = scheduler.step(noise, t, latents, return_dict=False)[0]
             left: list[int] = []
             for row, k in enumerate(members):
@@ -346,17 +324,7 @@ class WanModel(PipelineModel[WanConfig]):
                 if negative_embeds is not None:
                     negative_embeds = negative_embeds[keep]
         for row, k in enumerate(members):
-            spec, decoded = specs[k], threading.Event()
-            results[k] = Clip(
-                width=spec.width,
-                height=spec.height,
-                fps=spec.fps,
-                num_frames=spec.num_frames,
-                frames=self._decode(latents[row : row + 1].clone(), spec, decoded),
-                audio=np.zeros((2, spec.seconds * SAMPLE_RATE), dtype=np.float32),
-                sample_rate=SAMPLE_RATE,
-                decoded=decoded,
-            )
+            results[k] = self._clip(specs[k], latents[row : row + 1].clone())
         done = [r for r in results if r is not None]
         assert len(done) == len(specs)
         return done
@@ -477,3 +445,28 @@ class WanModel(PipelineModel[WanConfig]):
             "edit_strength": cfg.edit_strength if spec.source_video is not None else None,
         }
         return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
+
+
+def _guided(
+    model: Any, model_input: Any, timestep: Any, embeds: tuple[Any, Any], scale: float, extra: Any
+) -> Any:
+    """The transformer's noise prediction, with classifier-free guidance where the negative
+    prompt's embeddings are given (`embeds`: the prompt's, the negative prompt's or None)."""
+    prompt, negative = embeds
+    noise = model(
+        hidden_states=model_input,
+        timestep=timestep,
+        encoder_hidden_states=prompt,
+        return_dict=False,
+        **extra,
+    )[0]
+    if negative is None:
+        return noise
+    uncond = model(
+        hidden_states=model_input,
+        timestep=timestep,
+        encoder_hidden_states=negative,
+        return_dict=False,
+        **extra,
+    )[0]
+    return uncond + scale * (noise - uncond)
