@@ -452,21 +452,15 @@ def _guided(
 ) -> Any:
     """The transformer's noise prediction, with classifier-free guidance where the negative
     prompt's embeddings are given (`embeds`: the prompt's, the negative prompt's or None)."""
-    prompt, negative = embeds
-    noise = model(
-        hidden_states=model_input,
-        timestep=timestep,
-        encoder_hidden_states=prompt,
-        return_dict=False,
-        **extra,
-    )[0]
-    if negative is None:
-        return noise
-    uncond = model(
-        hidden_states=model_input,
-        timestep=timestep,
-        encoder_hidden_states=negative,
-        return_dict=False,
-        **extra,
-    )[0]
-    return uncond + scale * (noise - uncond)
+    noise, *uncond = [
+        model(
+            hidden_states=model_input,
+            timestep=timestep,
+            encoder_hidden_states=states,
+            return_dict=False,
+            **extra,
+        )[0]
+        for states in embeds
+        if states is not None
+    ]
+    return uncond[0] + scale * (noise - uncond[0]) if uncond else noise
