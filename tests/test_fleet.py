@@ -295,3 +295,60 @@ def test_one_worker_process_serves_two_models(tmp_path: Path, pg_url: str) -> No
             fleet.platform.close()
     finally:
         standin.close()
+
+
+def test_a_fleet_shares_an_s3_bucket_instead_of_a_directory(tmp_path: Path, pg_url: str) -> None:
+    """API, controller and two workers in their own processes with no shared directory: the
+    worker that checkpointed is killed, the other resumes from the checkpoint in the bucket
+    and uploads the video there, and the API serves it from the bucket."""
+    from .s3_servers import ACCESS_KEY, SECRET_KEY, credentials, moto_server
+
+    with moto_server() as s3, credentials():
+        s3.create_bucket("fleet-media")
+        fleet = make_fleet(
+            tmp_path,
+            pg_url,
+            REELGEN_STORAGE_URL=s3.url("fleet-media", "fleet"),
+            REELGEN_CHECKPOINT_EVERY_STEPS="2",
+            AWS_ACCESS_KEY_ID=ACCESS_KEY,
+            AWS_SECRET_ACCESS_KEY=SECRET_KEY,
+        )
+        try:
+            port = free_port()
+            fleet.spawn("api", "--port", str(port), REELGEN_BOOTSTRAP_API_KEY="rg-s3-fleet")
+            fleet.spawn("controller")
+            first = fleet.spawn("worker", REELGEN_DATA_DIR=str(tmp_path / "w1"))
+            http = httpx.Client(
+                base_url=f"http://127.0.0.1:{port}",
+                headers={"Authorization": "Bearer rg-s3-fleet"},
+                timeout=30,
+            )
+            wait_until(lambda: _answers(http), 30, "the API")
+            body = {"prompt": "a paper boat on a pond", "seed": 3, "size": "128x72", "seconds": "1"}
+            job = fleet.job(http.post("/v1/videos", json=body).json()["id"])
+            wait_until(lambda: fleet.job(job.id).checkpoint_step >= 4, 60, "a checkpoint")
+            first.popen.send_signal(signal.SIGKILL)
+            fleet.spawn("worker", REELGEN_DATA_DIR=str(tmp_path / "w2"))
+            wait_until(lambda: fleet.job(job.id).status.is_terminal, 90, "the resumed job")
+            done = fleet.job(job.id)
+            assert done.status is Status.COMPLETED and done.attempt == 2, done.error_message
+            resumed = [e for e in fleet.events(job.id) if e.kind == "started"][-1]
+            assert resumed.payload.resume_step >= 4
+            listed = s3.client().list_objects_v2(Bucket="fleet-media", Prefix="fleet/")
+            assert f"fleet/{done.video_key}" in {o["Key"] for o in listed["Contents"]}
+            assert not (tmp_path / "objects").exists()  # nothing on a local disk
+            video = tmp_path / "downloaded.mp4"
+            answer = http.get(f"/v1/videos/{job.id}/content")
+            assert answer.status_code == 200, answer.text
+            video.write_bytes(answer.content)
+            assert probe_video(video).num_frames > 0
+        finally:
+            fleet.stop_all()
+            fleet.platform.close()
+
+
+def _answers(http: httpx.Client) -> bool:
+    try:
+        return http.get("/v1/models").status_code == 200
+    except httpx.TransportError:
+        return False

@@ -1,7 +1,8 @@
 """Object storage: video bytes live here, never in the database, and no caller sees a path.
 
-The API serves content only through `stat` and `read` (ranged) or `url_for`, so another
-back-end (the S3 API) plugs in without a change above this package.
+The API serves content only through `stat` and `read` (ranged) or `url_for`, so the
+back-ends (a local directory, `storage.local`; the S3 API, `storage.s3`) plug in without a
+change above this package.
 """
 
 from __future__ import annotations
@@ -70,10 +71,16 @@ def validate_key(key: str) -> str:
 
 
 def open_store(url: str, *, signing_secret: bytes) -> ObjectStore:
-    from reelgen.storage.local import LocalDirectoryStore
-
+    """The store a `REELGEN_STORAGE_URL` names: `file://DIR` or `s3://bucket/prefix?...`."""
     if url.startswith("file://"):
+        from reelgen.storage.local import LocalDirectoryStore
+
         return LocalDirectoryStore(Path(url.removeprefix("file://")), signing_secret)
+    if url.startswith("s3://"):
+        from reelgen.storage.s3 import S3Location, S3Store
+
+        return S3Store(S3Location.parse(url))
     raise ValueError(
-        f"Unsupported REELGEN_STORAGE_URL {url!r}; this build supports file:// directories."
+        f"Unsupported REELGEN_STORAGE_URL {url!r}: use file:///a/directory or "
+        "s3://bucket/prefix?endpoint_url=...&region=..."
     )
