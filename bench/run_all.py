@@ -41,6 +41,7 @@ BENCHMARKS: list[tuple[str, int]] = [
     ("idle_memory", 120),
     ("worker_pipeline", 240),
     ("model_switch", 240),
+    ("s3_upload", 300),
     # The fleet on a local PostgreSQL (see bench/_pg.py):
     ("queue_throughput", 900),
     ("dispatch_latency", 480),
