@@ -46,6 +46,7 @@ BENCHMARKS: list[tuple[str, int]] = [
     ("queue_throughput", 900),
     ("dispatch_latency", 480),
     ("crash_recovery", 300),
+    ("gc_rate", 600),
     # Pure Python, no servers:
     ("policy_decisions", 300),
     ("text_moderation", 300),

@@ -527,7 +527,8 @@ def test_content_expiry_and_idempotency_pruning(store: JobStore) -> None:
     )
     assert store.expired_content(now=5.0) == []
     assert [j.id for j in store.expired_content(now=11.0)] == ["j"]
-    store.clear_content("j", now=11.0)
+    assert store.clear_content(["j"], now=11.0) == ["j"]
+    assert store.clear_content(["j"], now=11.5) == []  # again, as after a crash: nothing
     assert store.expired_content(now=12.0) == []
     assert store.get("j").video_key is None
     assert store.events_after("j")[-1].kind == "expired"

@@ -214,8 +214,17 @@ class Settings(BaseSettings):
     batch saves at least `min_batch_gain`. 1: every job runs alone."""
     min_batch_gain: float = Field(1.15, ge=1.0)
 
-    retention_days: int = Field(7, ge=1)
-    """How long finished videos stay downloadable (`expires_at`)."""
+    paid_retention_days: float = Field(30, gt=0)
+    free_retention_days: float = Field(7, gt=0)
+    batch_retention_days: float = Field(7, gt=0)
+    """How long a finished video of each tier stays downloadable (`expires_at`); then the
+    controller's garbage collector deletes its objects."""
+    gc_batch: int = Field(500, ge=1)
+    """Expired videos the garbage collector deletes per batch (one delete request per 333
+    on S3, one transaction for their rows)."""
+    gc_seconds_per_tick: float = Field(0.5, gt=0)
+    """The longest one controller round spends collecting garbage; the rest waits for the
+    next round, so reaping is never held up."""
     content_redirect: bool = False
     """Answer `/content` with a redirect to a signed URL instead of the bytes."""
     signed_url_ttl_seconds: int = Field(3600, ge=1)
@@ -226,6 +235,15 @@ class Settings(BaseSettings):
         if self.database_url:
             return self.database_url
         return f"sqlite:///{(self.data_dir / 'reelgen.db').resolve()}"
+
+    def retention_seconds(self, tier: str) -> float:
+        """How long a finished video of `tier` (`paid`, `free`, `batch`) stays downloadable."""
+        days = {
+            "paid": self.paid_retention_days,
+            "free": self.free_retention_days,
+            "batch": self.batch_retention_days,
+        }[tier]
+        return days * 86_400.0
 
     def resolved_storage_url(self) -> str:
         if self.storage_url:

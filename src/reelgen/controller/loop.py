@@ -1,5 +1,6 @@
 """The leading controller: the dispatcher (`controller.dispatch`: who runs where) and the
-housekeeping no worker can do for itself (reap lost leases, expire content, prune keys,
+housekeeping no worker can do for itself (reap lost leases, collect expired videos' objects
+and rows, prune keys,
 forget audited prompts past their retention, delete quarantined outputs past theirs).
 
 Exactly one controller acts at a time (see `store.election`); housekeeping is idempotent,
@@ -17,6 +18,7 @@ import time
 from reelgen.controller.dispatch import Dispatcher
 from reelgen.domain.errors import Unavailable
 from reelgen.domain.jobs import DAY_S
+from reelgen.domain.spec import Operation
 from reelgen.platform import Core
 from reelgen.scheduler.backoff import retry_backoff
 from reelgen.storage import keys
@@ -26,6 +28,8 @@ from reelgen.store.jobs import Reaped
 log = logging.getLogger("reelgen.controller")
 
 IDEMPOTENCY_TTL_S = 86_400.0
+UPLOADS = frozenset({Operation.EXTEND, Operation.EDIT})
+"""Operations whose source clip may have come with the request (no parent video)."""
 SESSION_GRACE_S = 1.0
 """A worker's session marker must be missing this long before its job is requeued, so a
 worker that is only reconnecting (a database restart) is not mistaken for a dead one."""
@@ -86,10 +90,7 @@ def tick(platform: Core, sessions: SessionWatch | None = None, *, reap: bool = T
             now=now, only_expired=True, backoff=lambda a: retry_backoff(a, random.random())
         )
         _account(platform, reaped, "lease expired")
-    for job in platform.jobs.expired_content(now):
-        for prefix in keys.job_prefixes(job.id):
-            platform.objects.delete_prefix(prefix)
-        platform.jobs.clear_content(job.id, now)
+    collect_garbage(platform, now)
     platform.jobs.prune_idempotency_keys(now - IDEMPOTENCY_TTL_S)
     platform.audit.forget_prompts(now - platform.settings.safety_prompt_retention_days * DAY_S)
     for entry_id, key in platform.audit.quarantined_before(
@@ -97,6 +98,40 @@ def tick(platform: Core, sessions: SessionWatch | None = None, *, reap: bool = T
     ):
         platform.objects.delete(key)
         platform.audit.quarantine_deleted(entry_id)
+
+
+def collect_garbage(platform: Core, now: float) -> int:
+    """Deletes expired videos' objects, then clears their rows, in batches for at most
+    `gc_seconds_per_tick`; returns how many it expired. Objects go first: a crash between
+    the two leaves rows that the next round finds and deletes again (deleting is
+    idempotent), never a row pointing at nothing it still serves."""
+    settings, metrics = platform.settings, platform.metrics
+    deadline = time.monotonic() + settings.gc_seconds_per_tick
+    done = 0
+    while True:
+        try:
+            batch = platform.jobs.expired_content(now, limit=settings.gc_batch)
+            doomed = [
+                key
+                for job in batch
+                for key in keys.expiring(
+                    job.id,
+                    (job.video_key, job.thumbnail_key, job.spritesheet_key),
+                    job.spec.reference_key,
+                    job.spec.operation in UPLOADS and job.spec.parent_id is None,
+                )
+            ]
+            platform.objects.delete_many(doomed)
+            cleared = platform.jobs.clear_content([job.id for job in batch], now)
+        except Exception:  # storage or database away: the rows stay, the next round retries
+            log.exception("garbage collection failed; retrying next round")
+            metrics.gc_failures.inc()
+            return done
+        done += len(cleared)
+        metrics.gc_expired.inc(len(cleared))
+        if len(batch) < settings.gc_batch or time.monotonic() >= deadline:
+            metrics.gc_backlog.set(0 if len(batch) < settings.gc_batch else settings.gc_batch)
+            return done
 
 
 def recover_orphans(platform: Core) -> None:

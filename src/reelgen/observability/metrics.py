@@ -63,6 +63,22 @@ class Metrics:
             buckets=(0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, float("inf")),
             registry=self.registry,
         )
+        self.gc_expired = Counter(
+            "reelgen_gc_expired_videos_total",
+            "Expired videos whose objects the garbage collector deleted and rows it cleared.",
+            registry=self.registry,
+        )
+        self.gc_failures = Counter(
+            "reelgen_gc_failures_total",
+            "Garbage-collector batches that failed (storage or database); retried next round.",
+            registry=self.registry,
+        )
+        self.gc_backlog = Gauge(
+            "reelgen_gc_backlog_videos",
+            "Expired videos still holding content after the last garbage-collector round "
+            "(at least; counted up to one batch).",
+            registry=self.registry,
+        )
         self.assignments = Counter(
             "reelgen_dispatch_assignments_total",
             "Jobs the dispatcher gave to a worker.",

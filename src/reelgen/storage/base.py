@@ -7,7 +7,7 @@ change above this package.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -49,6 +49,10 @@ class ObjectStore(Protocol):
     def delete(self, key: str) -> None: ...
 
     def delete_prefix(self, prefix: str) -> None: ...
+
+    def delete_many(self, keys: Sequence[str]) -> None:
+        """Deletes these objects (absent ones are fine) in as few requests as the back-end
+        allows: the garbage collector's path, which knows its keys and lists nothing."""
 
     def url_for(self, key: str, expires_at: int) -> str:
         """A URL that serves the object without an API key until `expires_at` (signed or

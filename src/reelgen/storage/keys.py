@@ -54,8 +54,19 @@ def videos_prefix(job_id: str) -> str:
     return f"videos/{job_id}/"
 
 
+def expiring(
+    job_id: str, outputs: tuple[str | None, ...], reference_key: str | None, uploaded: bool
+) -> list[str]:
+    """What an expired video leaves to delete: its outputs (the row's keys) and its inputs
+    (its reference image; the clip uploaded to extend or edit). Its checkpoints went when it
+    completed."""
+    found = [k for k in (*outputs, reference_key) if k is not None]
+    return [*found, source_video(job_id)] if uploaded else found
+
+
 def job_prefixes(job_id: str) -> tuple[str, ...]:
-    """Everything stored for a job, for delete and expiry."""
+    """Everything stored for a job, for `DELETE /v1/videos/{id}` (expiry deletes known keys:
+    `expiring`)."""
     return (videos_prefix(job_id), inputs_prefix(job_id), checkpoints_prefix(job_id))
 
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
 import stat
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from reelgen.storage.base import Body, InvalidKey, ObjectInfo, validate_key
@@ -15,6 +17,16 @@ from reelgen.storage.keys import quarantined
 from reelgen.storage.signing import sign_path
 
 CHUNK = 1024 * 1024
+DELETE_THREADS = 8
+
+
+def _unlink(path: Path) -> None:
+    path.unlink(missing_ok=True)
+
+
+def _rmdir(path: Path) -> None:
+    with contextlib.suppress(OSError):  # not empty, or gone already
+        path.rmdir()
 
 
 class LocalDirectoryStore:
@@ -84,6 +96,23 @@ class LocalDirectoryStore:
         path = self._path(key)
         if path.is_file():
             path.unlink(missing_ok=True)
+
+    def delete_many(self, keys: Sequence[str]) -> None:
+        """Each file, then the directories they leave empty, deepest first, on a few
+        threads: freeing a file's blocks waits on the filesystem's journal (about 100 us
+        each on ext4), and several wait at once. Keys are checked (`validate_key`) but not
+        resolved: the files are the store's own, and resolving costs more system calls."""
+        paths = [self.root / validate_key(key) for key in keys]
+        levels: dict[int, set[Path]] = {}
+        for path in paths:
+            parent = path.parent
+            while parent != self.root:
+                levels.setdefault(len(parent.parts), set()).add(parent)
+                parent = parent.parent
+        with ThreadPoolExecutor(DELETE_THREADS) as pool:
+            list(pool.map(_unlink, paths, chunksize=16))
+            for depth in sorted(levels, reverse=True):
+                list(pool.map(_rmdir, levels[depth], chunksize=16))
 
     def delete_prefix(self, prefix: str) -> None:
         path = self._path(prefix.rstrip("/"))

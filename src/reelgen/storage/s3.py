@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import io
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -190,8 +190,15 @@ class S3Store:
             for item in page.get("Contents", ())
             if item["Key"] == name or item["Key"].startswith(name + "/")
         ]
-        for start in range(0, len(doomed), 1000):
-            batch = [{"Key": k} for k in doomed[start : start + 1000]]
+        self._delete(doomed)
+
+    def delete_many(self, keys: Sequence[str]) -> None:
+        self._delete([self._key(k) for k in keys])
+
+    def _delete(self, names: list[str]) -> None:
+        """Full object names, 1,000 to a request (the API's limit)."""
+        for start in range(0, len(names), 1000):
+            batch = [{"Key": k} for k in names[start : start + 1000]]
             answer = self._client.delete_objects(
                 Bucket=self.location.bucket, Delete={"Objects": batch, "Quiet": True}
             )

@@ -979,22 +979,38 @@ class JobStore:
         return out
 
     def expired_content(self, now: float, limit: int = 100) -> Sequence[Job]:
+        """Videos past `expires_at` that still hold content, the longest expired first."""
         with self.db.read() as conn:
             rows = conn.execute(
                 select(jobs)
-                .where(jobs.c.expires_at < now, jobs.c.video_key.is_not(None))
+                .where(jobs.c.video_key.is_not(None), jobs.c.expires_at < now)
+                .order_by(jobs.c.expires_at)
                 .limit(limit)
             ).all()
         return [Job.from_row(r) for r in rows]
 
-    def clear_content(self, job_id: str, now: float) -> None:
+    def clear_content(self, job_ids: Sequence[str], now: float) -> list[str]:
+        """Forgets the content keys of expired videos whose objects are gone, each with its
+        `expired` event, in one transaction; returns the ones it changed (a second call, as
+        after a crash between the two steps, changes nothing)."""
+        if not job_ids:
+            return []
         with self.db.write() as conn:
-            conn.execute(
-                update(jobs)
-                .where(jobs.c.id == job_id)
-                .values(video_key=None, thumbnail_key=None, spritesheet_key=None)
+            cleared = list(
+                conn.execute(
+                    update(jobs)
+                    .where(
+                        jobs.c.id.in_(list(job_ids)),
+                        jobs.c.video_key.is_not(None),
+                        jobs.c.expires_at < now,
+                    )
+                    .values(video_key=None, thumbnail_key=None, spritesheet_key=None)
+                    .returning(jobs.c.id)
+                ).scalars()
             )
-            q.record_event(conn, job_id, ev.Expired(), now)
+            if cleared:
+                q.record_events(conn, [q.event_params(j, ev.Expired(), now) for j in cleared])
+        return cleared
 
     def prune_idempotency_keys(self, older_than: float) -> int:
         with self.db.write() as conn:

@@ -15,6 +15,7 @@ from sqlalchemy import (
     Table,
     Text,
     false,
+    text,
     true,
 )
 
@@ -112,6 +113,12 @@ jobs = Table(
     ),
     Index("ix_jobs_lease", "status", "lease_expires_at"),
     Index("ix_jobs_assigned", "assigned_worker", "status"),
+    Index(
+        "ix_jobs_expiring",
+        "expires_at",
+        sqlite_where=text("video_key IS NOT NULL"),
+        postgresql_where=text("video_key IS NOT NULL"),
+    ),
 )
 """`assigned_worker`: the worker the dispatcher gave this queued job to; only that worker
 claims it (see `controller.dispatch`). `queue_position` and `eta_at`: the dispatcher's

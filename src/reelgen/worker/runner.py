@@ -27,7 +27,6 @@ import numpy as np
 from reelgen.domain import events as ev
 from reelgen.domain.errors import LeaseLost, Unavailable
 from reelgen.domain.jobs import (
-    DAY_S,
     GENERATING_SHARE,
     VARIANT_MEDIA_TYPES,
     Job,
@@ -1041,7 +1040,7 @@ class _JobRun:
                     self.job.id,
                     self.token,
                     now=now,
-                    expires_at=now + self.p.settings.retention_days * DAY_S,
+                    expires_at=now + self.p.settings.retention_seconds(self.job.tier),
                     first_step=first_step,
                     video_key=out[Variant.VIDEO],
                     thumbnail_key=out[Variant.THUMBNAIL],
