@@ -310,6 +310,9 @@ def test_wan_small_jobs_through_the_api_run_as_one_batch(start_server, family) -
     assert len({(e.at, e.payload.worker_id) for e in first_starts}) == 1  # one claim
     (released,) = [e for e in events[ids[3]] if e.kind == "released"]
     assert released.payload.reason == "preempted"
+    (cancelled,) = [e for e in events[ids[1]] if e.kind == "cancelled"]
+    batch_done = next(e.at for e in events[ids[0]] if e.kind == "completed")
+    assert cancelled.at < batch_done and released.at < batch_done  # at once, not at the end
     resumed = [e for e in events[ids[3]] if e.kind == "started"][1]
     assert resumed.payload.resume_step == released.payload.step > 0
     for k in (0, 3):

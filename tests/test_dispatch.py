@@ -449,7 +449,7 @@ def test_small_jobs_of_one_key_are_assigned_claimed_and_freed_as_one_batch(
 ) -> None:
     """Jobs of one batch key go to one worker in one assignment and one claim; the last
     step of any of them frees the worker (they share their steps); a new leader counts the
-    whole batch as running on it."""
+    whole batch as running on it, checkpoints and all."""
     platform = _platform(tmp_path, database_url)
     try:
         jobs = platform.jobs
@@ -464,6 +464,8 @@ def test_small_jobs_of_one_key_are_assigned_claimed_and_freed_as_one_batch(
         claimed = jobs.claim(worker_id="w1", now=3.1, lease_seconds=300, lease_token="t")
         assert [j.id for j in claimed] == ["b0", "b1", "b2"]
         assert dispatcher.step(3.2).assignments == []
+        for j in claimed:  # the batch checkpoints as it runs
+            jobs.save_checkpoint(j.id, "t", step=2, key=f"checkpoints/{j.id}/s2", now=3.25)
         restarted = Dispatcher(platform)
         assert restarted.step(3.3).assignments == []
         assert sorted(restarted.policy.running) == ["b0", "b1", "b2"]

@@ -107,7 +107,8 @@ class DispatchConfig:
 
 
 def queued_job(row: SchedulingRow, batch_deadline_s: float) -> QueuedJob:
-    """A job as the policy sees it; a resumed job costs only the steps after its checkpoint."""
+    """A job as the policy sees it; a resumed job costs only the steps after its checkpoint
+    and runs alone (a running one keeps its batch key: the batch it runs in checkpoints)."""
     tier = Tier(row.tier)
     remaining = 1.0
     if row.total_steps > 0:
@@ -122,7 +123,9 @@ def queued_job(row: SchedulingRow, batch_deadline_s: float) -> QueuedJob:
         created_at=row.created_at,
         deadline=row.created_at + batch_deadline_s if tier is Tier.BATCH else None,
         preemptions=row.preemptions,
-        batch_key=row.batch_key if remaining == 1.0 else None,  # resumed: alone
+        batch_key=row.batch_key
+        if remaining == 1.0 or row.status == Status.IN_PROGRESS.value
+        else None,
         batch_gain=row.batch_gain,
     )
 

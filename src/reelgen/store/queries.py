@@ -142,7 +142,7 @@ def assigned_jobs() -> Select[Any]:
         )
         .order_by(jobs.c.seq)
         .limit(MAX_CLAIM)
-        .with_for_update(skip_locked=True)
+        .with_for_update()
     )
 
 
@@ -254,7 +254,7 @@ WITH next AS (
     WHERE assigned_worker = %(worker_id)s AND status = 'queued'
     ORDER BY seq
     LIMIT {MAX_CLAIM}
-    FOR UPDATE SKIP LOCKED
+    FOR UPDATE
 ), claimed AS (
     UPDATE jobs SET
         status = 'in_progress', stage = 'generating', attempt = jobs.attempt + 1,
@@ -282,7 +282,10 @@ WITH next AS (
 SELECT claimed.* FROM claimed CROSS JOIN lazy_commit ORDER BY claim_order
 """
 """The whole claim in one statement, run in autocommit: take the jobs the dispatcher assigned
-to this worker, lease them, record `started` for each, mark the worker."""
+to this worker, lease them, record `started` for each, mark the worker. `FOR UPDATE`, not
+`SKIP LOCKED`: only the assigned worker claims these rows, so waiting out a short lock (a
+cancel, a forecast being stored) takes the whole batch, where skipping would leave one of
+it assigned while the others run."""
 
 PG_COMPLETE = """
 WITH done AS (

@@ -43,6 +43,7 @@ from reelgen.models.base import (
     Clip,
     Conditioning,
     GenerationSpec,
+    StepCallback,
     StepInfo,
     VideoModel,
 )
@@ -415,9 +416,26 @@ class Worker:
         if not began:
             return []
         started = time.monotonic()
+        left: set[str] = set()
+
+        def leaves_at_once(run: _JobRun) -> StepCallback:
+            """`run`'s step callback; a job it stops ends (cancelled, handed back) there
+            and then, not when the rest of the batch does."""
+
+            def on_step(info: StepInfo) -> None:
+                try:
+                    run.on_step(info)
+                except Exception as exc:
+                    run.model_seconds = (time.monotonic() - started) / len(began)
+                    left.add(run.job.id)
+                    self._settle(run, functools.partial(_reraise, exc))
+                    raise
+
+            return on_step
+
         try:
             outcomes = model[0].generate_batch(
-                [spec for _, spec in began], [run.on_step for run, _ in began]
+                [spec for _, spec in began], [leaves_at_once(run) for run, _ in began]
             )
         except Exception as exc:  # the run itself failed: so did each of its jobs
             outcomes = [exc] * len(began)
@@ -425,13 +443,14 @@ class Worker:
         clips: list[tuple[_JobRun, Clip]] = []
 
         def delivered(run: _JobRun, outcome: Clip | Exception) -> None:
-            run.model_seconds = took / len(began)
+            run.model_seconds = took / len(began)  # its share of the device's time
             if isinstance(outcome, Exception):
                 raise outcome
             clips.append((run, outcome))
 
         for (run, _), outcome in zip(began, outcomes, strict=True):
-            self._settle(run, functools.partial(delivered, run, outcome))
+            if run.job.id not in left:
+                self._settle(run, functools.partial(delivered, run, outcome))
         if not clips:
             return []
         self._wait_for_finisher()  # the clips before are done: the GPU is free
@@ -576,6 +595,10 @@ class Worker:
 
 def _shutting_down() -> None:
     raise HandBack(ev.SHUTDOWN)
+
+
+def _reraise(error: Exception) -> None:
+    raise error
 
 
 def _each(calls: list[Callable[[], None]]) -> None:
