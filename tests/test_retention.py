@@ -10,13 +10,17 @@ from typing import Any
 
 import pytest
 from prometheus_client import generate_latest
+from sqlalchemy import select
 
+from reelgen.api.schemas import VideoPublic
 from reelgen.controller.loop import collect_garbage
 from reelgen.domain.jobs import DAY_S, Stage, Status, Tier, Variant
-from reelgen.platform import Core, build_core
+from reelgen.platform import Core, build_api, build_core
+from reelgen.services.accounts import authenticate, create_key
 from reelgen.storage import keys
 from reelgen.store.accounts import AccountStore
 from reelgen.store.database import upgrade
+from reelgen.store.schema import jobs
 
 from .conftest import make_settings
 from .s3_servers import S3Server, credentials, moto_server
@@ -119,3 +123,38 @@ def test_expires_at_follows_the_tier(start_server) -> None:
         done = live.wait_for(video_id, key=key)
         assert done["status"] == "completed", done
         assert abs(done["expires_at"] - done["completed_at"] - days * DAY_S) <= 2
+
+
+def test_past_its_retention_a_finished_jobs_prompt_is_kept_only_as_a_hash(
+    tmp_path: Path, database_url: str
+) -> None:
+    import hashlib
+
+    from reelgen.controller.loop import forget_prompts
+    from reelgen.services.videos import CreateVideo, VideoView, submit
+
+    platform = build_api(make_settings(tmp_path, database_url=database_url, gc_batch=2))
+    try:
+        upgrade(platform.db.engine)
+        user = authenticate(platform, create_key(platform, user_name="ret", tier=Tier.PAID))
+        prompts = ["a secret garden at noon", "a lighthouse", "a fox in snow"]
+        made = [submit(platform, user, CreateVideo(prompt=p))[0] for p in prompts]
+        for job in made[:2]:  # finished; the third is still queued
+            platform.jobs.request_cancel(job.id, platform.clock())
+        now = platform.clock() + 31 * DAY_S
+        assert forget_prompts(platform, now) == 2
+        for job, prompt in zip(made[:2], prompts, strict=False):
+            kept = platform.jobs.get(job.id)
+            assert kept is not None and kept.spec.prompt == ""
+            with platform.db.read() as conn:
+                digest = conn.execute(
+                    select(jobs.c.prompt_sha256).where(jobs.c.id == job.id)
+                ).scalar()
+            assert digest == hashlib.sha256(prompt.encode()).hexdigest()
+            assert VideoPublic.from_view(VideoView(kept, None, None)).prompt is None
+        queued = platform.jobs.get(made[2].id)
+        assert queued is not None and queued.spec.prompt == prompts[2]
+        assert forget_prompts(platform, now) == 0
+        assert forget_prompts(platform, platform.clock() + DAY_S) == 0  # within its retention
+    finally:
+        platform.close()

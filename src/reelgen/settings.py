@@ -219,6 +219,9 @@ class Settings(BaseSettings):
     batch_retention_days: float = Field(7, gt=0)
     """How long a finished video of each tier stays downloadable (`expires_at`); then the
     controller's garbage collector deletes its objects."""
+    prompt_retention_days: float = Field(30, gt=0)
+    """How long a finished job keeps its prompt's text; then only its SHA-256 is kept
+    (`jobs.prompt_sha256`) and the API shows `prompt: null`."""
     gc_batch: int = Field(500, ge=1)
     """Expired videos the garbage collector deletes per batch (one delete request per 333
     on S3, one transaction for their rows)."""

@@ -51,7 +51,7 @@ class VideoPublic(BaseModel):
         return cls.model_construct(
             id=job.id,
             model=spec.requested_model,
-            prompt=spec.prompt,
+            prompt=spec.prompt or None,  # None: forgotten past its retention
             status=cast(PublicStatus, status.value),
             progress=job.progress,
             created_at=int(job.created_at),

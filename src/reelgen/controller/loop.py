@@ -91,6 +91,7 @@ def tick(platform: Core, sessions: SessionWatch | None = None, *, reap: bool = T
         )
         _account(platform, reaped, "lease expired")
     collect_garbage(platform, now)
+    forget_prompts(platform, now)
     platform.jobs.prune_idempotency_keys(now - IDEMPOTENCY_TTL_S)
     platform.audit.forget_prompts(now - platform.settings.safety_prompt_retention_days * DAY_S)
     for entry_id, key in platform.audit.quarantined_before(
@@ -131,6 +132,26 @@ def collect_garbage(platform: Core, now: float) -> int:
         metrics.gc_expired.inc(len(cleared))
         if len(batch) < settings.gc_batch or time.monotonic() >= deadline:
             metrics.gc_backlog.set(0 if len(batch) < settings.gc_batch else settings.gc_batch)
+            return done
+
+
+def forget_prompts(platform: Core, now: float) -> int:
+    """Keeps only a hash of finished jobs' prompts past their retention, in batches for at
+    most `gc_seconds_per_tick`; returns how many it forgot."""
+    settings = platform.settings
+    before = now - settings.prompt_retention_days * DAY_S
+    deadline = time.monotonic() + settings.gc_seconds_per_tick
+    done = 0
+    while True:
+        try:
+            forgot = platform.jobs.forget_prompts(before, settings.gc_batch)
+        except Exception:
+            log.exception("forgetting prompts failed; retrying next round")
+            platform.metrics.gc_failures.inc()
+            return done
+        done += forgot
+        platform.metrics.gc_prompts_forgotten.inc(forgot)
+        if forgot < settings.gc_batch or time.monotonic() >= deadline:
             return done
 
 

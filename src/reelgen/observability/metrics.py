@@ -68,6 +68,11 @@ class Metrics:
             "Expired videos whose objects the garbage collector deleted and rows it cleared.",
             registry=self.registry,
         )
+        self.gc_prompts_forgotten = Counter(
+            "reelgen_gc_prompts_forgotten_total",
+            "Finished jobs whose prompt text was cleared past its retention (a hash is kept).",
+            registry=self.registry,
+        )
         self.gc_failures = Counter(
             "reelgen_gc_failures_total",
             "Garbage-collector batches that failed (storage or database); retried next round.",

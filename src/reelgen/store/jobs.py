@@ -7,6 +7,7 @@ heartbeat, checkpoint or publish.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
@@ -206,6 +207,7 @@ class JobStore:
         self.db = db
         self._assign = db.backend.bulk_update(q.ASSIGN)
         self._forecast = db.backend.bulk_update(q.FORECAST)
+        self._forget = db.backend.bulk_update(q.FORGET_PROMPT)
 
     # ---- submission -------------------------------------------------------------------
     def submit(
@@ -1011,6 +1013,27 @@ class JobStore:
             if cleared:
                 q.record_events(conn, [q.event_params(j, ev.Expired(), now) for j in cleared])
         return cleared
+
+    def forget_prompts(self, created_before: float, limit: int) -> int:
+        """Replaces the prompt of up to `limit` finished jobs created before `created_before`
+        by its SHA-256 (`prompt_sha256`; the text becomes empty); returns how many. Running
+        and queued jobs keep theirs until they end."""
+        with self.db.write() as conn:
+            rows = conn.execute(
+                select(jobs.c.id, jobs.c.prompt)
+                .where(
+                    jobs.c.prompt_sha256.is_(None),
+                    jobs.c.created_at < created_before,
+                    jobs.c.status.not_in(q.ACTIVE_VALUES),
+                )
+                .order_by(jobs.c.created_at)
+                .limit(limit)
+            ).all()
+            forgotten = [
+                (job_id, hashlib.sha256(prompt.encode()).hexdigest(), "") for job_id, prompt in rows
+            ]
+            changed = self.db.backend.run_bulk(conn, q.FORGET_PROMPT, self._forget, forgotten)
+        return len(changed)
 
     def prune_idempotency_keys(self, older_than: float) -> int:
         with self.db.write() as conn:

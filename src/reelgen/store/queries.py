@@ -333,6 +333,13 @@ FORECAST = BulkUpdate(
 )
 
 
+FORGET_PROMPT = BulkUpdate(
+    columns=(("id", "text"), ("digest", "text"), ("blank", "text")),
+    sets=(("prompt", "blank"), ("prompt_sha256", "digest")),
+    where="jobs.prompt_sha256 IS NULL",
+)
+
+
 def event_params(job_id: str, payload: ev.Payload, now: float) -> dict[str, Any]:
     return {"job_id": job_id, "at": now, "kind": payload.kind.value, "data": ev.encode(payload)}
 

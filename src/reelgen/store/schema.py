@@ -101,6 +101,7 @@ jobs = Table(
     Column("eta_at", Float),
     Column("batch_key", String(200)),
     Column("batch_gain", Float, nullable=False, default=1.0, server_default="1"),
+    Column("prompt_sha256", String(64)),
     Index("ix_jobs_user", "user_id", "seq"),
     Index("ix_jobs_user_status", "user_id", "status", "tier"),
     Index(
@@ -114,6 +115,12 @@ jobs = Table(
     Index("ix_jobs_lease", "status", "lease_expires_at"),
     Index("ix_jobs_assigned", "assigned_worker", "status"),
     Index(
+        "ix_jobs_prompt_kept",
+        "created_at",
+        sqlite_where=text("prompt_sha256 IS NULL"),
+        postgresql_where=text("prompt_sha256 IS NULL"),
+    ),
+    Index(
         "ix_jobs_expiring",
         "expires_at",
         sqlite_where=text("video_key IS NOT NULL"),
@@ -124,7 +131,8 @@ jobs = Table(
 claims it (see `controller.dispatch`). `queue_position` and `eta_at`: the dispatcher's
 latest forecast for a queued job (`Scheduler.forecast`). `batch_key` and `batch_gain`:
 which jobs may share one run of the model, and what sharing saves (`BatchingModel`); set at
-admission, None for a job that runs alone."""
+admission, None for a job that runs alone. `prompt_sha256`: set when the prompt's retention
+ran out and its text was cleared (only this hash of it is kept)."""
 
 job_events = Table(
     "job_events",
