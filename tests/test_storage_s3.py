@@ -170,3 +170,90 @@ def test_a_job_through_the_api_with_its_bytes_in_a_bucket(start_server, moto: S3
     left = moto.client().list_objects_v2(Bucket="platform", Prefix=f"prod/videos/{again}/")
     assert left.get("KeyCount", 0) == 0
     assert httpx.get(answer.headers["location"]).status_code == 404
+
+
+class _Edge:
+    """A CDN edge as docs/storage.md describes one: checks each URL's signature and expiry
+    (written here from the documented scheme, not with the platform's code), then fetches
+    the object from the bucket, its origin, with its own credentials."""
+
+    def __init__(self, origin: Any, bucket: str, prefix: str, secret: bytes):
+        import hashlib
+        import hmac
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+        from urllib.parse import parse_qs, unquote, urlsplit
+
+        edge = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                parts = urlsplit(self.path)
+                key = unquote(parts.path.removeprefix("/media/"))
+                query = {k: v[0] for k, v in parse_qs(parts.query).items()}
+                expires = int(query.get("expires", "0"))
+                expected = hmac.new(secret, f"{key}\n{expires}".encode(), hashlib.sha256)
+                if expires < time.time() or not hmac.compare_digest(
+                    expected.hexdigest(), query.get("signature", "")
+                ):
+                    return self._answer(403, b"bad or expired signature")
+                try:
+                    body = origin.get_object(Bucket=bucket, Key=prefix + key)["Body"].read()
+                except origin.exceptions.NoSuchKey:
+                    return self._answer(404, b"gone")
+                edge.served.append(key)
+                self._answer(200, body)
+
+            def _answer(self, status: int, body: bytes) -> None:
+                self.send_response(status)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.served: list[str] = []
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/media"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+
+
+def test_content_redirects_to_a_signed_cdn_url(start_server, moto: S3Server) -> None:
+    """With `REELGEN_CDN_BASE_URL`, `/content` redirects to the CDN; its edge accepts the
+    signed URL, refuses a tampered or expired one, and a deleted video's URL stops working."""
+    from openai import OpenAI
+
+    from reelgen.settings import Settings
+
+    with pytest.raises(ValueError, match="needs REELGEN_CDN_SIGNING_SECRET"):
+        Settings(cdn_base_url="https://cdn.example.com")
+    moto.create_bucket("cdn-origin")
+    edge = _Edge(moto.client(), "cdn-origin", "prod/", b"edge-secret")
+    try:
+        live = start_server(
+            storage_url=moto.url("cdn-origin", "prod"),
+            content_redirect=True,
+            cdn_base_url=edge.url.removesuffix("/media") + "/media/",
+            cdn_signing_secret="edge-secret",
+        )
+        body = {"prompt": "a quiet harbour", "seconds": "1", "size": "64x64", "seed": 7}
+        with live.client() as http:
+            video_id = http.post("/v1/videos", json=body).json()["id"]
+            assert live.wait_for(video_id)["status"] == "completed"
+            location = http.get(f"/v1/videos/{video_id}/content").headers["location"]
+        assert location.startswith(edge.url + "/videos/")
+        assert httpx.get(location).content[4:8] == b"ftyp"
+        assert httpx.get(location.replace("signature=", "signature=0")).status_code == 403
+        stale = location.split("?")[0] + "?expires=1&signature=" + location.split("signature=")[1]
+        assert httpx.get(stale).status_code == 403
+        sdk = OpenAI(base_url=f"{live.url}/v1", api_key=live.paid_key)
+        assert sdk.videos.download_content(video_id).read()[4:8] == b"ftyp"
+        assert len(edge.served) == 2
+        sdk.videos.delete(video_id)
+        assert httpx.get(location).status_code == 404
+    finally:
+        edge.close()

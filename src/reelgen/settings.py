@@ -112,6 +112,10 @@ class Settings(BaseSettings):
     """HMAC key for signed content URLs; generated and kept in the data directory if unset."""
     public_url: str | None = None
     """Base URL printed for users; defaults to http://HOST:PORT."""
+    cdn_base_url: str | None = None
+    """Content redirects go to this CDN (`{base}/{key}?expires=&signature=`, signed with
+    `cdn_signing_secret`; docs/storage.md) instead of the store's own URLs."""
+    cdn_signing_secret: SecretStr | None = None
 
     default_model: str = "reference"
     model_names: dict[str, str] = Field(
@@ -238,6 +242,20 @@ class Settings(BaseSettings):
         if self.database_url:
             return self.database_url
         return f"sqlite:///{(self.data_dir / 'reelgen.db').resolve()}"
+
+    @model_validator(mode="after")
+    def _cdn(self) -> Settings:
+        if self.cdn_base_url is not None:
+            if not self.cdn_base_url.startswith(("https://", "http://")):
+                raise ValueError(
+                    f"REELGEN_CDN_BASE_URL must be an http(s) URL, not {self.cdn_base_url!r}"
+                )
+            if self.cdn_signing_secret is None:
+                raise ValueError(
+                    "REELGEN_CDN_BASE_URL needs REELGEN_CDN_SIGNING_SECRET: the key the CDN's "
+                    "edge checks each URL's signature with"
+                )
+        return self
 
     def retention_seconds(self, tier: str) -> float:
         """How long a finished video of `tier` (`paid`, `free`, `batch`) stays downloadable."""

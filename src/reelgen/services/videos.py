@@ -45,6 +45,7 @@ from reelgen.safety.verdict import Action, Verdict
 from reelgen.services import moderation
 from reelgen.services.images import validate_reference_image
 from reelgen.storage import keys
+from reelgen.storage.signing import signed_url
 from reelgen.store.jobs import Submitted, UsageView
 
 MAX_SEED = 2**31 - 1
@@ -884,5 +885,13 @@ def content_key(platform: ApiContext, user: User, video_id: str, variant: Varian
 
 
 def content_url(platform: ApiContext, key: str) -> str:
-    expires = int(platform.clock()) + platform.settings.signed_url_ttl_seconds
+    """Where a content redirect goes: the CDN (signed for its edge) when one is configured,
+    else the store's own expiring URL (presigned on S3)."""
+    settings = platform.settings
+    expires = int(platform.clock()) + settings.signed_url_ttl_seconds
+    if settings.cdn_base_url is not None and settings.cdn_signing_secret is not None:
+        if keys.quarantined(key):
+            raise ValueError("quarantined content is never given a URL")
+        secret = settings.cdn_signing_secret.get_secret_value().encode()
+        return signed_url(settings.cdn_base_url, secret, key, expires)
     return platform.objects.url_for(key, expires)
