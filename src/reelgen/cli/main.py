@@ -163,6 +163,14 @@ def keys_create(
             "photoreal faces and likenesses are allowed (harmful contexts never are).",
         ),
     ] = False,
+    age_verified: Annotated[
+        bool,
+        typer.Option(
+            "--age-verified",
+            help="The key's users are verified adults: adult content the deployment allows "
+            "(REELGEN_SAFETY_BLOCK_SEXUAL=false) is allowed for them, and for nobody else.",
+        ),
+    ] = False,
     data_dir: DataDir = None,
 ) -> None:
     """Create an API key for a user and print it (shown only once)."""
@@ -185,6 +193,7 @@ def keys_create(
                 allow_batch=batch,
                 admin=admin,
                 likeness_consent=likeness_consent,
+                age_verified=age_verified,
             )
         )
     except ReelgenError as exc:

@@ -144,6 +144,10 @@ class Job:
     """Queued jobs of its model the dispatcher's last forecast put before it."""
     eta_at: float | None = None
     """When that forecast expects it to start (None: not forecast yet, or no worker)."""
+    likeness_consent: bool = False
+    age_verified: bool = False
+    """The submitting key's consent and age verification, as at admission: the output check
+    applies the same rules as the input check did."""
 
     @classmethod
     def from_row(cls, row: Any) -> Self:
@@ -155,7 +159,13 @@ class Job:
         data["tier"] = Tier(data["tier"])
         data["status"] = Status(data["status"])
         data["stage"] = Stage(data["stage"])
-        for flag in ("cancel_requested", "preempt_requested", "quota_refunded"):
+        for flag in (
+            "cancel_requested",
+            "preempt_requested",
+            "quota_refunded",
+            "likeness_consent",
+            "age_verified",
+        ):
             data[flag] = bool(data[flag])
         data["spec"] = JobSpec.from_columns(data)
         return cls(**{name: data[name] for name in _JOB_FIELDS})
@@ -189,6 +199,8 @@ class User:
     """An admin key (a role, not a tier): may decide on jobs held for content review."""
     likeness_consent: bool = False
     """Consent to depict real people is on record for the key (photoreal faces allowed)."""
+    age_verified: bool = False
+    """The key's users are verified adults: adult categories the deployment allows apply."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -29,7 +29,9 @@ class ImageModerator:
     def version(self) -> str:
         return f"{IMAGE_POLICY}[{'+'.join(c.name for c in self.checks) or 'none'}]"
 
-    def check(self, data: bytes, *, consent: bool, minor_in_prompt: bool) -> Verdict:
+    def check(
+        self, data: bytes, *, consent: bool, minor_in_prompt: bool, adult: bool = False
+    ) -> Verdict:
         image = Image.open(io.BytesIO(data)).convert("RGB")
         image.thumbnail((CHECK_SIDE, CHECK_SIDE))
         frame = np.asarray(image)
@@ -43,7 +45,7 @@ class ImageModerator:
         return decide(
             scores,
             self.policy.thresholds,
-            self.policy.enabled,
+            self.policy.enabled_for(adult),
             self.version,
             stage="input_image",
             details=details,

@@ -283,6 +283,7 @@ class OutputModerator:
         *,
         prompt: str,
         consent: bool = False,
+        adult: bool = False,
     ) -> Verdict:
         scores: Scores = dict.fromkeys(Category, 0.0)
         details: dict[str, Any] = {"frames": len(frames)}
@@ -310,7 +311,7 @@ class OutputModerator:
         return decide(
             scores,
             self.policy.thresholds,
-            self.policy.enabled,
+            self.policy.enabled_for(adult),
             f"{self.version}+{self.text.version}",
             stage="output",
             details=details,

@@ -15,7 +15,7 @@ from reelgen.safety.lexicon import Lexicon, load_lists
 from reelgen.safety.normalize import normalize
 from reelgen.safety.people import PersonFinder, load_first_names, load_gazetteer
 from reelgen.safety.rules import Context, score
-from reelgen.safety.verdict import MANDATORY, Category, Thresholds, Verdict, decide
+from reelgen.safety.verdict import ADULT, MANDATORY, Category, Thresholds, Verdict, decide
 
 POLICY = "text-1"
 """Bumped when the rules' logic changes; the data's hash is appended to it."""
@@ -35,6 +35,11 @@ class SafetyPolicy:
     thresholds: Mapping[Category, Thresholds] = field(
         default_factory=lambda: dict.fromkeys(Category, Thresholds())
     )
+
+    def enabled_for(self, adult: bool) -> frozenset[Category]:
+        """The categories checked for a user: an adult category the deployment allows
+        (`ADULT`) stays checked for anyone not verified as an adult."""
+        return self.enabled if adult else self.enabled | ADULT
 
     def __post_init__(self) -> None:
         missing = [c.value for c in MANDATORY if c not in self.enabled]
@@ -105,6 +110,7 @@ class TextModerator:
         style: str | None = None,
         consent: bool = False,
         reference_face: bool = False,
+        adult: bool = False,
     ) -> Verdict:
         text = normalize(prompt)
         found = self._lexicon.match(text)
@@ -133,7 +139,7 @@ class TextModerator:
         return decide(
             scores,
             self.policy.thresholds,
-            self.policy.enabled,
+            self.policy.enabled_for(adult),
             self.version,
             stage="input_text",
             details=details,

@@ -19,6 +19,8 @@ class Category(StrEnum):
 
 
 MANDATORY = (Category.SEXUAL_MINORS, Category.REAL_PERSON, Category.VIOLENCE_GRAPHIC)
+ADULT = frozenset({Category.SEXUAL})
+"""Categories a deployment may allow, but only for users verified as adults."""
 """Always on: a deployment cannot switch these off."""
 
 DESCRIPTIONS = {

@@ -29,13 +29,15 @@ def create_key(
     allow_batch: bool = True,
     admin: bool = False,
     likeness_consent: bool = False,
+    age_verified: bool = False,
 ) -> str:
     """Creates (or reuses) the user and binds a new key to it; returns the plain key.
 
     `tier=None` keeps an existing user's tier (a new user starts free). `allow_batch`: whether
     the key's requests may ask for the batch tier. `admin`: the key may also review held
     jobs (a role, whatever the user's tier). `likeness_consent`: the operator has the
-    consent of the real people this key's users depict on record."""
+    consent of the real people this key's users depict on record. `age_verified`: the operator
+    verified that this key's users are adults."""
     if tier is Tier.BATCH:
         raise InvalidRequest(
             "batch is a job's service tier, not a user's: a user is paid or free.", param="tier"
@@ -54,6 +56,7 @@ def create_key(
         allow_batch=allow_batch,
         role="admin" if admin else "user",
         likeness_consent=likeness_consent,
+        age_verified=age_verified,
     )
     return key
 

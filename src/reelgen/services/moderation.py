@@ -21,12 +21,14 @@ def check_input(
     images: Sequence[bytes],
     *,
     consent: bool,
+    adult: bool = False,
 ) -> list[Verdict]:
     """Each image's verdict, in order, then the prompt's (a face in any image makes the
     prompt's person rules apply to whoever it shows). `images`: the reference image, or
-    frames of a video to edit."""
+    frames of a video to edit. `adult`: the user is a verified adult (`ADULT` categories
+    the deployment allows apply only then)."""
     try:
-        return _check_input(platform, prompt, style, images, consent=consent)
+        return _check_input(platform, prompt, style, images, consent=consent, adult=adult)
     except ClassifierUnavailable as exc:
         raise ModerationUnavailable(
             f"Content moderation is unavailable right now ({exc.name} did not answer); "
@@ -42,17 +44,20 @@ def _check_input(
     images: Sequence[bytes],
     *,
     consent: bool,
+    adult: bool,
 ) -> list[Verdict]:
-    text = platform.moderator.check(prompt, style=style, consent=consent)
+    text = platform.moderator.check(prompt, style=style, consent=consent, adult=adult)
     if not images:
         return [text]
     minor = bool(text.details.get("minor"))
     pictured = [
-        platform.image_moderator.check(image, consent=consent, minor_in_prompt=minor)
+        platform.image_moderator.check(image, consent=consent, minor_in_prompt=minor, adult=adult)
         for image in images
     ]
     if any(platform.image_moderator.has_face(v) for v in pictured):
-        text = platform.moderator.check(prompt, style=style, consent=consent, reference_face=True)
+        text = platform.moderator.check(
+            prompt, style=style, consent=consent, reference_face=True, adult=adult
+        )
     return [*pictured, text]  # on a tie the refusal names an image
 
 

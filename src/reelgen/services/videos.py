@@ -345,6 +345,8 @@ def _prepare(
         estimated_seconds=estimated_s,
         batch_key=batch_key,
         batch_gain=batch_gain,
+        likeness_consent=user.likeness_consent,
+        age_verified=user.age_verified,
         created_at=now,
         not_before=now,
         attempt=0,
@@ -449,6 +451,7 @@ def _check(platform: ApiContext, user: User, sub: _Submission) -> list[Verdict]:
         sub.row["style"],
         sub.images,
         consent=user.likeness_consent,
+        adult=user.age_verified,
     )
 
 

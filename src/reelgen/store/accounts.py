@@ -40,6 +40,7 @@ class AccountStore:
         allow_batch: bool = True,
         role: str = "user",
         likeness_consent: bool = False,
+        age_verified: bool = False,
     ) -> None:
         """Adding a key that exists already is a no-op (replicas bootstrapping at once)."""
         with self.db.write() as conn:
@@ -53,6 +54,7 @@ class AccountStore:
                     allow_batch=allow_batch,
                     role=role,
                     likeness_consent=likeness_consent,
+                    age_verified=age_verified,
                 )
             )
 
@@ -72,4 +74,5 @@ class AccountStore:
             allow_batch=row.allow_batch,
             admin=row.role == "admin",
             likeness_consent=row.likeness_consent,
+            age_verified=row.age_verified,
         )

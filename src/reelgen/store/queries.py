@@ -125,6 +125,7 @@ def user_for_key() -> Select[Any]:
             api_keys.c.allow_batch,
             api_keys.c.role,
             api_keys.c.likeness_consent,
+            api_keys.c.age_verified,
         )
         .join(api_keys, api_keys.c.user_id == users.c.id)
         .where(api_keys.c.key_hash == bindparam("key_hash"), api_keys.c.revoked_at.is_(None))

@@ -42,10 +42,13 @@ api_keys = Table(
     Column("allow_batch", Boolean, nullable=False, server_default=true()),
     Column("role", String(16), nullable=False, server_default="user"),
     Column("likeness_consent", Boolean, nullable=False, server_default=false()),
+    Column("age_verified", Boolean, nullable=False, server_default=false()),
 )
 """`role`: `user`, or `admin` (may also decide on jobs held for content review).
 `likeness_consent`: the operator recorded that this key's users have the consent of the
-real people they depict (their photoreal faces and likenesses are then allowed)."""
+real people they depict (their photoreal faces and likenesses are then allowed).
+`age_verified`: the operator verified that this key's users are adults (adult categories the
+deployment allows apply to them only)."""
 
 jobs = Table(
     "jobs",
@@ -102,6 +105,8 @@ jobs = Table(
     Column("batch_key", String(200)),
     Column("batch_gain", Float, nullable=False, default=1.0, server_default="1"),
     Column("prompt_sha256", String(64)),
+    Column("likeness_consent", Boolean, nullable=False, default=False, server_default=false()),
+    Column("age_verified", Boolean, nullable=False, default=False, server_default=false()),
     Index("ix_jobs_user", "user_id", "seq"),
     Index("ix_jobs_user_status", "user_id", "status", "tier"),
     Index(

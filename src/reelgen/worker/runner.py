@@ -1085,7 +1085,12 @@ class _JobRun:
         unanswered: ClassifierUnavailable | None = None
         try:
             verdict = self.p.output_moderator.check(
-                sampler.samples, clip.audio, clip.sample_rate, prompt=self.job.spec.prompt
+                sampler.samples,
+                clip.audio,
+                clip.sample_rate,
+                prompt=self.job.spec.prompt,
+                consent=self.job.likeness_consent,
+                adult=self.job.age_verified,
             )
         except ClassifierUnavailable as exc:
             unanswered = exc
