@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
 import threading
@@ -12,6 +13,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any, Generic, Literal, TypeVar
 
 from reelgen.domain.jobs import User
+from reelgen.media.provenance import DEV_CHAIN, DEV_KEY, ProvenanceSigner, make_dev_ca
 from reelgen.models.base import VideoModel
 from reelgen.models.registry import available, build_model, served
 from reelgen.observability.metrics import Metrics
@@ -34,6 +36,8 @@ from reelgen.store.audit import AuditStore
 from reelgen.store.database import Database, make_engine
 from reelgen.store.jobs import JobStore
 from reelgen.store.notify import ALL_CHANNELS, Bus, open_bus
+
+log = logging.getLogger("reelgen.platform")
 
 K = TypeVar("K")
 V = TypeVar("V")
@@ -109,6 +113,8 @@ class WorkerContext(Core):
     models: dict[str, VideoModel]
     """By adapter name; the first is on the accelerator when the worker starts."""
     output_moderator: OutputModerator
+    provenance: ProvenanceSigner
+    """Signs each published MP4's C2PA manifest."""
 
 
 def _core_fields(core: Core) -> dict[str, Any]:
@@ -125,6 +131,24 @@ def load_signing_secret(settings: Settings) -> bytes:
         path.write_text(secrets.token_hex(32))
         path.chmod(0o600)
     return path.read_text().strip().encode()
+
+
+def load_provenance_signer(settings: Settings) -> ProvenanceSigner:
+    """The operator's certificate chain and key, or a development CA and signer made once
+    in the data directory (`provenance/`)."""
+    from importlib.metadata import version
+
+    chain, key = settings.provenance_cert, settings.provenance_key
+    if chain is None or key is None:
+        directory = settings.data_dir / "provenance"
+        chain, key = directory / DEV_CHAIN, directory / DEV_KEY
+        if not (chain.exists() and key.exists()):
+            make_dev_ca(directory)
+            log.warning(
+                "no REELGEN_PROVENANCE_CERT / _KEY: signing with a development CA made in %s",
+                directory,
+            )
+    return ProvenanceSigner.from_files(chain, key, version=version("reelgen"))
 
 
 def build_core(settings: Settings, *, listen: frozenset[str] = ALL_CHANNELS) -> Core:
@@ -319,6 +343,7 @@ def worker_context(
         **_core_fields(core),
         models=by_name,
         output_moderator=output_moderator or build_output_moderator(core.settings),
+        provenance=load_provenance_signer(core.settings),
     )
 
 

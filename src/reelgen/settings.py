@@ -116,6 +116,10 @@ class Settings(BaseSettings):
     """Content redirects go to this CDN (`{base}/{key}?expires=&signature=`, signed with
     `cdn_signing_secret`; docs/storage.md) instead of the store's own URLs."""
     cdn_signing_secret: SecretStr | None = None
+    provenance_cert: Path | None = None
+    """PEM certificate chain (the signer first) that signs published MP4s' C2PA manifests;
+    with `provenance_key`. Unset: a development CA made in the data directory."""
+    provenance_key: Path | None = None
 
     default_model: str = "reference"
     model_names: dict[str, str] = Field(
@@ -242,6 +246,18 @@ class Settings(BaseSettings):
         if self.database_url:
             return self.database_url
         return f"sqlite:///{(self.data_dir / 'reelgen.db').resolve()}"
+
+    @model_validator(mode="after")
+    def _provenance(self) -> Settings:
+        if (self.provenance_cert is None) != (self.provenance_key is None):
+            raise ValueError(
+                "REELGEN_PROVENANCE_CERT and REELGEN_PROVENANCE_KEY go together: the signing "
+                "certificate chain and its private key"
+            )
+        for path in (self.provenance_cert, self.provenance_key):
+            if path is not None and not path.is_file():
+                raise ValueError(f"the provenance file {path} does not exist")
+        return self
 
     @model_validator(mode="after")
     def _cdn(self) -> Settings:

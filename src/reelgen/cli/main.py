@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from reelgen.cli import client, safety, sim
+from reelgen.cli import client, provenance, safety, sim
 from reelgen.domain.jobs import Tier
 
 if TYPE_CHECKING:
@@ -20,6 +20,7 @@ keys_app = typer.Typer(no_args_is_help=True, help="API keys.")
 app.add_typer(db_app, name="db")
 app.add_typer(keys_app, name="keys")
 app.add_typer(safety.app, name="safety")
+app.add_typer(provenance.app, name="provenance")
 app.command("generate")(client.generate)
 app.command("sim")(sim.sim)
 

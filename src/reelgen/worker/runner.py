@@ -1045,11 +1045,18 @@ class _JobRun:
         media = encode_clip(clip, self.tmp / "video.mp4")
         self.report(step=total, total=total, progress=96, stage=Stage.MODERATING_OUTPUT, force=True)
         self._moderate(sampler, clip, media.video_path)
+        signed = self.tmp / "video.signed.mp4"
+        self.p.provenance.sign(
+            media.video_path,
+            signed,
+            model=self.job.spec.requested_model,
+            model_version=self.job.model,
+        )
         self.report(step=total, total=total, progress=97, stage=Stage.UPLOADING, force=True)
         job_id, attempt = self.job.id, self.job.attempt
         out = {v: keys.output(job_id, attempt, v) for v in Variant}
         bodies: dict[Variant, Body] = {
-            Variant.VIDEO: media.video_path,
+            Variant.VIDEO: signed,
             Variant.THUMBNAIL: media.thumbnail,
             Variant.SPRITESHEET: media.spritesheet,
         }
