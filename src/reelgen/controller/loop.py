@@ -14,6 +14,7 @@ import logging
 import random
 import threading
 import time
+from collections.abc import Callable
 
 from reelgen.controller.dispatch import Dispatcher
 from reelgen.domain.errors import Unavailable
@@ -102,57 +103,69 @@ def tick(platform: Core, sessions: SessionWatch | None = None, *, reap: bool = T
 
 
 def collect_garbage(platform: Core, now: float) -> int:
-    """Deletes expired videos' objects, then clears their rows, in batches for at most
-    `gc_seconds_per_tick`; returns how many it expired. Objects go first: a crash between
-    the two leaves rows that the next round finds and deletes again (deleting is
-    idempotent), never a row pointing at nothing it still serves."""
-    settings, metrics = platform.settings, platform.metrics
-    deadline = time.monotonic() + settings.gc_seconds_per_tick
-    done = 0
-    while True:
-        try:
-            batch = platform.jobs.expired_content(now, limit=settings.gc_batch)
-            doomed = [
-                key
-                for job in batch
-                for key in keys.expiring(
-                    job.id,
-                    (job.video_key, job.thumbnail_key, job.spritesheet_key),
-                    job.spec.reference_key,
-                    job.spec.operation in UPLOADS and job.spec.parent_id is None,
-                )
-            ]
-            platform.objects.delete_many(doomed)
-            cleared = platform.jobs.clear_content([job.id for job in batch], now)
-        except Exception:  # storage or database away: the rows stay, the next round retries
-            log.exception("garbage collection failed; retrying next round")
-            metrics.gc_failures.inc()
-            return done
-        done += len(cleared)
+    """Deletes expired videos' objects, then clears their rows, in batches; returns how many
+    it expired. Objects go first: a crash between the two leaves rows that the next round
+    finds and deletes again (deleting is idempotent), never a row pointing at nothing it
+    still serves."""
+    metrics = platform.metrics
+
+    def batch() -> tuple[int, int]:
+        expired = platform.jobs.expired_content(now, limit=platform.settings.gc_batch)
+        doomed = [
+            key
+            for job in expired
+            for key in keys.expiring(
+                job.id,
+                (job.video_key, job.thumbnail_key, job.spritesheet_key),
+                job.spec.reference_key,
+                job.spec.operation in UPLOADS and job.spec.parent_id is None,
+            )
+        ]
+        platform.objects.delete_many(doomed)
+        cleared = platform.jobs.clear_content([job.id for job in expired], now)
         metrics.gc_expired.inc(len(cleared))
-        if len(batch) < settings.gc_batch or time.monotonic() >= deadline:
-            metrics.gc_backlog.set(0 if len(batch) < settings.gc_batch else settings.gc_batch)
-            return done
+        return len(expired), len(cleared)
+
+    done, more = _in_batches(platform, "garbage collection", batch)
+    if more is not None:
+        metrics.gc_backlog.set(platform.settings.gc_batch if more else 0)
+    return done
 
 
 def forget_prompts(platform: Core, now: float) -> int:
-    """Keeps only a hash of finished jobs' prompts past their retention, in batches for at
-    most `gc_seconds_per_tick`; returns how many it forgot."""
+    """Keeps only a hash of finished jobs' prompts past their retention, in batches; returns
+    how many it forgot."""
     settings = platform.settings
     before = now - settings.prompt_retention_days * DAY_S
+
+    def batch() -> tuple[int, int]:
+        forgot = platform.jobs.forget_prompts(before, settings.gc_batch)
+        platform.metrics.gc_prompts_forgotten.inc(forgot)
+        return forgot, forgot
+
+    return _in_batches(platform, "forgetting prompts", batch)[0]
+
+
+def _in_batches(
+    platform: Core, what: str, batch: Callable[[], tuple[int, int]]
+) -> tuple[int, bool | None]:
+    """Runs `batch` (it returns the rows it took and the rows it changed) until one takes
+    fewer than `gc_batch` or the round's `gc_seconds_per_tick` are spent, so reaping never
+    waits on it. Returns the rows changed and whether a full batch was left (None: a batch
+    failed; it is logged, counted, and retried next round)."""
+    settings = platform.settings
     deadline = time.monotonic() + settings.gc_seconds_per_tick
     done = 0
     while True:
         try:
-            forgot = platform.jobs.forget_prompts(before, settings.gc_batch)
-        except Exception:
-            log.exception("forgetting prompts failed; retrying next round")
+            taken, changed = batch()
+        except Exception:  # storage or database away: the rows stay, the next round retries
+            log.exception("%s failed; retrying next round", what)
             platform.metrics.gc_failures.inc()
-            return done
-        done += forgot
-        platform.metrics.gc_prompts_forgotten.inc(forgot)
-        if forgot < settings.gc_batch or time.monotonic() >= deadline:
-            return done
+            return done, None
+        done += changed
+        if taken < settings.gc_batch or time.monotonic() >= deadline:
+            return done, taken >= settings.gc_batch
 
 
 def recover_orphans(platform: Core) -> None:

@@ -280,20 +280,19 @@ class Worker:
     def batches(self, runs: list[_JobRun]) -> list[list[_JobRun]]:
         """Claimed jobs as runs of the model: together where the model batches them (fresh
         jobs of one batch key, as the dispatcher assigns them), else one by one."""
+        return [runs] if self._share_a_run(runs) else [[run] for run in runs]
+
+    def _share_a_run(self, runs: list[_JobRun]) -> bool:
         model = self.models.get(runs[0].job.model) if runs else None
         if len(runs) < 2 or not isinstance(model, BatchingModel):
-            return [[run] for run in runs]
-        keys = set()
-        for run in runs:
-            if run.job.model != model.name or run.job.checkpoint_key is not None:
-                return [[r] for r in runs]
-            try:
-                keys.add(model.batch_key(run.spec(model)))
-            except Exception:  # its inputs are gone: alone, it fails as the error says
-                return [[r] for r in runs]
-        if len(keys) != 1 or None in keys:
-            return [[run] for run in runs]
-        return [runs]
+            return False
+        if any(r.job.model != model.name or r.job.checkpoint_key is not None for r in runs):
+            return False
+        try:
+            keys = {model.batch_key(run.spec(model)) for run in runs}
+        except Exception:  # its inputs are gone: alone, it fails as the error says
+            return False
+        return len(keys) == 1 and None not in keys
 
     def hand_over(self, run: _JobRun) -> None:
         """`run`'s last model step begins: the dispatcher hears that this worker is free
@@ -377,17 +376,13 @@ class Worker:
 
         def phase() -> None:
             generated.append(run.generate())
-            # At most one clip finishes at a time (memory stays bounded): the GPU is free
-            # for the next job only once the previous clip is done.
-            self._wait_for_finisher()
-            self.free_mark = self.platform.bus.assignment_mark(self.id)
+            self._gpu_free()
             run.left_gpu()
 
         if not self._settle(run, phase):
             return []
         clip, resumed = generated[0]
-        decoded = clip.decoded if clip.decoded is not None else threading.Event()
-        self._decoded = decoded  # the previous clip is done (`phase` waited for it)
+        decoded = self._finishing_clip(clip)
         return [lambda: self.finish(run, clip, resumed, decoded)]
 
     def _generate_batch(self, runs: list[_JobRun]) -> list[Callable[[], None]]:
@@ -453,15 +448,26 @@ class Worker:
                 self._settle(run, functools.partial(delivered, run, outcome))
         if not clips:
             return []
-        self._wait_for_finisher()  # the clips before are done: the GPU is free
-        self.free_mark = self.platform.bus.assignment_mark(self.id)
+        self._gpu_free()
         finishes: list[Callable[[], None]] = []
         for run, clip in clips:
             if self._settle(run, run.left_gpu):
-                decoded = clip.decoded if clip.decoded is not None else threading.Event()
-                self._decoded = decoded  # the last one's: they finish in turn
+                decoded = self._finishing_clip(clip)  # the last one's counts: in turn
                 finishes.append(functools.partial(self.finish, run, clip, False, decoded))
         return finishes
+
+    def _gpu_free(self) -> None:
+        """A run's steps are done. At most one run's clips finish at a time (memory stays
+        bounded): the GPU is free for the next run only once the previous clips are done."""
+        self._wait_for_finisher()
+        self.free_mark = self.platform.bus.assignment_mark(self.id)
+
+    def _finishing_clip(self, clip: Clip) -> threading.Event:
+        """`clip` is the one whose decode a model switch now waits for (the clips before it
+        are done); returns the event its finish sets."""
+        decoded = clip.decoded if clip.decoded is not None else threading.Event()
+        self._decoded = decoded
+        return decoded
 
     def worker_model(self, run: _JobRun) -> BatchingModel:
         """A batch's model, on the device (`model_for`); one that batches."""
